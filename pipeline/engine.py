@@ -1,0 +1,413 @@
+"""The device worker: one thread per device that owns the model and runs every chunk.
+
+Owns the ``Engine`` interface (what a model backend must provide), the registry of engines
+by name, the job queue into the device thread and the bounded per-session mailboxes out of
+it. Errors raised by an engine travel to the session that caused them as values
+(``ChunkFailure``); other sessions keep running.
+
+Knows nothing about asyncio: a session gives a ``notify`` callable that the device thread
+calls after each delivery (the streaming side wraps ``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from pipeline.media import Avatar, Chunk, ChunkJob
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAILBOX_SIZE = 4
+"""Chunks a session may have in flight (queued, running or undelivered) at once."""
+
+JOIN_TIMEOUT_S = 30.0
+"""How long ``shutdown`` waits for the device thread to finish its current job, in seconds."""
+
+
+class EngineError(RuntimeError):
+    """Base class of errors raised by the engine machinery."""
+
+
+class EngineNotReady(EngineError):
+    """The engine has not finished loading and warming up (or failed to)."""
+
+
+class MailboxFull(EngineError):
+    """A session submitted more chunks than its mailbox can hold; wait for results first."""
+
+
+class SessionClosed(EngineError):
+    """The session was closed; it accepts no more jobs."""
+
+
+class UnknownEngine(EngineError):
+    """No engine is registered under the requested name."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What a model backend provides. Every method runs on the device thread only.
+
+    ``state`` is whatever per-session object the engine returns from ``open_session``; the
+    engine itself holds no per-session state, so one loaded model serves every session.
+    """
+
+    name: str
+    """Registry name, e.g. ``"puppet"``."""
+
+    description: str
+    """One line for logs and the demo page, saying honestly what the pictures are."""
+
+    height: int
+    width: int
+
+    def load(self) -> None:
+        """Load weights, compile and warm up. Called once, first, on the device thread."""
+        ...
+
+    def open_session(self, avatar: Avatar, seed: int) -> Any:
+        """Prepare per-session state for ``avatar`` (cached per avatar where possible)."""
+        ...
+
+    def step(self, state: Any, job: ChunkJob) -> Chunk:
+        """Turn one chunk of audio into 28 frames, advancing ``state``."""
+        ...
+
+    def close_session(self, state: Any) -> None:
+        """Release per-session state."""
+        ...
+
+
+EngineFactory = Callable[..., Engine]
+
+
+class EngineRegistry:
+    """Engines by name. Built by ``default_registry()``; no module-level mutable state."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, EngineFactory] = {}
+
+    def register(self, name: str, factory: EngineFactory) -> None:
+        """Register ``factory(**options) -> Engine`` under ``name``."""
+        if name in self._factories:
+            raise ValueError(f"engine {name!r} is already registered")
+        self._factories[name] = factory
+
+    def names(self) -> list[str]:
+        """The registered engine names, sorted."""
+        return sorted(self._factories)
+
+    def create(self, name: str, **options: Any) -> Engine:
+        """Create (not load) the engine ``name`` with engine-specific ``options``."""
+        try:
+            factory = self._factories[name]
+        except KeyError:
+            raise UnknownEngine(
+                f"unknown engine {name!r}; choose one of: {', '.join(self.names())}"
+            ) from None
+        return factory(**options)
+
+
+def default_registry() -> EngineRegistry:
+    """The registry of the engines headcast ships."""
+    from pipeline.puppet import PuppetEngine  # local: keeps import of engine.py light
+
+    registry = EngineRegistry()
+    registry.register("puppet", PuppetEngine)
+    return registry
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    """An engine error for chunk ``index``, delivered to the session as a value."""
+
+    index: int
+    error: BaseException
+
+    @property
+    def message(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}"
+
+
+MailboxItem = Chunk | ChunkFailure
+
+
+class Mailbox:
+    """A session's bounded, thread-safe box of results, filled by the device thread.
+
+    Its bound is enforced at submission (a session cannot have more than ``capacity``
+    chunks queued, running or undelivered), so the device thread never blocks on it.
+    """
+
+    def __init__(self, capacity: int, notify: Callable[[], None]) -> None:
+        if capacity < 1:
+            raise ValueError(f"mailbox capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._notify = notify
+        self._items: deque[MailboxItem] = deque()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def _reserve(self) -> None:
+        with self._lock:
+            if self._in_flight >= self.capacity:
+                raise MailboxFull(
+                    f"{self._in_flight} chunks already in flight (capacity {self.capacity})"
+                )
+            self._in_flight += 1
+
+    def _release(self) -> None:
+        """Give back a reserved slot whose job will never deliver (dropped or cancelled)."""
+        with self._lock:
+            self._in_flight -= 1
+
+    def _deliver(self, item: MailboxItem) -> None:
+        with self._lock:
+            self._items.append(item)
+        self._notify()
+
+    def get_nowait(self) -> MailboxItem | None:
+        """Take the oldest result, or ``None`` when there is none yet."""
+        with self._lock:
+            if not self._items:
+                return None
+            self._in_flight -= 1
+            return self._items.popleft()
+
+    @property
+    def in_flight(self) -> int:
+        """Chunks submitted and not yet taken out."""
+        with self._lock:
+            return self._in_flight
+
+
+class SessionHandle:
+    """A session's link to the device thread: submit chunk jobs, read the mailbox."""
+
+    def __init__(self, worker: EngineWorker, session_id: int, mailbox: Mailbox) -> None:
+        self._worker = worker
+        self.session_id = session_id
+        self.mailbox = mailbox
+        self.closed = False
+        self.generation = 0
+        """Bumped by ``drop_pending``: queued jobs of an older generation are skipped."""
+
+    def submit(self, job: ChunkJob) -> None:
+        """Queue one chunk job; raises MailboxFull or SessionClosed instead of blocking."""
+        if self.closed:
+            raise SessionClosed(f"session {self.session_id} is closed")
+        self.mailbox._reserve()
+        self._worker._put(_StepJob(self, job, self.generation))
+
+    def drop_pending(self) -> None:
+        """Skip every job submitted so far that has not started (interrupt)."""
+        self.generation += 1
+
+    def close(self) -> None:
+        """Release the engine state; queued jobs of this session are skipped."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self._worker._stopped:  # after shutdown the thread already closed every state
+            self._worker._put(_CloseJob(self))
+
+
+@dataclass
+class _OpenJob:
+    handle: SessionHandle
+    avatar: Avatar
+    seed: int
+    done: Callable[[BaseException | None], None]
+
+
+@dataclass
+class _StepJob:
+    handle: SessionHandle
+    job: ChunkJob
+    generation: int
+
+
+@dataclass
+class _CloseJob:
+    handle: SessionHandle
+
+
+_STOP = object()
+
+
+class EngineWorker:
+    """The one thread that owns a device: loads the engine, then runs jobs in order.
+
+    Sessions are opened with ``open_session`` and talk to the thread through their
+    ``SessionHandle``. ``ready`` is set once the engine has loaded and warmed up;
+    ``load_error`` holds the exception if loading failed.
+    """
+
+    def __init__(self, engine: Engine, *, device_name: str = "cpu") -> None:
+        self.engine = engine
+        self.thread_name = f"headcast-engine-{device_name}"
+        self.ready = threading.Event()
+        self.load_error: BaseException | None = None
+        self.load_seconds: float | None = None
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._states: dict[int, Any] = {}
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the device thread (loading happens on it)."""
+        if self._thread is not None:
+            raise EngineError("the engine worker is already started")
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until loaded; raise EngineNotReady on failure or timeout."""
+        if not self.ready.wait(timeout):
+            raise EngineNotReady(f"engine {self.engine.name!r} not ready after {timeout} s")
+        if self.load_error is not None:
+            raise EngineNotReady(f"engine {self.engine.name!r} failed to load: {self.load_error}")
+
+    @property
+    def is_ready(self) -> bool:
+        """True once the engine loaded and warmed up without error."""
+        return self.ready.is_set() and self.load_error is None
+
+    @property
+    def alive(self) -> bool:
+        """True while the device thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def shutdown(self, timeout: float = JOIN_TIMEOUT_S) -> None:
+        """Stop taking jobs, let the current one finish, and join the thread."""
+        if self._thread is None or self._stopped:
+            return
+        self._stopped = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error("engine thread %s did not stop within %.0f s", self.thread_name, timeout)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def open_session(
+        self,
+        avatar: Avatar,
+        *,
+        notify: Callable[[], None],
+        seed: int = 0,
+        mailbox_size: int = DEFAULT_MAILBOX_SIZE,
+        done: Callable[[BaseException | None], None] | None = None,
+    ) -> SessionHandle:
+        """Create a session; its engine state is prepared on the device thread.
+
+        ``done(error_or_None)`` is called from the device thread once the state is ready
+        (or preparing it failed; then the session's jobs fail with that error too).
+        """
+        if not self.is_ready:
+            raise EngineNotReady("the engine is not ready; poll /readyz before opening sessions")
+        if self._stopped:
+            raise EngineNotReady("the engine is shutting down")
+        handle = SessionHandle(self, next(self._ids), Mailbox(mailbox_size, notify))
+        self._put(_OpenJob(handle, avatar, seed, done or (lambda _error: None)))
+        return handle
+
+    def _put(self, item: object) -> None:
+        if self._stopped:
+            raise SessionClosed("the engine is shutting down")
+        self._queue.put(item)
+
+    # -- the device thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.engine.load()
+        except BaseException as exc:  # report, never crash silently
+            logger.exception("engine %r failed to load", self.engine.name)
+            self.load_error = exc
+            self.ready.set()
+            return
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "engine %r ready in %.2f s: %s",
+            self.engine.name,
+            self.load_seconds,
+            self.engine.description,
+        )
+        self.ready.set()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            self._handle(item)
+        for state in self._states.values():
+            self._close_state(state)
+        self._states.clear()
+
+    def _handle(self, item: object) -> None:
+        if isinstance(item, _OpenJob):
+            self._open(item)
+        elif isinstance(item, _StepJob):
+            self._step(item)
+        elif isinstance(item, _CloseJob):
+            state = self._states.pop(item.handle.session_id, None)
+            if state is not None:
+                self._close_state(state)
+        else:  # pragma: no cover - programming error
+            raise TypeError(f"unknown job {item!r}")
+
+    def _open(self, item: _OpenJob) -> None:
+        error: BaseException | None = None
+        try:
+            self._states[item.handle.session_id] = self.engine.open_session(
+                item.avatar, item.seed
+            )
+        except Exception as exc:
+            logger.exception("preparing session %d failed", item.handle.session_id)
+            error = exc
+        item.done(error)
+
+    def _step(self, item: _StepJob) -> None:
+        handle = item.handle
+        if handle.closed or item.generation != handle.generation:
+            handle.mailbox._release()
+            return
+        state = self._states.get(handle.session_id)
+        if state is None:
+            result: MailboxItem = ChunkFailure(
+                item.job.index, SessionClosed("the session's engine state could not be prepared")
+            )
+        else:
+            started = time.perf_counter()
+            try:
+                chunk = self.engine.step(state, item.job)
+                elapsed = time.perf_counter() - started
+                result = Chunk(
+                    index=chunk.index,
+                    frames=chunk.frames,
+                    audio=chunk.audio,
+                    compute_seconds=chunk.compute_seconds or elapsed,
+                    stats=chunk.stats,
+                )
+            except Exception as exc:
+                logger.exception("chunk %d of session %d failed", item.job.index, handle.session_id)
+                result = ChunkFailure(item.job.index, exc)
+        handle.mailbox._deliver(result)
+
+    def _close_state(self, state: Any) -> None:
+        try:
+            self.engine.close_session(state)
+        except Exception:
+            logger.exception("closing an engine session failed")

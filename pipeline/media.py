@@ -1,0 +1,85 @@
+"""Media constants and the values that cross the engine boundary.
+
+Owns the one media clock's units (16 kHz audio, 25 fps video, 17,920 samples = 28 frames per
+chunk) and the plain data types a chunk job and its result are made of. Knows nothing about
+models, threads, asyncio or codecs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SAMPLE_RATE_HZ = 16_000
+"""Sample rate of the audio the engines consume, in Hz."""
+
+VIDEO_FPS = 25
+"""Frame rate of the generated video, in frames per second."""
+
+SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS  # 640 samples = 40 ms
+"""Audio samples that drive one video frame."""
+
+CHUNK_FRAMES = 28
+"""New video frames per chunk (33 generated minus 5 motion frames carried over)."""
+
+CHUNK_SAMPLES = CHUNK_FRAMES * SAMPLES_PER_FRAME  # 17,920 samples
+"""Audio samples per chunk job."""
+
+CHUNK_SECONDS = CHUNK_SAMPLES / SAMPLE_RATE_HZ  # 1.12 s
+"""Media time covered by one chunk, in seconds."""
+
+DEFAULT_HEIGHT = 768
+"""Default output frame height in pixels."""
+
+DEFAULT_WIDTH = 448
+"""Default output frame width in pixels."""
+
+
+@dataclass(frozen=True)
+class Avatar:
+    """What a session asks the engine to animate.
+
+    ``image`` is an RGB uint8 array ``[H, W, 3]`` of any size (the engine resizes and
+    crops it); ``name`` keys the per-avatar conditioning cache.
+    """
+
+    name: str
+    image: np.ndarray  # [H, W, 3] uint8
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One chunk of audio to turn into frames: media index ``index``, 17,920 samples."""
+
+    index: int
+    audio: np.ndarray  # [CHUNK_SAMPLES] float32 in [-1, 1] at 16 kHz
+
+    def __post_init__(self) -> None:
+        if self.audio.shape != (CHUNK_SAMPLES,):
+            raise ValueError(
+                f"a chunk job carries exactly {CHUNK_SAMPLES} samples, got {self.audio.shape}"
+            )
+        if self.audio.dtype != np.float32:
+            raise ValueError(f"chunk audio must be float32, got {self.audio.dtype}")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The result of one chunk job: 28 frames and the exact samples that drove them.
+
+    Chunk ``index`` covers samples ``[17920*index, 17920*(index+1))`` and frames
+    ``[28*index, 28*(index+1))`` of the session's one media clock.
+    """
+
+    index: int
+    frames: np.ndarray  # [CHUNK_FRAMES, H, W, 3] uint8 RGB
+    audio: np.ndarray  # [CHUNK_SAMPLES] float32 in [-1, 1] at 16 kHz
+    compute_seconds: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor of this chunk: compute time over media time (≤ 1 keeps up)."""
+        return self.compute_seconds / CHUNK_SECONDS
