@@ -1,0 +1,78 @@
+"""The import-linter contract in ``.importlinter``: server -> streaming -> pipeline, one way.
+
+Runs ``lint-imports`` on the real tree, and once on a small synthetic tree that breaks each
+rule, so the contract is shown to catch what it claims to catch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG = REPO_ROOT / ".importlinter"
+LINT_TIMEOUT_S = 120
+
+
+def _lint_imports(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``lint-imports`` from this venv with ``cwd`` first on the import path."""
+    executable = Path(sys.executable).parent / "lint-imports"
+    if not executable.exists():
+        pytest.fail(f"{executable} not found: install the test extra (make test)")
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    return subprocess.run(
+        [str(executable), "--config", str(config), "--no-cache", "--no-logo"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LINT_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_the_tree_keeps_every_import_contract() -> None:
+    result = _lint_imports(CONFIG, REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+    assert "3 kept" in result.stdout
+
+
+def _write_tree(root: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (relative path -> source text) under ``root``."""
+    for relative, source in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+
+
+def test_the_contract_catches_each_forbidden_import(tmp_path: Path) -> None:
+    _write_tree(
+        tmp_path,
+        {
+            "server/__init__.py": "",
+            "server/app.py": "",
+            "streaming/__init__.py": "",
+            "pipeline/__init__.py": "",
+            # Lower layers reaching up, and into what they must not know.
+            "pipeline/engine.py": "import asyncio\nimport streaming.session\n",
+            "streaming/session.py": "import fastapi\nfrom server import app\n",
+        },
+    )
+    config = tmp_path / ".importlinter"
+    shutil.copyfile(CONFIG, config)
+
+    result = _lint_imports(config, tmp_path)
+
+    output = result.stdout
+    assert result.returncode != 0, output
+    assert "3 broken" in output, output
+    assert "pipeline.engine -> asyncio" in output
+    assert "pipeline.engine -> streaming.session" in output
+    assert "streaming.session -> fastapi" in output
+    assert "streaming.session -> server.app" in output
