@@ -1,0 +1,380 @@
+"""Building blocks of the Wan 2.1 causal video VAE, streamed through a per-call cache.
+
+Owns: the causal 3-D convolution, the channel RMS norm, the residual, attention and
+resampling blocks, the encoder and decoder stacks, and ``CausalCache``, the object that
+carries each causal layer's past frames from one temporal chunk to the next. Parameter
+names and shapes follow the official ``Wan2.1_VAE.pth`` (``residual.0.gamma``,
+``resample.1.weight``, ``time_conv.weight``...).
+
+Must not know: checkpoint files, latent normalisation, how a video is split into chunks
+(``pipeline.vae`` decides that) or any session state. No block stores per-call data on
+itself: everything that lives from one chunk to the next is in the ``CausalCache`` the
+caller passes in, so one loaded model can serve several threads at once.
+
+All tensors are ``[B, C, T, H, W]`` (5-D) throughout, including the per-frame 2-D
+convolutions (run as ``(1, k, k)`` 3-D convolutions on a view of the 2-D weight), so no
+block hard-codes a dtype or a memory format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CACHE_T = 2
+"""Frames of history kept per causal layer: what a kernel-3 causal conv needs (frames)."""
+
+CAUSAL_KERNEL_T = 3
+"""Temporal kernel size of the causal convolutions (frames)."""
+
+SPATIAL_KERNEL = 3
+"""Spatial kernel size of the 3x3 convolutions (pixels)."""
+
+SPATIAL_SCALE = 2
+"""Spatial up/down-sampling factor of one resample block (per axis)."""
+
+TEMPORAL_SCALE = 2
+"""Temporal up/down-sampling factor of one 3-D resample block."""
+
+ResampleMode = Literal["none", "upsample2d", "upsample3d", "downsample2d", "downsample3d"]
+
+
+class CausalCache:
+    """Past frames of every causal layer during one encode or decode call.
+
+    Create one per call and pass it to every chunk of that call; never share it between
+    calls or threads. Layers are keys (by identity), so no layer needs an index.
+    """
+
+    def __init__(self) -> None:
+        self._frames: dict[nn.Module, torch.Tensor] = {}
+        self._visited: set[nn.Module] = set()
+
+    def get(self, layer: nn.Module) -> torch.Tensor | None:
+        """The frames ``layer`` stored on the previous chunk, or None on the first."""
+        return self._frames.get(layer)
+
+    def put(self, layer: nn.Module, frames: torch.Tensor) -> None:
+        """Remember ``frames`` (``[B, C, t, H, W]``, an owned copy) for ``layer``."""
+        self._frames[layer] = frames
+
+    def first_visit(self, layer: nn.Module) -> bool:
+        """True exactly once per layer: on the first chunk that reaches it."""
+        if layer in self._visited:
+            return False
+        self._visited.add(layer)
+        return True
+
+
+def _per_frame_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """A 2-D conv weight ``[O, I, kh, kw]`` viewed as a 3-D one ``[O, I, 1, kh, kw]``."""
+    return conv.weight.unsqueeze(2)
+
+
+class FrameConv2d(nn.Conv2d):
+    """A 2-D convolution (checkpoint shape ``[O, I, kh, kw]``) applied to every frame of a
+    ``[B, C, T, H, W]`` tensor, without folding T into the batch (no permute copies)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, I, T, H, W] -> [B, O, T, H', W']
+        return F.conv3d(
+            x,
+            _per_frame_weight(self),
+            self.bias,
+            stride=(1, *self.stride),
+            padding=(0, *self.padding),  # type: ignore[misc]  # int pairs for a Conv2d
+        )
+
+
+class CausalConv3d(nn.Conv3d):
+    """A 3-D convolution that only looks at past frames.
+
+    Spatial padding is symmetric (done inside the convolution); temporal padding is
+    ``2 * padding_t`` frames in front only, filled from the cache (the previous chunk's last
+    input frames) and then with zeros. The result over a sequence of chunks equals one
+    causal convolution over the whole video.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel: int | tuple[int, int, int],
+        *,
+        padding: int | tuple[int, int, int] = 0,
+    ) -> None:
+        pad_t, pad_h, pad_w = (padding, padding, padding) if isinstance(padding, int) else padding
+        super().__init__(in_dim, out_dim, kernel, padding=(0, pad_h, pad_w))
+        self.time_padding = 2 * pad_t
+        """Past frames the convolution reads before the first frame of a chunk."""
+        if self.time_padding > CACHE_T:
+            raise ValueError(f"causal padding of {self.time_padding} frames exceeds CACHE_T={CACHE_T}")
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        # x: [B, I, t, H, W] -> [B, O, t, H, W]
+        if self.time_padding == 0:
+            return super().forward(x)
+        # 1. Prepend the previous chunk's input frames, then zeros up to the causal padding.
+        past = cache.get(self)
+        frames = x if past is None else torch.cat([past, x], dim=2)  # [B, I, p + t, H, W]
+        missing = self.time_padding - (frames.shape[2] - x.shape[2])
+        if missing > 0:
+            frames = F.pad(frames, (0, 0, 0, 0, missing, 0))  # [B, I, 2p + t, H, W]
+        # 2. Keep the last CACHE_T input frames for the next chunk (a copy, so this chunk's
+        #    tensors can be freed).
+        cache.put(self, frames[:, :, -CACHE_T:].clone())
+        # 3. Convolve: exactly t output frames.
+        return super().forward(frames)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the channel axis (dim 1), with a learned per-channel gain.
+
+    ``x / ||x||_2 * sqrt(C) * gamma``, as ``F.normalize`` computes it (eps 1e-12).
+    ``gamma`` is ``[C, 1, 1, 1]`` for video blocks and ``[C, 1, 1]`` for the attention
+    block (checkpoint shapes); both broadcast over a ``[B, C, T, H, W]`` input.
+    """
+
+    def __init__(self, dim: int, *, images: bool = False) -> None:
+        super().__init__()
+        gain_shape = (dim, 1, 1) if images else (dim, 1, 1, 1)
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(gain_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W]
+        gain = self.gamma.view(-1, 1, 1, 1) * self.scale  # [C, 1, 1, 1]
+        return F.normalize(x, dim=1) * gain
+
+
+class SpatialUpsample(nn.Module):
+    """Nearest-neighbour 2x spatial upsampling of every frame (no parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, C, T, 2H, 2W]
+        return F.interpolate(x, scale_factor=(1.0, SPATIAL_SCALE, SPATIAL_SCALE), mode="nearest-exact")
+
+
+class PadRightBottom(nn.Module):
+    """One zero column on the right and one zero row at the bottom of every frame."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, C, T, H+1, W+1]
+        return F.pad(x, (0, 1, 0, 1))
+
+
+class Resample(nn.Module):
+    """Spatial (and optionally temporal) 2x up- or down-sampling.
+
+    - ``upsample2d``: nearest 2x, then a 3x3 conv halving the channels.
+    - ``upsample3d``: a causal temporal conv producing two frames per frame (skipped on the
+      first chunk, so the first latent frame stays one frame), then as ``upsample2d``.
+    - ``downsample2d``: a stride-2 3x3 conv after padding right/bottom.
+    - ``downsample3d``: as ``downsample2d``, then a stride-2 temporal conv over
+      ``[last frame of the previous chunk, this chunk]`` (the first chunk passes through).
+    """
+
+    def __init__(self, dim: int, mode: ResampleMode) -> None:
+        super().__init__()
+        self.mode = mode
+        self.resample: nn.Module
+        if mode in ("upsample2d", "upsample3d"):
+            self.resample = nn.Sequential(
+                SpatialUpsample(), FrameConv2d(dim, dim // 2, SPATIAL_KERNEL, padding=1)
+            )
+        elif mode in ("downsample2d", "downsample3d"):
+            self.resample = nn.Sequential(
+                PadRightBottom(), FrameConv2d(dim, dim, SPATIAL_KERNEL, stride=SPATIAL_SCALE)
+            )
+        elif mode == "none":
+            self.resample = nn.Identity()
+        else:
+            raise ValueError(f"unknown resample mode {mode!r}")
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(
+                dim, dim * TEMPORAL_SCALE, (CAUSAL_KERNEL_T, 1, 1), padding=(1, 0, 0)
+            )
+        elif mode == "downsample3d":
+            self.time_conv = nn.Conv3d(
+                dim, dim, (CAUSAL_KERNEL_T, 1, 1), stride=(TEMPORAL_SCALE, 1, 1)
+            )
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        # x: [B, C, t, H, W]
+        # 1. Temporal upsampling happens before the spatial one (at the low resolution).
+        if self.mode == "upsample3d" and not cache.first_visit(self):
+            x = self._double_frames(self.time_conv(x, cache))  # [B, C, 2t, H, W]
+        # 2. Spatial resampling of every frame.
+        x = self.resample(x)  # [B, C', t', H', W']
+        # 3. Temporal downsampling after the spatial one, over the previous chunk's last frame
+        #    and this chunk (first chunk: keep it as is).
+        if self.mode == "downsample3d":
+            past = cache.get(self)
+            cache.put(self, x[:, :, -1:].clone())
+            if past is not None:
+                x = self.time_conv(torch.cat([past, x], dim=2))  # [B, C, t/2, H', W']
+        return x
+
+    @staticmethod
+    def _double_frames(x: torch.Tensor) -> torch.Tensor:
+        # [B, 2C, t, H, W] -> [B, C, 2t, H, W]: frame 2i is channels [:C] at i, 2i+1 is [C:].
+        b, c2, t, h, w = x.shape
+        c = c2 // TEMPORAL_SCALE
+        x = x.view(b, TEMPORAL_SCALE, c, t, h, w).permute(0, 2, 3, 1, 4, 5)  # [B, C, t, 2, H, W]
+        return x.reshape(b, c, t * TEMPORAL_SCALE, h, w)
+
+
+class ResidualBlock(nn.Module):
+    """norm -> SiLU -> causal 3x3x3 conv -> norm -> SiLU -> dropout -> causal 3x3x3 conv,
+    plus a 1x1x1 projection shortcut when the channel count changes."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.residual = nn.Sequential(
+            RMSNorm(in_dim),
+            nn.SiLU(inplace=True),
+            CausalConv3d(in_dim, out_dim, CAUSAL_KERNEL_T, padding=1),
+            RMSNorm(out_dim),
+            nn.SiLU(inplace=True),
+            nn.Dropout(dropout),
+            CausalConv3d(out_dim, out_dim, CAUSAL_KERNEL_T, padding=1),
+        )
+        self.shortcut: nn.Module = nn.Conv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        # x: [B, I, t, H, W] -> [B, O, t, H, W]
+        shortcut = self.shortcut(x)
+        out = run_causal(self.residual, x, cache)
+        return out.add_(shortcut)
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention among the pixels of each frame (no temporal mixing)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim, images=True)
+        self.to_qkv = FrameConv2d(dim, dim * 3, 1)
+        self.proj = FrameConv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        # 1. Normalise and project to queries, keys and values.
+        qkv = self.to_qkv(self.norm(x))  # [B, 3C, t, H, W]
+        qkv = qkv.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, 3 * c)  # [B*t, HW, 3C]
+        q, k, v = qkv.chunk(3, dim=-1)  # 3 x [B*t, HW, C]
+        # 2. Attention over the HW pixels of each frame.
+        out = F.scaled_dot_product_attention(q, k, v)  # [B*t, HW, C]
+        out = out.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # [B, C, t, H, W]
+        # 3. Output projection and residual.
+        return self.proj(out).add_(x)
+
+
+_CAUSAL_LAYERS = (CausalConv3d, ResidualBlock, Resample)
+
+
+def run_causal(layers: Iterable[nn.Module], x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+    """Apply ``layers`` in order, passing ``cache`` to those that look at past frames."""
+    for layer in layers:
+        x = layer(x, cache) if isinstance(layer, _CAUSAL_LAYERS) else layer(x)
+    return x
+
+
+class Encoder3d(nn.Module):
+    """Video ``[B, 3, t, H, W]`` -> features ``[B, out_dim, t', H/s, W/s]``, one chunk at a time."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        out_dim: int,
+        dim_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_scales: Sequence[float],
+        temperal_downsample: Sequence[bool],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        dims = [dim * mult for mult in (1, *dim_mult)]
+        scale = 1.0  # current resolution relative to the input
+        self.conv1 = CausalConv3d(3, dims[0], CAUSAL_KERNEL_T, padding=1)
+
+        blocks: list[nn.Module] = []
+        for stage, (stage_in, stage_out) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(num_res_blocks):
+                blocks.append(ResidualBlock(stage_in, stage_out, dropout))
+                if scale in attn_scales:
+                    blocks.append(AttentionBlock(stage_out))
+                stage_in = stage_out
+            if stage != len(dim_mult) - 1:
+                blocks.append(
+                    Resample(stage_out, "downsample3d" if temperal_downsample[stage] else "downsample2d")
+                )
+                scale /= SPATIAL_SCALE
+        self.downsamples = nn.Sequential(*blocks)
+
+        mid = dims[-1]
+        self.middle = nn.Sequential(
+            ResidualBlock(mid, mid, dropout), AttentionBlock(mid), ResidualBlock(mid, mid, dropout)
+        )
+        self.head = nn.Sequential(
+            RMSNorm(mid), nn.SiLU(inplace=True), CausalConv3d(mid, out_dim, CAUSAL_KERNEL_T, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        # x: [B, 3, t, H, W]
+        x = self.conv1(x, cache)  # 1. [B, dim, t, H, W]
+        x = run_causal(self.downsamples, x, cache)  # 2. [B, 4*dim, t', H/8, W/8]
+        x = run_causal(self.middle, x, cache)  # 3. same shape
+        return run_causal(self.head, x, cache)  # 4. [B, out_dim, t', H/8, W/8]
+
+
+class Decoder3d(nn.Module):
+    """Latents ``[B, z_dim, t, h, w]`` -> video ``[B, 3, t', h*s, w*s]``, one chunk at a time."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        z_dim: int,
+        dim_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_scales: Sequence[float],
+        temperal_upsample: Sequence[bool],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        dims = [dim * mult for mult in (dim_mult[-1], *dim_mult[::-1])]
+        scale = 1.0 / SPATIAL_SCALE ** (len(dim_mult) - 2)  # resolution of the first stage
+        self.conv1 = CausalConv3d(z_dim, dims[0], CAUSAL_KERNEL_T, padding=1)
+        self.middle = nn.Sequential(
+            ResidualBlock(dims[0], dims[0], dropout),
+            AttentionBlock(dims[0]),
+            ResidualBlock(dims[0], dims[0], dropout),
+        )
+
+        blocks: list[nn.Module] = []
+        for stage, (stage_in, stage_out) in enumerate(zip(dims[:-1], dims[1:])):
+            if stage > 0:
+                stage_in //= 2  # the previous stage's upsampling conv halved the channels
+            for _ in range(num_res_blocks + 1):
+                blocks.append(ResidualBlock(stage_in, stage_out, dropout))
+                if scale in attn_scales:
+                    blocks.append(AttentionBlock(stage_out))
+                stage_in = stage_out
+            if stage != len(dim_mult) - 1:
+                blocks.append(Resample(stage_out, "upsample3d" if temperal_upsample[stage] else "upsample2d"))
+                scale *= SPATIAL_SCALE
+        self.upsamples = nn.Sequential(*blocks)
+
+        last = dims[-1]
+        self.head = nn.Sequential(
+            RMSNorm(last), nn.SiLU(inplace=True), CausalConv3d(last, 3, CAUSAL_KERNEL_T, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        # x: [B, z_dim, t, h, w]
+        x = self.conv1(x, cache)  # 1. [B, 4*dim, t, h, w]
+        x = run_causal(self.middle, x, cache)  # 2. same shape
+        x = run_causal(self.upsamples, x, cache)  # 3. [B, dim, t', 8h, 8w]
+        return run_causal(self.head, x, cache)  # 4. [B, 3, t', 8h, 8w]
