@@ -114,7 +114,9 @@ def match_and_blend_colors(
         raise ValueError(f"colour correction strength must be in [0, 1], got {strength}")
     batch, channels, _, height, width = video.shape
     if channels != 3:
-        raise ValueError(f"colour correction needs RGB video [B, 3, T, H, W], got {tuple(video.shape)}")
+        raise ValueError(
+            f"colour correction needs RGB video [B, 3, T, H, W], got {tuple(video.shape)}"
+        )
     if tuple(reference.shape) != (batch, channels, 1, height, width):
         raise ValueError(
             f"reference must be [B, 3, 1, H, W] = {(batch, channels, 1, height, width)}, "
