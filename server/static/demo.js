@@ -58,27 +58,40 @@ async function showEngine() {
     return;
   }
   const engine = String(result.body.engine ?? "unknown");
-  const description = result.body.description ? String(result.body.description) : "";
+  const description = String(result.body.description ?? "").trim().replace(/\.+$/, "");
   banner.dataset.engine = engine;
   const standIn = STAND_IN_ENGINES[engine];
+  let title;
   let text;
   if (standIn) {
-    text = `Engine: ${engine} — ${standIn}. This is NOT the FlashTalk model.`;
+    title = `Stand-in engine: ${engine}.`;
+    text = `${capitalise(description || standIn)}. This is NOT the FlashTalk model.`;
   } else if (engine === "flashtalk") {
-    text = "Engine: flashtalk — the SoulX-FlashTalk model.";
+    title = "Engine: flashtalk.";
+    text = description || "The SoulX-FlashTalk model.";
   } else {
-    text = `Engine: ${engine}.`;
+    title = `Engine: ${engine}.`;
+    text = description;
   }
-  if (description && !text.includes(description)) text += ` (${description})`;
   if (!result.ready) text += " Warming up… Start works once it is ready.";
-  setBanner(standIn ? "banner-standin" : "banner-info", text);
+  setBanner(standIn ? "banner-standin" : "banner-info", text, title);
   if (!result.ready) setTimeout(showEngine, READY_POLL_MS);
 }
 
-function setBanner(kind, text) {
+function capitalise(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+function setBanner(kind, text, title = "") {
   const banner = $("engine-banner");
   banner.className = `banner ${kind}`;
-  banner.textContent = text;
+  banner.replaceChildren();
+  if (title) {
+    const strong = document.createElement("strong");
+    strong.textContent = title;
+    banner.append(strong, " ");
+  }
+  banner.append(text);
 }
 
 async function startCall() {

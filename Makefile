@@ -1,0 +1,76 @@
+# headcast — set up, serve, test.
+#
+#   make serve   create .venv, install headcast, start the server (puppet engine, CPU)
+#   make test    the same install plus the test extra and Debian Chromium, then the suite
+#
+# Idempotent: stamp files in .venv/ skip work already done; a second run goes straight to
+# the command.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+CONFIG ?= configs/cpu-demo.yaml
+
+# The CPU wheel of torch 2.13.0 lies on this kind of machine (pip's find-links). Any other
+# torch spec pulls gigabytes of CUDA wheels, so torch goes in first and a constraint file
+# stops every later install from moving it.
+CONSTRAINTS := $(VENV)/constraints.txt
+PIP := $(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS)
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help install install-test serve test browser lint loadtest clean
+
+help:
+	@echo "make serve     install and start the server on $(CONFIG) (http://127.0.0.1:8000/)"
+	@echo "make test      install everything (incl. Debian chromium) and run the test suite"
+	@echo "make lint      check the import contract (server -> streaming -> pipeline)"
+	@echo "make loadtest  open sessions against a running server and report fps / RTF"
+	@echo "make clean     remove .venv and build leftovers"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(BIN)/python
+	echo "$(TORCH)" > $(CONSTRAINTS)
+	$(PIP) $(TORCH)
+	touch $@
+
+$(VENV)/.install: pyproject.toml $(VENV)/.torch
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.install-test: pyproject.toml $(VENV)/.torch
+	$(PIP) -e ".[test]"
+	touch $@
+
+install: $(VENV)/.install
+
+install-test: $(VENV)/.install-test
+
+serve: install
+	$(BIN)/headcast serve --config $(CONFIG)
+
+# Debian's Chromium and ChromeDriver for the browser test; never a downloaded browser.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "installing Debian chromium and chromium-driver for the browser test"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: install-test browser
+	$(BIN)/python -m pytest -q
+
+lint: install-test
+	$(BIN)/lint-imports --no-cache
+
+URL ?= http://127.0.0.1:8000
+SESSIONS ?= 2
+DURATION ?= 20
+loadtest: install-test
+	$(BIN)/python -m loadtests --url $(URL) --sessions $(SESSIONS) --duration $(DURATION)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache artifacts

@@ -1,0 +1,248 @@
+"""The demo page in a real browser: headless Debian Chromium calls a real server over WebRTC.
+
+Chromium's fake microphone plays a speech-like WAV this test synthesises; the server runs the
+puppet engine with loopback ICE. The test opens ``GET /``, checks the engine banner, starts
+a call, and asserts that the page's <video> decodes at least 100 frames within 5 s of the
+first frame, that the avatar's audio comes back, and that Stop ends the session. It saves
+``artifacts/browser_call.png`` for a person to look at.
+
+Never downloads a browser: it uses /usr/bin/chromium and /usr/bin/chromedriver (Debian's
+``chromium`` and ``chromium-driver``; ``make test`` installs them). Without them the test
+skips, or fails under CI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS_DIR = REPO_ROOT / "artifacts"
+SCREENSHOT = ARTIFACTS_DIR / "browser_call.png"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+WAV_SAMPLE_RATE_HZ = 48_000
+WAV_SECONDS = 8.0
+WINDOW_SIZE = (1200, 1100)
+
+CONNECT_TIMEOUT_S = 20.0
+FIRST_FRAME_TIMEOUT_S = 15.0
+FRAME_WINDOW_S = 5.0
+MIN_FRAMES_IN_WINDOW = 100  # 25 fps sends 125 in 5 s; 100 allows for jitter, not stalls
+POLL_S = 0.1
+VIDEO_WIDTH, VIDEO_HEIGHT = 448, 768
+
+logger = logging.getLogger(__name__)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+
+def _require_chromium() -> None:
+    """Skip (fail under CI) when Debian's Chromium or ChromeDriver is not installed."""
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if not missing:
+        return
+    message = (
+        f"{' and '.join(missing)} not found: install Debian's browser with "
+        "`apt-get install -y chromium chromium-driver` (make test does this)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def write_speech_like_wav(path: Path, seconds: float = WAV_SECONDS) -> None:
+    """Write mono 16-bit PCM that sounds (and loudness-tracks) like someone talking.
+
+    A glottal-like pulse train with a wandering pitch, shaped by vowel formants that change
+    every syllable, in ~4 syllables per second with a pause between phrases.
+    """
+    rate = WAV_SAMPLE_RATE_HZ
+    t = np.arange(int(seconds * rate)) / rate
+    pitch_hz = 130.0 + 25.0 * np.sin(2 * math.pi * 0.6 * t) + 10.0 * np.sin(2 * math.pi * 2.3 * t)
+    phase = 2 * math.pi * np.cumsum(pitch_hz) / rate
+
+    syllable_s = 0.25
+    syllable = (t // syllable_s).astype(int)
+    vowels_hz = np.array([[730, 1090, 2440], [270, 2290, 3010], [570, 840, 2410], [300, 870, 2240]])
+    formants = vowels_hz[syllable % len(vowels_hz)]  # [N, 3]
+
+    voice = np.zeros_like(t)
+    for harmonic in range(1, 31):
+        frequency = harmonic * pitch_hz
+        gain = np.exp(-(((frequency[:, None] - formants) / 110.0) ** 2)).sum(axis=1)
+        voice += gain * np.sin(harmonic * phase) / math.sqrt(harmonic)
+
+    in_syllable = (t % syllable_s) / syllable_s
+    envelope = np.sin(math.pi * np.clip(in_syllable / 0.8, 0.0, 1.0)) ** 2
+    phrase_pause = (t % 2.0) > 1.6
+    envelope[phrase_pause] = 0.0
+    signal = voice * envelope
+    signal *= 0.5 / np.abs(signal).max()
+    pcm = (signal * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm.tobytes())
+
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium whose microphone plays a synthesised speech WAV."""
+    _require_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    wav = tmp_path / "speech.wav"
+    write_speech_like_wav(wav)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-loopback-in-peer-connection",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        f"--window-size={WINDOW_SIZE[0]},{WINDOW_SIZE[1]}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        for entry in driver.get_log("browser"):
+            logger.info("browser console: %s", entry.get("message"))
+        driver.quit()
+
+
+def _wait_for(
+    description: str, check: Callable[[], Any], timeout_s: float, driver: Any
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with the page's state if not."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    page_error = driver.execute_script(
+        "const e = document.getElementById('error'); return e && !e.hidden ? e.textContent : '';"
+    )
+    connection = driver.execute_script(
+        "return document.getElementById('stat-connection').textContent;"
+    )
+    pytest.fail(
+        f"timed out after {timeout_s} s waiting for {description}; "
+        f"connection={connection!r} page error={page_error!r}"
+    )
+
+
+def _decoded_frames(driver: Any) -> int:
+    return int(
+        driver.execute_script(
+            "return document.getElementById('avatar').getVideoPlaybackQuality().totalVideoFrames;"
+        )
+    )
+
+
+def _inbound_audio_packets(driver: Any) -> int:
+    """Audio RTP packets the page received from the server (the avatar's voice)."""
+    return int(
+        driver.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            const pc = window.headcastDemo.session && window.headcastDemo.session.pc;
+            if (!pc) { done(0); return; }
+            pc.getStats().then((report) => {
+              let packets = 0;
+              report.forEach((s) => {
+                if (s.type === 'inbound-rtp' && s.kind === 'audio') packets += s.packetsReceived;
+              });
+              done(packets);
+            });
+            """
+        )
+    )
+
+
+def test_demo_page_streams_the_avatar_at_full_rate(chrome: Any, server_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    chrome.set_script_timeout(10)
+    chrome.get(f"{server_url}/")
+
+    banner = chrome.find_element(By.ID, "engine-banner")
+    _wait_for("the engine banner", lambda: banner.get_attribute("data-engine"), 10.0, chrome)
+    assert banner.get_attribute("data-engine") == "puppet"
+    assert "NOT the FlashTalk model" in banner.text
+
+    chrome.find_element(By.ID, "start").click()
+    _wait_for(
+        "the WebRTC connection",
+        lambda: chrome.find_element(By.ID, "stat-connection").text == "connected",
+        CONNECT_TIMEOUT_S,
+        chrome,
+    )
+    first = _wait_for(
+        "the first decoded frame", lambda: _decoded_frames(chrome), FIRST_FRAME_TIMEOUT_S, chrome
+    )
+
+    window_end = time.monotonic() + FRAME_WINDOW_S
+    decoded = 0
+    while time.monotonic() < window_end and decoded < MIN_FRAMES_IN_WINDOW:
+        time.sleep(POLL_S)
+        decoded = _decoded_frames(chrome) - first
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    assert chrome.save_screenshot(str(SCREENSHOT))
+    assert decoded >= MIN_FRAMES_IN_WINDOW, (
+        f"the page decoded {decoded} frames in {FRAME_WINDOW_S} s after the first "
+        f"(expected >= {MIN_FRAMES_IN_WINDOW} at 25 fps)"
+    )
+    logger.info("decoded %d frames within %.1f s of the first", decoded, FRAME_WINDOW_S)
+
+    size = chrome.execute_script(
+        "const v = document.getElementById('avatar'); return [v.videoWidth, v.videoHeight];"
+    )
+    assert size == [VIDEO_WIDTH, VIDEO_HEIGHT]
+    assert _inbound_audio_packets(chrome) > 0, "the avatar's audio never came back"
+    rendered = chrome.execute_script("return window.headcastDemo.framesRendered;")
+    assert rendered > 0, "requestVideoFrameCallback never fired: the video is not on screen"
+    fps = _wait_for(
+        "the received-fps readout",
+        lambda: chrome.find_element(By.ID, "stat-fps").text.isdigit()
+        and int(chrome.find_element(By.ID, "stat-fps").text),
+        5.0,
+        chrome,
+    )
+    assert fps >= 15, f"the page shows {fps} fps received"
+
+
+    chrome.find_element(By.ID, "stop").click()
+    _wait_for(
+        "the call to close",
+        lambda: chrome.find_element(By.ID, "stat-connection").text == "closed",
+        10.0,
+        chrome,
+    )
+    assert chrome.find_element(By.ID, "start").is_enabled()
