@@ -29,7 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.checkpoint import materialize, read_torch_state
-from pipeline.vae_blocks import SPATIAL_SCALE, TEMPORAL_SCALE, CausalCache, Decoder3d, Encoder3d
+from pipeline.vae_blocks import (
+    SPATIAL_SCALE,
+    TEMPORAL_SCALE,
+    VIDEO_CHANNELS,
+    CausalCache,
+    Decoder3d,
+    Encoder3d,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +60,6 @@ ENCODE_CHUNK_FRAMES = 4
 
 DECODE_CHUNK_LATENTS = 1
 """Latent frames per decode chunk (the first gives 1 video frame, later ones 4)."""
-
-VIDEO_CHANNELS = 3
-"""RGB."""
 
 VIDEO_RANGE = (-1.0, 1.0)
 """Pixel range of the video the VAE takes and returns."""
@@ -139,7 +143,8 @@ class VAEConfig:
         ):
             raise ValueError(
                 f"VAEConfig.temperal_downsample must be {len(self.dim_mult) - 1} bools "
-                f"(one per resampling of dim_mult={self.dim_mult}), got {self.temperal_downsample!r}"
+                f"(one per resampling of dim_mult={self.dim_mult}), "
+                f"got {self.temperal_downsample!r}"
             )
         if self.temporal_stride != ENCODE_CHUNK_FRAMES:
             raise ValueError(
@@ -148,7 +153,9 @@ class VAEConfig:
                 f"{ENCODE_CHUNK_FRAMES} frames per latent frame (two True entries)"
             )
         if any(not isinstance(s, int | float) or s <= 0 for s in self.attn_scales):
-            raise ValueError(f"VAEConfig.attn_scales must be positive numbers, got {self.attn_scales!r}")
+            raise ValueError(
+                f"VAEConfig.attn_scales must be positive numbers, got {self.attn_scales!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"VAEConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.z_dim != len(LATENT_MEAN):
@@ -196,8 +203,10 @@ class WanVAE(nn.Module):
             temperal_upsample=config.temperal_downsample[::-1],
             dropout=config.dropout,
         )
-        self.register_buffer("latent_mean", torch.tensor(LATENT_MEAN, dtype=STATS_DTYPE), persistent=False)
-        self.register_buffer("latent_std", torch.tensor(LATENT_STD, dtype=STATS_DTYPE), persistent=False)
+        mean = torch.tensor(LATENT_MEAN, dtype=STATS_DTYPE)
+        std = torch.tensor(LATENT_STD, dtype=STATS_DTYPE)
+        self.register_buffer("latent_mean", mean, persistent=False)
+        self.register_buffer("latent_std", std, persistent=False)
         self.register_load_state_dict_post_hook(_reset_buffers_after_load)
 
     def reset_buffers(self) -> None:
@@ -253,13 +262,13 @@ class WanVAE(nn.Module):
         # 2. Decode one latent frame at a time through one causal cache, writing each chunk
         #    into the float32 output.
         frames = 1 + stride_t * (t_lat - 1)
-        video = torch.empty(
-            (b, VIDEO_CHANNELS, frames, h * stride_s, w * stride_s), dtype=STATS_DTYPE, device=x.device
-        )  # [B, 3, T, H, W]
+        out_shape = (b, VIDEO_CHANNELS, frames, h * stride_s, w * stride_s)
+        video = torch.empty(out_shape, dtype=STATS_DTYPE, device=x.device)  # [B, 3, T, H, W]
         cache = CausalCache()
         written = 0
         for start in range(0, t_lat, DECODE_CHUNK_LATENTS):
-            chunk = self.decoder(x[:, :, start : start + DECODE_CHUNK_LATENTS], cache)  # [B, 3, 1|4, H, W]
+            latent = x[:, :, start : start + DECODE_CHUNK_LATENTS]  # [B, z, 1, h, w]
+            chunk = self.decoder(latent, cache)  # [B, 3, 1 (first) or 4, H, W]
             video[:, :, written : written + chunk.shape[2]] = chunk
             written += chunk.shape[2]
         # 3. Clamp to the video range in place.
@@ -282,12 +291,15 @@ class WanVAE(nn.Module):
                 f"frames (1, 5, 9, ...): trim or pad the clip"
             )
         if height % stride_s or width % stride_s:
-            raise ValueError(f"video size {height}x{width} must be a multiple of {stride_s} on each side")
+            raise ValueError(
+                f"video size {height}x{width} must be a multiple of {stride_s} on each side"
+            )
 
     def _check_latents(self, latents: torch.Tensor) -> None:
         if latents.dim() != 5 or latents.shape[1] != self.config.z_dim or latents.shape[2] < 1:
             raise ValueError(
-                f"latents must be [B, {self.config.z_dim}, T', h, w] with T' >= 1, got {tuple(latents.shape)}"
+                f"latents must be [B, {self.config.z_dim}, T', h, w] with T' >= 1, "
+                f"got {tuple(latents.shape)}"
             )
 
 

@@ -28,6 +28,9 @@ from torch import nn
 CACHE_T = 2
 """Frames of history kept per causal layer: what a kernel-3 causal conv needs (frames)."""
 
+VIDEO_CHANNELS = 3
+"""RGB channels of the video the encoder takes and the decoder returns."""
+
 CAUSAL_KERNEL_T = 3
 """Temporal kernel size of the causal convolutions (frames)."""
 
@@ -111,7 +114,9 @@ class CausalConv3d(nn.Conv3d):
         self.time_padding = 2 * pad_t
         """Past frames the convolution reads before the first frame of a chunk."""
         if self.time_padding > CACHE_T:
-            raise ValueError(f"causal padding of {self.time_padding} frames exceeds CACHE_T={CACHE_T}")
+            raise ValueError(
+                f"causal padding of {self.time_padding} frames exceeds CACHE_T={CACHE_T}"
+            )
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         # x: [B, I, t, H, W] -> [B, O, t, H, W]
@@ -153,7 +158,8 @@ class SpatialUpsample(nn.Module):
     """Nearest-neighbour 2x spatial upsampling of every frame (no parameters)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, C, T, 2H, 2W]
-        return F.interpolate(x, scale_factor=(1.0, SPATIAL_SCALE, SPATIAL_SCALE), mode="nearest-exact")
+        scale = (1.0, float(SPATIAL_SCALE), float(SPATIAL_SCALE))
+        return F.interpolate(x, scale_factor=scale, mode="nearest-exact")
 
 
 class PadRightBottom(nn.Module):
@@ -239,7 +245,9 @@ class ResidualBlock(nn.Module):
             nn.Dropout(dropout),
             CausalConv3d(out_dim, out_dim, CAUSAL_KERNEL_T, padding=1),
         )
-        self.shortcut: nn.Module = nn.Conv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+        self.shortcut: nn.Module = (
+            nn.Conv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         # x: [B, I, t, H, W] -> [B, O, t, H, W]
@@ -297,7 +305,7 @@ class Encoder3d(nn.Module):
         super().__init__()
         dims = [dim * mult for mult in (1, *dim_mult)]
         scale = 1.0  # current resolution relative to the input
-        self.conv1 = CausalConv3d(3, dims[0], CAUSAL_KERNEL_T, padding=1)
+        self.conv1 = CausalConv3d(VIDEO_CHANNELS, dims[0], CAUSAL_KERNEL_T, padding=1)
 
         blocks: list[nn.Module] = []
         for stage, (stage_in, stage_out) in enumerate(zip(dims[:-1], dims[1:])):
@@ -307,9 +315,9 @@ class Encoder3d(nn.Module):
                     blocks.append(AttentionBlock(stage_out))
                 stage_in = stage_out
             if stage != len(dim_mult) - 1:
-                blocks.append(
-                    Resample(stage_out, "downsample3d" if temperal_downsample[stage] else "downsample2d")
-                )
+                temporal = temperal_downsample[stage]
+                down: ResampleMode = "downsample3d" if temporal else "downsample2d"
+                blocks.append(Resample(stage_out, down))
                 scale /= SPATIAL_SCALE
         self.downsamples = nn.Sequential(*blocks)
 
@@ -318,7 +326,9 @@ class Encoder3d(nn.Module):
             ResidualBlock(mid, mid, dropout), AttentionBlock(mid), ResidualBlock(mid, mid, dropout)
         )
         self.head = nn.Sequential(
-            RMSNorm(mid), nn.SiLU(inplace=True), CausalConv3d(mid, out_dim, CAUSAL_KERNEL_T, padding=1)
+            RMSNorm(mid),
+            nn.SiLU(inplace=True),
+            CausalConv3d(mid, out_dim, CAUSAL_KERNEL_T, padding=1),
         )
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -363,13 +373,16 @@ class Decoder3d(nn.Module):
                     blocks.append(AttentionBlock(stage_out))
                 stage_in = stage_out
             if stage != len(dim_mult) - 1:
-                blocks.append(Resample(stage_out, "upsample3d" if temperal_upsample[stage] else "upsample2d"))
+                up: ResampleMode = "upsample3d" if temperal_upsample[stage] else "upsample2d"
+                blocks.append(Resample(stage_out, up))
                 scale *= SPATIAL_SCALE
         self.upsamples = nn.Sequential(*blocks)
 
         last = dims[-1]
         self.head = nn.Sequential(
-            RMSNorm(last), nn.SiLU(inplace=True), CausalConv3d(last, 3, CAUSAL_KERNEL_T, padding=1)
+            RMSNorm(last),
+            nn.SiLU(inplace=True),
+            CausalConv3d(last, VIDEO_CHANNELS, CAUSAL_KERNEL_T, padding=1),
         )
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
