@@ -54,7 +54,7 @@ TINY_WAV2VEC2_CONFIG: Mapping[str, Any] = MappingProxyType(
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
         "intermediate_size": 64,
-        "conv_dim": [16] * 7,
+        "conv_dim": (16,) * 7,
         "num_conv_pos_embeddings": 16,
         "num_conv_pos_embedding_groups": 4,
         "feat_extract_norm": "group",

@@ -49,8 +49,19 @@ STD_FLOOR = 1e-8
 """A frame channel with a smaller Lab standard deviation is only shifted, not scaled."""
 
 
-def _matrix(rows: tuple[tuple[float, float, float], ...], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(rows, dtype=like.dtype, device=like.device)  # [3, 3]
+def _apply_matrix(rows: tuple[tuple[float, float, float], ...], vec: torch.Tensor) -> torch.Tensor:
+    """``rows @ vec`` over the last axis, with Python-float coefficients.
+
+    Written as per-channel multiply-adds so no constant tensor is created or copied to the
+    device per call (a host-to-device copy of a constant would synchronise the stream).
+    """
+    c0, c1, c2 = vec.unbind(-1)  # each [...]
+    return torch.stack([r0 * c0 + r1 * c1 + r2 * c2 for r0, r1, r2 in rows], dim=-1)  # [..., 3]
+
+
+def _scale_channels(vec: torch.Tensor, scales: tuple[float, float, float]) -> torch.Tensor:
+    """Multiply each channel of ``vec`` [..., 3] by a Python-float scale."""
+    return torch.stack([c * k for c, k in zip(vec.unbind(-1), scales)], dim=-1)  # [..., 3]
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -62,8 +73,8 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
         rgb / SRGB_LINEAR_SLOPE,
     )  # [..., 3]
     # 2. Linear RGB -> XYZ, normalised by the D65 white point.
-    xyz = linear @ _matrix(XYZ_FROM_LINEAR_RGB, rgb).T  # [..., 3]
-    xyz = xyz / torch.tensor(D65_WHITE_XYZ, dtype=rgb.dtype, device=rgb.device)
+    xyz = _apply_matrix(XYZ_FROM_LINEAR_RGB, linear)  # [..., 3]
+    xyz = _scale_channels(xyz, tuple(1.0 / w for w in D65_WHITE_XYZ))
     xyz = xyz.clamp(LAB_XYZ_FLOOR, 1.0)
     # 3. XYZ -> Lab.
     f = torch.where(xyz > LAB_EPSILON, xyz ** (1.0 / 3.0), (LAB_KAPPA * xyz + 16.0) / 116.0)
@@ -85,9 +96,9 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     y = torch.where(lightness > LAB_KAPPA * LAB_EPSILON, fy**3, lightness / LAB_KAPPA)
     z = torch.where(fz**3 > LAB_EPSILON, fz**3, (116.0 * fz - 16.0) / LAB_KAPPA)
     xyz = torch.stack([x, y, z], dim=-1)  # [..., 3]
-    xyz = xyz * torch.tensor(D65_WHITE_XYZ, dtype=lab.dtype, device=lab.device)
+    xyz = _scale_channels(xyz, D65_WHITE_XYZ)
     # 2. XYZ -> linear RGB.
-    linear = xyz @ _matrix(LINEAR_RGB_FROM_XYZ, lab).T  # [..., 3]
+    linear = _apply_matrix(LINEAR_RGB_FROM_XYZ, xyz)  # [..., 3]
     # 3. Apply the sRGB transfer curve (negative values take the linear branch).
     rgb = torch.where(
         linear > SRGB_ENCODE_THRESHOLD,
