@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.attention import attention
 from pipeline.checkpoint import CheckpointError, materialize, read_torch_state
 
 logger = logging.getLogger(__name__)
@@ -221,13 +222,12 @@ class CLIPAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, L, dim] -> [B, L, dim]."""
         b, length, dim = x.shape
-        # 1. fused projection, split into q, k, v: [B, heads, L, head_dim] each
-        qkv = self.to_qkv(x).view(b, length, 3, self.num_heads, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-        # 2. softmax attention over all tokens
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, head_dim]
+        # 1. fused projection, split into q, k, v: [B, L, heads, head_dim] each
+        q, k, v = self.to_qkv(x).view(b, length, 3, self.num_heads, self.head_dim).unbind(2)
+        # 2. softmax attention over all tokens: [B, L, heads, head_dim]
+        out = attention(q, k, v)
         # 3. merge heads and project: [B, L, dim]
-        return self.proj(out.transpose(1, 2).reshape(b, length, dim))
+        return self.proj(out.reshape(b, length, dim))
 
 
 class CLIPBlock(nn.Module):

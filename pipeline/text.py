@@ -229,7 +229,8 @@ class T5Attention(nn.Module):
             proj(x).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
             for proj in (self.q, self.k, self.v)
         )
-        # 2. attention with the additive bias and T5's unit scale
+        # 2. attention with the additive bias and T5's unit scale (SDPA directly: the shared
+        #    pipeline.attention dispatch has neither a bias nor a custom scale)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=T5_ATTENTION_SCALE)
         # 3. merge heads and project back: [B, L, dim]
         return self.o(out.transpose(1, 2).reshape(b, length, -1))
@@ -262,10 +263,16 @@ class T5Block(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, buckets: torch.Tensor, key_mask: torch.Tensor,
+        self,
+        x: torch.Tensor,
+        buckets: torch.Tensor,
+        key_mask: torch.Tensor,
         shared_bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x [B, L, dim], buckets [L, L], key_mask [B, L] bool -> [B, L, dim]."""
+        """x [B, L, dim], buckets [L, L], key_mask [B, L] bool -> [B, L, dim].
+
+        ``shared_bias`` [1, heads, L, L] is the encoder's table when positions are shared.
+        """
         b, length, _ = x.shape
         # 1. position bias of this layer (or the shared one), padded keys masked out
         position_bias = shared_bias if self.pos_embedding is None else self.pos_embedding(buckets)
@@ -361,8 +368,14 @@ def whitespace_clean(text: str) -> str:
 
 
 def clean_prompt(text: str) -> str:
-    """The official ``clean='whitespace'`` cleaning: fix mojibake, unescape HTML, collapse spaces."""
-    import ftfy  # imported here: only the real tokenizer needs it
+    """The official ``clean='whitespace'``: fix mojibake, unescape HTML, collapse spaces."""
+    try:
+        import ftfy  # imported here: only the real tokenizer needs it
+    except ImportError as exc:
+        raise ImportError(
+            "cleaning prompts for the umt5 tokenizer needs the `ftfy` package: "
+            "pip install ftfy"
+        ) from exc
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return whitespace_clean(text)

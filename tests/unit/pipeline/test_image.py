@@ -93,6 +93,17 @@ def test_load_clip_visual_from_saved_file_ignores_the_text_tower(
     assert rel_err(features, golden.outputs["features"]) < GOLDEN_TOLERANCE
 
 
+def test_load_clip_visual_in_half_precision_stays_close(tmp_path: Path, golden: Golden) -> None:
+    path = tmp_path / "clip.pth"
+    torch.save(golden.state, path)
+    loaded = load_clip_visual(
+        path, device="cpu", dtype=torch.float16, config=CLIPVisionConfig.tiny()
+    )
+    features = loaded.features(golden.inputs["image"])
+    assert features.dtype == torch.float16
+    assert rel_err(features, golden.outputs["features"]) < 1e-2  # fp16 has ~3 digits
+
+
 def test_load_clip_visual_is_strict_on_the_visual_subset(tmp_path: Path, golden: Golden) -> None:
     state = dict(golden.state)
     del state["visual.transformer.2.mlp.2.bias"]  # the unused last block still must load

@@ -3,6 +3,7 @@ tokenizers and PromptEncoder."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,35 @@ def test_load_t5_from_saved_file(tmp_path: Path, golden: Golden, encoder: T5Enco
         out = loaded(ids, mask)
         assert torch.equal(out, encoder(ids, mask))
     assert rel_err(out, golden.outputs["hidden"]) < GOLDEN_TOLERANCE
+
+
+def test_load_t5_in_bfloat16_stays_close(tmp_path: Path, golden: Golden) -> None:
+    path = tmp_path / "t5.pth"
+    torch.save(golden.state, path)
+    loaded = load_t5(path, device="cpu", dtype=torch.bfloat16, config=T5Config.tiny())
+    with torch.no_grad():
+        out = loaded(golden.inputs["ids"], golden.inputs["mask"])
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, golden.outputs["hidden"]) < 5e-2  # bf16 has ~3 significant digits
+
+
+def test_shared_position_table_equals_identical_per_layer_tables(golden: Golden) -> None:
+    table = golden.state["blocks.0.pos_embedding.embedding.weight"]
+    per_layer_state = {
+        key: (table if key.endswith("pos_embedding.embedding.weight") else value)
+        for key, value in golden.state.items()
+    }
+    shared_state = {
+        key: value for key, value in golden.state.items() if "pos_embedding" not in key
+    }
+    shared_state["pos_embedding.embedding.weight"] = table
+    per_layer = T5Encoder(T5Config.tiny())
+    per_layer.load_state_dict(per_layer_state, strict=True)
+    shared = T5Encoder(replace(T5Config.tiny(), shared_pos=True))
+    shared.load_state_dict(shared_state, strict=True)
+    ids, mask = golden.inputs["ids"], golden.inputs["mask"]
+    with torch.no_grad():
+        torch.testing.assert_close(shared(ids, mask), per_layer(ids, mask))
 
 
 def test_load_t5_missing_file_says_what_to_do(tmp_path: Path) -> None:
