@@ -65,7 +65,7 @@ async function showEngine() {
   let text;
   if (standIn) {
     title = `Stand-in engine: ${engine}.`;
-    text = `${capitalise(description || standIn)}. This is NOT the FlashTalk model.`;
+    text = `${capitalise(standIn)}. This is NOT the FlashTalk model.`;
   } else if (engine === "flashtalk") {
     title = "Engine: flashtalk.";
     text = description || "The SoulX-FlashTalk model.";
@@ -75,6 +75,7 @@ async function showEngine() {
   }
   if (!result.ready) text += " Warming up… Start works once it is ready.";
   setBanner(standIn ? "banner-standin" : "banner-info", text, title);
+  banner.title = description; // the server's own words, on hover
   if (!result.ready) setTimeout(showEngine, READY_POLL_MS);
 }
 
