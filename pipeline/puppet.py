@@ -1,0 +1,524 @@
+"""The ``puppet`` engine: a CPU stand-in that animates the avatar image from audio energy.
+
+Owns the puppet's per-session state, the mapping from each 40 ms frame's audio energy to a
+mouth opening, the idle motion (head sway, breathing bob, blinks), the "puppet" corner label
+and ``mouth_open_metric``, which measures the mouth opening back from a (possibly lossy
+decoded) frame. No weights, numpy only, real time on a couple of CPU cores with several
+sessions. It is a demo and integration target, not the FlashTalk model, and says so.
+
+Where the face is: the puppet has no landmarks. It assumes ``FaceLayout`` (from
+``pipeline.avatar_art``) for every image: a portrait centred horizontally, eyes at 47 % and
+the mouth at 62 % of the frame height, mouth 17 % of the width wide. The drawn default avatar
+is made to that layout; other pictures get a drawn mouth and eyelids at those positions.
+
+Must not know about threads, queues, asyncio or codecs: the device worker calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+
+from pipeline.avatar_art import (
+    DEFAULT_AVATAR_NAME,
+    LASH,
+    LIPS,
+    FaceLayout,
+    draw_default_avatar,
+)
+from pipeline.engine import EngineNotReady
+from pipeline.imaging import resize_and_centercrop
+from pipeline.media import (
+    CHUNK_FRAMES,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    SAMPLES_PER_FRAME,
+    VIDEO_FPS,
+    Avatar,
+    Chunk,
+    ChunkJob,
+)
+
+logger = logging.getLogger(__name__)
+
+PUPPET_NAME = "puppet"
+PUPPET_DESCRIPTION = "puppet: CPU stand-in driven by audio energy — not the FlashTalk model"
+LABEL_TEXT = "puppet"
+
+# -- mouth ------------------------------------------------------------------------------------
+
+SILENT_DBFS = -50.0
+"""Frame RMS level (dB re full scale) at or below which the mouth is closed."""
+FULL_OPEN_DBFS = -10.0
+"""Frame RMS level (dB re full scale) at or above which the mouth is fully open."""
+RMS_FLOOR = 1e-10
+"""Added to the RMS before taking the log, so digital silence maps to a finite level."""
+MOUTH_RELEASE_PER_FRAME = 0.35
+"""When energy falls, the level keeps this fraction of the previous frame's level (at most).
+
+Opening is immediate (no attack delay); closing decays over about one frame, so the mouth
+lags the audio by at most one 40 ms frame and only while closing.
+"""
+MOUTH_CLOSED_BELOW = 0.02
+"""Mouth levels below this (under one pixel of opening at 768 px) count as closed."""
+LIP_THICKNESS_Y = 0.008
+"""Lip thickness around the opening, as a fraction of the frame height (6 px at 768)."""
+CLOSED_MOUTH_WIDTH = 0.82
+"""Width of the opening at the smallest level, relative to its width at full level."""
+MOUTH_INTERIOR: tuple[int, int, int] = (42, 14, 22)
+"""Colour of the open mouth: dark (luma ~23), so it survives lossy video coding."""
+DARK_LUMA_MAX = 80.0
+"""``mouth_open_metric`` counts pixels with Rec. 601 luma below this (0..255) as mouth."""
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+"""Rec. 601 luma weights of R, G, B."""
+
+# -- idle motion --------------------------------------------------------------------------------
+
+SWAY_AMPLITUDE_X = 0.007
+"""Head sway amplitude as a fraction of the frame width (3 px at 448)."""
+SWAY_PERIOD_S = 4.7
+BOB_AMPLITUDE_Y = 0.0026
+"""Breathing bob amplitude as a fraction of the frame height (2 px at 768)."""
+BOB_PERIOD_S = 3.4
+HEAD_REGION_SCALE = 1.3
+"""The moving head region: the layout's head ellipse scaled by this (covers hair and chin)."""
+HEAD_FEATHER_PX = 20
+"""Width of the soft edge between the moving head region and the still background."""
+BLEND_SHIFT = 8
+BLEND_ONE = 1 << BLEND_SHIFT
+"""Fixed-point 1.0 of the head blend weights (uint16 arithmetic, no overflow at 255*256)."""
+BLINK_CLOSURE = (0.6, 1.0, 1.0, 0.5)
+"""Eyelid closure per frame of one blink (4 frames = 160 ms)."""
+BLINK_INTERVAL_S = (2.0, 5.5)
+"""Range of the random pause between blinks, in seconds."""
+FIRST_BLINK_S = (0.4, 2.5)
+"""Range of the random delay of a session's first blink, in seconds."""
+EYELID_SCALE = 1.2
+"""The eyelid covers the layout's eye ellipse scaled by this."""
+
+# -- label and caches -------------------------------------------------------------------------
+
+LABEL_FONT_PX = 13
+LABEL_MARGIN_PX = 6
+LABEL_PADDING_PX = 3
+LABEL_RGBA = (255, 255, 255, 150)
+LABEL_BOX_RGBA = (0, 0, 0, 70)
+AVATAR_CACHE_SIZE = 8
+"""Avatars whose prepared backgrounds the engine keeps, keyed by ``Avatar.name`` (as the
+design's per-avatar cache is): about 1 MB each at 768x448."""
+
+
+def frame_levels_dbfs(audio: np.ndarray) -> np.ndarray:
+    """RMS level of each 640-sample (40 ms) frame, in dB re full scale.
+
+    Frame i covers samples ``[640*i, 640*(i+1))``. ``audio`` is [F*640] float32.
+    Returns [F] float32.
+    """
+    if audio.ndim != 1 or audio.shape[0] % SAMPLES_PER_FRAME:
+        raise ValueError(
+            f"expected a 1-D multiple of {SAMPLES_PER_FRAME} samples, got {audio.shape}"
+        )
+    frames = audio.reshape(-1, SAMPLES_PER_FRAME).astype(np.float32)  # [F, 640]
+    rms = np.sqrt(np.mean(frames * frames, axis=1))  # [F]
+    return (20.0 * np.log10(rms + RMS_FLOOR)).astype(np.float32)
+
+
+def mouth_targets(levels_dbfs: np.ndarray) -> np.ndarray:
+    """Map frame levels to mouth openings in [0, 1], monotonic (-50 dBFS..-10 dBFS -> 0..1)."""
+    span = FULL_OPEN_DBFS - SILENT_DBFS
+    return np.clip((levels_dbfs - SILENT_DBFS) / span, 0.0, 1.0).astype(np.float32)
+
+
+def smooth_mouth(targets: np.ndarray, previous: float) -> np.ndarray:
+    """Instant attack, one-frame release: level = max(target, previous * release). [F] -> [F].
+
+    Levels below ``MOUTH_CLOSED_BELOW`` snap to 0, so the mouth rests fully closed."""
+    levels = np.empty_like(targets)  # [F]
+    level = previous
+    for i, target in enumerate(targets.tolist()):
+        level = max(target, level * MOUTH_RELEASE_PER_FRAME)
+        if level < MOUTH_CLOSED_BELOW:
+            level = 0.0
+        levels[i] = level
+    return levels
+
+
+def _mouth_metric_box(layout: FaceLayout) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the box ``mouth_open_metric`` inspects."""
+    lip = _lip_px(layout)
+    half_h = layout.mouth_max_half_height + lip + _bob_px(layout) + 2
+    half_w = layout.mouth_half_width + lip + _sway_px(layout) + 2
+    top = max(0, layout.mouth_centre_y - half_h)
+    left = max(0, layout.centre_x - half_w)
+    return (
+        top,
+        min(layout.height, layout.mouth_centre_y + half_h + 1),
+        left,
+        min(layout.width, layout.centre_x + half_w + 1),
+    )
+
+
+def mouth_open_metric(frame: np.ndarray, height: int, width: int) -> float:
+    """How open the puppet's mouth is in ``frame``: about 0 closed, about 1 fully open.
+
+    Counts dark pixels (luma < ``DARK_LUMA_MAX``) in a box around the layout's mouth position
+    and divides by the share a fully open mouth covers. ``height`` x ``width`` is the size the
+    engine rendered at; a frame received at another size (a scaling decoder) is measured in
+    the proportionally scaled box. ``frame`` is [h, w, 3] uint8 RGB.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected an RGB frame [H, W, 3], got shape {frame.shape}")
+    layout = FaceLayout.for_frame(height, width)
+    top, bottom, left, right = _mouth_metric_box(layout)
+    scale_y, scale_x = frame.shape[0] / height, frame.shape[1] / width
+    box = frame[
+        round(top * scale_y) : max(round(bottom * scale_y), round(top * scale_y) + 1),
+        round(left * scale_x) : max(round(right * scale_x), round(left * scale_x) + 1),
+    ]  # [h, w, 3]
+    luma = box.astype(np.float32) @ LUMA_WEIGHTS  # [h, w]
+    dark_share = float(np.mean(luma < DARK_LUMA_MAX))
+    open_area = math.pi * layout.mouth_half_width * layout.mouth_max_half_height
+    open_share = open_area / ((bottom - top) * (right - left))
+    return dark_share / open_share
+
+
+def _lip_px(layout: FaceLayout) -> int:
+    return max(1, round(LIP_THICKNESS_Y * layout.height))
+
+
+def _sway_px(layout: FaceLayout) -> int:
+    return max(1, round(SWAY_AMPLITUDE_X * layout.width))
+
+
+def _bob_px(layout: FaceLayout) -> int:
+    return max(1, round(BOB_AMPLITUDE_Y * layout.height))
+
+
+def _soft_ellipse(
+    ys: np.ndarray, xs: np.ndarray, half_h: float, half_w: float
+) -> np.ndarray:
+    """Coverage in [0, 1] of an ellipse centred at 0 with a one-pixel soft edge. [h, w].
+
+    A half-axis under half a pixel draws nothing."""
+    if half_h < 0.5 or half_w < 0.5:
+        return np.zeros(np.broadcast_shapes(ys.shape, xs.shape), dtype=np.float32)
+    radius = np.sqrt((ys / half_h) ** 2 + (xs / half_w) ** 2)  # [h, w]
+    return np.clip((1.0 - radius) * min(half_h, half_w) + 0.5, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One avatar made ready for a frame size: the labelled background with closed lips,
+    the eyelid colours, and the head region blended at each idle offset (filled lazily:
+    at most 7 x 5 offsets of about 0.5 MB each at 768x448)."""
+
+    background: np.ndarray  # [H, W, 3] uint8, resized, cropped, lips drawn, labelled
+    lid_colours: tuple[np.ndarray, np.ndarray]  # 2 x [3] float32, skin under each eye
+    moved_heads: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    """(dy, dx) -> the head region [h, w, 3] uint8 shifted by (dy, dx), edges blended."""
+
+
+@dataclass
+class PuppetState:
+    """Per-session state: the prepared avatar, idle-motion clock, blink timer, mouth level."""
+
+    avatar_name: str
+    prepared: _Prepared
+    rng: np.random.Generator
+    sway_phase: float
+    bob_phase: float
+    next_blink_frame: int
+    frame_count: int = 0
+    """Frames rendered so far: the idle-motion clock (continuous across interrupts)."""
+    mouth_level: float = 0.0
+    blink_start: int | None = None
+    chunk_seconds: list[float] = field(default_factory=list)
+
+
+class PuppetEngine:
+    """The puppet engine (see the module docstring). Implements ``pipeline.engine.Engine``.
+
+    Args:
+        height, width: output frame size in pixels.
+        image: picture of the engine's default avatar ([H, W, 3] uint8, any size); ``None``
+            draws the default face. ``load`` warms up on it; ``default_avatar`` returns it.
+        fps: video frame rate; must equal the media clock's 25 fps (28 frames per chunk).
+    """
+
+    name = PUPPET_NAME
+    description = PUPPET_DESCRIPTION
+
+    def __init__(
+        self,
+        height: int = DEFAULT_HEIGHT,
+        width: int = DEFAULT_WIDTH,
+        image: np.ndarray | None = None,
+        fps: int = VIDEO_FPS,
+    ) -> None:
+        if fps != VIDEO_FPS:
+            raise ValueError(
+                f"the puppet renders on the media clock of {VIDEO_FPS} fps "
+                f"({CHUNK_FRAMES} frames per chunk); got fps={fps}. Leave fps at {VIDEO_FPS}."
+            )
+        if image is not None and (image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8):
+            raise ValueError(
+                f"image must be an RGB uint8 array [H, W, 3], got {image.dtype} {image.shape}"
+            )
+        self.layout = FaceLayout.for_frame(height, width)
+        self.height = height
+        self.width = width
+        self.fps = fps
+        self._image = image
+        self._label: np.ndarray | None = None  # [h, w, 4] uint8 RGBA, made by load()
+        self._prepared: OrderedDict[str, _Prepared] = OrderedDict()
+        self._head = self._head_region()
+        self._mouth_grid = self._mouth_box_grid()
+
+    # -- Engine protocol ---------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Render the corner label and warm up on the default avatar (one chunk)."""
+        started = time.perf_counter()
+        self._label = _render_label(LABEL_TEXT)
+        state = self.open_session(self.default_avatar(), seed=0)
+        silence = np.zeros(CHUNK_FRAMES * SAMPLES_PER_FRAME, dtype=np.float32)
+        self.step(state, ChunkJob(0, silence))
+        self.close_session(state)
+        logger.info("puppet warmed up in %.3f s", time.perf_counter() - started)
+
+    def default_avatar(self) -> Avatar:
+        """The engine's default avatar: ``image`` if given, else the drawn face."""
+        if self._image is None:
+            self._image = draw_default_avatar(self.height, self.width)  # drawn once
+        return Avatar(name=DEFAULT_AVATAR_NAME, image=self._image)
+
+    def open_session(self, avatar: Avatar, seed: int) -> PuppetState:
+        """Prepare (or reuse) the avatar's background; seed the session's idle motion."""
+        if self._label is None:
+            raise EngineNotReady("the puppet engine is not loaded; call load() first")
+        prepared = self._prepare(avatar)
+        rng = np.random.default_rng(seed)
+        return PuppetState(
+            avatar_name=avatar.name,
+            prepared=prepared,
+            rng=rng,
+            sway_phase=float(rng.uniform(0.0, 2.0 * math.pi)),
+            bob_phase=float(rng.uniform(0.0, 2.0 * math.pi)),
+            next_blink_frame=round(rng.uniform(*FIRST_BLINK_S) * self.fps),
+        )
+
+    def step(self, state: PuppetState, job: ChunkJob) -> Chunk:
+        """Render 28 frames: frame i's mouth follows samples [640*i, 640*(i+1)) of the job."""
+        started = time.perf_counter()
+        targets = mouth_targets(frame_levels_dbfs(job.audio))  # [28]
+        levels = smooth_mouth(targets, state.mouth_level)  # [28]
+        background = state.prepared.background  # [H, W, 3]
+        frames = np.empty((CHUNK_FRAMES, self.height, self.width, 3), dtype=np.uint8)
+        frames[:] = background  # [28, H, W, 3]
+        for i in range(CHUNK_FRAMES):
+            t = state.frame_count + i
+            dy, dx = self._idle_offset(state, t)
+            frame = frames[i]  # [H, W, 3] view
+            self._paste_head(frame, state.prepared, dy, dx)
+            self._draw_eyelids(frame, state, self._blink_closure(state, t), dy, dx)
+            if levels[i] > 0.0:  # the closed lips are part of the background
+                self._draw_mouth(frame, float(levels[i]), dy, dx)
+        state.frame_count += CHUNK_FRAMES
+        state.mouth_level = float(levels[-1])
+        elapsed = time.perf_counter() - started
+        return Chunk(
+            index=job.index,
+            frames=frames,
+            audio=job.audio,
+            compute_seconds=elapsed,
+            stats={"mouth_level_mean": float(levels.mean())},
+        )
+
+    def close_session(self, state: PuppetState) -> None:
+        """Nothing to release beyond dropping the state; the avatar cache stays warm."""
+        state.blink_start = None
+
+    # -- preparation -------------------------------------------------------------------------
+
+    def _prepare(self, avatar: Avatar) -> _Prepared:
+        key = avatar.name
+        cached = self._prepared.get(key)
+        if cached is not None:
+            self._prepared.move_to_end(key)
+            return cached
+        image = avatar.image
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"avatar {avatar.name!r}: image must be RGB uint8 [H, W, 3], "
+                f"got {image.dtype} {image.shape}"
+            )
+        if image.shape[:2] == (self.height, self.width):
+            background = image.copy()  # [H, W, 3]
+        else:
+            pixels = resize_and_centercrop(PIL.Image.fromarray(image), (self.height, self.width))
+            background = pixels[0, :, 0].permute(1, 2, 0).numpy().copy()  # [H, W, 3]
+        lids = self._lid_colours(background)
+        self._draw_mouth(background, 0.0, 0, 0)  # closed lips; open mouths are drawn over them
+        assert self._label is not None
+        _stamp_label(background, self._label)
+        prepared = _Prepared(background=background, lid_colours=lids)
+        self._prepared[key] = prepared
+        while len(self._prepared) > AVATAR_CACHE_SIZE:
+            self._prepared.popitem(last=False)
+        return prepared
+
+    def _lid_colours(self, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Median colour of the skin just under each eye. Returns 2 x [3] float32."""
+        layout = self.layout
+        top = layout.eye_centre_y + round(1.6 * layout.eye_half_height)
+        bottom = top + max(2, layout.eye_half_height)
+        half = max(1, layout.eye_half_width // 2)
+        colours = []
+        for ex in layout.eye_centres_x:
+            patch = background[top:bottom, ex - half : ex + half + 1]  # [h, w, 3]
+            colours.append(np.median(patch.reshape(-1, 3), axis=0).astype(np.float32))
+        return colours[0], colours[1]
+
+    def _head_region(self) -> tuple[slice, slice, np.ndarray]:
+        """The moving head region and its blend weights [h, w, 1] uint16 in 0..256."""
+        layout = self.layout
+        sway, bob = _sway_px(layout), _bob_px(layout)
+        half_h = HEAD_REGION_SCALE * layout.head_half_height
+        half_w = HEAD_REGION_SCALE * layout.head_half_width
+        top = max(bob, round(layout.head_centre_y - half_h - HEAD_FEATHER_PX))
+        bottom = min(layout.height - bob, round(layout.head_centre_y + half_h + HEAD_FEATHER_PX))
+        left = max(sway, round(layout.centre_x - half_w - HEAD_FEATHER_PX))
+        right = min(layout.width - sway, round(layout.centre_x + half_w + HEAD_FEATHER_PX))
+        ys = np.arange(top, bottom, dtype=np.float32)[:, None] - layout.head_centre_y  # [h, 1]
+        xs = np.arange(left, right, dtype=np.float32)[None, :] - layout.centre_x  # [1, w]
+        radius = np.sqrt((ys / half_h) ** 2 + (xs / half_w) ** 2)  # [h, w]
+        outside_px = (radius - 1.0) * min(half_h, half_w)
+        weight = np.clip(1.0 - outside_px / HEAD_FEATHER_PX, 0.0, 1.0)  # [h, w]
+        weights = np.round(weight * BLEND_ONE).astype(np.uint16)[..., None]  # [h, w, 1]
+        return slice(top, bottom), slice(left, right), weights
+
+    def _mouth_box_grid(self) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """Half-size of the mouth drawing box and its pixel offsets from the mouth centre."""
+        layout = self.layout
+        lip = _lip_px(layout)
+        half_h = layout.mouth_max_half_height + lip + 2
+        half_w = layout.mouth_half_width + lip + 2
+        ys = np.arange(-half_h, half_h + 1, dtype=np.float32)[:, None]  # [h, 1]
+        xs = np.arange(-half_w, half_w + 1, dtype=np.float32)[None, :]  # [1, w]
+        return half_h, half_w, ys, xs
+
+    # -- per frame ---------------------------------------------------------------------------
+
+    def _idle_offset(self, state: PuppetState, t: int) -> tuple[int, int]:
+        """Integer (dy, dx) of the head at frame ``t``: a slow sway and a breathing bob."""
+        seconds = t / self.fps
+        dx = _sway_px(self.layout) * math.sin(2 * math.pi * seconds / SWAY_PERIOD_S + state.sway_phase)
+        dy = _bob_px(self.layout) * math.sin(2 * math.pi * seconds / BOB_PERIOD_S + state.bob_phase)
+        return round(dy), round(dx)
+
+    def _blink_closure(self, state: PuppetState, t: int) -> float:
+        """Eyelid closure in [0, 1] at frame ``t``; schedules the next blink after each one."""
+        if state.blink_start is None and t >= state.next_blink_frame:
+            state.blink_start = t
+        if state.blink_start is None:
+            return 0.0
+        phase = t - state.blink_start
+        if phase < len(BLINK_CLOSURE):
+            return BLINK_CLOSURE[phase]
+        state.blink_start = None
+        pause = state.rng.uniform(*BLINK_INTERVAL_S)
+        state.next_blink_frame = t + round(pause * self.fps)
+        return 0.0
+
+    def _paste_head(self, frame: np.ndarray, prepared: _Prepared, dy: int, dx: int) -> None:
+        """Put the head region, shifted by (dy, dx), into ``frame`` in place (one copy)."""
+        if dy == 0 and dx == 0:
+            return
+        rows, cols, weights = self._head
+        moved_head = prepared.moved_heads.get((dy, dx))
+        if moved_head is None:
+            background = prepared.background  # [H, W, 3]
+            still = background[rows, cols].astype(np.uint16)  # [h, w, 3]
+            moved = background[
+                rows.start - dy : rows.stop - dy, cols.start - dx : cols.stop - dx
+            ].astype(np.uint16)  # [h, w, 3]
+            blended = moved * weights + still * (BLEND_ONE - weights) + BLEND_ONE // 2
+            moved_head = (blended >> BLEND_SHIFT).astype(np.uint8)  # [h, w, 3]
+            prepared.moved_heads[(dy, dx)] = moved_head
+        frame[rows, cols] = moved_head
+
+    def _draw_eyelids(
+        self, frame: np.ndarray, state: PuppetState, closure: float, dy: int, dx: int
+    ) -> None:
+        """Lower skin-coloured lids over both eyes by ``closure``, with a lash line at the edge."""
+        if closure <= 0.0:
+            return
+        layout = self.layout
+        half_h = EYELID_SCALE * layout.eye_half_height
+        half_w = EYELID_SCALE * layout.eye_half_width
+        top = round(layout.eye_centre_y - half_h) + dy
+        bottom = round(layout.eye_centre_y + half_h) + dy + 1
+        ys = np.arange(top, bottom, dtype=np.float32)[:, None] - layout.eye_centre_y - dy
+        edge = -half_h + closure * 2.0 * half_h  # lid edge, relative to the eye centre
+        lash = max(1.0, 0.2 * layout.eye_half_height)
+        for ex, colour in zip(layout.eye_centres_x, state.prepared.lid_colours, strict=True):
+            left = round(ex - half_w) + dx
+            right = round(ex + half_w) + dx + 1
+            xs = np.arange(left, right, dtype=np.float32)[None, :] - ex - dx
+            inside = _soft_ellipse(ys, xs, half_h, half_w)  # [h, w]
+            lid = inside * np.clip(edge - ys + 0.5, 0.0, 1.0)  # [h, w]
+            line = inside * np.clip(lash - np.abs(ys - edge), 0.0, 1.0)  # [h, w]
+            region = frame[top:bottom, left:right].astype(np.float32)  # [h, w, 3]
+            region += (colour - region) * lid[..., None]
+            region += (np.asarray(LASH, np.float32) - region) * line[..., None]
+            frame[top:bottom, left:right] = (region + 0.5).astype(np.uint8)
+
+    def _draw_mouth(self, frame: np.ndarray, level: float, dy: int, dx: int) -> None:
+        """Draw lips around a dark opening whose height grows with ``level`` (0: closed lips)."""
+        layout = self.layout
+        half_h, half_w, ys, xs = self._mouth_grid
+        lip = _lip_px(layout)
+        open_half_h = level * layout.mouth_max_half_height
+        open_half_w = layout.mouth_half_width * (CLOSED_MOUTH_WIDTH + (1 - CLOSED_MOUTH_WIDTH) * level)
+        cy, cx = layout.mouth_centre_y + dy, layout.centre_x + dx
+        rows = slice(cy - half_h, cy + half_h + 1)
+        cols = slice(cx - half_w, cx + half_w + 1)
+        region = frame[rows, cols].astype(np.float32)  # [h, w, 3]
+        lips = _soft_ellipse(ys, xs, open_half_h + lip, open_half_w + lip)  # [h, w]
+        region += (np.asarray(LIPS, np.float32) - region) * lips[..., None]
+        opening = _soft_ellipse(ys, xs, open_half_h, open_half_w)  # [h, w]
+        region += (np.asarray(MOUTH_INTERIOR, np.float32) - region) * opening[..., None]
+        frame[rows, cols] = (region + 0.5).astype(np.uint8)
+
+
+def _render_label(text: str) -> np.ndarray:
+    """The corner label as an RGBA patch [h, w, 4] uint8: light text on a faint dark box."""
+    font = PIL.ImageFont.load_default(size=LABEL_FONT_PX)
+    left, top, right, bottom = font.getbbox(text)
+    pad = LABEL_PADDING_PX
+    size = (right - left + 2 * pad, bottom - top + 2 * pad)
+    patch = PIL.Image.new("RGBA", size, LABEL_BOX_RGBA)
+    PIL.ImageDraw.Draw(patch).text((pad - left, pad - top), text, font=font, fill=LABEL_RGBA)
+    return np.asarray(patch, dtype=np.uint8).copy()
+
+
+def _stamp_label(background: np.ndarray, label: np.ndarray) -> None:
+    """Alpha-blend ``label`` [h, w, 4] into the bottom-right corner of ``background`` in place."""
+    h, w = label.shape[:2]
+    height, width = background.shape[:2]
+    if h + LABEL_MARGIN_PX > height or w + LABEL_MARGIN_PX > width:
+        return  # frame too small for a label; the description still says what this is
+    rows = slice(height - LABEL_MARGIN_PX - h, height - LABEL_MARGIN_PX)
+    cols = slice(width - LABEL_MARGIN_PX - w, width - LABEL_MARGIN_PX)
+    alpha = label[..., 3:4].astype(np.float32) / 255.0  # [h, w, 1]
+    region = background[rows, cols].astype(np.float32)  # [h, w, 3]
+    region += (label[..., :3].astype(np.float32) - region) * alpha
+    background[rows, cols] = (region + 0.5).astype(np.uint8)
