@@ -262,9 +262,8 @@ class Wav2VecStreamEncoder:
         # Window rows for each chunk frame: [chunk_frames, audio_window], clamped to the window.
         centres = torch.arange(config.chunk_first_frame, config.window_frames)  # [33]
         offsets = torch.arange(-config.context_radius, config.context_radius + 1)  # [5]
-        self._window_index = (centres[:, None] + offsets[None, :]).clamp(
-            0, config.window_frames - 1
-        )
+        index = (centres[:, None] + offsets[None, :]).clamp(0, config.window_frames - 1)
+        self._window_index = index.to(self.device)  # [33, 5]
 
     # ----- construction -------------------------------------------------------------
 
@@ -368,9 +367,8 @@ class Wav2VecStreamEncoder:
     @torch.no_grad()
     def encode_input(self, input_values: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Model part: normalised samples [N] -> per-frame features [window_frames, layers, C]."""
-        values = torch.as_tensor(input_values).to(device=self.device, dtype=self.dtype)[
-            None
-        ]  # [1, N]
+        values = torch.as_tensor(input_values).to(device=self.device, dtype=self.dtype)  # [N]
+        values = values[None]  # [1, N]
         model = self.model
         # 1. Convolutional features at the model's own rate (~50 Hz).
         conv = model.feature_extractor(values)  # [1, C_conv, T_conv]
@@ -403,7 +401,9 @@ class Wav2VecStreamEncoder:
         [window_frames, layers, C] -> [1, chunk_frames, audio_window, layers, C]; neighbours
         beyond the window's last frame repeat it.
         """
-        index = self._window_index.to(features.device)  # [chunk_frames, audio_window]
+        index = self._window_index  # [chunk_frames, audio_window], on the encoder's device
+        if index.device != features.device:
+            index = index.to(features.device)
         return features[index][None].contiguous()
 
     def chunk_features(self, window: np.ndarray) -> torch.Tensor:
