@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,7 +172,8 @@ class WanVAE(nn.Module):
     (mean, log-variance) and ``conv2`` maps latents into the decoder. The latent mean/std
     are non-persistent float32 buffers (not in the checkpoint), re-created from
     ``LATENT_MEAN``/``LATENT_STD`` after every ``load_state_dict`` on the weights' device,
-    so meta-device construction followed by ``materialize`` works.
+    so meta-device construction followed by ``materialize`` works; dtype casts of the
+    module leave them float32.
     """
 
     latent_mean: torch.Tensor
@@ -209,11 +210,19 @@ class WanVAE(nn.Module):
         self.register_buffer("latent_std", std, persistent=False)
         self.register_load_state_dict_post_hook(_reset_buffers_after_load)
 
-    def reset_buffers(self) -> None:
-        """Re-create the latent mean/std (float32) on the device of the weights."""
-        device = self.conv1.weight.device
+    def reset_buffers(self, device: torch.device | None = None) -> None:
+        """Re-create the latent mean/std in float32 on ``device`` (default: the weights')."""
+        device = device or self.conv1.weight.device
         self.latent_mean = torch.tensor(LATENT_MEAN, dtype=STATS_DTYPE, device=device)
         self.latent_std = torch.tensor(LATENT_STD, dtype=STATS_DTYPE, device=device)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> WanVAE:
+        """``.to()``/``.half()``/``.to_empty()``...: the weights follow ``fn``; the latent
+        statistics are re-created as exact float32 constants on the new device (casting them
+        to bf16 would shift every latent; ``to_empty`` would leave them uninitialised)."""
+        super()._apply(fn, recurse)
+        self.reset_buffers(self.latent_mean.device)
+        return self
 
     def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std as ``[1, z, 1, 1, 1]`` float32 (no copy when already float32)."""

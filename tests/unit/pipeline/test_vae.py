@@ -97,6 +97,17 @@ def test_bfloat16_model_tracks_golden(golden: Golden, config: VAEConfig) -> None
     assert rel_err(video, golden.outputs["video"][:, :, :5]) < BF16_TOL
 
 
+def test_dtype_cast_keeps_latent_statistics_exact(config: VAEConfig) -> None:
+    with torch.device("meta"):
+        model = WanVAE(config)
+    for step in (lambda m: m.to_empty(device="cpu"), lambda m: m.to(torch.bfloat16)):
+        model = step(model)
+        assert model.latent_mean.dtype == model.latent_std.dtype == torch.float32
+        assert torch.equal(model.latent_mean, torch.tensor(LATENT_MEAN))
+        assert torch.equal(model.latent_std, torch.tensor(LATENT_STD))
+    assert model.conv1.weight.dtype == torch.bfloat16
+
+
 def test_channels_last_3d_matches_golden(golden: Golden, config: VAEConfig) -> None:
     vae_cl = materialize(lambda: WanVAE(config), golden.state).eval()
     for param in vae_cl.parameters():
