@@ -35,11 +35,9 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
 
 
 def _inverse_frequencies(axis_dim: int, theta: float, device: torch.device) -> torch.Tensor:
-    """``theta ** (-2i / axis_dim)`` for i < axis_dim / 2, rounded once to float32."""
-    # Host-side Python floats (exact to double precision), then one rounding to float32:
-    # no float64 tensors reach the device.
-    values = [theta ** (-index / axis_dim) for index in range(0, axis_dim, 2)]
-    return torch.tensor(values, dtype=torch.float32, device=device)  # [axis_dim / 2]
+    """``theta ** (-2i / axis_dim)`` for i < axis_dim / 2, in float32 on ``device``."""
+    exponents = torch.arange(0, axis_dim, 2, dtype=torch.float32, device=device) / axis_dim
+    return torch.pow(theta, -exponents)  # [axis_dim / 2]
 
 
 def rope_angles(

@@ -26,7 +26,7 @@ from tests.reference import (
 GOLDEN_TOLERANCE = 1e-4
 """Relative error allowed against the official float32 output."""
 
-BF16_TOLERANCE = 5e-2
+BF16_TOLERANCE = 2e-2
 """Relative error allowed for a bf16-weight forward against the float32 golden."""
 
 
@@ -220,7 +220,7 @@ def _complex_rope_reference(x: torch.Tensor, grid: tuple[int, int, int]) -> torc
     return torch.view_as_real(x_complex * freqs).flatten(-2)
 
 
-@pytest.mark.parametrize(("head_dim", "grid"), [(128, (9, 6, 7)), (32, (3, 4, 4))])
+@pytest.mark.parametrize(("head_dim", "grid"), [(128, (9, 48, 28)), (32, (3, 4, 4))])
 def test_real_rope_equals_complex_reference(head_dim: int, grid: tuple[int, int, int]) -> None:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, math.prod(grid), 3, head_dim, generator=generator)  # [B, L, H, D]
