@@ -172,7 +172,10 @@ class Mailbox:
     def _deliver(self, item: MailboxItem) -> None:
         with self._lock:
             self._items.append(item)
-        self._notify()
+        try:
+            self._notify()
+        except Exception:  # e.g. the session's event loop closed; other sessions go on
+            logger.exception("a session's notify callback failed; its result stays queued")
 
     def get_nowait(self) -> MailboxItem | None:
         """Take the oldest result, or ``None`` when there is none yet."""
@@ -199,17 +202,46 @@ class SessionHandle:
         self.closed = False
         self.generation = 0
         """Bumped by ``drop_pending``: queued jobs of an older generation are skipped."""
+        self._pending: list[_StepJob] = []  # submitted, not yet started nor dropped
+        self._pending_lock = threading.Lock()
 
     def submit(self, job: ChunkJob) -> None:
         """Queue one chunk job; raises MailboxFull or SessionClosed instead of blocking."""
         if self.closed:
             raise SessionClosed(f"session {self.session_id} is closed")
         self.mailbox._reserve()
-        self._worker._put(_StepJob(self, job, self.generation))
+        item = _StepJob(self, job, self.generation)
+        with self._pending_lock:
+            self._pending.append(item)
+        try:
+            self._worker._put(item)
+        except SessionClosed:
+            if self._claim(item):
+                self.mailbox._release()
+            raise
 
     def drop_pending(self) -> None:
-        """Skip every job submitted so far that has not started (interrupt)."""
-        self.generation += 1
+        """Skip every job submitted so far that has not started (interrupt).
+
+        Their mailbox slots are free again when this returns; a job already running on the
+        device thread still delivers its chunk.
+        """
+        with self._pending_lock:
+            self.generation += 1
+            dropped, self._pending = self._pending, []
+            for item in dropped:
+                item.claimed = True
+        for _ in dropped:
+            self.mailbox._release()
+
+    def _claim(self, item: _StepJob) -> bool:
+        """Take ``item`` off the pending list; False if ``drop_pending`` already took it."""
+        with self._pending_lock:
+            if item.claimed:
+                return False
+            item.claimed = True
+            self._pending.remove(item)
+            return True
 
     def close(self) -> None:
         """Release the engine state; queued jobs of this session are skipped."""
@@ -228,11 +260,14 @@ class _OpenJob:
     done: Callable[[BaseException | None], None]
 
 
-@dataclass
+@dataclass(eq=False)
 class _StepJob:
     handle: SessionHandle
     job: ChunkJob
     generation: int
+    claimed: bool = False
+    """Set once, under the handle's lock, by whichever of the device thread (starting the
+    job) or ``drop_pending`` (dropping it) comes first; the other leaves it alone."""
 
 
 @dataclass
@@ -259,6 +294,7 @@ class EngineWorker:
         self.load_seconds: float | None = None
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._states: dict[int, Any] = {}
+        self._open_errors: dict[int, BaseException] = {}
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -355,6 +391,7 @@ class EngineWorker:
         for state in self._states.values():
             self._close_state(state)
         self._states.clear()
+        self._open_errors.clear()
 
     def _handle(self, item: object) -> None:
         if isinstance(item, _OpenJob):
@@ -362,6 +399,7 @@ class EngineWorker:
         elif isinstance(item, _StepJob):
             self._step(item)
         elif isinstance(item, _CloseJob):
+            self._open_errors.pop(item.handle.session_id, None)
             state = self._states.pop(item.handle.session_id, None)
             if state is not None:
                 self._close_state(state)
@@ -377,17 +415,27 @@ class EngineWorker:
         except Exception as exc:
             logger.exception("preparing session %d failed", item.handle.session_id)
             error = exc
-        item.done(error)
+            self._open_errors[item.handle.session_id] = exc
+        try:
+            item.done(error)
+        except Exception:
+            logger.exception("the open callback of session %d failed", item.handle.session_id)
 
     def _step(self, item: _StepJob) -> None:
         handle = item.handle
+        if not handle._claim(item):  # dropped by drop_pending, which freed its slot
+            return
         if handle.closed or item.generation != handle.generation:
             handle.mailbox._release()
             return
         state = self._states.get(handle.session_id)
         if state is None:
+            reason = self._open_errors.get(handle.session_id)
             result: MailboxItem = ChunkFailure(
-                item.job.index, SessionClosed("the session's engine state could not be prepared")
+                item.job.index,
+                reason
+                if reason is not None
+                else SessionClosed("the session's engine state could not be prepared"),
             )
         else:
             started = time.perf_counter()

@@ -190,6 +190,14 @@ def mouth_open_metric(frame: np.ndarray, height: int, width: int) -> float:
     return dark_share / open_share
 
 
+def _check_rgb(image: np.ndarray, what: str) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ValueError(
+            f"{what}: the image must be a non-empty RGB uint8 array [H, W, 3], "
+            f"got {image.dtype} {image.shape}; convert it with np.asarray(PIL_image.convert('RGB'))"
+        )
+
+
 def _lip_px(layout: FaceLayout) -> int:
     return max(1, round(LIP_THICKNESS_Y * layout.height))
 
@@ -268,10 +276,8 @@ class PuppetEngine:
                 f"the puppet renders on the media clock of {VIDEO_FPS} fps "
                 f"({CHUNK_FRAMES} frames per chunk); got fps={fps}. Leave fps at {VIDEO_FPS}."
             )
-        if image is not None and (image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8):
-            raise ValueError(
-                f"image must be an RGB uint8 array [H, W, 3], got {image.dtype} {image.shape}"
-            )
+        if image is not None:
+            _check_rgb(image, "the puppet's default image")
         self.layout = FaceLayout.for_frame(height, width)
         self.height = height
         self.width = width
@@ -355,11 +361,7 @@ class PuppetEngine:
             self._prepared.move_to_end(key)
             return cached
         image = avatar.image
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"avatar {avatar.name!r}: image must be RGB uint8 [H, W, 3], "
-                f"got {image.dtype} {image.shape}"
-            )
+        _check_rgb(image, f"avatar {avatar.name!r}")
         if image.shape[:2] == (self.height, self.width):
             background = image.copy()  # [H, W, 3]
         else:
@@ -420,9 +422,9 @@ class PuppetEngine:
     def _idle_offset(self, state: PuppetState, t: int) -> tuple[int, int]:
         """Integer (dy, dx) of the head at frame ``t``: a slow sway and a breathing bob."""
         seconds = t / self.fps
-        dx = _sway_px(self.layout) * math.sin(2 * math.pi * seconds / SWAY_PERIOD_S + state.sway_phase)
-        dy = _bob_px(self.layout) * math.sin(2 * math.pi * seconds / BOB_PERIOD_S + state.bob_phase)
-        return round(dy), round(dx)
+        sway = math.sin(2 * math.pi * seconds / SWAY_PERIOD_S + state.sway_phase)
+        bob = math.sin(2 * math.pi * seconds / BOB_PERIOD_S + state.bob_phase)
+        return round(_bob_px(self.layout) * bob), round(_sway_px(self.layout) * sway)
 
     def _blink_closure(self, state: PuppetState, t: int) -> float:
         """Eyelid closure in [0, 1] at frame ``t``; schedules the next blink after each one."""
@@ -487,7 +489,8 @@ class PuppetEngine:
         half_h, half_w, ys, xs = self._mouth_grid
         lip = _lip_px(layout)
         open_half_h = level * layout.mouth_max_half_height
-        open_half_w = layout.mouth_half_width * (CLOSED_MOUTH_WIDTH + (1 - CLOSED_MOUTH_WIDTH) * level)
+        width_share = CLOSED_MOUTH_WIDTH + (1.0 - CLOSED_MOUTH_WIDTH) * level
+        open_half_w = layout.mouth_half_width * width_share
         cy, cx = layout.mouth_centre_y + dy, layout.centre_x + dx
         rows = slice(cy - half_h, cy + half_h + 1)
         cols = slice(cx - half_w, cx + half_w + 1)
