@@ -1,0 +1,65 @@
+"""``headcast serve``: run the HTTP/WebRTC server.
+
+Owns the subcommand's flags and turning them into ``Settings`` (profile < env < flags), the
+startup log lines (which engine, honestly; the demo page's URL), and running uvicorn.
+Knows nothing about routes or sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from server.app import create_app
+from server.engines import STAND_IN_ENGINES
+from server.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+NAME = "serve"
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        NAME,
+        help="run the streaming server",
+        description="Run the headcast server: the demo page, the session API and WebRTC. "
+        "Settings come from --config (YAML), then HEADCAST_* environment variables, then flags.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML profile, e.g. configs/cpu-demo.yaml")
+    parser.add_argument("--engine", choices=["puppet", "tiny", "flashtalk"], help="engine to run")
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (default 8000)")
+    parser.set_defaults(run=run)
+
+
+def _page_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}/"
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, engine=args.engine, host=args.host, port=args.port)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    stand_in = STAND_IN_ENGINES.get(settings.engine)
+    if stand_in is not None:
+        logger.warning(
+            "engine %r is %s -- it is NOT the FlashTalk model", settings.engine, stand_in
+        )
+    else:
+        logger.info("engine %r (model dir %s)", settings.engine, settings.model_dir)
+    app = create_app(settings)
+    logger.info("demo page: %s  (API: %sdocs, metrics: %smetrics)", *[_page_url(settings)] * 3)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep the logging configured by the CLI
+        log_level=settings.log_level,
+        lifespan="on",
+    )
+    return 0

@@ -1,0 +1,188 @@
+"""Errors as RFC 9457 problem details: every 4xx/5xx answer is ``application/problem+json``.
+
+Owns ``Problem`` (an HTTP error with type, title, status, detail and optional headers and
+extension members), the mapping from the domain's typed exceptions (sessions, offers, the
+engine) to problems, and ``install_problem_handlers`` which makes FastAPI answer every
+error -- including request validation errors and unknown routes -- in that format.
+
+Knows nothing about how sessions or engines work, only which of their errors mean what.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.engine import EngineNotReady
+from server.registry import CapacityReached, UnknownAvatar, UnknownSession
+from streaming.peer import NoIceCandidates, OfferError
+from streaming.session import AlreadyConnected, PrepareFailed, SessionEnded
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:headcast:problem:"
+"""Problem ``type`` URIs are this prefix plus a slug, e.g. ``urn:headcast:problem:capacity``."""
+
+ENGINE_LOADING_RETRY_AFTER_S = 5
+"""Retry-After sent while the engine loads, in seconds."""
+
+CAPACITY_RETRY_AFTER_S = 10
+"""Retry-After sent when every session slot is taken, in seconds."""
+
+
+class Problem(Exception):
+    """An HTTP error answered as problem details."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.title = title or HTTPStatus(status).phrase
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def response(self) -> JSONResponse:
+        body = {
+            "type": PROBLEM_TYPE_PREFIX + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+        return JSONResponse(
+            jsonable_encoder(body),
+            status_code=self.status,
+            headers=self.headers,
+            media_type=PROBLEM_CONTENT_TYPE,
+        )
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(detail: str) -> Problem:
+    return Problem(403, "forbidden", detail)
+
+
+def problem_for(error: Exception) -> Problem | None:
+    """The problem a domain error means, or ``None`` if it is not a known domain error."""
+    match error:
+        case UnknownSession():
+            return Problem(404, "unknown-session", str(error), title="Unknown session")
+        case UnknownAvatar():
+            return Problem(404, "unknown-avatar", str(error), title="Unknown avatar")
+        case CapacityReached():
+            return Problem(
+                429,
+                "capacity",
+                str(error),
+                title="Every session slot is taken",
+                headers={"Retry-After": str(CAPACITY_RETRY_AFTER_S)},
+            )
+        case EngineNotReady():
+            return Problem(
+                503,
+                "engine-not-ready",
+                f"{error}; retry in {ENGINE_LOADING_RETRY_AFTER_S} s",
+                title="The engine is not ready",
+                headers={"Retry-After": str(ENGINE_LOADING_RETRY_AFTER_S)},
+            )
+        case OfferError():
+            return Problem(400, "bad-offer", str(error), title="The offer cannot be answered")
+        case AlreadyConnected():
+            return Problem(
+                409,
+                "already-connected",
+                f"{error}; create a new session for a new connection",
+                title="The session already has a connection",
+            )
+        case SessionEnded():
+            return Problem(409, "session-ended", f"{error}; create a new session", title="Session ended")
+        case PrepareFailed():
+            return Problem(500, "engine-error", str(error), title="The engine could not prepare the avatar")
+        case NoIceCandidates():
+            return Problem(500, "no-ice-candidates", str(error), title="No ICE candidates")
+    return None
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Answer problems, domain errors, HTTP errors and validation errors as problem details."""
+
+    async def on_problem(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, Problem)
+        return error.response()
+
+    async def on_domain_error(_request: Request, error: Exception) -> JSONResponse:
+        problem = problem_for(error)
+        if problem is None:  # pragma: no cover - registered only for mapped types
+            raise error
+        if problem.status >= 500:
+            logger.error("%s: %s", type(error).__name__, error)
+        return problem.response()
+
+    async def on_http_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        slug = HTTPStatus(error.status_code).phrase.lower().replace(" ", "-")
+        return Problem(
+            error.status_code, slug, str(error.detail), headers=dict(error.headers or {})
+        ).response()
+
+    async def on_validation_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        errors = [
+            {"loc": list(item.get("loc", ())), "msg": item.get("msg", ""), "type": item.get("type", "")}
+            for item in error.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        return Problem(
+            422,
+            "invalid-request",
+            f"the request does not match the API: {summary}",
+            title="Invalid request",
+            extra={"errors": errors},
+        ).response()
+
+    async def on_unexpected(_request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=error)
+        return Problem(
+            500,
+            "internal-error",
+            f"{type(error).__name__}: {error}; see the server log",
+            title="Internal server error",
+        ).response()
+
+    app.add_exception_handler(Problem, on_problem)
+    for domain_error in (
+        UnknownSession,
+        UnknownAvatar,
+        CapacityReached,
+        EngineNotReady,
+        OfferError,
+        AlreadyConnected,
+        SessionEnded,
+        PrepareFailed,
+        NoIceCandidates,
+    ):
+        app.add_exception_handler(domain_error, on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,55 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``: is the process up, can it take sessions, how is it doing.
+
+Knows nothing about sessions beyond what ``Runtime.readiness`` and ``Metrics`` report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from server.deps import MetricsDep, RuntimeDep
+from server.errors import ENGINE_LOADING_RETRY_AFTER_S, Problem
+from server.metrics import CONTENT_TYPE
+from server.runtime import ReadyState
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> dict[str, Any]:
+    """200 once the engine is loaded and warmed up; 503 (problem) while loading or after a failure."""
+    readiness = runtime.readiness
+    body: dict[str, Any] = {
+        "state": readiness.state.value,
+        "engine": readiness.engine,
+        "description": readiness.description,
+    }
+    if readiness.state is ReadyState.READY:
+        return {**body, "detail": readiness.detail, "load_seconds": readiness.load_seconds}
+    headers = (
+        {"Retry-After": str(ENGINE_LOADING_RETRY_AFTER_S)}
+        if readiness.state is ReadyState.LOADING
+        else {}
+    )
+    raise Problem(
+        503,
+        f"engine-{readiness.state.value}",
+        readiness.detail,
+        title="The engine is not ready",
+        headers=headers,
+        extra=body,
+    )
+
+
+@router.get("/metrics")
+async def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(content=metrics.render(), media_type=CONTENT_TYPE)

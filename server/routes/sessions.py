@@ -1,0 +1,73 @@
+"""``/v1/sessions``: create a session (a slot, an id and a token) and delete it.
+
+Owns the request and response bodies of session creation and the two routes. Knows nothing
+about WebRTC (``webrtc.py``) or how sessions run (``server.registry``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.avatar_art import DEFAULT_AVATAR_NAME
+from server.deps import AuthorizedSessionDep, RegistryDep
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+class SessionRequest(BaseModel):
+    """What a client asks for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    avatar: str = Field(DEFAULT_AVATAR_NAME, min_length=1, max_length=100)
+    """Name of the avatar to animate."""
+
+
+class IceServerBody(BaseModel):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class SessionCreated(BaseModel):
+    """A new session: send the WebRTC offer to ``/v1/sessions/{id}/offer`` with the token."""
+
+    id: str
+    token: str
+    """Send as ``Authorization: Bearer <token>`` on this session's requests."""
+
+    expires_at: datetime
+    """The offer must arrive before this (ISO 8601, UTC), or the session is released."""
+
+    ice_servers: list[IceServerBody]
+    """STUN/TURN servers for the client's RTCPeerConnection."""
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionCreated)
+async def create_session(registry: RegistryDep, body: SessionRequest | None = None) -> SessionCreated:
+    """Take a session slot for ``avatar``; 429 with Retry-After when every slot is taken."""
+    request = body or SessionRequest()
+    managed = await registry.create(request.avatar)
+    return SessionCreated(
+        id=managed.id,
+        token=managed.token,
+        expires_at=managed.expires_at,
+        ice_servers=[
+            IceServerBody(
+                urls=[server.urls] if isinstance(server.urls, str) else list(server.urls),
+                username=server.username,
+                credential=server.credential,
+            )
+            for server in registry.peer_config.ice_servers
+        ],
+    )
+
+
+@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_session(managed: AuthorizedSessionDep, registry: RegistryDep) -> Response:
+    """End the session: its peer connection, tasks and engine state are released."""
+    await registry.delete(managed)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,185 @@
+"""The server's settings: one typed ``Settings`` object, filled from a profile, env and flags.
+
+Owns ``Settings`` (every field documented; env prefix ``HEADCAST_``), ``load_settings`` which
+layers a YAML profile (``configs/*.yaml``) < environment variables < command-line overrides,
+and ``SettingsError``, raised with the offending key or value named. Reads files and the
+environment only when ``load_settings`` / ``Settings()`` is called, never at import.
+
+Knows nothing about the app, sessions or engines beyond their names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH
+
+EngineName = Literal["puppet", "tiny", "flashtalk"]
+VideoCodecName = Literal["vp8", "h264"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+DEFAULT_PORT = 8000
+DEFAULT_MAX_SESSIONS = 4
+"""Concurrent sessions by default: what the puppet sustains on 2 CPU cores."""
+
+DEFAULT_SESSION_TOKEN_TTL_S = 60.0
+DEFAULT_PEER_TIMEOUT_S = 8.0
+DEFAULT_CONNECT_TIMEOUT_S = 20.0
+DEFAULT_MEDIA_THREADS = 8
+
+
+class SettingsError(ValueError):
+    """A profile, variable or flag holds an unknown key or a bad value; the message says which."""
+
+
+class IceServer(BaseModel):
+    """A STUN or TURN server handed to clients and used by the server's peer connections."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: list[str]
+    """``stun:host:port`` or ``turn:host:port?transport=udp`` URLs."""
+
+    username: str | None = None
+    """TURN user name."""
+
+    credential: str | None = None
+    """TURN password."""
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """Everything ``headcast serve`` can be told. Env variables: ``HEADCAST_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEADCAST_", extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
+
+    host: str = "127.0.0.1"
+    """Interface the HTTP server listens on (``0.0.0.0`` for every interface)."""
+
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    """TCP port of the HTTP server."""
+
+    engine: EngineName = "puppet"
+    """Which engine makes the frames: ``puppet`` (CPU stand-in, no weights), ``tiny`` (the
+    model's code with tiny random weights) or ``flashtalk`` (the real model, GPU)."""
+
+    model_dir: Path | None = None
+    """FlashTalk checkpoint directory (``flashtalk`` only)."""
+
+    wav2vec_dir: Path | None = None
+    """wav2vec 2.0 audio-encoder directory (``flashtalk`` only)."""
+
+    height: int = Field(DEFAULT_HEIGHT, gt=0, multiple_of=16)
+    """Output video height in pixels."""
+
+    width: int = Field(DEFAULT_WIDTH, gt=0, multiple_of=16)
+    """Output video width in pixels."""
+
+    max_sessions: int = Field(DEFAULT_MAX_SESSIONS, ge=1)
+    """Sessions served at once; further session requests get 429 with Retry-After."""
+
+    session_token_ttl_s: float = Field(DEFAULT_SESSION_TOKEN_TTL_S, gt=0)
+    """Seconds a new session waits for its WebRTC offer before it is released."""
+
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    """STUN/TURN servers for clients and the server (empty: host candidates only)."""
+
+    ice_loopback: bool = False
+    """Also offer 127.0.0.1 as an ICE candidate (needed on a loopback-only host; only a
+    client on this machine can use it)."""
+
+    ice_loopback_only: bool = False
+    """Offer only 127.0.0.1 (tests and single-machine demos; implies ``ice_loopback``)."""
+
+    avatar_image: Path | None = None
+    """Picture of the ``default`` avatar (RGB image file); unset: the drawn default face."""
+
+    video_codec: VideoCodecName = "vp8"
+    """Preferred video codec: ``vp8`` (about 9 % of a core per stream in aiortc) or
+    ``h264`` (about 26 %)."""
+
+    latency_budget_s: float = Field(CHUNK_SECONDS, gt=0.3)
+    """Seconds from taking a chunk's audio to playing it out: the engine's compute time for
+    one chunk (for every session sharing the device) must fit in it."""
+
+    peer_timeout_s: float = Field(DEFAULT_PEER_TIMEOUT_S, gt=0)
+    """A connected client silent (no RTCP receiver report) this long is released."""
+
+    connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+    """A client must complete ICE and DTLS within this many seconds of the answer."""
+
+    media_threads: int = Field(DEFAULT_MEDIA_THREADS, ge=2)
+    """Worker threads for frame conversion and encoding (started with the server)."""
+
+    log_level: LogLevel = "info"
+    """Log level of the server's loggers."""
+
+    @property
+    def offers_loopback(self) -> bool:
+        """True when 127.0.0.1 is offered as an ICE candidate."""
+        return self.ice_loopback or self.ice_loopback_only
+
+
+def _read_profile(path: Path) -> dict[str, Any]:
+    """Read a YAML profile; unknown keys are an error naming the key and the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read the config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path} must be a mapping of setting: value, got {type(data).__name__}")
+    known = set(Settings.model_fields)
+    for key in data:
+        if key not in known:
+            raise SettingsError(
+                f"{path}: unknown setting {key!r}; known settings are: {', '.join(sorted(known))}"
+            )
+    return data
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid settings ({origin}):"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "settings"
+        lines.append(f"  {where}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build ``Settings``: ``config_file`` (YAML) < ``HEADCAST_*`` env < ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored (an unset command-line flag).
+    Raises ``SettingsError`` naming any unknown key or bad value.
+    """
+    profile = _read_profile(config_file) if config_file is not None else {}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    for key in given:
+        if key not in Settings.model_fields:
+            raise SettingsError(f"unknown setting {key!r} given on the command line")
+    try:
+        from_env = Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, "HEADCAST_* environment variables")) from exc
+    env_values = from_env.model_dump(include=from_env.model_fields_set)
+    try:
+        return Settings(**{**profile, **env_values, **given})
+    except ValidationError as exc:
+        origin = f"{config_file}, environment and flags" if config_file else "environment and flags"
+        raise SettingsError(_describe(exc, origin)) from exc

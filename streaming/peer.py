@@ -1,0 +1,237 @@
+"""One session's WebRTC peer connection: answer an offer, then watch that the peer is still there.
+
+Owns ``PeerLink`` (an aiortc ``RTCPeerConnection`` set up as the answerer: the avatar's video
+and audio tracks go out, the caller's microphone track comes in; ICE is gathered completely
+before answering, no trickle), ``PeerConfig`` and ``OfferError``. A peer counts as lost when
+its connection fails or closes, when it does not connect within ``connect_timeout_s``, or
+when it stops sending RTCP receiver reports for ``peer_timeout_s`` (a client that vanished
+without closing: aiortc's own ICE consent check would take about 30 s).
+
+Knows nothing about engines, chunks or the server; the session decides what a loss means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import SessionDescription
+
+from streaming.codecs import VideoCodec, prefer_video_codec
+from streaming.ice import HostCandidatePolicy, host_candidates
+
+logger = logging.getLogger(__name__)
+
+LIVENESS_POLL_S = 0.5
+"""How often the peer's connection state and receiver reports are checked, in seconds."""
+
+DEFAULT_CONNECT_TIMEOUT_S = 20.0
+"""Default time allowed from the answer to a connected peer, in seconds."""
+
+DEFAULT_PEER_TIMEOUT_S = 8.0
+"""Default silence (no RTCP receiver report) after which a connected peer counts as gone."""
+
+_REMOTE_INBOUND = "remote-inbound-rtp"
+_ENDED_STATES = ("failed", "closed")
+
+
+class OfferError(ValueError):
+    """The offer cannot be answered; the message says what the client should change."""
+
+
+class NoIceCandidates(RuntimeError):
+    """The server found no local address to offer; a deployment problem, not the client's."""
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """How a session's peer connection is set up and when its peer counts as gone."""
+
+    ice_servers: tuple[RTCIceServer, ...] = ()
+    """STUN/TURN servers; empty means host candidates only (no external STUN lookup)."""
+
+    host_candidates: HostCandidatePolicy = field(default_factory=HostCandidatePolicy)
+    """Which local addresses are offered as ICE host candidates (loopback opt-in)."""
+
+    video_codec: VideoCodec = VideoCodec.VP8
+    """The video codec to prefer in the answer."""
+
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    """Seconds from the answer until the peer must be connected."""
+
+    peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S
+    """Seconds without an RTCP receiver report after which a connected peer is gone."""
+
+
+def _parse_offer(sdp: str) -> SessionDescription:
+    """Parse and sanity-check an offer, turning aiortc's parser errors into ``OfferError``."""
+    if not sdp.strip():
+        raise OfferError("the offer SDP is empty; send the localDescription.sdp of your offer")
+    try:
+        # aiortc's parser signals malformed input with ValueError, or with an
+        # AssertionError/IndexError/KeyError from its line splitting.
+        parsed = SessionDescription.parse(sdp)
+    except (ValueError, AssertionError, IndexError, KeyError) as exc:
+        raise OfferError(f"the offer SDP is malformed ({type(exc).__name__}: {exc})") from exc
+    kinds = [m.kind for m in parsed.media]
+    if "video" not in kinds or "audio" not in kinds:
+        raise OfferError(
+            "the offer must have an audio and a video media section (found "
+            f"{kinds or 'none'}); add a sendrecv audio transceiver for the microphone and a "
+            "recvonly video transceiver for the avatar"
+        )
+    for media in parsed.media:
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise OfferError("the offer has a media section without ICE credentials")
+        if not media.dtls or not media.dtls.fingerprints:
+            raise OfferError("the offer has a media section without a DTLS fingerprint")
+    return parsed
+
+
+class PeerLink:
+    """The answering side of one session's peer connection.
+
+    ``on_lost(reason)`` is called once, from the event loop, when the peer is gone.
+    """
+
+    def __init__(self, config: PeerConfig, on_lost: Callable[[str], None]) -> None:
+        self.config = config
+        self._on_lost = on_lost
+        self._lost = False
+        self._closed = False
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=list(config.ice_servers)))
+        self._watch_task: asyncio.Task[None] | None = None
+        self._pc.on("connectionstatechange", self._on_connection_state)
+
+    @property
+    def connection_state(self) -> str:
+        """The peer connection's state (new, connecting, connected, failed, closed)."""
+        return self._pc.connectionState
+
+    async def answer(
+        self,
+        offer_sdp: str,
+        *,
+        video: MediaStreamTrack,
+        audio: MediaStreamTrack,
+        on_inbound_audio: Callable[[MediaStreamTrack], None],
+    ) -> str:
+        """Answer ``offer_sdp``: send ``video`` and ``audio``, hand the caller's mic track over.
+
+        Raises ``OfferError`` when the offer is malformed or unusable. Returns the answer SDP
+        with every ICE candidate in it.
+        """
+        _parse_offer(offer_sdp)
+        pc = self._pc
+
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                on_inbound_audio(track)
+
+        pc.on("track", on_track)
+        # Transceivers made before the offer is applied are matched to its m-lines, so the
+        # codec preference is in place when aiortc negotiates codecs.
+        video_transceiver: RTCRtpTransceiver = pc.addTransceiver(video, direction="sendonly")
+        prefer_video_codec(video_transceiver, self.config.video_codec)
+        audio_transceiver: RTCRtpTransceiver = pc.addTransceiver(audio, direction="sendrecv")
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except OperationError as exc:
+            raise OfferError(
+                f"the offer shares no codec with the server ({exc}); the server sends "
+                f"{self.config.video_codec.value.upper()} or H264 video and Opus audio"
+            ) from exc
+        except (ValueError, InvalidAccessError, InvalidStateError) as exc:
+            raise OfferError(f"the offer was rejected: {exc}") from exc
+        if video_transceiver.mid is None or audio_transceiver.mid is None:
+            raise OfferError("the offer's audio or video section could not be matched")
+        if audio_transceiver.receiver.track is None:
+            logger.info("the offer sends no microphone audio; the avatar will idle")
+        answer = await pc.createAnswer()
+        with host_candidates(self.config.host_candidates):
+            await pc.setLocalDescription(answer)  # gathers every candidate before returning
+        local = pc.localDescription
+        if "a=candidate" not in local.sdp:
+            raise NoIceCandidates(
+                "the server found no ICE candidates to offer; on a loopback-only host enable "
+                "loopback candidates (HEADCAST_ICE_LOOPBACK=true) or configure ice_servers"
+            )
+        self._watch_task = asyncio.get_running_loop().create_task(
+            self._watch(), name="headcast-peer-watch"
+        )
+        return local.sdp
+
+    async def close(self) -> None:
+        """Close the peer connection and stop watching it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        await self._pc.close()
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _lose(self, reason: str) -> None:
+        if self._lost or self._closed:
+            return
+        self._lost = True
+        logger.info("peer lost: %s", reason)
+        self._on_lost(reason)
+
+    def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        logger.debug("peer connection state: %s", state)
+        if state in _ENDED_STATES:
+            self._lose(f"the peer connection {state}")
+
+    async def _receiver_report_marks(self) -> tuple[object, ...]:
+        """The timestamps of the latest receiver reports on our senders (change = alive)."""
+        marks: list[object] = []
+        for sender in self._pc.getSenders():
+            report = await sender.getStats()
+            marks.extend(s.timestamp for s in report.values() if s.type == _REMOTE_INBOUND)
+        return tuple(marks)
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while self._pc.connectionState != "connected":
+            if self._pc.connectionState in _ENDED_STATES:
+                self._lose(f"the peer connection {self._pc.connectionState}")
+                return
+            if loop.time() - started > self.config.connect_timeout_s:
+                self._lose(f"the peer did not connect within {self.config.connect_timeout_s:.0f} s")
+                return
+            await asyncio.sleep(LIVENESS_POLL_S)
+        last_heard = loop.time()
+        marks = await self._receiver_report_marks()
+        while True:
+            await asyncio.sleep(LIVENESS_POLL_S)
+            if self._pc.connectionState in _ENDED_STATES:
+                self._lose(f"the peer connection {self._pc.connectionState}")
+                return
+            current = await self._receiver_report_marks()
+            if current != marks:
+                marks = current
+                last_heard = loop.time()
+            elif loop.time() - last_heard > self.config.peer_timeout_s:
+                self._lose(
+                    f"no RTCP receiver report for {self.config.peer_timeout_s:.0f} s "
+                    "(the client vanished)"
+                )
+                return
