@@ -77,7 +77,7 @@ MOUTH_INTERIOR: tuple[int, int, int] = (42, 14, 22)
 """Colour of the open mouth: dark (luma ~23), so it survives lossy video coding."""
 DARK_LUMA_MAX = 80.0
 """``mouth_open_metric`` counts pixels with Rec. 601 luma below this (0..255) as mouth."""
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 """Rec. 601 luma weights of R, G, B."""
 
 # -- idle motion --------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def mouth_open_metric(frame: np.ndarray, height: int, width: int) -> float:
         round(top * scale_y) : max(round(bottom * scale_y), round(top * scale_y) + 1),
         round(left * scale_x) : max(round(right * scale_x), round(left * scale_x) + 1),
     ]  # [h, w, 3]
-    luma = box.astype(np.float32) @ LUMA_WEIGHTS  # [h, w]
+    luma = box.astype(np.float32) @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)  # [h, w]
     dark_share = float(np.mean(luma < DARK_LUMA_MAX))
     open_area = math.pi * layout.mouth_half_width * layout.mouth_max_half_height
     open_share = open_area / ((bottom - top) * (right - left))
@@ -248,7 +248,7 @@ class PuppetState:
     """Frames rendered so far: the idle-motion clock (continuous across interrupts)."""
     mouth_level: float = 0.0
     blink_start: int | None = None
-    chunk_seconds: list[float] = field(default_factory=list)
+    """Frame at which the current blink began, or None between blinks."""
 
 
 class PuppetEngine:
@@ -307,7 +307,10 @@ class PuppetEngine:
         return Avatar(name=DEFAULT_AVATAR_NAME, image=self._image)
 
     def open_session(self, avatar: Avatar, seed: int) -> PuppetState:
-        """Prepare (or reuse) the avatar's background; seed the session's idle motion."""
+        """Prepare (or reuse) the avatar's background; seed the session's idle motion.
+
+        Prepared avatars are cached by ``avatar.name``: a new picture needs a new name.
+        """
         if self._label is None:
             raise EngineNotReady("the puppet engine is not loaded; call load() first")
         prepared = self._prepare(avatar)
@@ -349,8 +352,7 @@ class PuppetEngine:
         )
 
     def close_session(self, state: PuppetState) -> None:
-        """Nothing to release beyond dropping the state; the avatar cache stays warm."""
-        state.blink_start = None
+        """Nothing to release: the state holds no resources; the avatar cache stays warm."""
 
     # -- preparation -------------------------------------------------------------------------
 
@@ -369,7 +371,8 @@ class PuppetEngine:
             background = pixels[0, :, 0].permute(1, 2, 0).numpy().copy()  # [H, W, 3]
         lids = self._lid_colours(background)
         self._draw_mouth(background, 0.0, 0, 0)  # closed lips; open mouths are drawn over them
-        assert self._label is not None
+        if self._label is None:
+            raise EngineNotReady("the puppet engine is not loaded; call load() first")
         _stamp_label(background, self._label)
         prepared = _Prepared(background=background, lid_colours=lids)
         self._prepared[key] = prepared
