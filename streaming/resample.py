@@ -32,12 +32,15 @@ UPSAMPLER_DELAY_OUT_SAMPLES = (UPSAMPLE_FACTOR * UPSAMPLER_TAPS_PER_PHASE - 1) /
 class Downsampler:
     """Decoded WebRTC audio (any rate, layout, format) -> 16 kHz mono float32 samples.
 
-    libswresample keeps a few samples of filter history: the output lags the input by about
-    1 ms, and ``flush`` returns the remainder, so no samples are lost over a stream.
+    Channels are averaged (aiortc decodes even a mono Opus stream to identical stereo
+    channels; libswresample's own stereo->mono mix would add 3 dB to them). libswresample
+    keeps a few samples of filter history: the output lags the input by about 1 ms, and
+    ``flush`` returns the remainder, so no samples are lost over a stream.
     """
 
     def __init__(self) -> None:
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
+        # layout=None keeps the input's channels; they are averaged in _collect.
+        self._resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE_HZ)
 
     def process(self, frame: av.AudioFrame) -> np.ndarray:
         """Resample one frame; returns ``[n]`` float32 (``n`` may be 0 while priming)."""
@@ -51,9 +54,8 @@ class Downsampler:
     def _collect(frames: list[av.AudioFrame]) -> np.ndarray:
         if not frames:
             return np.zeros(0, dtype=np.float32)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(
-            np.float32, copy=False
-        )
+        planes = [f.to_ndarray() for f in frames]  # each [channels, n] float32 (planar)
+        return np.concatenate(planes, axis=1).mean(axis=0, dtype=np.float32)
 
 
 def _interpolation_filter() -> np.ndarray:

@@ -90,7 +90,7 @@ def chunk_to_media(
         frame.time_base = VIDEO_TIME_BASE
         video.append(frame)
 
-    pcm = (np.clip(audio_48k, -1.0, 1.0) * INT16_FULL_SCALE).astype(np.int16)
+    pcm = np.round(np.clip(audio_48k, -1.0, 1.0) * INT16_FULL_SCALE).astype(np.int16)
     packets = pcm.reshape(CHUNK_AUDIO_PACKETS, AUDIO_PACKET_SAMPLES)  # [56, 960]
     audio: list[av.AudioFrame] = []
     for packet_index, samples in zip(chunk_packet_range(index), packets, strict=True):

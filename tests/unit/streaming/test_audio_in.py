@@ -1,0 +1,38 @@
+"""The audio intake: FIFO order, silence padding, and the bound on buffered audio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streaming.audio_in import AudioIntake
+
+
+def test_take_returns_samples_in_order_and_pads_with_silence() -> None:
+    intake = AudioIntake(max_samples=10_000)
+    intake.push(np.arange(1, 6, dtype=np.float32))
+    intake.push(np.arange(6, 9, dtype=np.float32))
+    out, received = intake.take(6)
+    np.testing.assert_array_equal(out, [1, 2, 3, 4, 5, 6])
+    assert received == 6
+    out, received = intake.take(5)
+    np.testing.assert_array_equal(out, [7, 8, 0, 0, 0])
+    assert received == 2
+    out, received = intake.take(4)
+    np.testing.assert_array_equal(out, np.zeros(4))
+    assert received == 0 and out.dtype == np.float32
+
+
+def test_overflow_drops_the_oldest_samples() -> None:
+    intake = AudioIntake(max_samples=5)
+    intake.push(np.arange(4, dtype=np.float32))
+    intake.push(np.arange(4, 8, dtype=np.float32))
+    assert intake.buffered == 5
+    assert intake.dropped_samples == 3
+    out, _ = intake.take(5)
+    np.testing.assert_array_equal(out, [3, 4, 5, 6, 7])
+
+
+def test_rejects_non_mono_input() -> None:
+    with pytest.raises(ValueError, match="mono"):
+        AudioIntake(max_samples=10).push(np.zeros((2, 3), dtype=np.float32))
