@@ -3,8 +3,9 @@
 Owns the puppet's per-session state, the mapping from each 40 ms frame's audio energy to a
 mouth opening, the idle motion (head sway, breathing bob, blinks), the "puppet" corner label
 and ``mouth_open_metric``, which measures the mouth opening back from a (possibly lossy
-decoded) frame. No weights, numpy only, real time on a couple of CPU cores with several
-sessions. It is a demo and integration target, not the FlashTalk model, and says so.
+decoded) frame. No weights: numpy and PIL drawing, with the avatar fitted by the same
+cover-resize and centre-crop as the models (``pipeline.imaging``); real time on a couple of
+CPU cores with several sessions. It is a demo and integration target, not the FlashTalk model, and says so.
 
 Where the face is: the puppet has no landmarks. It assumes ``FaceLayout`` (from
 ``pipeline.avatar_art``) for every image: a portrait centred horizontally, eyes at 47 % and
@@ -111,9 +112,9 @@ LABEL_MARGIN_PX = 6
 LABEL_PADDING_PX = 3
 LABEL_RGBA = (255, 255, 255, 150)
 LABEL_BOX_RGBA = (0, 0, 0, 70)
-AVATAR_CACHE_SIZE = 8
-"""Avatars whose prepared backgrounds the engine keeps, keyed by ``Avatar.name`` (as the
-design's per-avatar cache is): about 1 MB each at 768x448."""
+AVATAR_CACHE_SIZE = 4
+"""Prepared avatars the engine keeps, keyed by ``Avatar.name`` (as the design's per-avatar
+cache is). At 768x448 each is a 1 MB background plus at most 18 MB of shifted head regions."""
 
 
 def frame_levels_dbfs(audio: np.ndarray) -> np.ndarray:
@@ -494,8 +495,10 @@ class PuppetEngine:
         open_half_h = level * layout.mouth_max_half_height
         width_share = CLOSED_MOUTH_WIDTH + (1.0 - CLOSED_MOUTH_WIDTH) * level
         open_half_w = layout.mouth_half_width * width_share
+        extent = min(half_h, math.ceil(open_half_h) + lip + 1)  # rows the lips can reach
+        ys = ys[half_h - extent : half_h + extent + 1]  # [h, 1]
         cy, cx = layout.mouth_centre_y + dy, layout.centre_x + dx
-        rows = slice(cy - half_h, cy + half_h + 1)
+        rows = slice(cy - extent, cy + extent + 1)
         cols = slice(cx - half_w, cx + half_w + 1)
         region = frame[rows, cols].astype(np.float32)  # [h, w, 3]
         lips = _soft_ellipse(ys, xs, open_half_h + lip, open_half_w + lip)  # [h, w]
