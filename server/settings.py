@@ -23,6 +23,9 @@ EngineName = Literal["puppet", "tiny", "flashtalk"]
 VideoCodecName = Literal["vp8", "h264"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
+ENV_PREFIX = "HEADCAST_"
+"""Prefix of the environment variables that set fields (``HEADCAST_PORT`` sets ``port``)."""
+
 DEFAULT_PORT = 8000
 DEFAULT_MAX_SESSIONS = 4
 """Concurrent sessions by default: what the puppet sustains on 2 CPU cores."""
@@ -61,7 +64,7 @@ class Settings(BaseSettings):
     """Everything ``headcast serve`` can be told. Env variables: ``HEADCAST_<FIELD>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HEADCAST_", extra="forbid", frozen=True, use_attribute_docstrings=True
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, use_attribute_docstrings=True
     )
 
     host: str = "127.0.0.1"
@@ -154,10 +157,12 @@ def _read_profile(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(error: ValidationError, origin: str) -> str:
+def _describe(error: ValidationError, origin: str, *, from_env: bool = False) -> str:
     lines = [f"invalid settings ({origin}):"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "settings"
+        if from_env:
+            where = ENV_PREFIX + where.split(".")[0].upper()
         lines.append(f"  {where}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
 
@@ -176,7 +181,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         from_env = Settings()
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, "HEADCAST_* environment variables")) from exc
+        raise SettingsError(
+            _describe(exc, "environment variables", from_env=True)
+        ) from exc
     env_values = from_env.model_dump(include=from_env.model_fields_set)
     try:
         return Settings(**{**profile, **env_values, **given})

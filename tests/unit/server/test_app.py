@@ -1,0 +1,182 @@
+"""The HTTP API on a scripted engine: sessions, tokens, readiness, problems, metrics.
+
+The app and its lifespan are real (engine worker thread, media threads, registry); only the
+model is ``FakeEngine``. WebRTC itself is exercised by tests/integration.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.routes.web import web_router
+from server.settings import Settings
+from tests.conftest import FakeEngine
+
+PROBLEM = "application/problem+json"
+POLL_S = 0.02
+POLL_LIMIT_S = 10.0
+
+
+def _settings(**overrides: object) -> Settings:
+    base: dict[str, object] = {"height": 96, "width": 64, "max_sessions": 2, "media_threads": 2}
+    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def _wait_ready(client: TestClient) -> None:
+    deadline = time.monotonic() + POLL_LIMIT_S
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(POLL_S)
+    raise AssertionError("the app never became ready")
+
+
+def _assert_problem(response, status: int, slug: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["type"].endswith(slug), body
+    assert body["title"] and body["detail"]
+    return body
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    app = create_app(_settings(), engine=FakeEngine(96, 64))
+    with TestClient(app) as test_client:
+        _wait_ready(test_client)
+        yield test_client
+
+
+def _metric(client: TestClient, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def test_not_ready_until_the_engine_loads_then_sessions_open() -> None:
+    gate = threading.Event()
+    app = create_app(_settings(), engine=FakeEngine(96, 64, load_gate=gate))
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        body = _assert_problem(client.get("/readyz"), 503, "engine-loading")
+        assert body["state"] == "loading" and body["engine"] == "fake"
+        response = client.post("/v1/sessions", json={"avatar": "default"})
+        _assert_problem(response, 503, "engine-not-ready")
+        assert int(response.headers["retry-after"]) > 0
+        gate.set()
+        _wait_ready(client)
+        ready = client.get("/readyz").json()
+        assert ready["state"] == "ready" and ready["description"] == FakeEngine.description
+        created = client.post("/v1/sessions", json={"avatar": "default"})
+        assert created.status_code == 201
+        body = created.json()
+        assert set(body) == {"id", "token", "expires_at", "ice_servers"}
+        assert datetime.fromisoformat(body["expires_at"]) > datetime.now(UTC)
+        assert body["ice_servers"] == [] and len(body["token"]) >= 40
+
+
+def test_a_load_failure_shows_in_readyz() -> None:
+    app = create_app(_settings(), engine=FakeEngine(96, 64, load_error=OSError("weights missing")))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + POLL_LIMIT_S
+        while client.get("/readyz").json().get("state") == "loading" and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        body = _assert_problem(client.get("/readyz"), 503, "engine-failed")
+        assert body["state"] == "failed" and "weights missing" in body["detail"]
+        _assert_problem(client.post("/v1/sessions", json={}), 503, "engine-not-ready")
+
+
+def test_tokens_guard_each_session(client: TestClient) -> None:
+    first = client.post("/v1/sessions", json={"avatar": "default"}).json()
+    second = client.post("/v1/sessions", json={"avatar": "default"}).json()
+    assert first["id"] != second["id"] and first["token"] != second["token"]
+    url = f"/v1/sessions/{first['id']}"
+
+    response = client.delete(url)
+    _assert_problem(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"] == "Bearer"
+    _assert_problem(client.delete(url, headers={"Authorization": f"Basic {first['token']}"}), 401, "unauthorized")
+    _assert_problem(client.delete(url, headers={"Authorization": f"Bearer {second['token']}"}), 403, "forbidden")
+    _assert_problem(
+        client.delete("/v1/sessions/nonexistent", headers={"Authorization": "Bearer x"}), 404, "unknown-session"
+    )
+    assert _metric(client, "headcast_sessions_active") == 2
+    assert client.delete(url, headers={"Authorization": f"Bearer {first['token']}"}).status_code == 204
+    _assert_problem(client.delete(url, headers={"Authorization": f"Bearer {first['token']}"}), 404, "unknown-session")
+    assert _metric(client, "headcast_sessions_active") == 1
+
+
+def test_capacity_and_unknown_avatar(client: TestClient) -> None:
+    _assert_problem(client.post("/v1/sessions", json={"avatar": "nobody"}), 404, "unknown-avatar")
+    sessions = [client.post("/v1/sessions", json={}).json() for _ in range(2)]
+    response = client.post("/v1/sessions", json={"avatar": "default"})
+    _assert_problem(response, 429, "capacity")
+    assert int(response.headers["retry-after"]) > 0
+    client.delete(f"/v1/sessions/{sessions[0]['id']}", headers={"Authorization": f"Bearer {sessions[0]['token']}"})
+    assert client.post("/v1/sessions", json={}).status_code == 201
+
+
+def test_offer_validation_and_malformed_sdp(client: TestClient) -> None:
+    session = client.post("/v1/sessions", json={}).json()
+    url = f"/v1/sessions/{session['id']}/offer"
+    auth = {"Authorization": f"Bearer {session['token']}"}
+    body = _assert_problem(client.post(url, json={"sdp": "v=0", "type": "answer"}, headers=auth), 422, "invalid-request")
+    assert body["errors"][0]["loc"][-1] == "type"
+    _assert_problem(client.post(url, json={"sdp": "garbage", "type": "offer"}, headers=auth), 400, "bad-offer")
+    _assert_problem(client.post(url, json={"sdp": "", "type": "offer"}, headers=auth), 400, "bad-offer")
+    _assert_problem(client.post(url, json={"sdp": "garbage", "type": "offer"}), 401, "unauthorized")
+    _assert_problem(client.post("/v1/sessions", json={"avatar": "default", "extra": 1}), 422, "invalid-request")
+    _assert_problem(client.get("/no/such/route"), 404, "not-found")
+
+
+def test_a_session_without_an_offer_expires() -> None:
+    app = create_app(_settings(session_token_ttl_s=0.2), engine=FakeEngine(96, 64))
+    with TestClient(app) as client:
+        _wait_ready(client)
+        client.post("/v1/sessions", json={})
+        assert _metric(client, "headcast_sessions_active") == 1
+        deadline = time.monotonic() + POLL_LIMIT_S
+        while _metric(client, "headcast_sessions_active") and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        assert _metric(client, "headcast_sessions_active") == 0
+
+
+def test_metrics_are_per_app_and_named_with_units(client: TestClient) -> None:
+    create_app(_settings(), engine=FakeEngine(96, 64))  # a second registry must not collide
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for name in (
+        "headcast_sessions_active",
+        "headcast_chunks_total",
+        "headcast_chunk_compute_seconds_bucket",
+        "headcast_rtf_bucket",
+        "headcast_first_frame_seconds_bucket",
+        'headcast_chunk_errors_total{reason="engine_error"}',
+        "headcast_process_threads",
+        "headcast_event_loop_tasks",
+    ):
+        assert name in text, name
+    assert 'le="1.12"' in text and 'le="1.0"' in text
+
+
+def test_root_serves_the_page_or_a_fallback(client: TestClient, tmp_path: Path) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    from fastapi import FastAPI
+
+    bare = FastAPI()
+    bare.include_router(web_router(tmp_path))
+    with TestClient(bare) as bare_client:
+        fallback = bare_client.get("/")
+    assert fallback.status_code == 200 and "readyz" in fallback.text
