@@ -42,7 +42,7 @@ from streaming.mp4 import Mp4Writer
 
 logger = logging.getLogger(__name__)
 
-COMMAND_NAME = "generate"
+NAME = "generate"
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -70,10 +70,10 @@ class UsageError(Exception):
 # -- arguments ---------------------------------------------------------------------------------
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``generate`` and its options to the CLI's subcommands."""
     parser = subparsers.add_parser(
-        COMMAND_NAME,
+        NAME,
         help="render a talking-head MP4 offline from an image and an audio file",
         description=(
             "Render a talking-head video offline: the audio is fed to the engine chunk by "
@@ -103,7 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--width", type=int, default=None, help="frame width in pixels")
     parser.add_argument("--prompt", default=None, help="text prompt for engines that take one")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         engine = _create_engine(args)
         _generate(engine, inputs, seed=args.seed, quiet=args.quiet)
     except UsageError as exc:
-        logger.error("headcast generate: %s", exc)
+        logger.error("%s", exc)
         return EXIT_USAGE
     return EXIT_OK
 
@@ -223,7 +223,7 @@ def _generate(engine: Engine, inputs: _Inputs, *, seed: int, quiet: bool) -> Non
             tqdm(
                 total=total_chunks,
                 unit="chunk",
-                desc=COMMAND_NAME,
+                desc=NAME,
                 file=sys.stderr,
                 disable=quiet or not sys.stderr.isatty(),
             ) as progress,
