@@ -118,10 +118,14 @@ class EngineRegistry:
 
 def default_registry() -> EngineRegistry:
     """The registry of the engines headcast ships."""
-    from pipeline.puppet import PuppetEngine  # local: keeps import of engine.py light
+    # local imports: loading engine.py must not import torch models it may never use
+    from pipeline.diffusion_engine import flashtalk_engine, tiny_engine
+    from pipeline.puppet import PuppetEngine
 
     registry = EngineRegistry()
     registry.register("puppet", PuppetEngine)
+    registry.register("tiny", tiny_engine)
+    registry.register("flashtalk", flashtalk_engine)
     return registry
 
 

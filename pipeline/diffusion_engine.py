@@ -1,0 +1,150 @@
+"""The ``tiny`` and ``flashtalk`` engines: the diffusion generator behind the Engine protocol.
+
+Owns building the generator on the device thread (``load``), warming it up with one chunk,
+measuring its real-time factor, and adapting ``FlashTalkGenerator`` sessions to chunk jobs.
+Frames are resized to the engine's output size when the preset generates another size.
+Knows nothing about asyncio or WebRTC.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.avatar_art import draw_default_avatar
+from pipeline.config import PipelineConfig, preset
+from pipeline.generator import FlashTalkGenerator, StreamState
+from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, Avatar, Chunk, ChunkJob
+
+logger = logging.getLogger(__name__)
+
+WARMUP_CHUNKS = 1
+"""Chunks generated at load time so the first session does not pay for warm-up."""
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[T, h, w, 3] uint8 -> [T, height, width, 3] uint8 (bilinear); unchanged if equal."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T, 3, h, w]
+    resized = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class DiffusionEngine:
+    """A FlashTalk generator (tiny random weights or the real checkpoint) as an Engine."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        config: PipelineConfig,
+        height: int = DEFAULT_HEIGHT,
+        width: int = DEFAULT_WIDTH,
+        model_dir: Path | None = None,
+        wav2vec_dir: Path | None = None,
+        device: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.height = height
+        self.width = width
+        self.model_dir = model_dir
+        self.wav2vec_dir = wav2vec_dir
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.cache_dir = cache_dir
+        self.generator: FlashTalkGenerator | None = None
+        self.warmup_rtf: float | None = None
+        if name == "tiny":
+            self.description = (
+                "tiny: the real FlashTalk code path with random tiny weights; the pictures "
+                "are noise, not a face"
+            )
+        else:
+            self.description = (
+                f"flashtalk: SoulX-FlashTalk {config.preset}, {config.steps} steps, "
+                f"{config.height}x{config.width}"
+            )
+
+    def load(self) -> None:
+        """Build or load the models on this (the device) thread, then warm up."""
+        started = time.perf_counter()
+        if self.name == "tiny":
+            from pipeline.tiny import build_tiny_generator
+
+            self.generator = build_tiny_generator(
+                self.config, seed=0, device=self.device, cache_dir=self.cache_dir
+            )
+        else:
+            from pipeline.flashtalk import load_flashtalk_generator
+
+            if self.model_dir is None or self.wav2vec_dir is None:
+                raise ValueError(
+                    "the flashtalk engine needs --model-dir and --wav2vec-dir "
+                    "(check them with `headcast doctor`)"
+                )
+            self.generator = load_flashtalk_generator(
+                self.config, self.model_dir, self.wav2vec_dir, device=self.device,
+                cache_dir=self.cache_dir,
+            )
+        logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
+        state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
+        silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
+        for _ in range(WARMUP_CHUNKS):
+            clock = time.perf_counter()
+            self.generator.step(state, silence)
+            self.warmup_rtf = (time.perf_counter() - clock) / CHUNK_SECONDS
+        logger.info("%s engine warm: RTF %.2f per chunk", self.name, self.warmup_rtf)
+
+    def _require_generator(self) -> FlashTalkGenerator:
+        if self.generator is None:
+            raise RuntimeError(f"the {self.name} engine is not loaded")
+        return self.generator
+
+    def open_session(self, avatar: Avatar, seed: int) -> StreamState:
+        """Prepare (or reuse the cached) conditioning of ``avatar`` and a seeded stream."""
+        return self._require_generator().prepare(avatar.image, avatar.prompt, seed=seed)
+
+    def step(self, state: Any, job: ChunkJob) -> Chunk:
+        """One chunk of the session's stream, resized to the engine's output size."""
+        started = time.perf_counter()
+        output = self._require_generator().step(state, job.audio)
+        frames = resize_frames(output.frames, self.height, self.width)
+        return Chunk(
+            index=job.index,
+            frames=frames,
+            audio=job.audio,
+            compute_seconds=time.perf_counter() - started,
+            stats=output.timings,
+        )
+
+    def close_session(self, state: Any) -> None:
+        """Nothing to free: the state's tensors go with the state."""
+
+
+def tiny_engine(**options: Any) -> DiffusionEngine:
+    """The ``tiny`` engine: the ``tiny`` preset (steps, seed, height/width of output)."""
+    steps = options.pop("steps", None)
+    seed = options.pop("seed", None)
+    options.pop("model_dir", None)
+    options.pop("wav2vec_dir", None)
+    return DiffusionEngine(name="tiny", config=preset("tiny", steps=steps, seed=seed), **options)
+
+
+def flashtalk_engine(**options: Any) -> DiffusionEngine:
+    """The ``flashtalk`` engine: the official 14B recipe; ``gen_height``/``gen_width`` resize."""
+    config = preset(
+        "flashtalk-14b",
+        steps=options.pop("steps", None),
+        seed=options.pop("seed", None),
+        height=options.pop("gen_height", None) or options.get("height"),
+        width=options.pop("gen_width", None) or options.get("width"),
+    )
+    return DiffusionEngine(name="flashtalk", config=config, **options)

@@ -1,0 +1,69 @@
+"""Assembling the real FlashTalk generator from an official checkpoint directory.
+
+Owns where each official file lives in the model directory and in which dtype each part
+runs (bf16 DiT and VAE on the GPU, the T5 and CLIP towers in their official dtypes, loaded
+only while an avatar is prepared). Knows nothing about sessions or serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.audio import Wav2VecStreamEncoder
+from pipeline.checkpoint import CheckpointError
+from pipeline.config import PipelineConfig
+from pipeline.dit import load_dit
+from pipeline.encoders import OnDemandEncoders
+from pipeline.generator import FlashTalkGenerator
+from pipeline.image import CLIP_CHECKPOINT_FILE, OFFICIAL_CLIP_DTYPE, CLIPVisionEncoder, load_clip_visual
+from pipeline.text import OFFICIAL_T5_DTYPE, PromptEncoder
+from pipeline.vae import VAE_CHECKPOINT_NAME, load_vae
+
+logger = logging.getLogger(__name__)
+
+
+def load_flashtalk_generator(
+    config: PipelineConfig,
+    model_dir: Path,
+    wav2vec_dir: Path,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.bfloat16,
+    cache_dir: Path | None = None,
+) -> FlashTalkGenerator:
+    """Load the DiT, VAE and wav2vec2 resident; T5 and CLIP are loaded per avatar."""
+    model_dir, wav2vec_dir = Path(model_dir), Path(wav2vec_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(
+            f"model directory {model_dir} does not exist; point --model-dir at the "
+            "SoulX-FlashTalk checkpoint and check it with `headcast doctor`"
+        )
+    started = time.perf_counter()
+    dit = load_dit(model_dir, device=device, dtype=dtype)
+    vae = load_vae(model_dir / VAE_CHECKPOINT_NAME, device=device, dtype=dtype, config=config.vae)
+    audio_encoder = Wav2VecStreamEncoder.from_dir(wav2vec_dir, device, torch.float32, config.audio)
+    logger.info("FlashTalk models loaded in %.1f s", time.perf_counter() - started)
+
+    def prompt_encoder() -> PromptEncoder:
+        return PromptEncoder.from_model_dir(model_dir, device=device, dtype=OFFICIAL_T5_DTYPE)
+
+    def clip() -> CLIPVisionEncoder:
+        return load_clip_visual(
+            model_dir / CLIP_CHECKPOINT_FILE, device=device, dtype=OFFICIAL_CLIP_DTYPE,
+            config=config.clip,
+        )
+
+    return FlashTalkGenerator(
+        config,
+        dit=dit,
+        vae=vae,
+        audio_encoder=audio_encoder,
+        encoders=OnDemandEncoders(prompt_encoder, clip, device),
+        device=device,
+        dtype=dtype,
+        cache_dir=cache_dir,
+    )

@@ -1,0 +1,298 @@
+"""The streaming FlashTalk generator: prepare an avatar once, then step chunk by chunk.
+
+Owns the official per-chunk recipe (audio features of the 8 s ring, 4 sampling steps with
+motion-frame carryover, VAE decode, colour correction, re-encode of the last 5 frames as the
+next chunk's motion latents, conversion to uint8 frames) and the per-session ``StreamState``.
+One loaded model serves every session: nothing per session is stored on the modules.
+
+Per-avatar conditioning (T5 prompt embedding, CLIP features, VAE latents of the reference
+image) is computed by an ``AvatarConditioner`` once per avatar and cached; it never runs per
+chunk. Knows nothing about threads, asyncio or codecs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import PIL.Image
+import torch
+
+from pipeline import sampler
+from pipeline.audio import AudioRing, Wav2VecStreamEncoder
+from pipeline.color import match_and_blend_colors
+from pipeline.config import PipelineConfig
+from pipeline.dit import FlashTalkDiT
+from pipeline.imaging import resize_and_centercrop, to_model_range
+from pipeline.vae import WanVAE
+
+logger = logging.getLogger(__name__)
+
+MASK_CHANNELS = 4
+"""First-frame mask channels in ``y`` (one per frame of the first latent's 4-frame group)."""
+
+AVATAR_CACHE_SIZE = 16
+"""Avatars whose conditioning is kept in memory (least recently used ones are dropped)."""
+
+NoiseSource = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
+"""Draws standard normal noise of a shape and dtype (the session's generator, or a golden's)."""
+
+
+@dataclass(frozen=True)
+class AvatarConditioning:
+    """What an avatar contributes to every chunk; computed once per avatar."""
+
+    context: torch.Tensor  # [1, L_text, text_dim] T5 prompt embedding
+    clip_fea: torch.Tensor  # [1, 257, 1280] CLIP features of the reference image
+    y: torch.Tensor  # [1, 4 + z, T_lat, h, w] first-frame mask + VAE latents of image + zeros
+    first_motion: torch.Tensor  # [z, 1, h, w] VAE latent of the reference image
+    reference: torch.Tensor  # [1, 3, 1, H, W] reference image in [-1, 1] (colour target)
+
+    def to(self, device: torch.device | str) -> AvatarConditioning:
+        """The same tensors on ``device``."""
+        return AvatarConditioning(
+            *(getattr(self, name).to(device) for name in self.__dataclass_fields__)
+        )
+
+
+@dataclass
+class StreamState:
+    """Everything one session's stream carries from chunk to chunk."""
+
+    conditioning: AvatarConditioning
+    motion: torch.Tensor  # [z, M, h, w] latents of the previous chunk's last motion frames
+    ring: AudioRing
+    noise: torch.Generator
+    chunk_index: int = 0
+
+
+@dataclass
+class ChunkOutput:
+    """One generated chunk on the host, with stage timings in seconds."""
+
+    frames: np.ndarray  # [new_frames, H, W, 3] uint8 RGB
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class AvatarEncoders(Protocol):
+    """Computes the text and image conditioning; loads its models only while it runs."""
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """prompt -> [L_text, text_dim]."""
+        ...
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """[1, 3, 1, H, W] in [-1, 1] -> CLIP features [1, 257, 1280]."""
+        ...
+
+
+def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8 (truncating, as the official code)."""
+    return (((video.float() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).to(torch.uint8).permute(
+        1, 2, 3, 0
+    )
+
+
+def first_frame_mask(latent_frames: int, height: int, width: int) -> torch.Tensor:
+    """The 4-channel mask that marks the first video frame as given: [1, 4, T_lat, h, w]."""
+    mask = torch.zeros(1, MASK_CHANNELS, latent_frames, height, width)
+    mask[:, :, 0] = 1.0  # the first latent frame stands for the reference image x 4 frames
+    return mask
+
+
+class FlashTalkGenerator:
+    """Prepares avatars and generates chunks with one shared set of models."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        dit: FlashTalkDiT,
+        vae: WanVAE,
+        audio_encoder: Wav2VecStreamEncoder,
+        encoders: AvatarEncoders,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.dit = dit
+        self.vae = vae
+        self.audio_encoder = audio_encoder
+        self.encoders = encoders
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.cache_dir = cache_dir
+        self._timesteps = sampler.timesteps(config.steps, config.shift)
+        self._avatars: OrderedDict[str, AvatarConditioning] = OrderedDict()
+
+    # -- per avatar -----------------------------------------------------------------------
+
+    def _avatar_key(self, image: np.ndarray, prompt: str) -> str:
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(image).tobytes())
+        digest.update(str(image.shape).encode())
+        digest.update(prompt.encode())
+        digest.update(f"{self.config.preset}:{self.config.height}x{self.config.width}".encode())
+        return digest.hexdigest()[:32]
+
+    @torch.no_grad()
+    def condition(self, image: np.ndarray, prompt: str | None = None) -> AvatarConditioning:
+        """The avatar's conditioning, from the memory or disk cache or computed now.
+
+        ``image`` is ``[H, W, 3]`` uint8 RGB of any size (resized and centre-cropped).
+        """
+        prompt = prompt or self.config.prompt
+        key = self._avatar_key(image, prompt)
+        if key in self._avatars:
+            self._avatars.move_to_end(key)
+            return self._avatars[key]
+        cached = self._load_cached(key)
+        conditioning = cached if cached is not None else self._compute_conditioning(image, prompt)
+        if cached is None:
+            self._store_cached(key, conditioning)
+        self._avatars[key] = conditioning
+        while len(self._avatars) > AVATAR_CACHE_SIZE:
+            self._avatars.popitem(last=False)
+        return conditioning
+
+    def _compute_conditioning(self, image: np.ndarray, prompt: str) -> AvatarConditioning:
+        cfg = self.config
+        started = time.perf_counter()
+        # 1. reference image: resize to cover, centre-crop, scale to [-1, 1]
+        pixels = resize_and_centercrop(PIL.Image.fromarray(image), (cfg.height, cfg.width))
+        reference = to_model_range(pixels).to(self.device, self.dtype)  # [1, 3, 1, H, W]
+        # 2. text and image embeddings (their models load and unload inside the encoders)
+        context = self.encoders.encode_prompt(prompt)[None].to(self.device, self.dtype)
+        clip_fea = self.encoders.encode_image(reference).to(self.device, self.dtype)
+        # 3. y: VAE latents of the image followed by zero frames, behind the first-frame mask
+        zeros = torch.zeros(
+            1, 3, cfg.audio.chunk_frames - 1, cfg.height, cfg.width, device=self.device,
+            dtype=self.dtype,
+        )
+        latents = self.vae.encode(torch.cat([reference, zeros], dim=2))  # [1, z, T_lat, h, w]
+        mask = first_frame_mask(cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+        y = torch.cat([mask.to(latents), latents], dim=1).to(self.dtype)  # [1, 4 + z, T_lat, h, w]
+        # 4. the first chunk's motion latent: the image alone
+        first_motion = self.vae.encode(reference)[0]  # [z, 1, h, w]
+        logger.info("avatar conditioning computed in %.2f s", time.perf_counter() - started)
+        return AvatarConditioning(context, clip_fea, y, first_motion, reference)
+
+    def _cache_path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"avatar-{key}.pt"
+
+    def _load_cached(self, key: str) -> AvatarConditioning | None:
+        path = self._cache_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+            conditioning = AvatarConditioning(**tensors).to(self.device)
+        except Exception:  # a stale or corrupt cache entry is recomputed, never fatal
+            logger.warning("ignoring unreadable avatar cache entry %s", path, exc_info=True)
+            return None
+        logger.info("avatar conditioning read from %s", path)
+        return conditioning
+
+    def _store_cached(self, key: str, conditioning: AvatarConditioning) -> None:
+        path = self._cache_path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cpu = conditioning.to("cpu")
+        tmp = path.with_suffix(".tmp")
+        torch.save({name: getattr(cpu, name) for name in cpu.__dataclass_fields__}, tmp)
+        tmp.replace(path)
+
+    # -- per session ----------------------------------------------------------------------
+
+    def prepare(self, image: np.ndarray, prompt: str | None = None, seed: int | None = None) -> StreamState:
+        """A new stream for an avatar: conditioning (cached), silent ring, seeded noise."""
+        conditioning = self.condition(image, prompt)
+        noise = torch.Generator(device=self.device)
+        noise.manual_seed(self.config.seed if seed is None else seed)
+        return StreamState(
+            conditioning=conditioning,
+            motion=conditioning.first_motion.clone(),
+            ring=AudioRing(self.config.audio.window_samples),
+            noise=noise,
+        )
+
+    @torch.no_grad()
+    def step(self, state: StreamState, audio: np.ndarray) -> ChunkOutput:
+        """One chunk: 17,920 new samples (float32, 16 kHz) -> 28 new frames; advances state."""
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        # 1. audio features of the 8 s ring window, for the chunk's 33 frames
+        state.ring.push(audio)
+        features = self.audio_encoder.chunk_features(state.ring.window())  # [1, 33, 5, L, C]
+        timings["audio_s"] = time.perf_counter() - clock
+
+        def draw(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            return torch.randn(shape, generator=state.noise, device=self.device, dtype=dtype)
+
+        # 2. sampling, decode, colour correction and motion re-encode
+        video, state.motion = self.generate_chunk(
+            state.conditioning, state.motion, features, draw, timings
+        )
+        # 3. the new frames as uint8 on the host
+        clock = time.perf_counter()
+        frames = frames_to_uint8(video).cpu().numpy()  # [28, H, W, 3]
+        timings["to_host_s"] = time.perf_counter() - clock
+        state.chunk_index += 1
+        return ChunkOutput(frames=frames, timings=timings)
+
+    def generate_chunk(
+        self,
+        conditioning: AvatarConditioning,
+        motion: torch.Tensor,
+        audio_features: torch.Tensor,
+        draw: NoiseSource,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official chunk: returns (new frames [3, 28, H, W] in [-1, 1], next motion).
+
+        ``motion`` is ``[z, M, h, w]``; ``audio_features`` ``[1, 33, 5, L, C]``; ``draw``
+        gives the noise in the official order (initial latent, then one per step).
+        """
+        cfg = self.config
+        timings = {} if timings is None else timings
+        clock = time.perf_counter()
+        latent_shape = (cfg.vae.z_dim, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+        # 1. start from noise with the motion latents in front
+        latent = sampler.overwrite_motion(draw(latent_shape, self.dtype), motion)  # [z, T, h, w]
+        features = audio_features.to(self.device, self.dtype)
+        # 2. sampling steps: velocity, x0, re-noise, motion overwrite
+        for i, (t, t_next) in enumerate(zip(self._timesteps, self._timesteps[1:])):
+            timestep = torch.tensor([t], device=self.device)  # [1]
+            velocity = self.dit(
+                latent[None].to(self.dtype),
+                timestep,
+                conditioning.context,
+                conditioning.clip_fea,
+                conditioning.y,
+                features,
+            )[0]  # [z, T, h, w]
+            latent = sampler.flow_step(latent, velocity, t, t_next, draw(latent_shape, self.dtype))
+            latent = sampler.overwrite_motion(latent, motion)
+            timings[f"dit_step{i}_s"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+        # 3. decode all 33 frames, match colours to the reference image
+        video = self.vae.decode(latent[None].to(self.dtype))  # [1, 3, 33, H, W]
+        timings["vae_decode_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        if cfg.color_correction > 0:
+            video = match_and_blend_colors(video, conditioning.reference, cfg.color_correction)
+        timings["color_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        # 4. the last motion frames become the next chunk's motion latents
+        next_motion = self.vae.encode(video[:, :, -cfg.audio.motion_frames :].to(self.dtype))[0]
+        timings["motion_encode_s"] = time.perf_counter() - clock
+        return video[0, :, cfg.audio.motion_frames :], next_motion  # [3, 28, H, W], [z, M, h, w]
