@@ -3,9 +3,8 @@
 Owns the puppet's per-session state, the mapping from each 40 ms frame's audio energy to a
 mouth opening, the idle motion (head sway, breathing bob, blinks), the "puppet" corner label
 and ``mouth_open_metric``, which measures the mouth opening back from a (possibly lossy
-decoded) frame. No weights: numpy and PIL drawing, with the avatar fitted by the same
-cover-resize and centre-crop as the models (``pipeline.imaging``); real time on a couple of
-CPU cores with several sessions. It is a demo and integration target, not the FlashTalk model, and says so.
+decoded) frame. No weights and no torch (numpy and PIL only, so a puppet-only server starts
+fast); real time on a couple of CPU cores with several sessions. It is a demo and integration target, not the FlashTalk model, and says so.
 
 Where the face is: the puppet has no landmarks. It assumes ``FaceLayout`` (from
 ``pipeline.avatar_art``) for every image: a portrait centred horizontally, eyes at 47 % and
@@ -36,7 +35,6 @@ from pipeline.avatar_art import (
     draw_default_avatar,
 )
 from pipeline.engine import EngineNotReady
-from pipeline.imaging import resize_and_centercrop
 from pipeline.media import (
     CHUNK_FRAMES,
     DEFAULT_HEIGHT,
@@ -368,8 +366,7 @@ class PuppetEngine:
         if image.shape[:2] == (self.height, self.width):
             background = image.copy()  # [H, W, 3]
         else:
-            pixels = resize_and_centercrop(PIL.Image.fromarray(image), (self.height, self.width))
-            background = pixels[0, :, 0].permute(1, 2, 0).numpy().copy()  # [H, W, 3]
+            background = _cover_and_crop(image, self.height, self.width)  # [H, W, 3]
         lids = self._lid_colours(background)
         self._draw_mouth(background, 0.0, 0, 0)  # closed lips; open mouths are drawn over them
         if self._label is None:
@@ -506,6 +503,24 @@ class PuppetEngine:
         opening = _soft_ellipse(ys, xs, open_half_h, open_half_w)  # [h, w]
         region += (np.asarray(MOUTH_INTERIOR, np.float32) - region) * opening[..., None]
         frame[rows, cols] = (region + 0.5).astype(np.uint8)
+
+
+def _cover_and_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize [h, w, 3] to cover ``height`` x ``width``, then crop the centre.
+
+    The same fit as ``pipeline.imaging.resize_and_centercrop`` (which the models use),
+    without its torch import. Returns [height, width, 3] uint8.
+    """
+    scale = max(height / image.shape[0], width / image.shape[1])
+    cover_h = math.ceil(scale * image.shape[0])
+    cover_w = math.ceil(scale * image.shape[1])
+    resized = PIL.Image.fromarray(image).resize(
+        (cover_w, cover_h), resample=PIL.Image.Resampling.BILINEAR
+    )
+    top = int(round((cover_h - height) / 2.0))
+    left = int(round((cover_w - width) / 2.0))
+    pixels = np.asarray(resized, dtype=np.uint8)  # [cover_h, cover_w, 3]
+    return pixels[top : top + height, left : left + width].copy()
 
 
 def _render_label(text: str) -> np.ndarray:

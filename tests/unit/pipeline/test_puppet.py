@@ -244,6 +244,18 @@ def test_any_avatar_image_is_fitted_and_gets_a_moving_mouth(engine: PuppetEngine
     assert np.all(opening[:14] > OPEN) and np.all(opening[17:] < CLOSED)
 
 
+def test_the_avatar_is_fitted_exactly_as_the_models_fit_it() -> None:
+    from pipeline.imaging import resize_and_centercrop  # imports torch; the puppet does not
+    from pipeline.puppet import _cover_and_crop
+
+    rng = np.random.default_rng(3)
+    for shape in [(500, 400, 3), (300, 900, 3), (1025, 333, 3)]:
+        image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        models = resize_and_centercrop(PIL.Image.fromarray(image), (HEIGHT, WIDTH))
+        expected = models[0, :, 0].permute(1, 2, 0).numpy()  # [H, W, 3]
+        np.testing.assert_array_equal(_cover_and_crop(image, HEIGHT, WIDTH), expected)
+
+
 # -- the default avatar and speed ----------------------------------------------------------
 
 
