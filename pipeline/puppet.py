@@ -4,7 +4,8 @@ Owns the puppet's per-session state, the mapping from each 40 ms frame's audio e
 mouth opening, the idle motion (head sway, breathing bob, blinks), the "puppet" corner label
 and ``mouth_open_metric``, which measures the mouth opening back from a (possibly lossy
 decoded) frame. No weights and no torch (numpy and PIL only, so a puppet-only server starts
-fast); real time on a couple of CPU cores with several sessions. It is a demo and integration target, not the FlashTalk model, and says so.
+fast); real time on a couple of CPU cores with several sessions. It is a demo and
+integration target, not the FlashTalk model, and says so.
 
 Where the face is: the puppet has no landmarks. It assumes ``FaceLayout`` (from
 ``pipeline.avatar_art``) for every image: a portrait centred horizontally, eyes at 47 % and
