@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-DIT_CONFIG = "config.json"
-DIT_STEM = "diffusion_pytorch_model"
-VAE_FILE = "Wan2.1_VAE.pth"
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-T5_TOKENIZER_DIR = "google/umt5-xxl"
-CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
-CLIP_USED_PREFIX = "visual."
+from pipeline.dit import CONFIG_FILENAME as DIT_CONFIG
+from pipeline.dit import WEIGHTS_STEM as DIT_STEM
+from pipeline.image import CLIP_CHECKPOINT_FILE as CLIP_FILE
+from pipeline.image import VISUAL_PREFIX as CLIP_USED_PREFIX
+from pipeline.text import T5_CHECKPOINT_FILE as T5_FILE
+from pipeline.text import T5_TOKENIZER_DIR
+from pipeline.vae import VAE_CHECKPOINT_NAME as VAE_FILE
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 """Either of these makes a usable umt5 tokenizer directory."""
