@@ -6,8 +6,8 @@ original sound at the file's own sample rate (mono, or stereo with more channels
 for muxing the input audio back. Owns the typed errors for a missing, undecodable or empty
 file, each worded so the user knows what to pass instead.
 
-The engine's mono signal is the mean of the channels (identical channels keep their level;
-FFmpeg's own stereo-to-mono matrix would add 3 dB).
+The engine's mono signal is the mean of the (at most two) channels, as
+``streaming.resample.Downsampler`` mixes it: identical channels keep their level.
 
 Knows nothing about engines, video, the container being written, sessions or the server.
 """
@@ -99,55 +99,32 @@ def read_audio_file(path: str | Path) -> AudioClip:
 def _decode(file: Path, frames: Iterator[av.AudioFrame]) -> AudioClip:
     """Convert every decoded frame to planar float (mono/stereo) and to 16 kHz mono."""
     to_planar: av.AudioResampler | None = None
-    to_engine: _MeanDownmixer | None = None
+    to_engine = Downsampler()  # averages the channels
+    rate_hz = 0
     original_parts: list[np.ndarray] = []
+    engine_parts: list[np.ndarray] = []
     for frame in frames:
         if frame.samples == 0:
             continue
-        if to_planar is None or to_engine is None:  # the first frame fixes rate and layout
+        if to_planar is None:  # the first frame fixes the original rate and layout
+            rate_hz = frame.sample_rate
             layout = MONO_LAYOUT if len(frame.layout.channels) == 1 else STEREO_LAYOUT
             to_planar = av.AudioResampler(
-                format=PLANAR_FLOAT_FORMAT,
-                layout=layout,
-                rate=frame.sample_rate,
-                options=DOWNMIX_OPTIONS,
+                format=PLANAR_FLOAT_FORMAT, layout=layout, rate=rate_hz, options=DOWNMIX_OPTIONS
             )
-            to_engine = _MeanDownmixer(frame.sample_rate)
         for planar in to_planar.resample(frame):
-            original_parts.append(to_engine.feed(planar.to_ndarray()))  # [C, k]
-    if to_planar is None or to_engine is None:
+            original_parts.append(planar.to_ndarray())  # [C, k]
+            engine_parts.append(to_engine.process(planar))  # [k * 16000 / rate]
+    if to_planar is None:
         raise EmptyAudioError(
             f"audio file {file} contains no samples. Pass a file with some sound in it."
         )
     for planar in to_planar.resample(None):
-        original_parts.append(to_engine.feed(planar.to_ndarray()))
+        original_parts.append(planar.to_ndarray())
+        engine_parts.append(to_engine.process(planar))
+    engine_parts.append(to_engine.flush())
     return AudioClip(
-        samples=to_engine.finish(),  # [n]
+        samples=np.concatenate(engine_parts).astype(np.float32, copy=False),  # [n]
         original=np.concatenate(original_parts, axis=1),  # [C, m]
-        original_rate_hz=to_engine.rate_hz,
+        original_rate_hz=rate_hz,
     )
-
-
-class _MeanDownmixer:
-    """Planar float blocks ``[C, k]`` at one rate -> 16 kHz mono, the channels averaged."""
-
-    def __init__(self, rate_hz: int) -> None:
-        self.rate_hz = rate_hz
-        self._downsampler = Downsampler()
-        self._pts = 0
-        self._parts: list[np.ndarray] = []
-
-    def feed(self, planar: np.ndarray) -> np.ndarray:
-        """Take one block ``[C, k]``; returns it unchanged for the caller to keep."""
-        mono = planar.mean(axis=0, keepdims=True, dtype=np.float32)  # [1, k]
-        frame = av.AudioFrame.from_ndarray(mono, format=PLANAR_FLOAT_FORMAT, layout=MONO_LAYOUT)
-        frame.sample_rate = self.rate_hz
-        frame.pts = self._pts
-        self._pts += mono.shape[1]
-        self._parts.append(self._downsampler.process(frame))
-        return planar
-
-    def finish(self) -> np.ndarray:
-        """Flush the resampler; all 16 kHz samples so far as ``[n]`` float32."""
-        self._parts.append(self._downsampler.flush())
-        return np.concatenate(self._parts).astype(np.float32, copy=False)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.config import DEFAULT_SEED
 from pipeline.engine import Engine, EngineError, UnknownEngine, default_registry
 from pipeline.imaging import ImageLoadError, load_image
 from pipeline.media import (
@@ -54,8 +55,6 @@ MODEL_ENGINE = "flashtalk"
 """Engine used when ``--model-dir`` is given without ``--engine``."""
 STEP_CHOICES = (4, 2)
 """Sampling steps the FlashTalk schedules are distilled for."""
-DEFAULT_SEED = 0
-"""Session seed (idle motion, diffusion noise) when ``--seed`` is not given."""
 PARTIAL_SUFFIX = ".partial"
 """Suffix of the file written while generating; renamed to ``--out`` once complete."""
 MIN_AUDIO_SAMPLES = SAMPLES_PER_FRAME
@@ -95,7 +94,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--steps", type=int, choices=STEP_CHOICES, default=None, help="sampling steps"
     )
     parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help=f"session seed (default {DEFAULT_SEED})"
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"session seed: diffusion noise, idle motion (default: the official {DEFAULT_SEED})",
     )
     parser.add_argument("--model-dir", type=Path, default=None, help="FlashTalk checkpoint dir")
     parser.add_argument("--wav2vec-dir", type=Path, default=None, help="wav2vec2 checkpoint dir")
@@ -207,7 +209,9 @@ def _generate(engine: Engine, inputs: _Inputs, *, seed: int, quiet: bool) -> Non
     total_frames = math.ceil(audio.samples.size / SAMPLES_PER_FRAME)
     total_chunks = math.ceil(total_frames / CHUNK_FRAMES)
     partial = inputs.out.with_name(inputs.out.name + PARTIAL_SUFFIX)
+    started = time.perf_counter()
     state = engine.open_session(inputs.avatar, seed)
+    avatar_seconds = time.perf_counter() - started
     started = time.perf_counter()
     compute_seconds = 0.0
     try:
@@ -246,7 +250,7 @@ def _generate(engine: Engine, inputs: _Inputs, *, seed: int, quiet: bool) -> Non
     wall_seconds = time.perf_counter() - started
     logger.info(
         "wrote %s: %d chunks, %d frames, %.2f s of media in %.2f s wall "
-        "(RTF %.2f; engine compute %.2f s, RTF %.2f; load %.2f s)",
+        "(RTF %.2f; engine compute %.2f s, RTF %.2f; before that: load %.2f s, avatar %.2f s)",
         inputs.out,
         total_chunks,
         writer.frames_written,
@@ -256,6 +260,7 @@ def _generate(engine: Engine, inputs: _Inputs, *, seed: int, quiet: bool) -> Non
         compute_seconds,
         compute_seconds / audio.duration_s,
         load_seconds,
+        avatar_seconds,
     )
 
 
