@@ -184,13 +184,3 @@ class Mp4Writer:
             self.close()
         else:
             self.abort()
-
-    @property
-    def video_seconds(self) -> float:
-        """Duration of the video written so far, in seconds."""
-        return self.frames_written / self.fps
-
-    @property
-    def audio_seconds(self) -> float:
-        """Duration of the audio written so far, in seconds."""
-        return self.audio_samples_written / self.audio_rate_hz
