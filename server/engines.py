@@ -50,7 +50,9 @@ def load_avatars(settings: Settings) -> dict[str, Avatar]:
     """The avatars sessions may ask for, by name (reads the avatar image file if one is set)."""
     if settings.avatar_image is not None:
         image = np.asarray(load_image(settings.avatar_image), dtype=np.uint8)
-        logger.info("default avatar: %s (%dx%d)", settings.avatar_image, image.shape[1], image.shape[0])
+        logger.info(
+            "default avatar: %s (%dx%d)", settings.avatar_image, image.shape[1], image.shape[0]
+        )
     else:
         image = draw_default_avatar(settings.height, settings.width)
     return {DEFAULT_AVATAR_NAME: Avatar(name=DEFAULT_AVATAR_NAME, image=image)}

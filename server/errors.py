@@ -116,9 +116,13 @@ def problem_for(error: Exception) -> Problem | None:
                 title="The session already has a connection",
             )
         case SessionEnded():
-            return Problem(409, "session-ended", f"{error}; create a new session", title="Session ended")
+            return Problem(
+                409, "session-ended", f"{error}; create a new session", title="Session ended"
+            )
         case PrepareFailed():
-            return Problem(500, "engine-error", str(error), title="The engine could not prepare the avatar")
+            return Problem(
+                500, "engine-error", str(error), title="The engine could not prepare the avatar"
+            )
         case NoIceCandidates():
             return Problem(500, "no-ice-candidates", str(error), title="No ICE candidates")
     return None
@@ -149,7 +153,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_validation_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
         errors = [
-            {"loc": list(item.get("loc", ())), "msg": item.get("msg", ""), "type": item.get("type", "")}
+            {
+                "loc": list(item.get("loc", ())),
+                "msg": item.get("msg", ""),
+                "type": item.get("type", ""),
+            }
             for item in error.errors()
         ]
         summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)

@@ -23,7 +23,23 @@ from streaming.observer import ChunkProblem
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Content type of the Prometheus text exposition format."""
 
-CHUNK_COMPUTE_BUCKETS_S = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 0.9, 1.0, 1.12, 1.3, 1.6, 2.0, 3.0, 5.0, 10.0)
+CHUNK_COMPUTE_BUCKETS_S = (
+    0.05,
+    0.1,
+    0.2,
+    0.35,
+    0.5,
+    0.75,
+    0.9,
+    1.0,
+    1.12,
+    1.3,
+    1.6,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+)
 """Histogram buckets of chunk compute time, in seconds, dense around one chunk (1.12 s)."""
 
 RTF_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
@@ -41,7 +57,9 @@ class _RuntimeCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
-            "headcast_process_threads", "Threads in the server process.", value=threading.active_count()
+            "headcast_process_threads",
+            "Threads in the server process.",
+            value=threading.active_count(),
         )
         loop = self.loop
         if loop is not None and not loop.is_closed():

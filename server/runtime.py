@@ -114,7 +114,7 @@ class Runtime:
         if self._registry is not None:
             await self._registry.close_all("the server is shutting down")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self.worker.shutdown)
+        await loop.run_in_executor(self.executor, self.worker.shutdown)  # no-op if never started
         self.metrics.bind_loop(None)
         if self.executor is not None:
             self.executor.shutdown(wait=True)

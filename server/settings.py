@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH
@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     ice_loopback_only: bool = False
     """Offer only 127.0.0.1 (tests and single-machine demos; implies ``ice_loopback``)."""
 
-    avatar_image: Path | None = None
+    avatar_image: FilePath | None = None
     """Picture of the ``default`` avatar (RGB image file); unset: the drawn default face."""
 
     video_codec: VideoCodecName = "vp8"
@@ -147,7 +147,9 @@ def _read_profile(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SettingsError(f"{path} must be a mapping of setting: value, got {type(data).__name__}")
+        raise SettingsError(
+            f"{path} must be a mapping of setting: value, got {type(data).__name__}"
+        )
     known = set(Settings.model_fields)
     for key in data:
         if key not in known:
@@ -181,9 +183,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         from_env = Settings()
     except ValidationError as exc:
-        raise SettingsError(
-            _describe(exc, "environment variables", from_env=True)
-        ) from exc
+        raise SettingsError(_describe(exc, "environment variables", from_env=True)) from exc
     env_values = from_env.model_dump(include=from_env.model_fields_set)
     try:
         return Settings(**{**profile, **env_values, **given})

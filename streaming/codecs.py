@@ -47,5 +47,7 @@ def prefer_video_codec(transceiver: RTCRtpTransceiver, preferred: VideoCodec) ->
     while it sets the remote description.
     """
     if transceiver.kind != "video":
-        raise ValueError(f"video codec preferences need a video transceiver, got {transceiver.kind}")
+        raise ValueError(
+            f"video codec preferences need a video transceiver, got {transceiver.kind}"
+        )
     transceiver.setCodecPreferences(video_codec_order(preferred))

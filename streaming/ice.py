@@ -66,8 +66,9 @@ class HostCandidatePolicy:
 # A ContextVar is the one module-level object here: it holds no value of its own (each task
 # context has its own), which is what scopes the policy to one gathering.
 _current_policy: contextvars.ContextVar[HostCandidatePolicy] = contextvars.ContextVar(
-    "headcast_host_candidate_policy", default=HostCandidatePolicy()
+    "headcast_host_candidate_policy"
 )
+_AIOICE_DEFAULT = HostCandidatePolicy()
 
 
 def _install_hook() -> None:
@@ -83,7 +84,7 @@ def _install_hook() -> None:
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         addresses = original(use_ipv4, use_ipv6)
-        return _current_policy.get().choose(addresses, use_ipv4)
+        return _current_policy.get(_AIOICE_DEFAULT).choose(addresses, use_ipv4)
 
     setattr(get_host_addresses, _HOOK_MARKER, True)
     aioice.ice.get_host_addresses = get_host_addresses  # type: ignore[assignment]

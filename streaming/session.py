@@ -23,7 +23,6 @@ Knows nothing about HTTP, tokens or metrics backends (it reports to a ``SessionO
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -40,13 +39,27 @@ from pipeline.engine import (
     MailboxItem,
     SessionClosed,
 )
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE_HZ, Avatar, Chunk, ChunkJob
+from pipeline.media import (
+    CHUNK_FRAMES,
+    CHUNK_SAMPLES,
+    CHUNK_SECONDS,
+    SAMPLE_RATE_HZ,
+    Avatar,
+    Chunk,
+    ChunkJob,
+)
 from streaming.audio_in import AudioIntake, receive_track
 from streaming.clock import LoopClock, Playout, WallClock
 from streaming.observer import ChunkProblem, NullObserver, SessionObserver
 from streaming.peer import PeerConfig, PeerLink
 from streaming.resample import Upsampler
-from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack, ChunkMedia, TimedFrame, chunk_to_media
+from streaming.tracks import (
+    AvatarAudioTrack,
+    AvatarVideoTrack,
+    ChunkMedia,
+    TimedFrame,
+    chunk_to_media,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -377,7 +390,9 @@ class AvatarSession:
                 self._prepared.set_result(None)
             else:
                 self._prepared.set_exception(
-                    PrepareFailed(f"the engine could not prepare avatar {self.avatar.name!r}: {error}")
+                    PrepareFailed(
+                        f"the engine could not prepare avatar {self.avatar.name!r}: {error}"
+                    )
                 )
 
         try:
@@ -405,7 +420,9 @@ class AvatarSession:
             try:
                 self._handle.submit(ChunkJob(index=index, audio=audio))
             except MailboxFull as exc:
-                logger.warning("%s: chunk %d not submitted, engine busy (%s)", self.label, index, exc)
+                logger.warning(
+                    "%s: chunk %d not submitted, engine busy (%s)", self.label, index, exc
+                )
                 self._skipped.add(index)
             except SessionClosed as exc:
                 logger.info("%s: the engine stopped taking jobs (%s)", self.label, exc)
@@ -463,7 +480,9 @@ class AvatarSession:
 
     async def _emit_result(self, item: MailboxItem) -> None:
         if isinstance(item, ChunkFailure):
-            logger.error("%s: chunk %d failed in the engine: %s", self.label, item.index, item.message)
+            logger.error(
+                "%s: chunk %d failed in the engine: %s", self.label, item.index, item.message
+            )
             await self._emit_idle(item.index, ChunkProblem.ENGINE_ERROR)
             return
         assert isinstance(item, Chunk)

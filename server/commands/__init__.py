@@ -1,1 +1,1 @@
-"""The ``headcast`` subcommands, one module each with ``add_parser(subparsers)`` and ``run(args)``."""
+"""The ``headcast`` subcommands: one module each, with ``add_parser(subparsers)`` and ``run``."""

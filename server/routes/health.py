@@ -1,4 +1,4 @@
-"""``/healthz``, ``/readyz`` and ``/metrics``: is the process up, can it take sessions, how is it doing.
+"""``/healthz``, ``/readyz``, ``/metrics``: is the process up, can it take sessions, how does it do.
 
 Knows nothing about sessions beyond what ``Runtime.readiness`` and ``Metrics`` report.
 """
@@ -25,7 +25,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> dict[str, Any]:
-    """200 once the engine is loaded and warmed up; 503 (problem) while loading or after a failure."""
+    """200 once the engine is loaded and warm; 503 (a problem) while loading or after a failure."""
     readiness = runtime.readiness
     body: dict[str, Any] = {
         "state": readiness.state.value,

@@ -47,7 +47,9 @@ class SessionCreated(BaseModel):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionCreated)
-async def create_session(registry: RegistryDep, body: SessionRequest | None = None) -> SessionCreated:
+async def create_session(
+    registry: RegistryDep, body: SessionRequest | None = None
+) -> SessionCreated:
     """Take a session slot for ``avatar``; 429 with Retry-After when every slot is taken."""
     request = body or SessionRequest()
     managed = await registry.create(request.avatar)

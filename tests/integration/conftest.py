@@ -30,7 +30,7 @@ from tests.conftest import REPO_ROOT
 
 LOOPBACK = "127.0.0.1"
 SERVER_READY_TIMEOUT_S = 180.0
-"""Longest wait for a fresh server's /readyz (importing torch alone can take 10 s on a busy host)."""
+"""Longest wait for a fresh server's /readyz (importing torch can take 10 s on a busy host)."""
 
 SERVER_STOP_TIMEOUT_S = 30.0
 POLL_S = 0.2
@@ -90,7 +90,9 @@ def free_loopback_port() -> int:
 def _server_env(settings: dict[str, object]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADCAST_")}
     for name, value in settings.items():
-        env[f"HEADCAST_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[f"HEADCAST_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -118,7 +120,9 @@ def _stop(server: RunningServer) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait(SERVER_STOP_TIMEOUT_S)
-        raise ServerFailed(f"the server ignored SIGTERM for {SERVER_STOP_TIMEOUT_S:.0f} s") from None
+        raise ServerFailed(
+            f"the server ignored SIGTERM for {SERVER_STOP_TIMEOUT_S:.0f} s"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -126,7 +130,7 @@ def run_server(log_dir: Path, **settings: object) -> Iterator[RunningServer]:
     """A ready puppet server on a free loopback port with ``settings`` (as env variables)."""
     env = _server_env(settings)
     last_error: ServerFailed | None = None
-    for attempt in range(PORT_ATTEMPTS):
+    for _attempt in range(PORT_ATTEMPTS):
         port = free_loopback_port()
         log_path = log_dir / f"server-{port}.log"
         command = [

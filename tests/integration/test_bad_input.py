@@ -77,7 +77,9 @@ def _wait_until(description: str, check: object, timeout_s: float = IDLE_TIMEOUT
         if value:
             return time.monotonic() - started
         time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {description} (last: {value!r})")
+    raise AssertionError(
+        f"timed out after {timeout_s:.0f} s waiting for {description} (last: {value!r})"
+    )
 
 
 def _idle(server: RunningServer) -> bool:
@@ -137,14 +139,26 @@ async def test_unknown_session_missing_and_wrong_token(
         try:
             offer = {"sdp": "v=0", "type": "offer"}
             bearer = {"Authorization": f"Bearer {session.token}"}
-            _assert_problem(await http.post("/v1/sessions/no-such-id/offer", json=offer, headers=bearer), 404, "unknown-session")
-            _assert_problem(await http.delete("/v1/sessions/no-such-id", headers=bearer), 404, "unknown-session")
+            _assert_problem(
+                await http.post("/v1/sessions/no-such-id/offer", json=offer, headers=bearer),
+                404,
+                "unknown-session",
+            )
+            _assert_problem(
+                await http.delete("/v1/sessions/no-such-id", headers=bearer), 404, "unknown-session"
+            )
             missing = await http.post(f"/v1/sessions/{session.id}/offer", json=offer)
             _assert_problem(missing, 401, "unauthorized")
             assert missing.headers["www-authenticate"] == "Bearer"
             wrong = {"Authorization": f"Bearer {other.token}"}
-            _assert_problem(await http.post(f"/v1/sessions/{session.id}/offer", json=offer, headers=wrong), 403, "forbidden")
-            _assert_problem(await http.delete(f"/v1/sessions/{session.id}", headers=wrong), 403, "forbidden")
+            _assert_problem(
+                await http.post(f"/v1/sessions/{session.id}/offer", json=offer, headers=wrong),
+                403,
+                "forbidden",
+            )
+            _assert_problem(
+                await http.delete(f"/v1/sessions/{session.id}", headers=wrong), 403, "forbidden"
+            )
         finally:
             await client.delete_session(session)
             await client.delete_session(other)
@@ -197,7 +211,9 @@ async def test_a_vanished_client_is_released_and_a_new_session_works(
         )
     try:
         assert child.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), CHILD_CONNECT_TIMEOUT_S)
+        line = await asyncio.wait_for(
+            asyncio.to_thread(child.stdout.readline), CHILD_CONNECT_TIMEOUT_S
+        )
         assert line.startswith("STREAMING"), f"the client failed: {child_log.read_text()[-2000:]}"
         streaming = headcast_server.metrics()
         chunks_before = streaming["headcast_chunks_total"]

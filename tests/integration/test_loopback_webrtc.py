@@ -216,7 +216,9 @@ async def test_live_session_streams_lip_synced_video_and_audio(
 ) -> None:
     received = await _receive(headcast_server.url)
     metrics = _analyse(received)
-    (artifacts_dir / "loopback_metrics.json").write_text(json.dumps(asdict(metrics), indent=2) + "\n")
+    (artifacts_dir / "loopback_metrics.json").write_text(
+        json.dumps(asdict(metrics), indent=2) + "\n"
+    )
     logger.info("loopback metrics: %s", metrics)
     summary = f"measured: {asdict(metrics)}"
 

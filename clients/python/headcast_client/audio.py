@@ -33,7 +33,11 @@ class ArrayAudioTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(
-        self, samples: np.ndarray, sample_rate: int = TRACK_SAMPLE_RATE_HZ, *, then_silence: bool = True
+        self,
+        samples: np.ndarray,
+        sample_rate: int = TRACK_SAMPLE_RATE_HZ,
+        *,
+        then_silence: bool = True,
     ) -> None:
         super().__init__()
         if samples.ndim != 1:

@@ -123,7 +123,7 @@ class HeadcastClient:
         return (await self._request("GET", "/readyz")).json()
 
     async def wait_ready(self, timeout_s: float = 120.0) -> dict[str, Any]:
-        """Poll ``/readyz`` until the engine is ready; raise ``TimeoutError`` after ``timeout_s``."""
+        """Poll ``/readyz`` until the engine is ready; ``TimeoutError`` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:

@@ -89,7 +89,9 @@ def test_a_load_failure_shows_in_readyz() -> None:
     app = create_app(_settings(), engine=FakeEngine(96, 64, load_error=OSError("weights missing")))
     with TestClient(app) as client:
         deadline = time.monotonic() + POLL_LIMIT_S
-        while client.get("/readyz").json().get("state") == "loading" and time.monotonic() < deadline:
+        while (
+            client.get("/readyz").json().get("state") == "loading" and time.monotonic() < deadline
+        ):
             time.sleep(POLL_S)
         body = _assert_problem(client.get("/readyz"), 503, "engine-failed")
         assert body["state"] == "failed" and "weights missing" in body["detail"]
@@ -105,14 +107,28 @@ def test_tokens_guard_each_session(client: TestClient) -> None:
     response = client.delete(url)
     _assert_problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == "Bearer"
-    _assert_problem(client.delete(url, headers={"Authorization": f"Basic {first['token']}"}), 401, "unauthorized")
-    _assert_problem(client.delete(url, headers={"Authorization": f"Bearer {second['token']}"}), 403, "forbidden")
     _assert_problem(
-        client.delete("/v1/sessions/nonexistent", headers={"Authorization": "Bearer x"}), 404, "unknown-session"
+        client.delete(url, headers={"Authorization": f"Basic {first['token']}"}),
+        401,
+        "unauthorized",
+    )
+    _assert_problem(
+        client.delete(url, headers={"Authorization": f"Bearer {second['token']}"}), 403, "forbidden"
+    )
+    _assert_problem(
+        client.delete("/v1/sessions/nonexistent", headers={"Authorization": "Bearer x"}),
+        404,
+        "unknown-session",
     )
     assert _metric(client, "headcast_sessions_active") == 2
-    assert client.delete(url, headers={"Authorization": f"Bearer {first['token']}"}).status_code == 204
-    _assert_problem(client.delete(url, headers={"Authorization": f"Bearer {first['token']}"}), 404, "unknown-session")
+    assert (
+        client.delete(url, headers={"Authorization": f"Bearer {first['token']}"}).status_code == 204
+    )
+    _assert_problem(
+        client.delete(url, headers={"Authorization": f"Bearer {first['token']}"}),
+        404,
+        "unknown-session",
+    )
     assert _metric(client, "headcast_sessions_active") == 1
 
 
@@ -122,7 +138,10 @@ def test_capacity_and_unknown_avatar(client: TestClient) -> None:
     response = client.post("/v1/sessions", json={"avatar": "default"})
     _assert_problem(response, 429, "capacity")
     assert int(response.headers["retry-after"]) > 0
-    client.delete(f"/v1/sessions/{sessions[0]['id']}", headers={"Authorization": f"Bearer {sessions[0]['token']}"})
+    client.delete(
+        f"/v1/sessions/{sessions[0]['id']}",
+        headers={"Authorization": f"Bearer {sessions[0]['token']}"},
+    )
     assert client.post("/v1/sessions", json={}).status_code == 201
 
 
@@ -130,12 +149,22 @@ def test_offer_validation_and_malformed_sdp(client: TestClient) -> None:
     session = client.post("/v1/sessions", json={}).json()
     url = f"/v1/sessions/{session['id']}/offer"
     auth = {"Authorization": f"Bearer {session['token']}"}
-    body = _assert_problem(client.post(url, json={"sdp": "v=0", "type": "answer"}, headers=auth), 422, "invalid-request")
+    body = _assert_problem(
+        client.post(url, json={"sdp": "v=0", "type": "answer"}, headers=auth),
+        422,
+        "invalid-request",
+    )
     assert body["errors"][0]["loc"][-1] == "type"
-    _assert_problem(client.post(url, json={"sdp": "garbage", "type": "offer"}, headers=auth), 400, "bad-offer")
-    _assert_problem(client.post(url, json={"sdp": "", "type": "offer"}, headers=auth), 400, "bad-offer")
+    _assert_problem(
+        client.post(url, json={"sdp": "garbage", "type": "offer"}, headers=auth), 400, "bad-offer"
+    )
+    _assert_problem(
+        client.post(url, json={"sdp": "", "type": "offer"}, headers=auth), 400, "bad-offer"
+    )
     _assert_problem(client.post(url, json={"sdp": "garbage", "type": "offer"}), 401, "unauthorized")
-    _assert_problem(client.post("/v1/sessions", json={"avatar": "default", "extra": 1}), 422, "invalid-request")
+    _assert_problem(
+        client.post("/v1/sessions", json={"avatar": "default", "extra": 1}), 422, "invalid-request"
+    )
     _assert_problem(client.get("/no/such/route"), 404, "not-found")
 
 

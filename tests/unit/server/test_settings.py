@@ -86,6 +86,8 @@ def test_shipped_profiles_load(name: str) -> None:
     settings = load_settings(REPO_ROOT / "configs" / f"{name}.yaml")
     assert isinstance(settings, Settings)
     if name == "cpu-demo":
-        assert settings.engine == "puppet" and settings.ice_loopback and settings.host == "127.0.0.1"
+        assert (
+            settings.engine == "puppet" and settings.ice_loopback and settings.host == "127.0.0.1"
+        )
     if name in ("h100", "h200"):
         assert settings.engine == "flashtalk" and settings.model_dir is not None

@@ -44,7 +44,9 @@ def test_pts_of_a_chunk_start_agree_in_seconds() -> None:
         first_packet = chunk_packet_range(k).start
         assert video_pts(first_frame) == 3600 * 28 * k
         assert audio_pts(first_packet) == 960 * 56 * k
-        assert video_pts(first_frame) * AUDIO_CLOCK_RATE == audio_pts(first_packet) * VIDEO_CLOCK_RATE
+        assert (
+            video_pts(first_frame) * AUDIO_CLOCK_RATE == audio_pts(first_packet) * VIDEO_CLOCK_RATE
+        )
 
 
 def test_playout_gives_paired_media_the_same_wall_time() -> None:

@@ -17,7 +17,7 @@ async def _gathered_hosts(policy: HostCandidatePolicy | None) -> set[str]:
         else:
             with host_candidates(policy):
                 await pc.setLocalDescription(offer)
-        lines = [l for l in pc.localDescription.sdp.splitlines() if l.startswith("a=candidate")]
+        lines = [x for x in pc.localDescription.sdp.splitlines() if x.startswith("a=candidate")]
         return {line.split()[4] for line in lines}
     finally:
         await pc.close()

@@ -44,7 +44,10 @@ def test_downsampler_keeps_the_tone() -> None:
     tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     down = Downsampler()
     out = np.concatenate(
-        [down.process(_decoded_like_aiortc(tone[960 * i : 960 * (i + 1)], 960 * i)) for i in range(50)]
+        [
+            down.process(_decoded_like_aiortc(tone[960 * i : 960 * (i + 1)], 960 * i))
+            for i in range(50)
+        ]
     )
     steady = out[1000:-1000]
     assert abs(np.sqrt(np.mean(steady**2)) - 0.5 / np.sqrt(2)) < 0.01

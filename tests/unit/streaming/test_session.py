@@ -64,7 +64,9 @@ async def _make_session(
     return session
 
 
-async def _recv_chunks(session: AvatarSession, chunks: int) -> tuple[list[av.VideoFrame], list[av.AudioFrame]]:
+async def _recv_chunks(
+    session: AvatarSession, chunks: int
+) -> tuple[list[av.VideoFrame], list[av.AudioFrame]]:
     async def take(track: object, count: int) -> list:
         return [await asyncio.wait_for(track.recv(), RECV_TIMEOUT_S) for _ in range(count)]  # type: ignore[attr-defined]
 
@@ -97,7 +99,10 @@ async def test_idle_session_streams_silence_padded_chunks_in_order(
     assert [f.pts for f in video] == [3600 * n for n in range(3 * CHUNK_FRAMES)]
     assert [f.pts for f in audio] == [960 * m for m in range(3 * CHUNK_AUDIO_PACKETS)]
     assert all((f.width, f.height, f.format.name) == (WIDTH, HEIGHT, "yuv420p") for f in video)
-    assert all((f.samples, f.sample_rate, f.format.name, f.layout.name) == (960, 48_000, "s16", "mono") for f in audio)
+    assert all(
+        (f.samples, f.sample_rate, f.format.name, f.layout.name) == (960, 48_000, "s16", "mono")
+        for f in audio
+    )
     for k in range(3):
         assert all(abs(g - grey_level(k)) <= GREY_TOLERANCE for g in _grey_of_chunk(video, k)), k
     assert not np.any(_pcm(audio)), "no audio was sent in, so silence must come out"
@@ -239,7 +244,9 @@ async def test_a_failed_preparation_is_reported(
     start_worker: Callable[[FakeEngine], EngineWorker],
 ) -> None:
     engine = FakeEngine(HEIGHT, WIDTH, prepare_error=ValueError("no face found"))
-    session = AvatarSession(start_worker(engine), _avatar(), SessionConfig(height=HEIGHT, width=WIDTH))
+    session = AvatarSession(
+        start_worker(engine), _avatar(), SessionConfig(height=HEIGHT, width=WIDTH)
+    )
     with pytest.raises(PrepareFailed, match="no face found"):
         await session.wait_prepared(timeout=RECV_TIMEOUT_S)
     await session.close("prepare failed")

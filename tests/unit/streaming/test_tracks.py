@@ -42,14 +42,23 @@ def test_chunk_to_media_scales_other_sizes_and_rejects_bad_shapes() -> None:
 async def test_tracks_release_frames_at_their_due_time_and_end_on_stop() -> None:
     clock = LoopClock()
     media = chunk_to_media(
-        0, np.zeros((CHUNK_FRAMES, 16, 16, 3), np.uint8), np.zeros(CHUNK_OUT_SAMPLES, np.float32), 16, 16
+        0,
+        np.zeros((CHUNK_FRAMES, 16, 16, 3), np.uint8),
+        np.zeros(CHUNK_OUT_SAMPLES, np.float32),
+        16,
+        16,
     )
     video = AvatarVideoTrack(clock)
     audio = AvatarAudioTrack(clock)
     start = clock.now() + 0.2
     video.feed([TimedFrame(f, start + f.pts / 90_000) for f in media.video[:3]])
     audio.feed([TimedFrame(f, start + f.pts / 48_000) for f in media.audio[:2]])
-    for expected_due, track in ((start, video), (start, audio), (start + 0.02, audio), (start + 0.04, video)):
+    for expected_due, track in (
+        (start, video),
+        (start, audio),
+        (start + 0.02, audio),
+        (start + 0.04, video),
+    ):
         await track.recv()
         assert clock.now() >= expected_due - 0.002
     assert clock.now() < start + 0.2, "frames must not be held back past their due time"
