@@ -277,9 +277,11 @@ class AvatarSession:
                 audio=self.audio_track,
                 on_inbound_audio=self.attach_inbound_audio,
             )
-        except BaseException:
+        except BaseException as exc:
             self._peer = None
             await peer.close()
+            if self._closing and isinstance(exc, Exception):  # deleted while negotiating
+                raise SessionEnded(f"{self.label} closed while answering the offer") from exc
             raise
         if self._closing:  # closed while negotiating
             raise SessionEnded(f"{self.label} closed while answering the offer")

@@ -1,0 +1,68 @@
+"""Answering offers: codec preference, loopback candidates, the mic track, unusable offers."""
+
+from __future__ import annotations
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import SessionDescription
+
+from streaming.clock import LoopClock
+from streaming.codecs import VideoCodec
+from streaming.ice import HostCandidatePolicy, host_candidates
+from streaming.peer import OfferError, PeerConfig, PeerLink
+from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
+
+LOOPBACK_ONLY = HostCandidatePolicy(loopback_only=True)
+
+
+async def _client_offer(*, video: bool = True) -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("audio", direction="sendrecv")
+        if video:
+            pc.addTransceiver("video", direction="recvonly")
+        with host_candidates(LOOPBACK_ONLY):
+            await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+
+
+async def _answer(offer: str, codec: VideoCodec) -> tuple[str, list[MediaStreamTrack]]:
+    inbound: list[MediaStreamTrack] = []
+    lost: list[str] = []
+    peer = PeerLink(PeerConfig(host_candidates=LOOPBACK_ONLY, video_codec=codec), lost.append)
+    clock = LoopClock()
+    try:
+        answer = await peer.answer(
+            offer,
+            video=AvatarVideoTrack(clock),
+            audio=AvatarAudioTrack(clock),
+            on_inbound_audio=inbound.append,
+        )
+    finally:
+        await peer.close()
+    assert lost == [], "closing the link ourselves is not a lost peer"
+    return answer, inbound
+
+
+@pytest.mark.parametrize("codec", [VideoCodec.VP8, VideoCodec.H264])
+async def test_answer_puts_the_preferred_codec_first(codec: VideoCodec) -> None:
+    answer, inbound = await _answer(await _client_offer(), codec)
+    parsed = SessionDescription.parse(answer)
+    video = next(m for m in parsed.media if m.kind == "video")
+    assert video.rtp.codecs[0].mimeType.lower() == codec.mime_type.lower()
+    assert video.direction == "sendonly"
+    audio = next(m for m in parsed.media if m.kind == "audio")
+    assert audio.direction == "sendrecv"
+    assert [t.kind for t in inbound] == ["audio"], "the caller's microphone is handed over"
+    hosts = {c.ip for m in parsed.media for c in m.ice_candidates}
+    assert hosts == {"127.0.0.1"}, "every candidate is in the answer (no trickle)"
+
+
+async def test_an_offer_without_video_is_refused_with_a_reason() -> None:
+    with pytest.raises(OfferError, match="video"):
+        await _answer(await _client_offer(video=False), VideoCodec.VP8)
+    with pytest.raises(OfferError, match=r"malformed|empty|section"):
+        await _answer("v=0\r\nm=audio x\r\n", VideoCodec.VP8)
