@@ -32,10 +32,10 @@ DEFAULT_COLOR_CORRECTION = 1.0
 SIZE_MULTIPLE_PX = 16
 """Height and width must be multiples of this (VAE stride 8 x patch 2)."""
 
-TINY_HEIGHT = 112
+TINY_HEIGHT = 64
 """Generated frame height of the ``tiny`` preset, in pixels."""
 
-TINY_WIDTH = 64
+TINY_WIDTH = 32
 """Generated frame width of the ``tiny`` preset, in pixels."""
 
 
@@ -184,7 +184,7 @@ def tiny() -> PipelineConfig:
 
     The T5 width follows the DiT's ``text_dim`` and the CLIP tower keeps the real token
     count and width (257 x 1280, two thin layers) because the DiT's image projection
-    expects them. Frames are 112x64: on CPU, PyTorch runs the thin VAE convolutions on its slow 3-D path, so
+    expects them. Frames are 64x32: on CPU, PyTorch runs the thin VAE convolutions on its slow 3-D path, so
     the tiny preset keeps frames small (a few seconds a chunk on 2 cores).
     """
     dit = DiTConfig.tiny()

@@ -1,0 +1,72 @@
+"""The ``tiny`` engine through the device thread: same frames as calling ``step`` directly."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
+from pipeline.diffusion_engine import DiffusionEngine, resize_frames
+from pipeline.engine import Chunk, EngineWorker, default_registry
+from pipeline.media import CHUNK_SAMPLES, Avatar, ChunkJob
+
+CHUNKS = 3
+WAIT_S = 300.0
+SEED = 5
+
+
+def _speech(chunks: int) -> np.ndarray:
+    t = np.arange(chunks * CHUNK_SAMPLES) / 16_000
+    envelope = (np.sin(2 * np.pi * 3 * t) > 0).astype(np.float32)
+    return (0.4 * envelope * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def engine() -> DiffusionEngine:
+    engine = default_registry().create("tiny", height=224, width=128)
+    assert isinstance(engine, DiffusionEngine)
+    assert "noise" in engine.description, "the tiny engine must say its pictures are noise"
+    return engine
+
+
+def test_chunks_through_the_engine_thread_equal_direct_steps(engine: DiffusionEngine) -> None:
+    avatar = Avatar(DEFAULT_AVATAR_NAME, draw_default_avatar(256, 160))
+    audio = _speech(CHUNKS)
+    jobs = [
+        ChunkJob(i, audio[i * CHUNK_SAMPLES : (i + 1) * CHUNK_SAMPLES]) for i in range(CHUNKS)
+    ]
+    worker = EngineWorker(engine)
+    worker.start()
+    try:
+        worker.wait_ready(WAIT_S)
+        assert engine.warmup_rtf is not None and engine.warmup_rtf > 0
+        arrived = threading.Event()
+        handle = worker.open_session(avatar, notify=arrived.set, seed=SEED, mailbox_size=CHUNKS)
+        for job in jobs:
+            handle.submit(job)
+        threaded: list[Chunk] = []
+        while len(threaded) < CHUNKS:
+            assert arrived.wait(WAIT_S), f"only {len(threaded)} of {CHUNKS} chunks arrived"
+            arrived.clear()
+            while (item := handle.mailbox.get_nowait()) is not None:
+                assert isinstance(item, Chunk), item
+                threaded.append(item)
+        handle.close()
+    finally:
+        worker.shutdown()
+    state = engine.open_session(avatar, SEED)  # the device thread is gone: safe to call here
+    direct = [engine.step(state, job) for job in jobs]
+    for a, b in zip(threaded, direct, strict=True):
+        assert a.index == b.index
+        assert a.frames.shape == (28, 224, 128, 3)
+        assert np.array_equal(a.frames, b.frames), f"chunk {a.index} differs"
+        assert np.array_equal(a.audio, b.audio)
+
+
+def test_resize_frames_keeps_equal_sizes_and_scales_others() -> None:
+    frames = np.random.default_rng(0).integers(0, 255, (2, 8, 4, 3), dtype=np.uint8)
+    assert resize_frames(frames, 8, 4) is frames
+    scaled = resize_frames(frames, 16, 8)
+    assert scaled.shape == (2, 16, 8, 3) and scaled.dtype == np.uint8
