@@ -260,3 +260,35 @@ def test_bad_input_exits_2_with_one_readable_line(
     assert not (tmp_path / "out.mp4").exists()
     if case == "unknown engine":
         assert "puppet" in message  # the choices are listed
+
+
+TINY_SECONDS = 1.5
+"""Two chunks of the tiny engine: the diffusion code path end to end, kept short for CI."""
+
+
+def test_tiny_engine_writes_a_valid_mp4_matching_the_audio(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    speech = tmp_path / "short.wav"
+    _write_wav(speech, _speech_like(SPEECH_RATE_HZ, TINY_SECONDS, seed=1), SPEECH_RATE_HZ)
+    out = tmp_path / "tiny.mp4"
+    command = [
+        sys.executable, "-m", "server.cli", "generate", "--engine", "tiny", "--steps", "2",
+        "--image", str(inputs.image), "--audio", str(speech), "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=4 * CLI_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "noise" in result.stderr  # the tiny engine says what its pictures are
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        assert video.codec_context.name == "h264" and video.average_rate == VIDEO_FPS
+        assert audio.codec_context.name == "aac"
+        frames = sum(1 for _ in container.decode(video=0))
+        video_s = float(video.duration * video.time_base)
+        audio_s = float(audio.duration * audio.time_base)
+    assert frames == math.ceil(TINY_SECONDS * VIDEO_FPS)
+    assert 0.0 <= video_s - audio_s < FRAME_SECONDS
