@@ -45,6 +45,8 @@ FIRST_FRAME_TIMEOUT_S = 15.0
 FRAME_WINDOW_S = 5.0
 MIN_FRAMES_IN_WINDOW = 100  # 25 fps sends 125 in 5 s; 100 allows for jitter, not stalls
 MIN_SHOWN_FPS = 15  # the page's own 1 s readout, sampled once
+WIDGET_WINDOW_S = 2.0
+MIN_WIDGET_FRAMES = 40  # 50 at 25 fps
 POLL_S = 0.1
 MAX_SLOTS_TO_FILL = 16
 VIDEO_WIDTH, VIDEO_HEIGHT = 448, 768
@@ -295,6 +297,8 @@ def test_demo_page_says_when_the_server_is_at_capacity(
             r"The server is at capacity: every avatar slot is in use; retry in \d+ s\.", error.text
         ), error.text
         assert chrome.find_element(By.ID, "start").is_enabled()
+        ARTIFACTS_DIR.mkdir(exist_ok=True)
+        assert chrome.save_screenshot(str(ARTIFACTS_DIR / "browser_capacity.png"))
     finally:
         for session_id, token in taken:
             httpx.delete(
@@ -302,3 +306,44 @@ def test_demo_page_says_when_the_server_is_at_capacity(
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=10.0,
             ).raise_for_status()
+
+
+def test_widget_embeds_the_avatar_in_another_page(chrome: Any, headcast_server: RunningServer) -> None:
+    chrome.set_script_timeout(10)
+    chrome.get(f"{headcast_server.url}/")  # a same-origin page, emptied for the widget
+    chrome.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        document.body.innerHTML =
+          '<headcast-avatar server="' + location.origin + '" avatar="default"></headcast-avatar>';
+        import('/static/headcast-widget.js').then(() => done(true));
+        """
+    )
+    chrome.execute_script("document.querySelector('headcast-avatar').start();")
+
+    def widget_frames() -> int:
+        return int(
+            chrome.execute_script(
+                "const v = document.querySelector('headcast-avatar').shadowRoot.querySelector('video');"
+                "return v.getVideoPlaybackQuality().totalVideoFrames;"
+            )
+        )
+
+    first = _wait_for("the widget's first frame", widget_frames, FIRST_FRAME_TIMEOUT_S, chrome)
+    time.sleep(WIDGET_WINDOW_S)
+    decoded = widget_frames() - first
+    status = chrome.execute_script(
+        "return document.querySelector('headcast-avatar').shadowRoot.querySelector('.status').textContent;"
+    )
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    assert chrome.save_screenshot(str(ARTIFACTS_DIR / "browser_widget.png"))
+    assert status == "connected"
+    assert decoded >= MIN_WIDGET_FRAMES, f"the widget decoded {decoded} frames in {WIDGET_WINDOW_S} s"
+
+    chrome.execute_script("return document.querySelector('headcast-avatar').stop();")
+    _wait_for(
+        "the server to release the widget's session",
+        lambda: headcast_server.metric("headcast_sessions_active") == 0,
+        10.0,
+        chrome,
+    )
