@@ -22,6 +22,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from headcast_client import HeadcastClient, HeadcastError
+from pipeline.media import CHUNK_SECONDS
 from streaming.ice import host_candidates
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import LOOPBACK_ONLY, SHARED_SERVER_SETTINGS, RunningServer
@@ -229,7 +230,11 @@ async def test_a_vanished_client_is_released_and_a_new_session_works(
         lambda: _idle(headcast_server),
         VANISH_RELEASE_LIMIT_S,
     )
-    assert headcast_server.metric("headcast_chunks_total") > chunks_before - 1
+    # the dead session's chunks stopped: the engine is not working for nobody
+    chunks_after_release = headcast_server.metric("headcast_chunks_total")
+    assert chunks_after_release > chunks_before, "the session was streaming until the kill"
+    await asyncio.sleep(2 * CHUNK_SECONDS)
+    assert headcast_server.metric("headcast_chunks_total") == chunks_after_release
 
     async with HeadcastClient(headcast_server.url, host_candidates=LOOPBACK_ONLY) as client:
         session = await client.create_session()
