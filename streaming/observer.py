@@ -1,8 +1,10 @@
 """What a session reports about itself while it runs: the seam the server's metrics plug into.
 
 Owns the ``SessionObserver`` protocol (chunk delivered, chunk replaced by an idle chunk and
-why, first frame sent) and ``NullObserver``. The server implements the protocol with its
-Prometheus metrics; the streaming layer never imports the server.
+why, first frame sent, interrupt latency, audio/video playout skew, late and dropped frames,
+pushed audio waiting, client activity) and ``NullObserver``. The server implements the
+protocol with its Prometheus metrics and its idle timeout; the streaming layer never imports
+the server.
 """
 
 from __future__ import annotations
@@ -42,6 +44,32 @@ class SessionObserver(Protocol):
         """The first video frame was handed to the encoder, ``seconds`` after the offer."""
         ...
 
+    def on_interrupt(self, latency_s: float) -> None:
+        """An interrupt took effect: ``latency_s`` from the command to the output being idle
+        (the first idle frame's playout time minus the command's arrival, in seconds)."""
+        ...
+
+    def on_av_skew(self, skew_s: float) -> None:
+        """Measured playout skew of one chunk: its first audio packet's send time minus its
+        first video frame's send time, in seconds (positive: audio behind video)."""
+        ...
+
+    def on_frames_late(self, count: int) -> None:
+        """``count`` video frames were handed to the encoder after their due time."""
+        ...
+
+    def on_frames_dropped(self, count: int) -> None:
+        """``count`` video frames were never played (dropped by an interrupt or a late chunk)."""
+        ...
+
+    def on_audio_queued(self, queued_s: float) -> None:
+        """After a push, ``queued_s`` seconds of pushed audio wait to be played."""
+        ...
+
+    def on_activity(self) -> None:
+        """The client did something (an audio frame, a command, a keep-alive)."""
+        ...
+
 
 class NullObserver:
     """An observer that ignores everything."""
@@ -53,4 +81,22 @@ class NullObserver:
         return None
 
     def on_first_frame(self, seconds: float) -> None:
+        return None
+
+    def on_interrupt(self, latency_s: float) -> None:
+        return None
+
+    def on_av_skew(self, skew_s: float) -> None:
+        return None
+
+    def on_frames_late(self, count: int) -> None:
+        return None
+
+    def on_frames_dropped(self, count: int) -> None:
+        return None
+
+    def on_audio_queued(self, queued_s: float) -> None:
+        return None
+
+    def on_activity(self) -> None:
         return None
