@@ -15,7 +15,6 @@ skips, or fails under CI.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -25,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
+from loadtests.speech import speech_like
 from tests.integration.conftest import RunningServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +37,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 WAV_SAMPLE_RATE_HZ = 48_000
 WAV_SECONDS = 8.0
+INT16_FULL_SCALE = 32767
 WINDOW_SIZE = (1200, 1100)
 
 CONNECT_TIMEOUT_S = 20.0
@@ -71,38 +71,12 @@ def _require_chromium() -> None:
 
 
 def write_speech_like_wav(path: Path, seconds: float = WAV_SECONDS) -> None:
-    """Write mono 16-bit PCM that sounds (and loudness-tracks) like someone talking.
-
-    A glottal-like pulse train with a wandering pitch, shaped by vowel formants that change
-    every syllable, in ~4 syllables per second with a pause between phrases.
-    """
-    rate = WAV_SAMPLE_RATE_HZ
-    t = np.arange(int(seconds * rate)) / rate
-    pitch_hz = 130.0 + 25.0 * np.sin(2 * math.pi * 0.6 * t) + 10.0 * np.sin(2 * math.pi * 2.3 * t)
-    phase = 2 * math.pi * np.cumsum(pitch_hz) / rate
-
-    syllable_s = 0.25
-    syllable = (t // syllable_s).astype(int)
-    vowels_hz = np.array([[730, 1090, 2440], [270, 2290, 3010], [570, 840, 2410], [300, 870, 2240]])
-    formants = vowels_hz[syllable % len(vowels_hz)]  # [N, 3]
-
-    voice = np.zeros_like(t)
-    for harmonic in range(1, 31):
-        frequency = harmonic * pitch_hz
-        gain = np.exp(-(((frequency[:, None] - formants) / 110.0) ** 2)).sum(axis=1)
-        voice += gain * np.sin(harmonic * phase) / math.sqrt(harmonic)
-
-    in_syllable = (t % syllable_s) / syllable_s
-    envelope = np.sin(math.pi * np.clip(in_syllable / 0.8, 0.0, 1.0)) ** 2
-    phrase_pause = (t % 2.0) > 1.6
-    envelope[phrase_pause] = 0.0
-    signal = voice * envelope
-    signal *= 0.5 / np.abs(signal).max()
-    pcm = (signal * 32767).astype("<i2")
+    """Write mono 16-bit PCM at 48 kHz that talks like a person (see ``loadtests.speech``)."""
+    pcm = (speech_like(seconds, WAV_SAMPLE_RATE_HZ) * INT16_FULL_SCALE).astype("<i2")
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
-        out.setframerate(rate)
+        out.setframerate(WAV_SAMPLE_RATE_HZ)
         out.writeframes(pcm.tobytes())
 
 

@@ -1,0 +1,301 @@
+"""The load driver: N concurrent WebRTC sessions against one headcast server, for a while.
+
+Owns ``LoadPlan`` (what to run, with its bounds checked: loopback targets only, at most
+``MAX_SESSIONS`` sessions and ``MAX_DURATION_S`` seconds), ``run_load`` (one task per
+session: create, connect, speak, count frames, hang up, all under a deadline) and
+``LoadReport`` (received fps per session, rejections, and the server's own figures over the
+run from ``/metrics``: chunks, mean RTF, share of chunks that kept up, compute time, first
+frame). Knows the server only through ``headcast_client`` and the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError
+from loadtests.speech import speech_like
+from streaming.ice import HostCandidatePolicy
+
+logger = logging.getLogger(__name__)
+
+MAX_SESSIONS = 16
+"""Most sessions one run may open."""
+
+MAX_DURATION_S = 600.0
+"""Longest time one session may stream, in seconds."""
+
+MAX_RAMP_S = 10.0
+"""Longest delay between two session starts, in seconds."""
+
+CONNECT_TIMEOUT_S = 30.0
+"""Limit for creating a session and bringing its WebRTC connection up, in seconds."""
+
+TEARDOWN_TIMEOUT_S = 10.0
+"""Limit for hanging up one session (close and DELETE), in seconds."""
+
+MIC_RATE_HZ = 48_000
+"""Sample rate of the synthetic microphone, in Hz."""
+
+LOOPBACK_HOSTNAMES = frozenset({"localhost"})
+
+HTTP_TOO_MANY_REQUESTS = 429
+
+
+class LoadPlanError(ValueError):
+    """The plan is outside the driver's bounds; the message says which bound."""
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What to run: ``sessions`` sessions against ``url``, each streaming ``duration_s``."""
+
+    url: str
+    sessions: int
+    duration_s: float
+    ramp_s: float = 0.5
+    """Delay between two session starts, in seconds."""
+
+    avatar: str = "default"
+
+    def validate(self) -> None:
+        """Raise ``LoadPlanError`` unless the target is loopback and the counts are bounded."""
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise LoadPlanError(f"--url must be http(s)://HOST:PORT, got {self.url!r}")
+        if not _is_loopback(parts.hostname):
+            raise LoadPlanError(
+                f"refusing to load {parts.hostname!r}: the load driver targets this machine "
+                "only (127.0.0.0/8, ::1 or localhost)"
+            )
+        if not 1 <= self.sessions <= MAX_SESSIONS:
+            raise LoadPlanError(f"--sessions must be 1..{MAX_SESSIONS}, got {self.sessions}")
+        if not 0 < self.duration_s <= MAX_DURATION_S:
+            raise LoadPlanError(
+                f"--duration must be in (0, {MAX_DURATION_S:.0f}] seconds, got {self.duration_s}"
+            )
+        if not 0 <= self.ramp_s <= MAX_RAMP_S:
+            raise LoadPlanError(f"--ramp must be 0..{MAX_RAMP_S:.0f} seconds, got {self.ramp_s}")
+
+    @property
+    def deadline_s(self) -> float:
+        """Wall-clock bound of the whole run, in seconds."""
+        ramp = self.ramp_s * (self.sessions - 1)
+        return ramp + CONNECT_TIMEOUT_S + self.duration_s + TEARDOWN_TIMEOUT_S
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname.lower() in LOOPBACK_HOSTNAMES:
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class SessionResult:
+    """How one session went."""
+
+    index: int
+    outcome: str = "failed"
+    """``ok``, ``rejected`` (429: the server was full) or ``failed``."""
+
+    detail: str = ""
+    connect_s: float | None = None
+    """Seconds from POST /v1/sessions to a connected peer connection."""
+
+    first_frame_s: float | None = None
+    """Seconds from connected to the first video frame."""
+
+    frames: int = 0
+    fps: float | None = None
+    """Received video frames per second, first to last frame."""
+
+    max_gap_s: float | None = None
+    """Longest wait between two received video frames (a stall), in seconds."""
+
+    audio_s: float = 0.0
+    """Seconds of the avatar's audio received."""
+
+
+@dataclass
+class ServerFigures:
+    """The server's metrics over the run (differences of two ``/metrics`` scrapes)."""
+
+    chunks: float = 0.0
+    rtf_mean: float | None = None
+    keeping_up: float | None = None
+    """Share of chunks with RTF <= 1."""
+
+    compute_mean_s: float | None = None
+    first_frame_mean_s: float | None = None
+
+
+@dataclass
+class LoadReport:
+    """The result of one run."""
+
+    plan: LoadPlan
+    sessions: list[SessionResult]
+    server: ServerFigures
+    wall_s: float
+
+    @property
+    def completed(self) -> list[SessionResult]:
+        return [result for result in self.sessions if result.outcome == "ok"]
+
+    def summary_lines(self) -> list[str]:
+        """The report in words, one line per session and one for the server."""
+        lines = [
+            f"{len(self.completed)}/{self.plan.sessions} sessions streamed "
+            f"{self.plan.duration_s:.0f} s against {self.plan.url} ({self.wall_s:.1f} s wall)"
+        ]
+        for result in self.sessions:
+            if result.outcome == "ok":
+                lines.append(
+                    f"  session {result.index}: {result.frames} frames, {_fmt(result.fps, '.1f')} fps "
+                    f"(longest gap {_fmt(result.max_gap_s, '.2f')} s), "
+                    f"first frame {_fmt(result.first_frame_s, '.2f')} s after connect "
+                    f"(connect {_fmt(result.connect_s, '.2f')} s), {result.audio_s:.1f} s of audio back"
+                )
+            else:
+                lines.append(f"  session {result.index}: {result.outcome}: {result.detail}")
+        server = self.server
+        lines.append(
+            f"  server: {server.chunks:.0f} chunks, mean RTF {_fmt(server.rtf_mean, '.3f')}, "
+            f"{_fmt(None if server.keeping_up is None else 100 * server.keeping_up, '.0f')} % "
+            f"of chunks at RTF <= 1, mean chunk compute {_fmt(server.compute_mean_s, '.3f')} s, "
+            f"mean first frame {_fmt(server.first_frame_mean_s, '.2f')} s"
+        )
+        return lines
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": asdict(self.plan),
+            "sessions": [asdict(result) for result in self.sessions],
+            "server": asdict(self.server),
+            "wall_s": self.wall_s,
+        }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+async def run_load(plan: LoadPlan) -> LoadReport:
+    """Run ``plan`` (validated first) and report; returns within ``plan.deadline_s``."""
+    plan.validate()
+    started = time.monotonic()
+    policy = HostCandidatePolicy(loopback_only=True)
+    async with HeadcastClient(plan.url, timeout_s=CONNECT_TIMEOUT_S, host_candidates=policy) as client:
+        await client.wait_ready(timeout_s=CONNECT_TIMEOUT_S)
+        before = await client.metrics()
+        results = [SessionResult(index) for index in range(plan.sessions)]
+        tasks = [
+            asyncio.create_task(_one_session(client, plan, result), name=f"load-session-{result.index}")
+            for result in results
+        ]
+        done, pending = await asyncio.wait(tasks, timeout=plan.deadline_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if task in pending:
+                result.outcome, result.detail = "failed", f"did not finish within {plan.deadline_s:.0f} s"
+            elif task.exception() is not None:
+                result.outcome, result.detail = "failed", repr(task.exception())
+        after = await client.metrics()
+    return LoadReport(plan, results, _server_figures(before, after), time.monotonic() - started)
+
+
+async def _one_session(client: HeadcastClient, plan: LoadPlan, result: SessionResult) -> None:
+    """Create, connect, speak for ``plan.duration_s`` while counting what comes back, hang up."""
+    await asyncio.sleep(result.index * plan.ramp_s)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        session = await client.create_session(plan.avatar)
+    except HeadcastError as exc:
+        if exc.status == HTTP_TOO_MANY_REQUESTS:
+            result.outcome = "rejected"
+            result.detail = f"server full (429, Retry-After {exc.headers.get('Retry-After', '?')} s)"
+            return
+        raise
+    mic = ArrayAudioTrack(speech_like(plan.duration_s + 1.0, MIC_RATE_HZ), MIC_RATE_HZ)
+    connection = None
+    try:
+        connection = await client.connect_webrtc(session, mic)
+        connected = loop.time()
+        result.connect_s = connected - began
+        deadline = connected + plan.duration_s
+        frame_times = await _count_media(connection.video, connection.audio, deadline, result)
+        if frame_times:
+            result.first_frame_s = frame_times[0] - connected
+        if len(frame_times) > 1 and frame_times[-1] > frame_times[0]:
+            result.fps = (len(frame_times) - 1) / (frame_times[-1] - frame_times[0])
+            result.max_gap_s = max(b - a for a, b in zip(frame_times, frame_times[1:]))
+        result.frames = len(frame_times)
+        result.outcome = "ok" if frame_times else "failed"
+        result.detail = "" if frame_times else "connected but received no video frame"
+    finally:
+        mic.stop()
+        try:
+            async with asyncio.timeout(TEARDOWN_TIMEOUT_S):
+                await client.delete_session(session)  # first: closing the peer ends it too
+                if connection is not None:
+                    await connection.close()
+        except (HeadcastError, OSError, TimeoutError) as exc:
+            logger.warning("session %d: hanging up failed: %r", result.index, exc)
+
+
+async def _count_media(video: Any, audio: Any, deadline: float, result: SessionResult) -> list[float]:
+    """Receive both tracks until ``deadline`` (loop time); return the video frames' arrival times."""
+    loop = asyncio.get_running_loop()
+    frame_times: list[float] = []
+
+    async def take_video() -> None:
+        while True:
+            await video.recv()
+            frame_times.append(loop.time())
+
+    async def take_audio() -> None:
+        while True:
+            frame = await audio.recv()
+            result.audio_s += frame.samples / frame.sample_rate
+
+    tasks = [asyncio.create_task(take_video()), asyncio.create_task(take_audio())]
+    try:
+        await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return frame_times
+
+
+def _delta(before: dict[str, float], after: dict[str, float], series: str) -> float:
+    return after.get(series, 0.0) - before.get(series, 0.0)
+
+
+def _mean(before: dict[str, float], after: dict[str, float], histogram: str) -> float | None:
+    count = _delta(before, after, f"{histogram}_count")
+    return _delta(before, after, f"{histogram}_sum") / count if count > 0 else None
+
+
+def _server_figures(before: dict[str, float], after: dict[str, float]) -> ServerFigures:
+    chunks = _delta(before, after, "headcast_chunks_total")
+    rtf_count = _delta(before, after, "headcast_rtf_count")
+    kept_up = _delta(before, after, 'headcast_rtf_bucket{le="1.0"}')
+    return ServerFigures(
+        chunks=chunks,
+        rtf_mean=_mean(before, after, "headcast_rtf"),
+        keeping_up=kept_up / rtf_count if rtf_count > 0 else None,
+        compute_mean_s=_mean(before, after, "headcast_chunk_compute_seconds"),
+        first_frame_mean_s=_mean(before, after, "headcast_first_frame_seconds"),
+    )

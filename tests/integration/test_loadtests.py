@@ -1,0 +1,59 @@
+"""The load driver (``loadtests``) against the shared puppet server, and its bounds."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from loadtests.driver import LoadPlan, LoadPlanError, run_load
+from tests.integration.conftest import RunningServer
+
+SESSIONS_ASKED = 3  # the shared server has 2 slots: one session must be turned away
+DURATION_S = 3.0
+MIN_FPS = 20.0
+
+
+@pytest.mark.slow
+async def test_driver_streams_every_slot_and_reports_the_rejection(
+    headcast_server: RunningServer,
+) -> None:
+    plan = LoadPlan(headcast_server.url, SESSIONS_ASKED, DURATION_S, ramp_s=0.2)
+
+    report = await run_load(plan)
+
+    summary = "\n".join(report.summary_lines())
+    outcomes = sorted(result.outcome for result in report.sessions)
+    assert outcomes == ["ok", "ok", "rejected"], summary
+    rejected = next(r for r in report.sessions if r.outcome == "rejected")
+    assert "429" in rejected.detail
+    for result in report.completed:
+        assert result.fps is not None and result.fps >= MIN_FPS, summary
+        assert result.frames >= MIN_FPS * (DURATION_S - 1.5), summary
+        assert result.audio_s > 1.0, summary
+    assert report.server.chunks >= len(report.completed), summary
+    assert report.server.rtf_mean is not None and report.server.rtf_mean < 1.0, summary
+    assert report.wall_s < plan.deadline_s
+    assert headcast_server.metric("headcast_sessions_active") == 0
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        (LoadPlan("http://10.1.2.3:8000", 1, 1.0), "this machine only"),
+        (LoadPlan("http://example.com:8000", 1, 1.0), "this machine only"),
+        (LoadPlan("ftp://127.0.0.1:8000", 1, 1.0), "http(s)://HOST:PORT"),
+        (LoadPlan("http://127.0.0.1:8000", 0, 1.0), "--sessions must be 1..16"),
+        (LoadPlan("http://127.0.0.1:8000", 17, 1.0), "--sessions must be 1..16"),
+        (LoadPlan("http://localhost:8000", 1, 601.0), "--duration must be"),
+        (LoadPlan("http://[::1]:8000", 1, 1.0, ramp_s=11.0), "--ramp must be"),
+    ],
+)
+def test_plans_outside_the_bounds_are_refused(plan: LoadPlan, message: str) -> None:
+    with pytest.raises(LoadPlanError, match=re.escape(message)):
+        plan.validate()
+
+
+def test_loopback_targets_are_accepted() -> None:
+    for url in ("http://127.0.0.1:8000", "http://127.9.9.9:1", "http://localhost:8000", "http://[::1]:8000"):
+        LoadPlan(url, 16, 600.0, ramp_s=10.0).validate()
