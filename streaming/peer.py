@@ -1,8 +1,10 @@
 """One session's WebRTC peer connection: answer an offer, then watch that the peer is still there.
 
 Owns ``PeerLink`` (an aiortc ``RTCPeerConnection`` set up as the answerer: the avatar's video
-and audio tracks go out, the caller's microphone track comes in; ICE is gathered completely
-before answering, no trickle), ``PeerConfig`` and ``OfferError``. A peer counts as lost when
+and audio tracks go out, the caller's microphone track comes in, and a data channel the
+client opened with the label ``events`` is handed over; ICE is gathered completely before
+answering, no trickle), ``EventsChannel`` (text in and out on that data channel),
+``PeerConfig`` and ``OfferError``. A peer counts as lost when
 its connection fails or closes, when it does not connect within ``connect_timeout_s``, or
 when it stops sending RTCP receiver reports for ``peer_timeout_s`` (a client that vanished
 without closing: aiortc's own ICE consent check would take about 30 s).
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 from aiortc import (
     RTCConfiguration,
+    RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpTransceiver,
@@ -42,6 +45,10 @@ DEFAULT_CONNECT_TIMEOUT_S = 20.0
 
 DEFAULT_PEER_TIMEOUT_S = 8.0
 """Default silence (no RTCP receiver report) after which a connected peer counts as gone."""
+
+EVENTS_CHANNEL_LABEL = "events"
+"""Label of the data channel that carries session events and commands (the client opens it
+before its offer)."""
 
 _REMOTE_INBOUND = "remote-inbound-rtp"
 _ENDED_STATES = ("failed", "closed")
@@ -100,6 +107,50 @@ def _parse_offer(sdp: str) -> SessionDescription:
     return parsed
 
 
+class EventsChannel:
+    """JSON text both ways on the ``events`` data channel.
+
+    ``on_text(text)`` is called for every text message; a binary message is answered with
+    ``binary_reply`` (if given), since the channel carries commands, not audio.
+    """
+
+    def __init__(
+        self,
+        channel: RTCDataChannel,
+        on_text: Callable[[str], None],
+        binary_reply: str | None = None,
+    ) -> None:
+        self._channel = channel
+        self._on_text = on_text
+        self._binary_reply = binary_reply
+        self.sent = 0
+        channel.on("message", self._on_message)
+
+    @property
+    def open(self) -> bool:
+        """True while messages can be sent."""
+        return self._channel.readyState == "open"
+
+    def send(self, text: str) -> bool:
+        """Send ``text`` if the channel is open; False (and nothing sent) otherwise."""
+        if not self.open:
+            logger.debug("events channel %s: dropped a message", self._channel.readyState)
+            return False
+        self._channel.send(text)
+        self.sent += 1
+        return True
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the channel closes."""
+        self._channel.on("close", callback)
+
+    def _on_message(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self._on_text(message)
+        elif self._binary_reply is not None:
+            self.send(self._binary_reply)
+
+
 class PeerLink:
     """The answering side of one session's peer connection.
 
@@ -127,8 +178,10 @@ class PeerLink:
         video: MediaStreamTrack,
         audio: MediaStreamTrack,
         on_inbound_audio: Callable[[MediaStreamTrack], None],
+        on_events_channel: Callable[[RTCDataChannel], None] | None = None,
     ) -> str:
-        """Answer ``offer_sdp``: send ``video`` and ``audio``, hand the caller's mic track over.
+        """Answer ``offer_sdp``: send ``video`` and ``audio``, hand the caller's mic track over,
+        and the ``events`` data channel once the client opens it.
 
         Raises ``OfferError`` when the offer is malformed or unusable. Returns the answer SDP
         with every ICE candidate in it.
@@ -140,7 +193,14 @@ class PeerLink:
             if track.kind == "audio":
                 on_inbound_audio(track)
 
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label == EVENTS_CHANNEL_LABEL and on_events_channel is not None:
+                on_events_channel(channel)
+            else:
+                logger.info("ignoring the client's data channel %r", channel.label)
+
         pc.on("track", on_track)
+        pc.on("datachannel", on_datachannel)
         # Transceivers made before the offer is applied are matched to its m-lines, so the
         # codec preference is in place when aiortc negotiates codecs.
         video_transceiver: RTCRtpTransceiver = pc.addTransceiver(video, direction="sendonly")

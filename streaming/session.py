@@ -15,21 +15,34 @@ started at ``t0``, ``B`` = the latency budget):
   and the problem is logged and reported to the observer. A session never stalls or crashes
   on an engine error, and never takes other sessions down.
 
-Shaped after LiveKit's avatar ``VideoGenerator``: ``push_audio(pcm)`` feeds the intake
-directly (chatbot TTS); ``end_of_speech()`` and ``interrupt()`` belong here next to it.
+Shaped after LiveKit's avatar ``VideoGenerator``. The audio source is chosen before media
+starts: the caller's WebRTC microphone (``mic``, the default) or pushed audio (``push``,
+chatbot TTS: ``push_pcm16`` / ``push_audio``, ``end_of_speech``). Either way the session
+publishes events (``streaming.events``) to its ``events`` bus -- ``session.ready``, the
+utterances' ``speech.started`` / ``speech.ended`` when their media times are played,
+``chunk.stats`` -- and takes commands (``handle_text``) from any transport.
+
+``interrupt()`` drops queued audio, the engine jobs not started, and every frame and packet
+not yet handed to the encoder; from the cut on, filler from the ``IdleLoop`` (the latest
+chunk generated from silence, mouth at rest) plays until chunks taken after the interrupt
+come out of the engine, so the output is idle within a frame or two of the command.
+
 Knows nothing about HTTP, tokens or metrics backends (it reports to a ``SessionObserver``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc import RTCDataChannel
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from pipeline.engine import (
     DEFAULT_MAILBOX_SIZE,
@@ -44,14 +57,39 @@ from pipeline.media import (
     CHUNK_SAMPLES,
     CHUNK_SECONDS,
     SAMPLE_RATE_HZ,
+    SAMPLES_PER_FRAME,
     Avatar,
     Chunk,
     ChunkJob,
 )
 from streaming.audio_in import AudioIntake, receive_track
-from streaming.clock import LoopClock, Playout, WallClock
+from streaming.clock import (
+    AUDIO_PACKET_SAMPLES,
+    CHUNK_AUDIO_PACKETS,
+    VIDEO_TICKS_PER_FRAME,
+    LoopClock,
+    Playout,
+    WallClock,
+    audio_pts,
+    video_pts,
+)
+from streaming.events import (
+    ChunkStats,
+    CommandType,
+    ErrorCode,
+    EventBus,
+    Interrupted,
+    Listener,
+    ProtocolError,
+    SessionReady,
+    SpeechEnded,
+    SpeechStarted,
+    parse_command,
+)
+from streaming.idle import IdleLoop, is_rest_audio
 from streaming.observer import ChunkProblem, NullObserver, SessionObserver
-from streaming.peer import PeerConfig, PeerLink
+from streaming.peer import EventsChannel, PeerConfig, PeerLink
+from streaming.push import PushDecoder, PushFormat, SpeechMark, UtteranceLedger
 from streaming.resample import Upsampler
 from streaming.tracks import (
     AvatarAudioTrack,
@@ -76,6 +114,29 @@ DEFAULT_MAX_BUFFERED_AUDIO_S = 2 * CHUNK_SECONDS
 
 DEFAULT_PREPARE_TIMEOUT_S = 60.0
 """How long the engine may take to prepare a session's avatar, in seconds."""
+
+LATE_FRAME_S = 0.040
+"""A video frame handed to the encoder more than this after its due time counts as late
+(one frame period)."""
+
+SKEW_HISTORY = 64
+"""Per-chunk A/V skew measurements kept for inspection (``av_skews``)."""
+
+MS_PER_S = 1000
+
+
+INTERRUPTED_PROBLEM = "interrupted"
+"""``chunk.stats`` problem of a chunk replaced by idle-loop filler after an interrupt."""
+
+
+class AudioSource(enum.StrEnum):
+    """Where a session's speech comes from (chosen before media starts)."""
+
+    MIC = "mic"
+    """The caller's WebRTC audio track (persona mode)."""
+
+    PUSH = "push"
+    """Audio pushed by the application: PCM16 over the WebSocket, or ``push_audio``."""
 
 
 class SessionError(RuntimeError):
@@ -149,6 +210,21 @@ def _check_frames(frames: np.ndarray) -> str | None:
     return None
 
 
+@dataclass
+class _InterruptProbe:
+    """An interrupt waiting for its first idle frame and packet to be sent."""
+
+    commanded_at: float
+    video_cut: int
+    """Index of the first video frame after the cut."""
+
+    audio_cut: int
+    """Index of the first audio packet after the cut."""
+
+    video_sent_at: float | None = None
+    audio_sent_at: float | None = None
+
+
 class AvatarSession:
     """One caller's live avatar. Create it on the event loop; ``close()`` it when done.
 
@@ -180,9 +256,16 @@ class AvatarSession:
         self._loop = asyncio.get_running_loop()
 
         self.intake = AudioIntake(round(config.max_buffered_audio_s * SAMPLE_RATE_HZ))
-        self.video_track = AvatarVideoTrack(self._clock, on_first_frame=self._first_frame_sent)
-        self.audio_track = AvatarAudioTrack(self._clock)
+        self.video_track = AvatarVideoTrack(self._clock, on_sent=self._video_sent)
+        self.audio_track = AvatarAudioTrack(self._clock, on_sent=self._audio_sent)
         self._upsampler = Upsampler()
+        self.idle_loop = IdleLoop(avatar.image, config.height, config.width)
+        self.events = EventBus()
+        """The session's events; subscribe with ``subscribe_events`` (replays readiness)."""
+        self.audio_source = AudioSource.MIC
+        self.push_format: PushFormat | None = None
+        self._decoder: PushDecoder | None = None
+        self._ledger: UtteranceLedger | None = None
 
         self._wake = asyncio.Event()
         self._prepared: asyncio.Future[None] = self._loop.create_future()
@@ -215,6 +298,29 @@ class AvatarSession:
         self.chunks_generated = 0
         self.chunk_problems: dict[ChunkProblem, int] = dict.fromkeys(ChunkProblem, 0)
 
+        # Feeding cursors: the next video frame and audio packet index the tracks take.
+        self._video_next = 0
+        self._audio_next = 0
+        self._epoch = 0
+        """Bumped by every interrupt: media converted before it is stale."""
+        self._filler_until = 0
+        """Chunks below this index were taken before the last interrupt: they go out as filler."""
+        self._previous_silent = False
+        self._ready = False
+        self._marks: deque[SpeechMark] = deque()
+        """Utterance boundaries placed on the media timeline, not yet played."""
+        self._speaking_from: int | None = None
+        """Media sample where the utterance now playing started (None: none is playing)."""
+        self._interrupt_probe: _InterruptProbe | None = None
+        self._chunk_starts: dict[int, list[float | None]] = {}
+        """chunk index -> [video sent at, audio sent at] of its first frame and packet."""
+        self.av_skews: deque[float] = deque(maxlen=SKEW_HISTORY)
+        """Recent per-chunk audio-minus-video send-time skews, in seconds."""
+        self.interrupt_latencies: list[float] = []
+        """Command-to-idle latency of every interrupt that took effect on media, in seconds."""
+        self.frames_dropped = 0
+        self.frames_late = 0
+
     # -- state ------------------------------------------------------------------------------
 
     @property
@@ -245,17 +351,145 @@ class AvatarSession:
                 f"the engine did not prepare avatar {self.avatar.name!r} within {timeout:.0f} s"
             ) from None
 
+    @property
+    def ready(self) -> bool:
+        """True once the first video frame was sent (``session.ready``)."""
+        return self._ready
+
+    @property
+    def queued_ms(self) -> int:
+        """Received audio waiting to be taken into a chunk, in milliseconds."""
+        return round(self.intake.buffered * MS_PER_S / SAMPLE_RATE_HZ)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def subscribe_events(self, listener: Listener) -> Callable[[], None]:
+        """Hear this session's events; a listener joining after the first frame hears
+        ``session.ready`` at once. Returns the unsubscribe function."""
+        unsubscribe = self.events.subscribe(listener)
+        if self._ready:
+            listener(SessionReady())
+        return unsubscribe
+
     # -- inputs -----------------------------------------------------------------------------
 
-    def push_audio(self, pcm: np.ndarray) -> None:
-        """Feed speech directly: ``[n]`` float32 in [-1, 1] at 16 kHz (e.g. chatbot TTS)."""
+    def use_push_audio(self, push_format: PushFormat) -> None:
+        """Make this a push session (chatbot mode): speech comes from ``push_pcm16`` /
+        ``push_audio``, a WebRTC microphone track is read and ignored. Before media starts."""
+        if self._started_at is not None:
+            raise SessionError(f"{self.label}: the audio source is chosen before media starts")
         if self._closing:
             raise SessionEnded(f"{self.label} is closed")
-        self.intake.push(pcm)
+        self.audio_source = AudioSource.PUSH
+        self.push_format = push_format
+        self._decoder = PushDecoder(push_format)
+        self._ledger = UtteranceLedger()
+        # Never drop pushed audio silently: the push bound refuses frames before this fills.
+        self.intake = AudioIntake(push_format.max_queued_samples + CHUNK_SAMPLES)
+
+    def push_pcm16(self, data: bytes) -> int:
+        """Queue one binary frame of PCM16 mono little-endian at the push sample rate.
+
+        Returns the milliseconds of audio now queued. Raises ``ProtocolError`` (the frame is
+        dropped whole) for odd-length or oversized frames and when the queue bound would be
+        passed (``audio_buffer_full``: wait until ``queued_ms`` falls, then resend).
+        """
+        decoder, ledger = self._push_parts()
+        self._observer.on_activity()
+        decoder.check(data)
+        self._check_room(decoder.format.samples_at_16k(len(data)))
+        self._queue_pushed(decoder.decode(data), ledger)
+        return self.queued_ms
+
+    def push_audio(self, pcm: np.ndarray) -> None:
+        """Feed speech directly: ``[n]`` float32 in [-1, 1] at 16 kHz (e.g. chatbot TTS).
+
+        In a push session this counts toward the queue bound and the utterance events; in a
+        mic session it is mixed into the intake as is.
+        """
+        if self._closing:
+            raise SessionEnded(f"{self.label} is closed")
+        if self.audio_source is AudioSource.MIC:
+            self.intake.push(pcm)
+            return
+        _decoder, ledger = self._push_parts()
+        self._check_room(pcm.size)
+        self._queue_pushed(pcm, ledger)
+
+    def end_of_speech(self) -> None:
+        """End the pushed utterance: the partial chunk is padded with silence and played,
+        and ``speech.ended`` follows when its last sample is played."""
+        decoder, ledger = self._push_parts()
+        self._observer.on_activity()
+        self._queue_pushed(decoder.flush(), ledger)
+        ledger.end()
+
+    def handle_text(self, text: str) -> None:
+        """Apply one JSON text command from any transport; raises ``ProtocolError``."""
+        if self._closing:
+            raise ProtocolError(ErrorCode.SESSION_ENDED, f"{self.label} is closed")
+        command = parse_command(text)
+        self._observer.on_activity()
+        match command:
+            case CommandType.AUDIO_END:
+                self.end_of_speech()
+            case CommandType.INTERRUPT:
+                self.interrupt()
+            case CommandType.KEEP_ALIVE:
+                pass
+
+    def _push_parts(self) -> tuple[PushDecoder, UtteranceLedger]:
+        if self._closing:
+            raise SessionEnded(f"{self.label} is closed")
+        if self._decoder is None or self._ledger is None:
+            raise ProtocolError(
+                ErrorCode.NOT_PUSH_SESSION,
+                f"{self.label} takes its audio from the WebRTC microphone; create the session "
+                'with "audio_source": "push" to push audio',
+            )
+        return self._decoder, self._ledger
+
+    def _check_room(self, incoming: int) -> None:
+        assert self.push_format is not None
+        bound = self.push_format.max_queued_samples
+        if self.intake.buffered + incoming > bound:
+            raise ProtocolError(
+                ErrorCode.AUDIO_BUFFER_FULL,
+                f"{self.queued_ms} ms of audio already queued and the bound is "
+                f"{round(bound * MS_PER_S / SAMPLE_RATE_HZ)} ms; this frame was dropped whole: "
+                "resend it once queued_ms has fallen (audio plays in real time)",
+            )
+
+    def _queue_pushed(self, samples: np.ndarray, ledger: UtteranceLedger) -> None:
+        self.intake.push(samples)
+        ledger.pushed_samples(samples.size)
+        self._observer.on_audio_queued(self.intake.buffered / SAMPLE_RATE_HZ)
 
     def attach_inbound_audio(self, track: MediaStreamTrack) -> None:
-        """Read a WebRTC audio track into the intake until it ends."""
+        """Read a WebRTC audio track into the intake until it ends (ignored in push mode)."""
+        if self.audio_source is AudioSource.PUSH:
+            self._spawn(_discard_track(track), "inbound-audio-ignored")
+            return
         self._spawn(receive_track(track, self.intake), "inbound-audio")
+
+    def attach_events_channel(self, channel: RTCDataChannel) -> None:
+        """Send this session's events on ``channel`` and take its commands."""
+
+        def on_text(text: str) -> None:
+            try:
+                self.handle_text(text)
+            except ProtocolError as exc:
+                events.send(exc.event().to_json())
+            except SessionEnded as exc:
+                events.send(ProtocolError(ErrorCode.SESSION_ENDED, str(exc)).event().to_json())
+
+        binary_reply = ProtocolError(
+            ErrorCode.BAD_COMMAND,
+            "the events channel takes JSON text commands; push audio over the audio WebSocket",
+        ).event()
+        events = EventsChannel(channel, on_text, binary_reply=binary_reply.to_json())
+        unsubscribe = self.subscribe_events(lambda event: events.send(event.to_json()))
+        events.on_close(unsubscribe)
 
     async def accept_offer(self, offer_sdp: str, peer_config: PeerConfig) -> str:
         """Answer a WebRTC offer and start the media; returns the answer SDP.
@@ -276,6 +510,7 @@ class AvatarSession:
                 video=self.video_track,
                 audio=self.audio_track,
                 on_inbound_audio=self.attach_inbound_audio,
+                on_events_channel=self.attach_events_channel,
             )
         except BaseException as exc:
             self._peer = None
@@ -309,6 +544,67 @@ class AvatarSession:
             self.config.height,
             self.config.latency_budget_s,
         )
+
+    # -- interrupt --------------------------------------------------------------------------
+
+    def interrupt(self) -> Interrupted:
+        """Drop queued audio, engine jobs not started and every unplayed frame and packet.
+
+        From the cut on, filler from the idle loop plays (mouth at rest, silent audio) until
+        the chunks taken after this call come out of the engine. Publishes and returns the
+        ``interrupted`` event; ``played_ms`` is how much of the utterance playing was heard.
+        """
+        if self._closing:
+            raise SessionEnded(f"{self.label} is closed")
+        commanded_at = self._clock.now()
+        self._epoch += 1
+        self.intake.clear()
+        if self._ledger is not None and self._decoder is not None:
+            self._ledger.clear()
+            self._decoder.reset()
+        self._handle.drop_pending()
+        played_ms = 0
+        if self._started_at is not None:
+            played_ms = self._cut_media(commanded_at)
+        event = Interrupted(played_ms=played_ms)
+        logger.info("%s interrupted (%d ms of the utterance played)", self.label, played_ms)
+        self.events.publish(event)
+        return event
+
+    def _cut_media(self, commanded_at: float) -> int:
+        """Take unplayed media off the tracks and schedule filler from the cut; returns the
+        milliseconds of the interrupted utterance that were played."""
+        dropped_video = self.video_track.drop_queued()
+        dropped_audio = self.audio_track.drop_queued()
+        if dropped_video:
+            self._video_next = int(dropped_video[0].frame.pts) // VIDEO_TICKS_PER_FRAME
+        if dropped_audio:
+            self._audio_next = int(dropped_audio[0].frame.pts) // AUDIO_PACKET_SAMPLES
+        unfed_chunks = max(self._next_take - self._emitted, 0)
+        dropped = len(dropped_video) + unfed_chunks * CHUNK_FRAMES
+        self.frames_dropped += dropped
+        if dropped:
+            self._observer.on_frames_dropped(dropped)
+        first_chunk = min(self._video_next // CHUNK_FRAMES, self._audio_next // CHUNK_AUDIO_PACKETS)
+        for index in range(first_chunk, self._next_take):
+            self._results.pop(index, None)
+            self._taken_audio.pop(index, None)
+            self._skipped.discard(index)
+        self._emitted = first_chunk
+        self._filler_until = self._next_take
+        self.idle_loop.restart()
+        self._interrupt_probe = _InterruptProbe(commanded_at, self._video_next, self._audio_next)
+
+        cut_sample = self._video_next * SAMPLES_PER_FRAME
+        while self._marks and self._marks[0].media_sample < cut_sample:
+            self._play_mark(self._marks.popleft())  # boundaries before the cut were played
+        self._marks.clear()
+        played_ms = 0
+        if self._speaking_from is not None:
+            played_ms = round((cut_sample - self._speaking_from) * MS_PER_S / SAMPLE_RATE_HZ)
+            self._speaking_from = None
+        self._wake.set()
+        return max(played_ms, 0)
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -419,6 +715,8 @@ class AvatarSession:
             await self._clock.sleep_until(self._take_time(index))
             audio, received = self.intake.take(CHUNK_SAMPLES)
             self._taken_audio[index] = audio
+            if self._ledger is not None:
+                self._marks.extend(self._ledger.on_take(index, received))
             try:
                 self._handle.submit(ChunkJob(index=index, audio=audio))
             except MailboxFull as exc:
@@ -464,7 +762,12 @@ class AvatarSession:
             if index >= self._next_take:
                 await self._wait_for_wake(None)
                 continue
-            if index in self._skipped:
+            if index < self._filler_until:  # taken before an interrupt
+                self._results.pop(index, None)
+                self._skipped.discard(index)
+                self._taken_audio.pop(index, None)
+                await self._emit_filler(index)
+            elif index in self._skipped:
                 self._skipped.discard(index)
                 await self._emit_idle(index, ChunkProblem.ENGINE_BUSY)
             elif index in self._results:
@@ -506,34 +809,161 @@ class AvatarSession:
         self.chunks_generated += 1
         self._observer.on_chunk(item.compute_seconds, item.rtf)
         # The chunk's own audio is, by the engine contract, the samples that drove its frames.
-        await self._emit(item.index, item.frames, item.audio)
+        await self._emit(item.index, item.frames, item.audio, compute_seconds=item.compute_seconds)
 
     async def _emit_idle(self, index: int, problem: ChunkProblem) -> None:
         self.chunk_problems[problem] += 1
         self._observer.on_chunk_problem(problem)
+        if problem is ChunkProblem.LATE:  # the engine's frames will arrive and never play
+            self.frames_dropped += CHUNK_FRAMES
+            self._observer.on_frames_dropped(CHUNK_FRAMES)
         held = self._last_frame if self._last_frame is not None else self.avatar.image
         frames = np.broadcast_to(held, (CHUNK_FRAMES, *held.shape))
-        await self._emit(index, frames, self._taken_audio[index])
+        await self._emit(index, frames, self._taken_audio[index], problem=problem.value)
 
-    async def _emit(self, index: int, frames: np.ndarray, audio: np.ndarray) -> None:
-        """Convert chunk ``index`` off the loop and queue it on both tracks."""
-        self._taken_audio.pop(index, None)
+    async def _emit_filler(self, index: int) -> None:
+        """Chunk ``index`` (taken before an interrupt) as idle-loop frames and silence."""
+        epoch = self._epoch
         media = await self._loop.run_in_executor(
-            self._executor, self._convert, index, frames, audio
+            self._executor, self.idle_loop.filler, index, self._video_next, self._audio_next
         )
-        playout = self._playout
-        assert playout is not None
-        self.video_track.feed([TimedFrame(f, playout.video_due(f.pts)) for f in media.video])
-        self.audio_track.feed([TimedFrame(f, playout.audio_due(f.pts)) for f in media.audio])
+        if epoch != self._epoch or self._closing:
+            return  # interrupted again while building: the emit loop starts over
+        self._feed(media)
+        self._emitted = index + 1
+        self._publish_stats(index, None, INTERRUPTED_PROBLEM)
+
+    async def _emit(
+        self,
+        index: int,
+        frames: np.ndarray,
+        audio: np.ndarray,
+        *,
+        compute_seconds: float | None = None,
+        problem: str | None = None,
+    ) -> None:
+        """Convert chunk ``index`` off the loop and queue it on both tracks.
+
+        ``compute_seconds`` is set for the engine's chunks, ``problem`` for idle ones.
+        """
+        self._taken_audio.pop(index, None)
+        epoch = self._epoch
+        media = await self._loop.run_in_executor(
+            self._executor, self._convert, index, frames, audio, compute_seconds is not None
+        )
+        if epoch != self._epoch or self._closing:
+            logger.debug("%s: chunk %d converted after an interrupt; not sent", self.label, index)
+            return
+        self._feed(media)
         self._last_frame = frames[-1]
         self._emitted = index + 1
+        self._publish_stats(index, compute_seconds, problem)
 
-    def _convert(self, index: int, frames: np.ndarray, audio: np.ndarray) -> ChunkMedia:
-        # Runs in the executor, one chunk at a time per session (the upsampler keeps state).
-        return chunk_to_media(
-            index, frames, self._upsampler.process(audio), self.config.height, self.config.width
+    def _publish_stats(self, index: int, seconds: float | None, problem: str | None) -> None:
+        self.events.publish(
+            ChunkStats(
+                index=index,
+                compute_ms=None if seconds is None else round(seconds * MS_PER_S, 1),
+                rtf=None if seconds is None else round(seconds / CHUNK_SECONDS, 3),
+                queued_ms=self.queued_ms,
+                problem=problem,
+            )
         )
 
-    def _first_frame_sent(self) -> None:
-        if self._offer_at is not None:
-            self._observer.on_first_frame(self._clock.now() - self._offer_at)
+    def _feed(self, media: ChunkMedia) -> None:
+        """Queue the chunk's frames and packets from the feeding cursors on."""
+        playout = self._playout
+        assert playout is not None
+        first_video, first_audio = video_pts(self._video_next), audio_pts(self._audio_next)
+        self.video_track.feed(
+            [TimedFrame(f, playout.video_due(f.pts)) for f in media.video if f.pts >= first_video]
+        )
+        self.audio_track.feed(
+            [TimedFrame(f, playout.audio_due(f.pts)) for f in media.audio if f.pts >= first_audio]
+        )
+        self._video_next = max(self._video_next, (media.index + 1) * CHUNK_FRAMES)
+        self._audio_next = max(self._audio_next, (media.index + 1) * CHUNK_AUDIO_PACKETS)
+
+    def _convert(
+        self, index: int, frames: np.ndarray, audio: np.ndarray, rest_candidate: bool
+    ) -> ChunkMedia:
+        # Runs in the executor, one chunk at a time per session (the upsampler keeps state).
+        media = chunk_to_media(
+            index, frames, self._upsampler.process(audio), self.config.height, self.config.width
+        )
+        silent = is_rest_audio(audio)
+        if rest_candidate and silent and self._previous_silent:
+            self.idle_loop.capture(media)  # silence after silence: the mouth is at rest
+        self._previous_silent = silent
+        return media
+
+    # -- what the tracks report (on the event loop) -------------------------------------------
+
+    def _video_sent(self, pts: int, due: float, sent_at: float) -> None:
+        frame_index = pts // VIDEO_TICKS_PER_FRAME
+        if not self._ready:  # the first frame: the avatar is live
+            self._ready = True
+            if self._offer_at is not None:
+                self._observer.on_first_frame(sent_at - self._offer_at)
+            self.events.publish(SessionReady())
+        if sent_at - due > LATE_FRAME_S:
+            self.frames_late += 1
+            self._observer.on_frames_late(1)
+        end_sample = (frame_index + 1) * SAMPLES_PER_FRAME
+        while self._marks and self._marks[0].media_sample < end_sample:
+            self._play_mark(self._marks.popleft())
+        probe = self._interrupt_probe
+        if probe is not None and probe.video_sent_at is None and frame_index >= probe.video_cut:
+            probe.video_sent_at = sent_at
+            self._settle_probe(probe)
+        if frame_index % CHUNK_FRAMES == 0:
+            self._chunk_start_sent(frame_index // CHUNK_FRAMES, 0, sent_at)
+
+    def _audio_sent(self, pts: int, due: float, sent_at: float) -> None:
+        packet_index = pts // AUDIO_PACKET_SAMPLES
+        probe = self._interrupt_probe
+        if probe is not None and probe.audio_sent_at is None and packet_index >= probe.audio_cut:
+            probe.audio_sent_at = sent_at
+            self._settle_probe(probe)
+        if packet_index % CHUNK_AUDIO_PACKETS == 0:
+            self._chunk_start_sent(packet_index // CHUNK_AUDIO_PACKETS, 1, sent_at)
+
+    def _chunk_start_sent(self, index: int, kind: int, sent_at: float) -> None:
+        """Record when chunk ``index``'s first frame (kind 0) or packet (kind 1) was sent."""
+        times = self._chunk_starts.setdefault(index, [None, None])
+        times[kind] = sent_at
+        video_at, audio_at = times
+        if video_at is not None and audio_at is not None:
+            del self._chunk_starts[index]
+            skew = audio_at - video_at
+            self.av_skews.append(skew)
+            self._observer.on_av_skew(skew)
+        for stale in [k for k in self._chunk_starts if k < index - 1]:
+            del self._chunk_starts[stale]  # its other half was cut by an interrupt
+
+    def _settle_probe(self, probe: _InterruptProbe) -> None:
+        if probe.video_sent_at is None or probe.audio_sent_at is None:
+            return
+        latency = max(probe.video_sent_at, probe.audio_sent_at) - probe.commanded_at
+        self.interrupt_latencies.append(latency)
+        self._observer.on_interrupt(latency)
+        self._interrupt_probe = None
+        logger.info("%s: idle %.0f ms after the interrupt", self.label, latency * MS_PER_S)
+
+    def _play_mark(self, mark: SpeechMark) -> None:
+        if mark.started:
+            self._speaking_from = mark.media_sample
+            self.events.publish(SpeechStarted())
+        else:
+            self._speaking_from = None
+            self.events.publish(SpeechEnded(duration_ms=mark.duration_ms))
+
+
+async def _discard_track(track: MediaStreamTrack) -> None:
+    """Read ``track`` until it ends and drop its frames (a push session's unused microphone),
+    so aiortc's receive queue does not grow."""
+    while True:
+        try:
+            await track.recv()
+        except MediaStreamError:
+            return

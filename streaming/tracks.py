@@ -102,12 +102,20 @@ def chunk_to_media(
     return ChunkMedia(index=index, video=video, audio=audio)
 
 
-class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
-    """A track that returns queued frames no earlier than their due time."""
+SentCallback = Callable[[int, float, float], None]
+"""``on_sent(pts, due, sent_at)``: a frame left the track (wall times in ``WallClock`` units)."""
 
-    def __init__(self, clock: WallClock) -> None:
+
+class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
+    """A track that returns queued frames no earlier than their due time.
+
+    ``on_sent`` (optional) hears of every frame as it is handed to the encoder.
+    """
+
+    def __init__(self, clock: WallClock, *, on_sent: SentCallback | None = None) -> None:
         super().__init__()
         self._clock = clock
+        self._on_sent = on_sent
         self._queue: asyncio.Queue[TimedFrame[FrameT] | None] = asyncio.Queue()
         self.frames_sent = 0
 
@@ -123,6 +131,23 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         """Frames waiting to be sent."""
         return self._queue.qsize()
 
+    def drop_queued(self) -> list[TimedFrame[FrameT]]:
+        """Take every frame still waiting out of the queue (interrupt); returns them in order.
+
+        A frame ``recv`` already took and is pacing is not in the queue: it still goes out.
+        """
+        dropped: list[TimedFrame[FrameT]] = []
+        stopped = False
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is None:
+                stopped = True
+            else:
+                dropped.append(item)
+        if stopped:  # keep the wake-up of a stopped track
+            self._queue.put_nowait(None)
+        return dropped
+
     async def recv(self) -> FrameT:
         if self.readyState != "live":
             raise MediaStreamError
@@ -133,6 +158,8 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         if self.readyState != "live":
             raise MediaStreamError
         self.frames_sent += 1
+        if self._on_sent is not None:
+            self._on_sent(int(item.frame.pts), item.due, self._clock.now())
         return item.frame
 
     def stop(self) -> None:
@@ -146,8 +173,14 @@ class AvatarVideoTrack(_PacedTrack[av.VideoFrame]):
 
     kind = "video"
 
-    def __init__(self, clock: WallClock, on_first_frame: Callable[[], None] | None = None) -> None:
-        super().__init__(clock)
+    def __init__(
+        self,
+        clock: WallClock,
+        on_first_frame: Callable[[], None] | None = None,
+        *,
+        on_sent: SentCallback | None = None,
+    ) -> None:
+        super().__init__(clock, on_sent=on_sent)
         self._on_first_frame = on_first_frame
 
     async def recv(self) -> av.VideoFrame:

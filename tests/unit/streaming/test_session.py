@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError
 from pipeline.engine import EngineWorker
 from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar
 from streaming.clock import CHUNK_AUDIO_PACKETS
-from streaming.observer import ChunkProblem
+from streaming.observer import ChunkProblem, NullObserver
 from streaming.session import AvatarSession, PrepareFailed, SessionConfig
 from tests.conftest import FakeEngine, grey_level
 from tests.unit.streaming.conftest import FastClock
@@ -30,7 +30,7 @@ GREY_TOLERANCE = 3
 """RGB -> yuv420p -> RGB round trip error on a flat grey frame."""
 
 
-class RecordingObserver:
+class RecordingObserver(NullObserver):
     def __init__(self) -> None:
         self.chunks: list[tuple[float, float]] = []
         self.problems: list[ChunkProblem] = []

@@ -1,0 +1,117 @@
+"""The session's cached idle loop: what plays between an interrupt and the engine's next chunks.
+
+Owns ``IdleLoop``: it keeps the latest *rest chunk* -- 28 frames the engine generated from
+silence after silence, so the mouth rests and the head still moves -- as encoder-ready
+yuv420p planes, and builds filler chunks from it (the frames played forwards then backwards,
+so the loop has no seam, with silent audio) in microseconds per frame, with no engine work.
+Until a rest chunk exists the avatar image is held. ``is_rest_audio`` says whether a chunk's
+driving audio is silent enough to count.
+
+Steady-state idle is not made here: silent chunks go through the engine like speech
+(docs/idle.md says why and what it costs). Knows nothing about sessions, engines or tracks;
+it is called from the session's conversion executor, one call at a time.
+"""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+from pipeline.media import SAMPLES_PER_FRAME
+from streaming.clock import (
+    AUDIO_CLOCK_RATE,
+    AUDIO_PACKET_SAMPLES,
+    AUDIO_TIME_BASE,
+    VIDEO_TIME_BASE,
+    audio_pts,
+    chunk_frame_range,
+    chunk_packet_range,
+    video_pts,
+)
+from streaming.tracks import ENCODER_PIXEL_FORMAT, ChunkMedia
+
+REST_LEVEL_DBFS = -50.0
+"""A chunk counts as silent when every 40 ms frame of its audio is below this RMS level
+(the puppet's closed-mouth level)."""
+
+RMS_FLOOR = 1e-10
+"""Added to an RMS before its logarithm, so digital silence has a finite level."""
+
+
+def is_rest_audio(audio_16k: np.ndarray) -> bool:
+    """True if every 40 ms frame of ``audio_16k`` (``[n]`` float32) is below the rest level."""
+    frames = audio_16k[: audio_16k.size // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME]
+    if frames.size == 0:
+        return True
+    rms = np.sqrt(np.mean(frames.reshape(-1, SAMPLES_PER_FRAME).astype(np.float64) ** 2, axis=1))
+    return bool(np.all(20 * np.log10(rms + RMS_FLOOR) < REST_LEVEL_DBFS))
+
+
+class IdleLoop:
+    """The latest rest chunk of one session, and filler chunks made from it."""
+
+    def __init__(self, fallback_rgb: np.ndarray, height: int, width: int) -> None:
+        self.height = height
+        self.width = width
+        self._fallback_rgb = fallback_rgb
+        self._planes: list[np.ndarray] = []
+        """The loop: yuv420p planes ``[H*3/2, W]`` of the rest chunk's frames, in order."""
+        self._position = 0
+        self.captured_index: int | None = None
+        """Media index of the chunk the loop was taken from (None: the avatar is held)."""
+
+    @property
+    def has_rest_chunk(self) -> bool:
+        """True once a rest chunk was captured (else filler holds the avatar image)."""
+        return bool(self._planes)
+
+    def capture(self, media: ChunkMedia) -> None:
+        """Keep ``media``'s 28 converted frames as the loop (a copy of their planes)."""
+        self._planes = [frame.to_ndarray() for frame in media.video]
+        self.captured_index = media.index
+
+    def restart(self) -> None:
+        """The next filler starts from the loop's first frame (an interrupt)."""
+        self._position = 0
+
+    def filler(self, index: int, video_from: int, audio_from: int) -> ChunkMedia:
+        """Chunk ``index`` as idle media: loop frames and silence, on the media clock.
+
+        Only video frames with index >= ``video_from`` and audio packets with index >=
+        ``audio_from`` are built (the rest of a chunk cut by an interrupt was already sent).
+        """
+        if not self._planes:
+            self._planes = [self._fallback_planes()]
+        video: list[av.VideoFrame] = []
+        for frame_index in chunk_frame_range(index):
+            if frame_index < video_from:
+                continue
+            frame = av.VideoFrame.from_ndarray(self._next_plane(), format=ENCODER_PIXEL_FORMAT)
+            frame.pts = video_pts(frame_index)
+            frame.time_base = VIDEO_TIME_BASE
+            video.append(frame)
+        silence = np.zeros((1, AUDIO_PACKET_SAMPLES), dtype=np.int16)
+        audio: list[av.AudioFrame] = []
+        for packet_index in chunk_packet_range(index):
+            if packet_index < audio_from:
+                continue
+            packet = av.AudioFrame.from_ndarray(silence, format="s16", layout="mono")
+            packet.sample_rate = AUDIO_CLOCK_RATE
+            packet.pts = audio_pts(packet_index)
+            packet.time_base = AUDIO_TIME_BASE
+            audio.append(packet)
+        return ChunkMedia(index=index, video=video, audio=audio)
+
+    def _next_plane(self) -> np.ndarray:
+        count = len(self._planes)
+        if count == 1:
+            return self._planes[0]
+        period = 2 * (count - 1)
+        step = self._position % period
+        self._position += 1
+        return self._planes[step if step < count else period - step]
+
+    def _fallback_planes(self) -> np.ndarray:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(self._fallback_rgb), format="rgb24")
+        frame = frame.reformat(width=self.width, height=self.height, format=ENCODER_PIXEL_FORMAT)
+        return frame.to_ndarray()
