@@ -133,6 +133,16 @@ class Settings(BaseSettings):
         """True when 127.0.0.1 is offered as an ICE candidate."""
         return self.ice_loopback or self.ice_loopback_only
 
+    # -- chatbot mode (pushed audio over the WebSocket) --------------------------------------
+
+    push_max_queued_ms: int = Field(10_000, ge=1_120, le=600_000)
+    """Pushed audio allowed to wait before binary frames are refused with
+    ``audio_buffer_full``, in milliseconds (at least one 1.12 s chunk)."""
+
+    push_max_frame_bytes: int = Field(192_000, ge=2, le=4_000_000)
+    """Longest binary frame accepted on the audio WebSocket, in bytes (192,000 = 2 s at
+    48 kHz); longer frames are refused with ``frame_too_large``."""
+
 
 def _read_profile(path: Path) -> dict[str, Any]:
     """Read a YAML profile; unknown keys are an error naming the key and the file."""
