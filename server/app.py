@@ -1,9 +1,11 @@
 """The FastAPI app factory.
 
 Owns ``create_app(settings)``: builds the app (no app exists at import time), its per-app
-``Metrics``, the ``Runtime`` whose lifespan starts the engine thread (the engine loads on it
-while the server already answers) and, on exit, closes every session and then the engine;
-the problem-details error handlers and the routers.
+``Metrics``, the credentials it checks (API keys; open local-demo mode without them, which
+the startup log says), the CORS allow-list middleware, the ``Runtime`` whose lifespan starts
+the engine thread (the engine loads on it while the server already answers) and, on exit,
+closes every session and then the engine; the problem-details error handlers and the
+routers.
 
 Knows nothing about how sessions, engines or WebRTC work.
 """
@@ -15,8 +17,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline.engine import Engine
+from server.auth import ApiKeys
+from server.deps import Credentials
 from server.engines import create_engine
 from server.errors import install_problem_handlers
 from server.metrics import Metrics
@@ -29,14 +34,46 @@ logger = logging.getLogger(__name__)
 
 API_VERSION = "0.1.0"
 
+CORS_METHODS = ("GET", "POST", "DELETE")
+CORS_REQUEST_HEADERS = ("Authorization", "Content-Type")
+CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate")
+"""Response headers a cross-origin page may read (backing off on 429 / 503, why a 401)."""
+
+CORS_PREFLIGHT_MAX_AGE_S = 600
+"""How long a browser may cache a preflight answer, in seconds."""
+
+
+def log_access_policy(settings: Settings, credentials: Credentials) -> None:
+    """Say in the log who may create sessions and which other sites may call the API."""
+    if credentials.api_keys.required:
+        logger.info(
+            "API keys required: POST /v1/sessions needs 'Authorization: Bearer <API key>' "
+            "(%d key(s) configured)",
+            len(credentials.api_keys),
+        )
+    else:
+        logger.warning(
+            "OPEN MODE: no API keys are configured (HEADCAST_API_KEYS), so anyone who can "
+            "reach %s:%d can create sessions; fine for a local demo, set API keys before "
+            "exposing the server",
+            settings.host,
+            settings.port,
+        )
+    if settings.cors_allow_origins:
+        logger.info(
+            "CORS: cross-origin calls allowed from %s", ", ".join(settings.cors_allow_origins)
+        )
+
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """Build the app for ``settings``; ``engine`` replaces the configured one (tests)."""
     metrics = Metrics()
+    credentials = Credentials(api_keys=ApiKeys(key.get_secret_value() for key in settings.api_keys))
     runtime = Runtime(settings, engine if engine is not None else create_engine(settings), metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        log_access_policy(settings, credentials)
         try:
             await runtime.start()
         except BaseException:
@@ -56,6 +93,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = runtime
+    app.state.credentials = credentials
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=CORS_PREFLIGHT_MAX_AGE_S,
+        )
     install_problem_handlers(app)
     app.include_router(sessions.router)
     app.include_router(webrtc.router)

@@ -1,24 +1,44 @@
 """FastAPI dependencies, as ``Annotated`` aliases the routes declare their parameters with.
 
-Owns how a request reaches the app's ``Runtime``, ``Metrics`` and ``SessionRegistry``, and
-``authorized_session``: the session named in the path, after checking the
-``Authorization: Bearer <token>`` header (unknown session 404, no token 401, wrong token 403).
+Owns how a request reaches the app's ``Runtime``, ``Metrics``, ``SessionRegistry`` and
+``Credentials``, and the credential checks as dependencies (the checks themselves are
+``server.auth``; refusals are counted in ``headcast_sessions_rejected_total{reason="auth"}``):
 
-Knows nothing about what the routes do with them.
+- ``ApiKeyDep``: ``POST /v1/sessions`` carries a configured API key (when keys are set);
+- ``StartingSessionDep``: the path's session, with its token in ``Authorization: Bearer``,
+  for starting it (the offer);
+- ``AuthorizedSessionDep``: the same, for controlling it (delete, interrupt, keep-alive);
+- ``QueryTokenSessionDep``: the path's session with its token in ``?token=`` (WebSockets,
+  where browsers cannot set headers), for starting it.
+
+Unknown session: 404 before any token check. Knows nothing about what the routes do.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 
-from server.errors import Problem, forbidden, unauthorized
-from server.metrics import Metrics
+from server.auth import ApiKeys, AuthError, MissingCredentials, TokenUse, bearer_credential
+from server.errors import Problem
+from server.metrics import Metrics, RejectReason
 from server.registry import ManagedSession, SessionRegistry
 from server.runtime import Runtime
 
-BEARER_PREFIX = "bearer "
+STARTING_RETRY_AFTER_S = 2
+"""Retry-After while the server's runtime starts, in seconds."""
+
+MAX_TOKEN_CHARS = 200
+"""Longest ``?token=`` accepted (tokens are about 70 characters)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the app checks credentials against (built once per app)."""
+
+    api_keys: ApiKeys
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -37,6 +57,14 @@ def get_metrics(request: Request) -> Metrics:
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
+def get_credentials(request: Request) -> Credentials:
+    credentials: Credentials = request.app.state.credentials
+    return credentials
+
+
+CredentialsDep = Annotated[Credentials, Depends(get_credentials)]
+
+
 def get_registry(runtime: RuntimeDep) -> SessionRegistry:
     try:
         return runtime.registry
@@ -45,31 +73,105 @@ def get_registry(runtime: RuntimeDep) -> SessionRegistry:
             503,
             "starting",
             f"the server is starting ({runtime.readiness.detail}); retry shortly",
-            headers={"Retry-After": "2"},
+            headers={"Retry-After": str(STARTING_RETRY_AFTER_S)},
         ) from None
 
 
 RegistryDep = Annotated[SessionRegistry, Depends(get_registry)]
 
 
-def authorized_session(
-    session_id: str,
-    registry: RegistryDep,
+def require_api_key(
+    credentials: CredentialsDep,
+    metrics: MetricsDep,
     authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    """Let the request create a session: a configured API key, or open mode (no keys)."""
+    try:
+        credentials.api_keys.check(authorization)
+    except AuthError:
+        metrics.rejected(RejectReason.AUTH)
+        raise
+
+
+ApiKeyDep = Annotated[None, Depends(require_api_key)]
+
+
+def session_for_token(
+    registry: SessionRegistry,
+    metrics: Metrics,
+    session_id: str,
+    token: str | None,
+    use: TokenUse,
 ) -> ManagedSession:
-    """The session ``session_id`` if the request carries its token."""
+    """The live session ``session_id`` if ``token`` grants ``use`` of it; counts refusals.
+
+    For routes that get the token some other way (a WebSocket message); the dependencies
+    below call it too.
+    """
     managed = registry.get(session_id)  # unknown session: 404 before any token talk
-    if authorization is None:
-        raise unauthorized(
-            "this request needs the session's token: send 'Authorization: Bearer <token>' "
-            "with the token POST /v1/sessions returned"
-        )
-    if not authorization.lower().startswith(BEARER_PREFIX):
-        raise unauthorized("the Authorization header must use the Bearer scheme")
-    token = authorization[len(BEARER_PREFIX) :].strip()
-    if not managed.token_matches(token):
-        raise forbidden("the token does not belong to this session")
+    try:
+        if not token:
+            raise MissingCredentials(
+                "this request needs the session's token (returned by POST /v1/sessions): "
+                "'Authorization: Bearer <token>', or '?token=<token>' on a WebSocket"
+            )
+        registry.tokens.verify(token, session_id, use, connected=managed.connected)
+    except AuthError:
+        metrics.rejected(RejectReason.AUTH)
+        raise
     return managed
 
 
+def _session_from_header(
+    registry: SessionRegistry,
+    metrics: Metrics,
+    session_id: str,
+    authorization: str | None,
+    use: TokenUse,
+) -> ManagedSession:
+    registry.get(session_id)  # unknown session: 404 before any token talk
+    try:
+        token = bearer_credential(authorization, "session token")
+    except AuthError:
+        metrics.rejected(RejectReason.AUTH)
+        raise
+    return session_for_token(registry, metrics, session_id, token, use)
+
+
+def starting_session(
+    session_id: str,
+    registry: RegistryDep,
+    metrics: MetricsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> ManagedSession:
+    """The path's session, if the bearer token may start it (unexpired)."""
+    return _session_from_header(registry, metrics, session_id, authorization, TokenUse.START)
+
+
+StartingSessionDep = Annotated[ManagedSession, Depends(starting_session)]
+
+
+def authorized_session(
+    session_id: str,
+    registry: RegistryDep,
+    metrics: MetricsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> ManagedSession:
+    """The path's session, if the bearer token may control it."""
+    return _session_from_header(registry, metrics, session_id, authorization, TokenUse.CONTROL)
+
+
 AuthorizedSessionDep = Annotated[ManagedSession, Depends(authorized_session)]
+
+
+def query_token_session(
+    session_id: str,
+    registry: RegistryDep,
+    metrics: MetricsDep,
+    token: Annotated[str | None, Query(max_length=MAX_TOKEN_CHARS)] = None,
+) -> ManagedSession:
+    """The path's session, if ``?token=`` may start it (WebSocket connects)."""
+    return session_for_token(registry, metrics, session_id, token, TokenUse.START)
+
+
+QueryTokenSessionDep = Annotated[ManagedSession, Depends(query_token_session)]

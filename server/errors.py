@@ -2,7 +2,8 @@
 
 Owns ``Problem`` (an HTTP error with type, title, status, detail and optional headers and
 extension members), the mapping from the domain's typed exceptions (sessions, offers, the
-engine) to problems, and ``install_problem_handlers`` which makes FastAPI answer every
+engine, credentials: 401 for missing, invalid or expired ones, 403 for another session's
+token) to problems, and ``install_problem_handlers`` which makes FastAPI answer every
 error -- including request validation errors and unknown routes -- in that format.
 
 Knows nothing about how sessions or engines work, only which of their errors mean what.
@@ -21,6 +22,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.engine import EngineNotReady
+from server.auth import (
+    AuthError,
+    InvalidApiKey,
+    InvalidToken,
+    MissingCredentials,
+    TokenExpired,
+    TokenForAnotherSession,
+)
 from server.registry import CapacityReached, UnknownAvatar, UnknownSession
 from streaming.peer import NoIceCandidates, OfferError
 from streaming.session import AlreadyConnected, PrepareFailed, SessionEnded
@@ -75,8 +84,17 @@ class Problem(Exception):
         )
 
 
-def unauthorized(detail: str) -> Problem:
-    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+BEARER_CHALLENGE = "Bearer"
+"""``WWW-Authenticate`` of a request that sent no credentials (RFC 6750)."""
+
+INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'
+"""``WWW-Authenticate`` of a request whose credentials were refused (RFC 6750)."""
+
+
+def unauthorized(
+    detail: str, *, slug: str = "unauthorized", challenge: str = BEARER_CHALLENGE
+) -> Problem:
+    return Problem(401, slug, detail, headers={"WWW-Authenticate": challenge})
 
 
 def forbidden(detail: str) -> Problem:
@@ -86,6 +104,14 @@ def forbidden(detail: str) -> Problem:
 def problem_for(error: Exception) -> Problem | None:
     """The problem a domain error means, or ``None`` if it is not a known domain error."""
     match error:
+        case MissingCredentials():
+            return unauthorized(str(error))
+        case InvalidApiKey() | InvalidToken():
+            return unauthorized(str(error), challenge=INVALID_TOKEN_CHALLENGE)
+        case TokenExpired():
+            return unauthorized(str(error), slug="token-expired", challenge=INVALID_TOKEN_CHALLENGE)
+        case TokenForAnotherSession():
+            return forbidden(str(error))
         case UnknownSession():
             return Problem(404, "unknown-session", str(error), title="Unknown session")
         case UnknownAvatar():
@@ -180,6 +206,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(Problem, on_problem)
     for domain_error in (
+        AuthError,
         UnknownSession,
         UnknownAvatar,
         CapacityReached,

@@ -1,9 +1,12 @@
-"""The server's live sessions: slots, ids, tokens, expiry, and the streaming session behind each.
+"""The server's live sessions: slots, ids, tokens, lifecycle, and the streaming session behind each.
 
-Owns ``SessionRegistry`` (create within ``max_sessions``, look up, authenticate with a
-constant-time token comparison, forward the offer, delete, close all at shutdown; a session
-that gets no offer before its token expires is released) and ``ManagedSession`` (what the
-HTTP side knows about one session). The media itself is ``streaming.session.AvatarSession``.
+Owns ``SessionRegistry`` (create within the capacity -- configured, or ``floor(1 / RTF)`` of
+the loaded engine -- issue each session its token, look up, record the client's connection
+with ``mark_connected``, forward the offer, delete, close all at shutdown; every session is
+released when its lifecycle ends: no-show, idle, maximum duration) and ``ManagedSession``
+(what the HTTP side knows about one session). Every exit path goes through
+``AvatarSession.close``, which releases the peer connection, tasks, mailbox and engine state;
+its ``on_closed`` callback frees the slot and stops the session's timers.
 
 Knows nothing about HTTP status codes: it raises typed errors that ``server.errors`` maps.
 """
@@ -11,17 +14,19 @@ Knows nothing about HTTP status codes: it raises typed errors that ``server.erro
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import secrets
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from pipeline.engine import EngineNotReady, EngineWorker
 from pipeline.media import Avatar
-from server.metrics import Metrics
+from server.auth import SessionTokens
+from server.capacity import CapacityPolicy
+from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
+from server.metrics import Metrics, RejectReason
 from streaming.peer import PeerConfig
 from streaming.session import AvatarSession, PrepareFailed, SessionConfig
 
@@ -29,9 +34,6 @@ logger = logging.getLogger(__name__)
 
 SESSION_ID_BYTES = 9
 """Random bytes in a session id (12 URL-safe characters)."""
-
-TOKEN_BYTES = 32
-"""Random bytes in a session token (43 URL-safe characters)."""
 
 
 class UnknownSession(LookupError):
@@ -52,18 +54,21 @@ class ManagedSession:
 
     id: str
     token: str = field(repr=False)
+    """The session's token (``server.auth.SessionTokens``); never logged."""
+
     avatar: str
     created_at: datetime
     expires_at: datetime
-    """The offer must arrive before this; later the session is released."""
+    """The token starts the session (offer / WebSocket) until this; an unconnected session
+    is released by then."""
 
     media: AvatarSession
-    offered: bool = False
-    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+    lifecycle: SessionLifecycle = field(repr=False)
 
-    def token_matches(self, candidate: str) -> bool:
-        """Constant-time comparison of ``candidate`` with this session's token."""
-        return hmac.compare_digest(candidate.encode(), self.token.encode())
+    @property
+    def connected(self) -> bool:
+        """True once the client connected (offer answered or audio WebSocket open)."""
+        return self.lifecycle.connected
 
 
 class SessionRegistry:
@@ -76,8 +81,9 @@ class SessionRegistry:
         avatars: Mapping[str, Avatar],
         session_config: SessionConfig,
         peer_config: PeerConfig,
-        max_sessions: int,
-        token_ttl_s: float,
+        capacity: CapacityPolicy,
+        lifecycle: LifecyclePolicy,
+        tokens: SessionTokens,
         metrics: Metrics,
         executor: Executor | None = None,
     ) -> None:
@@ -85,13 +91,15 @@ class SessionRegistry:
         self._avatars = dict(avatars)
         self._session_config = session_config
         self.peer_config = peer_config
-        self.max_sessions = max_sessions
-        self._token_ttl = timedelta(seconds=token_ttl_s)
+        self._capacity_policy = capacity
+        self._capacity: int | None = None
+        self._lifecycle_policy = lifecycle
+        self.tokens = tokens
         self._metrics = metrics
         self._executor = executor
         self._sessions: dict[str, ManagedSession] = {}
         self._seeds = 0
-        self._expiring: set[asyncio.Task[None]] = set()
+        self._ending: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -100,9 +108,21 @@ class SessionRegistry:
     def avatar_names(self) -> list[str]:
         return sorted(self._avatars)
 
+    @property
+    def capacity(self) -> int | None:
+        """Session slots, or ``None`` while the engine is not ready (the RTF is not known)."""
+        if self._capacity is None and self._worker.is_ready:
+            limit, source = self._capacity_policy.resolve(self._worker.engine)
+            self._capacity = limit
+            self._metrics.sessions_capacity.set(limit)
+            logger.info("capacity: %d concurrent session(s) (%s)", limit, source)
+        return self._capacity
+
     async def create(self, avatar_name: str) -> ManagedSession:
         """Open a session for ``avatar_name`` and wait until the engine has prepared it."""
-        if not self._worker.is_ready:
+        capacity = self.capacity
+        if capacity is None:
+            self._metrics.rejected(RejectReason.NOT_READY)
             reason = self._worker.load_error
             raise EngineNotReady(
                 f"the engine failed to load ({reason})" if reason else "the engine is still loading"
@@ -112,37 +132,41 @@ class SessionRegistry:
             raise UnknownAvatar(
                 f"no avatar named {avatar_name!r}; available: {', '.join(self.avatar_names)}"
             )
-        if len(self._sessions) >= self.max_sessions:
+        if len(self._sessions) >= capacity:
+            self._metrics.rejected(RejectReason.CAPACITY)
             raise CapacityReached(
-                f"all {self.max_sessions} session slots are in use; retry later or raise "
-                "max_sessions (HEADCAST_MAX_SESSIONS) if the engine keeps up"
+                f"every session slot is in use ({capacity} of {capacity}); retry later, or set "
+                "max_sessions (HEADCAST_MAX_SESSIONS) higher if the engine keeps up with more"
             )
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        token = self.tokens.issue(session_id)
+        lifecycle = SessionLifecycle(
+            self._lifecycle_policy,
+            lambda reason: self._end(session_id, reason),
+            no_show_s=self.tokens.ttl_s,  # an unconnected session with an expired token is dead
+        )
         self._seeds += 1
         media = AvatarSession(
             self._worker,
             avatar,
             self._session_config,
-            observer=self._metrics,
+            observer=LifecycleObserver(self._metrics, lifecycle),
             executor=self._executor,
             seed=self._seeds,
             on_closed=lambda _media, reason: self._forget(session_id, reason),
             label=f"session {session_id}",
         )
-        now = datetime.now(UTC)
         managed = ManagedSession(
             id=session_id,
-            token=secrets.token_urlsafe(TOKEN_BYTES),
+            token=token.value,
             avatar=avatar_name,
-            created_at=now,
-            expires_at=now + self._token_ttl,
+            created_at=datetime.now(UTC),
+            expires_at=token.expires_at,
             media=media,
+            lifecycle=lifecycle,
         )
         self._sessions[session_id] = managed  # the slot is taken from here on
         self._metrics.sessions_active.set(len(self._sessions))
-        managed.expiry = asyncio.get_running_loop().call_later(
-            self._token_ttl.total_seconds(), self._expire, managed
-        )
         try:
             await media.wait_prepared()
         except (PrepareFailed, asyncio.CancelledError):
@@ -158,13 +182,26 @@ class SessionRegistry:
             raise UnknownSession(f"no live session {session_id!r}; it may have ended or expired")
         return managed
 
+    def mark_connected(self, session_id: str) -> ManagedSession:
+        """The client of ``session_id`` connected (WebRTC answered, or audio WebSocket open).
+
+        Stops the no-show timer and starts the idle timer; idempotent. Called by the offer
+        route (through ``offer``) and by the audio WebSocket route. Raises ``UnknownSession``.
+        """
+        managed = self.get(session_id)
+        if not managed.connected:
+            managed.lifecycle.mark_connected()
+            logger.info("session %s connected", session_id)
+        return managed
+
+    def keep_alive(self, session_id: str) -> None:
+        """Client activity outside the media (an HTTP keep-alive): re-arms the idle timer."""
+        self.get(session_id).lifecycle.activity()
+
     async def offer(self, managed: ManagedSession, sdp: str) -> str:
-        """Answer the session's WebRTC offer; returns the answer SDP."""
+        """Answer the session's WebRTC offer and mark it connected; returns the answer SDP."""
         answer = await managed.media.accept_offer(sdp, self.peer_config)
-        managed.offered = True
-        if managed.expiry is not None:
-            managed.expiry.cancel()
-            managed.expiry = None
+        self.mark_connected(managed.id)
         return answer
 
     async def delete(self, managed: ManagedSession, reason: str = "deleted by the client") -> None:
@@ -176,29 +213,30 @@ class SessionRegistry:
         sessions = list(self._sessions.values())
         await asyncio.gather(*(m.media.close(reason) for m in sessions), return_exceptions=False)
 
-    def _expire(self, managed: ManagedSession) -> None:
-        managed.expiry = None
-        if managed.offered or managed.media.closed:
+    def _end(self, session_id: str, reason: str) -> None:
+        """A lifecycle limit was reached: close the session (on a task; timers are sync)."""
+        managed = self._sessions.get(session_id)
+        if managed is None or managed.media.closed:
             return
-        logger.info("session %s got no offer within its token lifetime; releasing it", managed.id)
+        logger.info("session %s: %s; releasing it", session_id, reason)
         task = asyncio.get_running_loop().create_task(
-            managed.media.close("no offer before the token expired"),
-            name=f"session {managed.id}-expire",
+            managed.media.close(reason), name=f"session {session_id}-end"
         )
-        self._expiring.add(task)
-        task.add_done_callback(self._expiring.discard)
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
         task.add_done_callback(_log_failure)
 
     def _forget(self, session_id: str, reason: str) -> None:
         managed = self._sessions.pop(session_id, None)
         if managed is None:
             return
-        if managed.expiry is not None:
-            managed.expiry.cancel()
+        managed.lifecycle.cancel()
         self._metrics.sessions_active.set(len(self._sessions))
         logger.info("session %s released (%s); %d active", session_id, reason, len(self._sessions))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        logger.error("releasing an expired session failed", exc_info=task.exception())
+        logger.error(
+            "releasing a session at the end of its lifecycle failed", exc_info=task.exception()
+        )

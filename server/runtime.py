@@ -2,9 +2,11 @@
 
 Owns ``Runtime``: the media executor (installed as the loop's default executor, so aiortc's
 encoders use its pre-started threads), the ``EngineWorker`` (the engine loads on its own
-thread; the server answers meanwhile), the avatars, the ``SessionRegistry``, and
-``readiness`` for ``/readyz``. ``start`` and ``stop`` are called by the app's lifespan;
-``stop`` closes every session before it stops the engine thread.
+thread; the server answers meanwhile), the avatars, the session tokens' signer, the
+``SessionRegistry`` (with its capacity and lifecycle policies), and ``readiness`` for
+``/readyz`` (which also settles the capacity once the engine is warm). ``start`` and
+``stop`` are called by the app's lifespan; ``stop`` closes every session before it stops
+the engine thread.
 
 Knows nothing about routes or HTTP.
 """
@@ -20,7 +22,10 @@ from dataclasses import dataclass
 from aiortc import RTCIceServer
 
 from pipeline.engine import Engine, EngineWorker
+from server.auth import SessionTokens
+from server.capacity import CapacityPolicy
 from server.engines import load_avatars
+from server.lifecycle import LifecyclePolicy
 from server.metrics import Metrics
 from server.registry import SessionRegistry
 from server.settings import Settings
@@ -73,6 +78,22 @@ def session_config(settings: Settings) -> SessionConfig:
     )
 
 
+def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
+    """The session timeouts of ``settings``."""
+    return LifecyclePolicy(
+        no_show_timeout_s=settings.no_show_timeout_s,
+        idle_timeout_s=settings.idle_timeout_s,
+        max_duration_s=settings.max_duration_s,
+    )
+
+
+def capacity_policy(settings: Settings) -> CapacityPolicy:
+    """Where the session limit of ``settings`` comes from."""
+    return CapacityPolicy(
+        max_sessions=settings.max_sessions, fallback=settings.max_sessions_fallback
+    )
+
+
 class Runtime:
     """The services one app runs; built by ``create_app``, started by its lifespan."""
 
@@ -81,6 +102,7 @@ class Runtime:
         self.engine = engine
         self.metrics = metrics
         self.worker = EngineWorker(engine)
+        self.tokens = SessionTokens(settings.session_token_ttl_s)
         self.executor: ThreadPoolExecutor | None = None
         self._registry: SessionRegistry | None = None
 
@@ -103,8 +125,9 @@ class Runtime:
             avatars=avatars,
             session_config=session_config(self.settings),
             peer_config=peer_config(self.settings),
-            max_sessions=self.settings.max_sessions,
-            token_ttl_s=self.settings.session_token_ttl_s,
+            capacity=capacity_policy(self.settings),
+            lifecycle=lifecycle_policy(self.settings),
+            tokens=self.tokens,
             metrics=self.metrics,
             executor=self.executor,
         )
@@ -131,7 +154,7 @@ class Runtime:
                 f"engine {engine.name!r} failed to load: {self.worker.load_error}; "
                 "see the server log, fix the cause and restart",
             )
-        if not self.worker.is_ready or self._registry is None:
+        if not self.worker.is_ready or self._registry is None or self._registry.capacity is None:
             return Readiness(
                 ReadyState.LOADING,
                 engine.name,

@@ -11,11 +11,20 @@ Knows nothing about the app, sessions or engines beyond their names.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH
 
@@ -27,13 +36,34 @@ ENV_PREFIX = "HEADCAST_"
 """Prefix of the environment variables that set fields (``HEADCAST_PORT`` sets ``port``)."""
 
 DEFAULT_PORT = 8000
-DEFAULT_MAX_SESSIONS = 4
-"""Concurrent sessions by default: what the puppet sustains on 2 CPU cores."""
+DEFAULT_MAX_SESSIONS_FALLBACK = 4
+"""Concurrent sessions when the engine measures no RTF: what the puppet sustains on 2 cores."""
 
 DEFAULT_SESSION_TOKEN_TTL_S = 60.0
+DEFAULT_NO_SHOW_TIMEOUT_S = 30.0
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+DEFAULT_MAX_DURATION_S = 3600.0
 DEFAULT_PEER_TIMEOUT_S = 8.0
 DEFAULT_CONNECT_TIMEOUT_S = 20.0
 DEFAULT_MEDIA_THREADS = 8
+
+MIN_API_KEY_CHARS = 16
+"""Shortest API key accepted: shorter keys are guessable."""
+
+SECRET_FIELDS = frozenset({"api_keys"})
+"""Fields whose values never appear in error messages or logs."""
+
+LIST_SEPARATOR = ","
+"""Separates the items of a list setting given as one string (``HEADCAST_API_KEYS=a,b``)."""
+
+CORS_ANY_ORIGIN = "*"
+
+
+def _split_list(value: object) -> object:
+    """``"a, b"`` -> ``["a", "b"]`` (env variables); lists pass through (YAML, code)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(LIST_SEPARATOR) if item.strip()]
+    return value
 
 
 class SettingsError(ValueError):
@@ -89,11 +119,41 @@ class Settings(BaseSettings):
     width: int = Field(DEFAULT_WIDTH, gt=0, multiple_of=16)
     """Output video width in pixels."""
 
-    max_sessions: int = Field(DEFAULT_MAX_SESSIONS, ge=1)
-    """Sessions served at once; further session requests get 429 with Retry-After."""
+    max_sessions: int | None = Field(None, ge=1)
+    """Sessions served at once; further session requests get 429 with Retry-After. Unset:
+    ``floor(1 / RTF)`` of the engine's warm-up real-time factor (at least 1), so a device
+    that cannot serve two sessions in real time admits one; engines that measure no RTF
+    (the puppet) get ``max_sessions_fallback``."""
+
+    max_sessions_fallback: int = Field(DEFAULT_MAX_SESSIONS_FALLBACK, ge=1)
+    """Sessions served at once when ``max_sessions`` is unset and the engine measures no
+    real-time factor."""
 
     session_token_ttl_s: float = Field(DEFAULT_SESSION_TOKEN_TTL_S, gt=0)
-    """Seconds a new session waits for its WebRTC offer before it is released."""
+    """Seconds a session token can start its session (the WebRTC offer or the audio
+    WebSocket). Once connected, the token still deletes and controls the session until it
+    ends. A session not connected by then is released."""
+
+    no_show_timeout_s: float = Field(DEFAULT_NO_SHOW_TIMEOUT_S, gt=0)
+    """Seconds a new session waits for its client to connect (WebRTC offer or audio
+    WebSocket) before it is released (or until its token expires, if sooner)."""
+
+    idle_timeout_s: float = Field(DEFAULT_IDLE_TIMEOUT_S, gt=0)
+    """Seconds a connected session may go without client activity (audio, a command, a
+    keep-alive) before it is released."""
+
+    max_duration_s: float = Field(DEFAULT_MAX_DURATION_S, gt=0)
+    """Longest life of a session in seconds, from its creation; then it is released."""
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """API keys that may create sessions (``Authorization: Bearer <key>`` on
+    ``POST /v1/sessions``); comma-separated in the environment, at least 16 characters
+    each. Empty: open local-demo mode, anyone who reaches the server can create sessions
+    (the server logs a warning)."""
+
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Browser origins (``https://app.example.com``) allowed to call the API from another
+    site; comma-separated in the environment; ``*`` allows any. Empty: same origin only."""
 
     ice_servers: list[IceServer] = Field(default_factory=list)
     """STUN/TURN servers for clients and the server (empty: host candidates only)."""
@@ -127,6 +187,38 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "info"
     """Log level of the server's loggers."""
+
+    @field_validator("api_keys", "cors_allow_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for number, key in enumerate(keys, start=1):
+            if len(key.get_secret_value()) < MIN_API_KEY_CHARS:
+                raise ValueError(
+                    f"API key #{number} is shorter than {MIN_API_KEY_CHARS} characters; generate "
+                    "one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+            if LIST_SEPARATOR in key.get_secret_value():
+                raise ValueError(f"API key #{number} contains {LIST_SEPARATOR!r}")
+        return keys
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == CORS_ANY_ORIGIN:
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port] with no path or "
+                    f"trailing slash (e.g. https://app.example.com), or {CORS_ANY_ORIGIN!r}"
+                )
+        return origins
 
     @property
     def offers_loopback(self) -> bool:
@@ -173,9 +265,11 @@ def _describe(error: ValidationError, origin: str, *, from_env: bool = False) ->
     lines = [f"invalid settings ({origin}):"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "settings"
+        secret = bool(item["loc"]) and item["loc"][0] in SECRET_FIELDS
         if from_env:
             where = ENV_PREFIX + where.split(".")[0].upper()
-        lines.append(f"  {where}: {item['msg']} (got {item.get('input')!r})")
+        got = "" if secret else f" (got {item.get('input')!r})"
+        lines.append(f"  {where}: {item['msg']}{got}")
     return "\n".join(lines)
 
 
@@ -193,10 +287,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         from_env = Settings()
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, "environment variables", from_env=True)) from exc
+        # from None: the ValidationError's own text would repeat secret inputs (API keys)
+        raise SettingsError(_describe(exc, "environment variables", from_env=True)) from None
     env_values = from_env.model_dump(include=from_env.model_fields_set)
     try:
         return Settings(**{**profile, **env_values, **given})
     except ValidationError as exc:
         origin = f"{config_file}, environment and flags" if config_file else "environment and flags"
-        raise SettingsError(_describe(exc, origin)) from exc
+        raise SettingsError(_describe(exc, origin)) from None

@@ -1,7 +1,8 @@
-"""``/v1/sessions``: create a session (a slot, an id and a token) and delete it.
+"""``/v1/sessions``: create a session (a slot, an id and a token), keep it alive, delete it.
 
-Owns the request and response bodies of session creation and the two routes. Knows nothing
-about WebRTC (``webrtc.py``) or how sessions run (``server.registry``).
+Owns the request and response bodies of session creation and the routes. Creating needs an
+API key when keys are configured; the other routes need the session's token (``server.deps``).
+Knows nothing about WebRTC (``webrtc.py``) or how sessions run (``server.registry``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME
-from server.deps import AuthorizedSessionDep, RegistryDep
+from server.deps import ApiKeyDep, AuthorizedSessionDep, RegistryDep
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -37,10 +38,12 @@ class SessionCreated(BaseModel):
 
     id: str
     token: str
-    """Send as ``Authorization: Bearer <token>`` on this session's requests."""
+    """Send as ``Authorization: Bearer <token>`` on this session's requests (``?token=`` on
+    its WebSocket). Scoped to this session only."""
 
     expires_at: datetime
-    """The offer must arrive before this (ISO 8601, UTC), or the session is released."""
+    """The token starts the session (offer or WebSocket) until this (ISO 8601, UTC); a session
+    not connected by then is released. Once connected, the token keeps controlling it."""
 
     ice_servers: list[IceServerBody]
     """STUN/TURN servers for the client's RTCPeerConnection."""
@@ -48,9 +51,12 @@ class SessionCreated(BaseModel):
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionCreated)
 async def create_session(
-    registry: RegistryDep, body: SessionRequest | None = None
+    _api_key: ApiKeyDep, registry: RegistryDep, body: SessionRequest | None = None
 ) -> SessionCreated:
-    """Take a session slot for ``avatar``; 429 with Retry-After when every slot is taken."""
+    """Take a session slot for ``avatar``; 429 with Retry-After when every slot is taken.
+
+    With API keys configured, needs ``Authorization: Bearer <API key>`` (401 otherwise).
+    """
     request = body or SessionRequest()
     managed = await registry.create(request.avatar)
     return SessionCreated(
@@ -66,6 +72,13 @@ async def create_session(
             for server in registry.peer_config.ice_servers
         ],
     )
+
+
+@router.post("/{session_id}/keepalive", status_code=status.HTTP_204_NO_CONTENT)
+async def keep_alive(managed: AuthorizedSessionDep, registry: RegistryDep) -> Response:
+    """Client activity without media: the session's idle timeout counts from now."""
+    registry.keep_alive(managed.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)

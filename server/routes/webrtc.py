@@ -1,7 +1,8 @@
 """``/v1/sessions/{id}/offer``: the WebRTC signalling of a session (one offer, one answer).
 
 Owns the offer and answer bodies. ICE is gathered completely before answering (no trickle),
-so the answer carries every server candidate. Knows nothing about media.
+so the answer carries every server candidate. The offer needs the session's unexpired token.
+Knows nothing about media.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.deps import AuthorizedSessionDep, RegistryDep
+from server.deps import RegistryDep, StartingSessionDep
 
 router = APIRouter(prefix="/v1/sessions", tags=["webrtc"])
 
@@ -36,6 +37,7 @@ class Answer(BaseModel):
 
 
 @router.post("/{session_id}/offer", response_model=Answer)
-async def post_offer(offer: Offer, managed: AuthorizedSessionDep, registry: RegistryDep) -> Answer:
-    """Answer the offer: 400 malformed SDP, 409 if the session already has a connection."""
+async def post_offer(offer: Offer, managed: StartingSessionDep, registry: RegistryDep) -> Answer:
+    """Answer the offer: 400 malformed SDP, 409 if the session already has a connection,
+    401 once the token has expired. The session counts as connected from the answer on."""
     return Answer(sdp=await registry.offer(managed, offer.sdp))

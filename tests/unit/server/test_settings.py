@@ -27,7 +27,8 @@ def _profile(tmp_path: Path, text: str) -> Path:
 def test_defaults_are_the_cpu_demo() -> None:
     settings = load_settings()
     assert (settings.host, settings.port, settings.engine) == ("127.0.0.1", 8000, "puppet")
-    assert (settings.height, settings.width, settings.max_sessions) == (768, 448, 4)
+    assert (settings.height, settings.width, settings.max_sessions) == (768, 448, None)
+    assert settings.max_sessions_fallback == 4  # the puppet measures no RTF
     assert settings.video_codec == "vp8" and settings.ice_servers == []
     assert not settings.offers_loopback
 
