@@ -4,8 +4,9 @@ Chromium's fake microphone plays a speech-like WAV this test synthesises; the se
 puppet engine with loopback ICE. The test opens ``GET /``, checks the engine banner, starts
 a call, and asserts that the page's <video> decodes at least 100 frames within 5 s of the
 first frame, that the avatar's audio comes back, and that Stop ends the session on the
-server. It saves ``artifacts/browser_call.png`` for a person to look at. A second test fills
-every session slot and checks the page tells the user, in words, to retry later.
+server. It saves ``artifacts/browser_call.png`` for a person to look at. Two more tests:
+with every session slot taken the page tells the user, in words, when to retry; and the
+``<headcast-avatar>`` widget, embedded in a page, streams the avatar.
 
 Never downloads a browser: it uses /usr/bin/chromium and /usr/bin/chromedriver (Debian's
 ``chromium`` and ``chromium-driver``; ``make test`` installs them). Without them the test
@@ -25,6 +26,10 @@ from typing import Any
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from loadtests.speech import speech_like
 from tests.integration.conftest import RunningServer
@@ -81,12 +86,9 @@ def write_speech_like_wav(path: Path, seconds: float = WAV_SECONDS) -> None:
 
 
 @pytest.fixture
-def chrome(tmp_path: Path) -> Iterator[Any]:
+def chrome(tmp_path: Path) -> Iterator[WebDriver]:
     """Headless Chromium whose microphone plays a synthesised speech WAV."""
     _require_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     wav = tmp_path / "speech.wav"
     write_speech_like_wav(wav)
     options = webdriver.ChromeOptions()
@@ -120,7 +122,7 @@ def chrome(tmp_path: Path) -> Iterator[Any]:
 
 
 def _wait_for(
-    description: str, check: Callable[[], Any], timeout_s: float, driver: Any
+    description: str, check: Callable[[], Any], timeout_s: float, driver: WebDriver
 ) -> Any:
     """Poll ``check`` until it returns something truthy; fail with the page's state if not."""
     deadline = time.monotonic() + timeout_s
@@ -133,7 +135,7 @@ def _wait_for(
         "const e = document.getElementById('error'); return e && !e.hidden ? e.textContent : '';"
     )
     connection = driver.execute_script(
-        "return document.getElementById('stat-connection').textContent;"
+        "const c = document.getElementById('stat-connection'); return c ? c.textContent : '';"
     )
     pytest.fail(
         f"timed out after {timeout_s} s waiting for {description}; "
@@ -141,7 +143,7 @@ def _wait_for(
     )
 
 
-def _decoded_frames(driver: Any) -> int:
+def _decoded_frames(driver: WebDriver) -> int:
     return int(
         driver.execute_script(
             "return document.getElementById('avatar').getVideoPlaybackQuality().totalVideoFrames;"
@@ -149,7 +151,7 @@ def _decoded_frames(driver: Any) -> int:
     )
 
 
-def _inbound_rtp(driver: Any) -> dict[str, dict[str, float]]:
+def _inbound_rtp(driver: WebDriver) -> dict[str, dict[str, float]]:
     """The page's inbound RTP stats by kind (``audio``/``video``), from ``getStats()``."""
     stats: dict[str, dict[str, float]] = driver.execute_async_script(
         """
@@ -189,10 +191,8 @@ def _take_every_slot(url: str) -> list[tuple[str, str]]:
 
 
 def test_demo_page_streams_the_avatar_at_full_rate(
-    chrome: Any, headcast_server: RunningServer
+    chrome: WebDriver, headcast_server: RunningServer
 ) -> None:
-    from selenium.webdriver.common.by import By
-
     chrome.set_script_timeout(10)
     chrome.get(f"{headcast_server.url}/")
 
@@ -256,10 +256,8 @@ def test_demo_page_streams_the_avatar_at_full_rate(
 
 
 def test_demo_page_says_when_the_server_is_at_capacity(
-    chrome: Any, headcast_server: RunningServer
+    chrome: WebDriver, headcast_server: RunningServer
 ) -> None:
-    from selenium.webdriver.common.by import By
-
     chrome.get(f"{headcast_server.url}/")
     taken = _take_every_slot(headcast_server.url)
     try:
@@ -282,7 +280,7 @@ def test_demo_page_says_when_the_server_is_at_capacity(
             ).raise_for_status()
 
 
-def test_widget_embeds_the_avatar_in_another_page(chrome: Any, headcast_server: RunningServer) -> None:
+def test_widget_embeds_the_avatar_in_another_page(chrome: WebDriver, headcast_server: RunningServer) -> None:
     chrome.set_script_timeout(10)
     chrome.get(f"{headcast_server.url}/")  # a same-origin page, emptied for the widget
     chrome.execute_async_script(
