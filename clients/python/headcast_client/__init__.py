@@ -2,5 +2,16 @@
 
 from headcast_client.audio import ArrayAudioTrack
 from headcast_client.client import HeadcastClient, HeadcastError, SessionInfo, WebRTCConnection
+from headcast_client.push import EventQueue, EventTimeout, PushSocket, to_pcm16
 
-__all__ = ["ArrayAudioTrack", "HeadcastClient", "HeadcastError", "SessionInfo", "WebRTCConnection"]
+__all__ = [
+    "ArrayAudioTrack",
+    "EventQueue",
+    "EventTimeout",
+    "HeadcastClient",
+    "HeadcastError",
+    "PushSocket",
+    "SessionInfo",
+    "WebRTCConnection",
+    "to_pcm16",
+]

@@ -1,30 +1,35 @@
 """The async headcast client: sessions over HTTP, media over WebRTC (aiortc).
 
-Owns ``HeadcastClient`` (``create_session``, ``connect_webrtc``, ``delete_session``,
-``readiness``, ``wait_ready``, ``metrics``), ``SessionInfo``, ``WebRTCConnection`` and
-``HeadcastError`` (an HTTP error with the server's problem details). Used by the
+Owns ``HeadcastClient`` (``create_session`` for a mic or push session, ``connect_webrtc``
+with the ``events`` data channel, ``push_socket`` for chatbot mode, ``interrupt``,
+``delete_session``, ``readiness``, ``wait_ready``, ``metrics``), ``SessionInfo``,
+``WebRTCConnection`` and ``HeadcastError`` (an HTTP error with the server's problem details). Used by the
 integration tests and the load drivers. Knows nothing about the server's internals.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from aiortc import (
     RTCConfiguration,
+    RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
 
+from headcast_client.push import EventQueue, PushSocket
 from streaming.ice import HostCandidatePolicy, host_candidates
 
 logger = logging.getLogger(__name__)
@@ -34,6 +39,9 @@ DEFAULT_TIMEOUT_S = 30.0
 
 READY_POLL_S = 0.25
 """How often ``wait_ready`` polls ``/readyz``, in seconds."""
+
+EVENTS_CHANNEL_LABEL = "events"
+"""Label of the data channel that carries the session's events and commands."""
 
 
 class HeadcastError(RuntimeError):
@@ -55,6 +63,10 @@ class SessionInfo:
     token: str = field(repr=False)
     expires_at: datetime
     ice_servers: list[dict[str, Any]]
+    audio_source: str = "mic"
+    sample_rate: int = 16_000
+    audio_path: str | None = None
+    """Path of the audio WebSocket (push sessions)."""
 
     @property
     def auth_header(self) -> dict[str, str]:
@@ -68,6 +80,17 @@ class WebRTCConnection:
     pc: RTCPeerConnection
     video: MediaStreamTrack
     audio: MediaStreamTrack
+    channel: RTCDataChannel | None = None
+    """The ``events`` data channel (``None`` if not asked for)."""
+
+    events: EventQueue = field(default_factory=EventQueue)
+    """Events received on the data channel."""
+
+    def command(self, command_type: str) -> None:
+        """Send ``{"type": command_type}`` on the events channel."""
+        if self.channel is None or self.channel.readyState != "open":
+            raise ConnectionError("the events data channel is not open")
+        self.channel.send(json.dumps({"type": command_type}))
 
     async def close(self) -> None:
         await self.pc.close()
@@ -145,15 +168,41 @@ class HeadcastClient:
             series[name] = float(value)
         return series
 
-    async def create_session(self, avatar: str = "default") -> SessionInfo:
-        """``POST /v1/sessions``."""
-        body = (await self._request("POST", "/v1/sessions", json={"avatar": avatar})).json()
+    async def create_session(
+        self, avatar: str = "default", *, audio_source: str = "mic", sample_rate: int = 16_000
+    ) -> SessionInfo:
+        """``POST /v1/sessions``: ``audio_source`` ``mic`` or ``push`` (chatbot mode)."""
+        request: dict[str, Any] = {"avatar": avatar}
+        if audio_source != "mic":
+            request |= {"audio_source": audio_source, "sample_rate": sample_rate}
+        body = (await self._request("POST", "/v1/sessions", json=request)).json()
         return SessionInfo(
             id=body["id"],
             token=body["token"],
             expires_at=datetime.fromisoformat(body["expires_at"]),
             ice_servers=body["ice_servers"],
+            audio_source=body.get("audio_source", "mic"),
+            sample_rate=body.get("sample_rate", sample_rate),
+            audio_path=body.get("audio_path"),
         )
+
+    async def interrupt(self, session: SessionInfo) -> dict[str, Any]:
+        """``POST /v1/sessions/{id}/interrupt``; returns the ``interrupted`` body."""
+        response = await self._request(
+            "POST", f"/v1/sessions/{session.id}/interrupt", headers=session.auth_header
+        )
+        result: dict[str, Any] = response.json()
+        return result
+
+    def audio_socket_url(self, session: SessionInfo) -> str:
+        """``ws://.../v1/sessions/{id}/audio?token=...`` of a push session."""
+        path = session.audio_path or f"/v1/sessions/{session.id}/audio"
+        base = "ws" + self.base_url.removeprefix("http")  # http -> ws, https -> wss
+        return f"{base}{path}?{urlencode({'token': session.token})}"
+
+    async def push_socket(self, session: SessionInfo) -> PushSocket:
+        """Open the session's audio WebSocket (close it, or use ``async with``)."""
+        return await PushSocket.connect(self.audio_socket_url(session), self.timeout_s)
 
     async def post_offer(self, session: SessionInfo, sdp: str) -> str:
         """``POST /v1/sessions/{id}/offer``; returns the answer SDP."""
@@ -175,25 +224,35 @@ class HeadcastClient:
     # -- WebRTC -----------------------------------------------------------------------------
 
     async def connect_webrtc(
-        self, session: SessionInfo, audio_source_track: MediaStreamTrack | None = None
+        self,
+        session: SessionInfo,
+        audio_source_track: MediaStreamTrack | None = None,
+        *,
+        events: bool = False,
     ) -> WebRTCConnection:
         """Offer, answer, connect: returns once connected with the avatar's two tracks.
 
-        ``audio_source_track`` is the microphone (``None``: receive only).
+        ``audio_source_track`` is the microphone (``None``: receive only). ``events`` opens
+        the ``events`` data channel (events in ``connection.events``, commands with
+        ``connection.command``); it is open when this returns.
         """
         pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[RTCIceServer(**server) for server in session.ice_servers])
         )
         try:
             return await asyncio.wait_for(
-                self._connect(pc, session, audio_source_track), self.timeout_s
+                self._connect(pc, session, audio_source_track, events), self.timeout_s
             )
         except BaseException:
             await pc.close()
             raise
 
     async def _connect(
-        self, pc: RTCPeerConnection, session: SessionInfo, mic: MediaStreamTrack | None
+        self,
+        pc: RTCPeerConnection,
+        session: SessionInfo,
+        mic: MediaStreamTrack | None,
+        with_events: bool,
     ) -> WebRTCConnection:
         loop = asyncio.get_running_loop()
         received: dict[str, asyncio.Future[MediaStreamTrack]] = {
@@ -222,10 +281,25 @@ class HeadcastClient:
         else:
             pc.addTransceiver("audio", direction="recvonly")
         pc.addTransceiver("video", direction="recvonly")
+        queue = EventQueue()
+        channel: RTCDataChannel | None = None
+        channel_open: asyncio.Future[None] = loop.create_future()
+        if with_events:
+            channel = pc.createDataChannel(EVENTS_CHANNEL_LABEL)
+            channel.on("message", lambda message: queue.put_text(str(message)))
+            channel.on("open", lambda: channel_open.done() or channel_open.set_result(None))
         offer = await pc.createOffer()
         with host_candidates(self._host_candidates):
             await pc.setLocalDescription(offer)  # gathers every candidate (no trickle)
         answer = await self.post_offer(session, pc.localDescription.sdp)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await connected
-        return WebRTCConnection(pc=pc, video=await received["video"], audio=await received["audio"])
+        if channel is not None:
+            await channel_open
+        return WebRTCConnection(
+            pc=pc,
+            video=await received["video"],
+            audio=await received["audio"],
+            channel=channel,
+            events=queue,
+        )
