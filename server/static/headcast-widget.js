@@ -11,11 +11,14 @@
 // controls="false").
 // Methods: start(audioStream?) — with no argument, uses the microphone; pass a MediaStream
 // to drive the avatar with a chatbot's TTS audio (e.g. a WebAudio MediaStreamDestination);
-// stop().
+// stop(); interrupt() — cut the avatar off mid-utterance.
+// Property: sessionProvider — an async function returning the JSON of POST /v1/sessions,
+// for servers with API keys: your backend creates the session, the key never reaches the
+// browser. Unset: the widget creates the session itself.
 // Events: "headcast-state" (detail: {state}), "headcast-error" (detail: {message, code,
 // retryAfterS}).
 
-import { HeadcastError, connect, createSession, openMicrophone } from "./headcast.js";
+import { HeadcastError, Session, connect, createSession, openMicrophone } from "./headcast.js";
 
 const SCRIPT_ORIGIN = new URL(import.meta.url).origin;
 
@@ -47,6 +50,8 @@ export class HeadcastAvatar extends HTMLElement {
     this.statusLine = root.querySelector(".status");
     this.session = null;
     this.ownedStream = null;
+    /** @type {null | (() => Promise<object>)} */
+    this.sessionProvider = null;
     this.button.addEventListener("click", () => (this.session ? this.stop() : this.start()));
   }
 
@@ -73,9 +78,10 @@ export class HeadcastAvatar extends HTMLElement {
     this.setStatus("connecting…");
     try {
       const stream = audioStream ?? (this.ownedStream = await openMicrophone());
-      this.session = await createSession(this.getAttribute("server") ?? SCRIPT_ORIGIN, {
-        avatar: this.getAttribute("avatar") ?? "default",
-      });
+      const server = this.getAttribute("server") ?? SCRIPT_ORIGIN;
+      this.session = this.sessionProvider
+        ? new Session(server, await this.sessionProvider())
+        : await createSession(server, { avatar: this.getAttribute("avatar") ?? "default" });
       const { videoStream } = await connect(this.session, stream, {
         onConnectionStateChange: (state) => {
           this.setStatus(state);
@@ -91,6 +97,11 @@ export class HeadcastAvatar extends HTMLElement {
     } finally {
       this.button.disabled = false;
     }
+  }
+
+  /** Stop the avatar mid-utterance (the call stays up). */
+  async interrupt() {
+    if (this.session) await this.session.interrupt();
   }
 
   /** Hang up and release the microphone if the widget opened it. */

@@ -11,6 +11,10 @@
 //   videoElement.srcObject = videoStream;   // video + the returned audio
 //   ...
 //   await close(session);                   // or session.close()
+//
+// A server with API keys wants `createSession(url, { apiKey })`. Keep keys out of pages
+// anyone can load: let your backend create the session and hand the browser its JSON, then
+// `new Session(url, body)` and `connect` as above.
 
 /** How long to wait for ICE gathering before sending the offer anyway, in milliseconds. */
 export const ICE_GATHERING_TIMEOUT_MS = 5000;
@@ -59,6 +63,25 @@ export class Session {
     return { Authorization: `Bearer ${this.token}` };
   }
 
+  /**
+   * Stop the avatar mid-utterance: queued audio and unplayed frames are dropped.
+   * @returns {Promise<{type: "interrupted", played_ms: number}>}
+   */
+  async interrupt() {
+    return request(this.baseUrl, `/v1/sessions/${encodeURIComponent(this.id)}/interrupt`, {
+      method: "POST",
+      headers: this.authHeaders,
+    });
+  }
+
+  /** Tell the server the client is still there while it sends no media. */
+  async keepAlive() {
+    await request(this.baseUrl, `/v1/sessions/${encodeURIComponent(this.id)}/keepalive`, {
+      method: "POST",
+      headers: this.authHeaders,
+    });
+  }
+
   /** Hang up: close the peer connection and delete the session on the server. */
   async close() {
     if (this.closed) return;
@@ -84,13 +107,15 @@ export class Session {
 /**
  * Ask the server for a session.
  * @param {string} baseUrl e.g. "" (this page's server) or "https://avatar.example.com"
- * @param {{avatar?: string}} [options]
+ * @param {{avatar?: string, apiKey?: string}} [options] `apiKey` for servers that require one
  * @returns {Promise<Session>}
  */
-export async function createSession(baseUrl, { avatar = "default" } = {}) {
+export async function createSession(baseUrl, { avatar = "default", apiKey } = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
   const body = await request(baseUrl, "/v1/sessions", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers,
     body: JSON.stringify({ avatar }),
   });
   return new Session(trimSlash(baseUrl), body);
@@ -313,7 +338,7 @@ function problemError(response, problem) {
     });
   }
   if (status === 401 || status === 403) {
-    return new HeadcastError(`The server refused this session's token (${detail}); start a new call.`, {
+    return new HeadcastError(`The server refused the request: ${detail}`, {
       status,
       code: "unauthorized",
     });

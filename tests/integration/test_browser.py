@@ -291,7 +291,16 @@ def test_widget_embeds_the_avatar_in_another_page(chrome: WebDriver, headcast_se
         import('/static/headcast-widget.js').then(() => done(true));
         """
     )
-    chrome.execute_script("document.querySelector('headcast-avatar').start();")
+    # The way a server with API keys is used: the host page's backend creates the session.
+    chrome.execute_script(
+        """
+        const widget = document.querySelector('headcast-avatar');
+        widget.sessionProvider = async () => (await fetch('/v1/sessions', {
+          method: 'POST', headers: {'Content-Type': 'application/json'}, body: '{"avatar": "default"}',
+        })).json();
+        widget.start();
+        """
+    )
 
     def widget_frames() -> int:
         return int(
