@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline.engine import Engine
-from server.auth import ApiKeys
+from server.auth import ApiKeys, TokenRedactor
 from server.deps import Credentials
 from server.engines import create_engine
 from server.errors import install_problem_handlers
@@ -41,6 +41,9 @@ CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate")
 
 CORS_PREFLIGHT_MAX_AGE_S = 600
 """How long a browser may cache a preflight answer, in seconds."""
+
+URL_LOGGERS = ("uvicorn.access", "uvicorn.error")
+"""Loggers that write request URLs (WebSocket URLs carry ``?token=``): tokens are redacted."""
 
 
 def log_access_policy(settings: Settings, credentials: Credentials) -> None:
@@ -74,15 +77,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log_access_policy(settings, credentials)
+        redactor = TokenRedactor()
+        for name in URL_LOGGERS:
+            logging.getLogger(name).addFilter(redactor)
         try:
-            await runtime.start()
-        except BaseException:
-            await runtime.stop()  # release whatever started (threads) before failing
-            raise
-        try:
-            yield
+            try:
+                await runtime.start()
+            except BaseException:
+                await runtime.stop()  # release whatever started (threads) before failing
+                raise
+            try:
+                yield
+            finally:
+                await runtime.stop()
         finally:
-            await runtime.stop()
+            for name in URL_LOGGERS:
+                logging.getLogger(name).removeFilter(redactor)
 
     app = FastAPI(
         title="headcast",

@@ -13,6 +13,8 @@ Owns the one place credentials are checked:
   needs an unexpired token; ``CONTROL`` (delete, interrupt, keep-alive) also accepts an
   expired one once the session is connected, so a session lives until its lifecycle ends.
 - ``bearer_credential``: the credential in an ``Authorization: Bearer ...`` header.
+- ``TokenRedactor``: a logging filter that blanks ``token=...`` query values (WebSocket URLs
+  carry the session token; uvicorn logs request paths).
 - The typed ``AuthError`` family, which ``server.errors`` maps to 401 / 403 problems.
 
 Never logs or echoes a key or a token. Knows nothing about HTTP routes, the registry or
@@ -25,6 +27,8 @@ import base64
 import enum
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -41,6 +45,11 @@ TOKEN_SEPARATOR = "."
 """Separates the parts of a token; session ids (URL-safe base64) never contain it."""
 
 MS_PER_S = 1000
+
+TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
+"""A ``token=<value>`` query parameter in a logged URL."""
+
+REDACTED = "[redacted]"
 
 
 class AuthError(Exception):
@@ -208,3 +217,21 @@ class SessionTokens:
                 f"the session token expired (tokens start a session for {self.ttl_s:g} s after "
                 "it is created): create a new session and connect within that time"
             )
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with every ``token=<value>`` query value replaced by ``[redacted]``."""
+    return TOKEN_QUERY.sub(rf"\g<1>{REDACTED}", text)
+
+
+class TokenRedactor(logging.Filter):
+    """Blanks ``token=...`` in a log record's message and string arguments (never drops it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_tokens(arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True

@@ -25,8 +25,10 @@ from server.auth import (
     SessionTokens,
     TokenExpired,
     TokenForAnotherSession,
+    TokenRedactor,
     TokenUse,
     bearer_credential,
+    redact_tokens,
 )
 from server.settings import Settings, SettingsError, load_settings
 from tests.conftest import FakeEngine
@@ -275,3 +277,21 @@ def test_open_mode_says_so_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("OPEN MODE" in r.getMessage() for r in warnings), caplog.text
     assert "API keys required" not in caplog.text
+
+
+def test_tokens_in_logged_urls_are_redacted() -> None:
+    token = SessionTokens(60.0).issue("abc").value
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        0,
+        '%s - "WebSocket %s" [accepted]',
+        ("127.0.0.1:5000", f"/v1/sessions/abc/audio?token={token}&rate=16000"),
+        None,
+    )
+    assert TokenRedactor().filter(record)  # redacts, never drops
+    message = record.getMessage()
+    assert token not in message
+    assert message.endswith('/v1/sessions/abc/audio?token=[redacted]&rate=16000" [accepted]')
+    assert redact_tokens("/x?a=1&session_token=s3cret") == "/x?a=1&session_token=[redacted]"
