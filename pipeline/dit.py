@@ -322,6 +322,25 @@ def _qk_norm(dim: int, eps: float, enabled: bool) -> nn.Module:
     return RMSNorm(dim, eps) if enabled else nn.Identity()
 
 
+def _fused_linear(owner: nn.Module, names: tuple[str, ...]) -> nn.Linear:
+    """One linear whose output is the named linears' outputs side by side; removes them.
+
+    The fused weight is the row-wise concatenation of the parts' weights (``[sum O, I]``),
+    so ``fused(x).split(O)`` equals the parts' outputs up to GEMM summation order. The parts
+    are deleted from ``owner`` (their memory is freed), so fuse only after loading.
+    """
+    parts = [getattr(owner, name) for name in names]
+    weight = torch.cat([part.weight for part in parts], dim=0)  # [sum O, I]
+    has_bias = all(part.bias is not None for part in parts)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if has_bias:
+        fused.bias = nn.Parameter(torch.cat([part.bias for part in parts]), requires_grad=False)
+    for name in names:
+        delattr(owner, name)
+    return fused
+
+
 class SelfAttention(nn.Module):
     """Full self-attention over all video tokens with qk RMSNorm and 3-axis RoPE."""
 
@@ -334,12 +353,22 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = _qk_norm(dim, eps, qk_norm)
         self.norm_k = _qk_norm(dim, eps, qk_norm)
+        self.qkv: nn.Linear | None = None  # set by fuse_projections(), replacing q, k, v
+
+    def fuse_projections(self) -> None:
+        """Replace ``q``, ``k``, ``v`` by one linear (one GEMM); call after loading weights."""
+        if self.qkv is None:
+            self.qkv = _fused_linear(self, ("q", "k", "v"))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, -1)
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
-        k = self.norm_k(self.k(x)).unflatten(-1, heads)  # [B, L, H, D]
-        v = self.v(x).unflatten(-1, heads)  # [B, L, H, D]
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)  # each [B, L, dim]
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)  # each [B, L, dim]
+        q = self.norm_q(q).unflatten(-1, heads)  # [B, L, H, D]
+        k = self.norm_k(k).unflatten(-1, heads)  # [B, L, H, D]
+        v = v.unflatten(-1, heads)  # [B, L, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return self.o(attention(q, k, v).flatten(2))  # [B, L, dim]
 
@@ -359,15 +388,30 @@ class TextImageCrossAttention(nn.Module):
         self.k_img = nn.Linear(dim, dim)
         self.v_img = nn.Linear(dim, dim)
         self.norm_k_img = _qk_norm(dim, eps, qk_norm)
+        self.kv: nn.Linear | None = None  # set by fuse_projections(), replacing k, v
+        self.kv_img: nn.Linear | None = None  # set by fuse_projections(), replacing k_img, v_img
+
+    def fuse_projections(self) -> None:
+        """Replace ``k``/``v`` and ``k_img``/``v_img`` by one linear each; after loading."""
+        if self.kv is None:
+            self.kv = _fused_linear(self, ("k", "v"))
+        if self.kv_img is None:
+            self.kv_img = _fused_linear(self, ("k_img", "v_img"))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, -1)
         image, text = context[:, :CLIP_IMAGE_TOKENS], context[:, CLIP_IMAGE_TOKENS:]
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
-        k = self.norm_k(self.k(text)).unflatten(-1, heads)  # [B, text_len, H, D]
-        v = self.v(text).unflatten(-1, heads)  # [B, text_len, H, D]
-        k_img = self.norm_k_img(self.k_img(image)).unflatten(-1, heads)  # [B, 257, H, D]
-        v_img = self.v_img(image).unflatten(-1, heads)  # [B, 257, H, D]
+        if self.kv is not None and self.kv_img is not None:
+            k, v = self.kv(text).chunk(2, dim=-1)  # each [B, text_len, dim]
+            k_img, v_img = self.kv_img(image).chunk(2, dim=-1)  # each [B, 257, dim]
+        else:
+            k, v = self.k(text), self.v(text)  # each [B, text_len, dim]
+            k_img, v_img = self.k_img(image), self.v_img(image)  # each [B, 257, dim]
+        k = self.norm_k(k).unflatten(-1, heads)  # [B, text_len, H, D]
+        v = v.unflatten(-1, heads)  # [B, text_len, H, D]
+        k_img = self.norm_k_img(k_img).unflatten(-1, heads)  # [B, 257, H, D]
+        v_img = v_img.unflatten(-1, heads)  # [B, 257, H, D]
         out = attention(q, k, v).flatten(2) + attention(q, k_img, v_img).flatten(2)  # [B, L, dim]
         return self.o(out)
 
@@ -583,6 +627,23 @@ class FlashTalkDiT(nn.Module):
         self._rope_cache: dict[
             tuple[tuple[int, int, int], torch.device], tuple[torch.Tensor, torch.Tensor]
         ] = {}
+
+    def fuse_projections(self) -> None:
+        """Fuse the attention projections that share an input (q/k/v of the self-attention,
+        k/v of the text and of the image context). Call after ``load_state_dict``: the fused
+        model's state dict no longer has the official keys."""
+        for block in self.blocks:
+            block.self_attn.fuse_projections()
+            block.cross_attn.fuse_projections()
+
+    def compile_blocks(self, mode: str | None = None) -> None:
+        """``torch.compile`` every transformer block in place (regional compilation).
+
+        All blocks share one code object and parameters are graph inputs, so one block is
+        compiled and the other 39 reuse it. Compilation happens on the first forward.
+        """
+        for block in self.blocks:
+            block.compile(mode=mode, dynamic=False)
 
     def rope_tables(
         self, grid: tuple[int, int, int], device: torch.device

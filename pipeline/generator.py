@@ -26,11 +26,13 @@ import PIL.Image
 import torch
 
 from pipeline import sampler
+from pipeline.attention import sdpa_backends
 from pipeline.audio import AudioRing, Wav2VecStreamEncoder
 from pipeline.color import match_and_blend_colors
 from pipeline.config import PipelineConfig
 from pipeline.dit import FlashTalkDiT
 from pipeline.imaging import resize_and_centercrop, to_model_range
+from pipeline.timing import StageTimer, stage_timer
 from pipeline.vae import WanVAE
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ AVATAR_CACHE_SIZE = 16
 
 NoiseSource = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
 """Draws standard normal noise of a shape and dtype (the session's generator, or a golden's)."""
+
+ColorCorrection = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""(video [B, 3, T, H, W], reference [B, 3, 1, H, W], strength) -> corrected video."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,12 @@ class StreamState:
 
 @dataclass
 class ChunkOutput:
-    """One generated chunk on the host, with stage timings in seconds."""
+    """One generated chunk on the host, with stage timings in seconds.
+
+    Stage names: ``audio_s``, ``dit_step{i}_s``, ``vae_decode_s``, ``color_s``,
+    ``motion_encode_s``, ``to_host_s`` (uint8 conversion and the copy to the host). On a GPU
+    they are CUDA-event times on the device timeline.
+    """
 
     frames: np.ndarray  # [new_frames, H, W, 3] uint8 RGB
     timings: dict[str, float] = field(default_factory=dict)
@@ -131,7 +141,17 @@ class FlashTalkGenerator:
         self.dtype = dtype
         self.cache_dir = cache_dir
         self._timesteps = sampler.timesteps(config.steps, config.shift)
+        # [1] float32 per step, made once on the device: a per-step torch.tensor() would be
+        # a blocking host-to-device copy (a host sync) inside the sampling loop
+        self._timestep_tensors = [
+            torch.full((1,), t, dtype=torch.float32, device=self.device)
+            for t in self._timesteps[:-1]
+        ]
         self._avatars: OrderedDict[str, AvatarConditioning] = OrderedDict()
+        self.attention_backend = "auto"
+        """SDPA kernel preference for the DiT (see ``pipeline.attention.sdpa_backends``)."""
+        self.color_correct: ColorCorrection = match_and_blend_colors
+        """The colour correction (replaceable by a compiled version of the same function)."""
 
     # -- per avatar -----------------------------------------------------------------------
 
@@ -228,26 +248,25 @@ class FlashTalkGenerator:
     @torch.no_grad()
     def step(self, state: StreamState, audio: np.ndarray) -> ChunkOutput:
         """One chunk: 17,920 new samples (float32, 16 kHz) -> 28 new frames; advances state."""
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
+        timer = stage_timer(self.device)
+        timer.start()
         # 1. audio features of the 8 s ring window, for the chunk's 33 frames
         state.ring.push(audio)
         features = self.audio_encoder.chunk_features(state.ring.window())  # [1, 33, 5, L, C]
-        timings["audio_s"] = time.perf_counter() - clock
+        timer.mark("audio_s")
 
         def draw(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
             return torch.randn(shape, generator=state.noise, device=self.device, dtype=dtype)
 
         # 2. sampling, decode, colour correction and motion re-encode
         video, state.motion = self.generate_chunk(
-            state.conditioning, state.motion, features, draw, timings
+            state.conditioning, state.motion, features, draw, timer
         )
-        # 3. the new frames as uint8 on the host
-        clock = time.perf_counter()
-        frames = frames_to_uint8(video).cpu().numpy()  # [28, H, W, 3]
-        timings["to_host_s"] = time.perf_counter() - clock
+        # 3. the new frames as uint8 on the host (the copy waits for the chunk's GPU work)
+        frames = frames_to_uint8(video).contiguous().cpu().numpy()  # [28, H, W, 3]
+        timer.mark("to_host_s")
         state.chunk_index += 1
-        return ChunkOutput(frames=frames, timings=timings)
+        return ChunkOutput(frames=frames, timings=timer.read())
 
     def generate_chunk(
         self,
@@ -255,44 +274,44 @@ class FlashTalkGenerator:
         motion: torch.Tensor,
         audio_features: torch.Tensor,
         draw: NoiseSource,
-        timings: dict[str, float] | None = None,
+        timer: StageTimer | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The official chunk: returns (new frames [3, 28, H, W] in [-1, 1], next motion).
 
         ``motion`` is ``[z, M, h, w]``; ``audio_features`` ``[1, 33, 5, L, C]``; ``draw``
-        gives the noise in the official order (initial latent, then one per step).
+        gives the noise in the official order (initial latent, then one per step). ``timer``
+        (started by the caller) gets a mark at the end of every stage.
         """
         cfg = self.config
-        timings = {} if timings is None else timings
-        clock = time.perf_counter()
+        if timer is None:
+            timer = stage_timer(self.device)
+            timer.start()
         latent_shape = (cfg.vae.z_dim, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
         # 1. start from noise with the motion latents in front
         latent = sampler.overwrite_motion(draw(latent_shape, self.dtype), motion)  # [z, T, h, w]
         features = audio_features.to(self.device, self.dtype)
         # 2. sampling steps: velocity, x0, re-noise, motion overwrite
-        for i, (t, t_next) in enumerate(zip(self._timesteps, self._timesteps[1:])):
-            timestep = torch.tensor([t], device=self.device)  # [1]
-            velocity = self.dit(
-                latent[None].to(self.dtype),
-                timestep,
-                conditioning.context,
-                conditioning.clip_fea,
-                conditioning.y,
-                features,
-            )[0]  # [z, T, h, w]
+        steps = zip(self._timestep_tensors, self._timesteps, self._timesteps[1:])
+        for i, (timestep, t, t_next) in enumerate(steps):
+            with sdpa_backends(self.attention_backend):
+                velocity = self.dit(
+                    latent[None].to(self.dtype),
+                    timestep,  # [1]
+                    conditioning.context,
+                    conditioning.clip_fea,
+                    conditioning.y,
+                    features,
+                )[0]  # [z, T, h, w]
             latent = sampler.flow_step(latent, velocity, t, t_next, draw(latent_shape, self.dtype))
             latent = sampler.overwrite_motion(latent, motion)
-            timings[f"dit_step{i}_s"] = time.perf_counter() - clock
-            clock = time.perf_counter()
+            timer.mark(f"dit_step{i}_s")
         # 3. decode all 33 frames, match colours to the reference image
         video = self.vae.decode(latent[None].to(self.dtype))  # [1, 3, 33, H, W]
-        timings["vae_decode_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
+        timer.mark("vae_decode_s")
         if cfg.color_correction > 0:
-            video = match_and_blend_colors(video, conditioning.reference, cfg.color_correction)
-        timings["color_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
+            video = self.color_correct(video, conditioning.reference, cfg.color_correction)
+        timer.mark("color_s")
         # 4. the last motion frames become the next chunk's motion latents
         next_motion = self.vae.encode(video[:, :, -cfg.audio.motion_frames :].to(self.dtype))[0]
-        timings["motion_encode_s"] = time.perf_counter() - clock
+        timer.mark("motion_encode_s")
         return video[0, :, cfg.audio.motion_frames :], next_motion  # [3, 28, H, W], [z, M, h, w]

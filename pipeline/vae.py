@@ -209,6 +209,29 @@ class WanVAE(nn.Module):
         self.register_buffer("latent_mean", mean, persistent=False)
         self.register_buffer("latent_std", std, persistent=False)
         self.register_load_state_dict_post_hook(_reset_buffers_after_load)
+        self.channels_last = False
+        """True after :meth:`to_channels_last`: calls run in the channels-last layout."""
+
+    def to_channels_last(self) -> WanVAE:
+        """Store the conv weights channels-last and run encode/decode in that layout.
+
+        cuDNN's fast tensor-core convolutions take channels-last (NDHWC) operands; with the
+        default layout every convolution converts its operands first. Values are unchanged
+        (a layout, not a cast). Returns ``self``.
+        """
+        for param in self.parameters():
+            if param.dim() == 5:  # Conv3d weights [O, I, kt, kh, kw]
+                param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+            elif param.dim() == 4:  # per-frame Conv2d weights [O, I, kh, kw]
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, C, T, H, W] in the layout the convolutions expect (no copy if it is)."""
+        if self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
 
     def reset_buffers(self, device: torch.device | None = None) -> None:
         """Re-create the latent mean/std in float32 on ``device`` (default: the weights')."""
@@ -243,7 +266,7 @@ class WanVAE(nn.Module):
         z = self.config.z_dim
         weight = self.conv1.weight
         # 1. Cast to the model's dtype (no copy when it already matches).
-        video = video.to(dtype=weight.dtype)  # [B, 3, T, H, W]
+        video = self._layout(video.to(dtype=weight.dtype))  # [B, 3, T, H, W]
         # 2. Encode chunk by chunk through one causal cache; keep only the posterior mean.
         cache = CausalCache()
         mus: list[torch.Tensor] = []
@@ -267,6 +290,7 @@ class WanVAE(nn.Module):
         # 1. Undo the normalisation in float32, then cast to the model's dtype.
         mean, std = self._latent_stats()
         z = (latents.to(STATS_DTYPE) * std + mean).to(self.conv2.weight.dtype)  # [B, z, T', h, w]
+        z = self._layout(z)
         x = self.conv2(z)  # [B, z, T', h, w]
         # 2. Decode one latent frame at a time through one causal cache, writing each chunk
         #    into the float32 output.

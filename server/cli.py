@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from pipeline.engine import UnknownEngine
-from server.commands import doctor, generate, serve
+from server.commands import bench, doctor, generate, serve
 from server.settings import SettingsError
 
-COMMANDS: tuple[ModuleType, ...] = (serve, generate, doctor)
+COMMANDS: tuple[ModuleType, ...] = (serve, generate, doctor, bench)
 """Subcommand modules, in help order."""
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

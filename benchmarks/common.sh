@@ -1,0 +1,40 @@
+# Shared set-up of the device scripts: sourced, never run alone.
+# Installs the carried wheels (.whl/: pyloudnorm, optimum-quanto, bitsandbytes) into
+# /tmp/site, puts the repo on PYTHONPATH, records the GPU and versions, and defines
+# `bench LABEL ARGS...`, which runs `python3 -m pipeline.bench` with a time limit and
+# appends its one-line JSON report to $OUT/reports.jsonl and its table to $OUT/summary.md.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+: "${OUT:?OUT must be set (the device tool sets it)}"
+LOG=$OUT/log.txt
+{
+    date -u +%Y-%m-%dT%H:%M:%SZ
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+} 2>&1 | tee -a "$LOG"
+
+# Seconds after the script's start by which every step must have ended.
+DEADLINE=${DEADLINE:-570}
+python3 benchmarks/table.py | tee -a "$OUT/summary.md"
+
+bench() {
+    local label=$1
+    shift
+    local left=$((DEADLINE - SECONDS))
+    if ((left < 60)); then
+        echo "skip $label: only ${left}s left" | tee -a "$LOG"
+        return 0
+    fi
+    echo "=== bench $label: $* (limit ${left}s)" | tee -a "$LOG"
+    timeout "$left" python3 -m pipeline.bench --random-weights --label "$label" \
+        --json "/tmp/$label.json" "$@" >>"$LOG" 2>&1
+    local rc=$?
+    if [[ -f /tmp/$label.json ]]; then
+        python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" \
+            "/tmp/$label.json" >>"$OUT/reports.jsonl"
+        python3 benchmarks/table.py "/tmp/$label.json" | tail -1 | tee -a "$OUT/summary.md"
+    else
+        echo "| $label | failed (exit $rc): see log.txt |" | tee -a "$OUT/summary.md"
+    fi
+}

@@ -1,0 +1,592 @@
+"""``headcast bench``: time every stage of a streaming chunk, with the memory it needs.
+
+Owns: the benchmark's arguments (``add_arguments``, shared with the ``headcast bench``
+subcommand), random full-size weights built directly on the device (``to_empty`` then
+in-place ``normal_``, block by block, each block fused and quantised before the next is
+made, so the load peak stays near the final size), the run (warm-up chunks, then timed
+chunks: medians of every stage, chunk wall time, RTF = chunk time / 1.12 s, peak memory,
+load and first-chunk time), FLOP counts of a DiT step and a VAE decode (``FlopCounterMode``
+on meta tensors), optional reference outputs on fixed inputs to compare variants, and the
+JSON report. ``python -m pipeline.bench`` runs it without the serving stack.
+
+Stage times come from ``FlashTalkGenerator.step``'s timer (CUDA events on the GPU). Must
+not know about the server, sessions or codecs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.attention import ATTENTION_BACKENDS, sdpa_backends
+from pipeline.audio import Wav2VecStreamEncoder
+from pipeline.avatar_art import draw_default_avatar
+from pipeline.config import PRESETS, PipelineConfig, preset
+from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, FLOAT32_SUBMODULES, FlashTalkDiT
+from pipeline.generator import FlashTalkGenerator
+from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE_HZ
+from pipeline.quantize import QUANTIZE_MODES
+from pipeline.speedups import COMPILE_MODES, SpeedOptions, apply_speedups, prepare_dit_block
+from pipeline.tiny import ONE_INIT_NAMES, build_tiny_generator
+from pipeline.vae import WanVAE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNKS = 5
+"""Timed chunks (medians are taken over them)."""
+
+DEFAULT_WARMUP = 1
+"""Chunks run before timing (the first pays for compilation and autotuning)."""
+
+RANDOM_PROMPT_TOKENS = 32
+"""Tokens of the random stand-in for a T5 prompt embedding (padded to ``text_len`` anyway)."""
+
+AUDIO_TONE_HZ = 220.0
+AUDIO_LEVEL = 0.1
+"""Peak level of the synthetic audio (a tone plus noise, so loudness normalisation runs)."""
+
+REFERENCE_TIMESTEP = 1000.0
+"""Timestep of the fixed-input DiT forward used to compare variants."""
+
+REFERENCE_VIDEO_FRAME_STRIDE = 8
+"""Every 8th decoded frame of the fixed-input VAE decode is kept for comparisons."""
+
+GIB = 1024**3
+TERA = 1e12
+
+
+# -- random weights on the device ---------------------------------------------------------
+
+
+def init_random_(module: nn.Module, seed: int) -> None:
+    """Fill ``module``'s parameters in place on their device: gains 1, biases 0, the rest
+    N(0, 1/fan_in) from a generator seeded with ``seed`` (as ``pipeline.tiny`` does on CPU)."""
+    params = list(module.named_parameters())
+    if not params:
+        return
+    generator = torch.Generator(device=params[0][1].device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in params:
+            leaf = name.rsplit(".", 1)[-1]
+            is_norm = "norm" in name and param.ndim == 1
+            if leaf in ONE_INIT_NAMES or (is_norm and leaf == "weight"):
+                param.fill_(1.0)
+            elif leaf == "bias":
+                param.zero_()
+            else:
+                fan_in = param[0].numel() if param.ndim > 1 else param.numel()
+                param.normal_(0.0, 1.0 / math.sqrt(max(fan_in, 1)), generator=generator)
+
+
+def random_dit(
+    config: PipelineConfig,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+    prepare_block: Callable[[nn.Module], None],
+) -> FlashTalkDiT:
+    """A random-weight DiT made on ``device`` block by block; ``prepare_block`` runs on each
+    block right after it is filled (fusion, quantisation), before the next one exists."""
+    with torch.device("meta"):
+        dit = FlashTalkDiT(config.dit).to(dtype)
+    for name in FLOAT32_SUBMODULES:
+        getattr(dit, name).float()
+    for index, (name, child) in enumerate(dit.named_children()):
+        if name != "blocks":
+            child.to_empty(device=device)
+            init_random_(child, seed + index)
+    for index, block in enumerate(dit.blocks):
+        block.to_empty(device=device)
+        init_random_(block, seed + 1000 + index)
+        prepare_block(block)
+    return dit.eval().requires_grad_(False)
+
+
+def random_vae(config: PipelineConfig, *, device: torch.device, dtype: torch.dtype, seed: int) -> WanVAE:
+    """A random-weight full-size VAE made on ``device``."""
+    with torch.device("meta"):
+        vae = WanVAE(config.vae)
+    vae = vae.to(dtype).to_empty(device=device)
+    init_random_(vae, seed)
+    return vae.eval().requires_grad_(False)
+
+
+class RandomEncoders:
+    """Stand-ins for T5 and CLIP (not resident while streaming anyway): seeded noise of the
+    real shapes, so the per-avatar conditioning path runs without their weights."""
+
+    def __init__(self, config: PipelineConfig, device: torch.device, dtype: torch.dtype, seed: int) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.seed = seed
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        return torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """-> [RANDOM_PROMPT_TOKENS, text_dim]."""
+        return self._randn(RANDOM_PROMPT_TOKENS, self.config.dit.text_dim)
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """-> [1, 257, 1280]."""
+        return self._randn(1, CLIP_IMAGE_TOKENS, CLIP_EMBED_DIM)
+
+
+def random_generator(
+    config: PipelineConfig, options: SpeedOptions, *, device: torch.device, seed: int
+) -> FlashTalkGenerator:
+    """A full-size generator of random weights (bf16 DiT and VAE, float32 wav2vec2 base)."""
+    dtype = torch.bfloat16
+    dit = random_dit(
+        config, device=device, dtype=dtype, seed=seed,
+        prepare_block=lambda block: prepare_dit_block(block, options),
+    )  # fmt: skip
+    vae = random_vae(config, device=device, dtype=dtype, seed=seed + 1)
+    wav2vec = config.wav2vec or {}  # {}: transformers' defaults are wav2vec2 base
+    audio = Wav2VecStreamEncoder.tiny(wav2vec, seed=seed + 2, device=device, config=config.audio)
+    return FlashTalkGenerator(
+        config,
+        dit=dit,
+        vae=vae,
+        audio_encoder=audio,
+        encoders=RandomEncoders(config, device, dtype, seed + 3),
+        device=device,
+        dtype=dtype,
+    )
+
+
+# -- FLOPs ---------------------------------------------------------------------------------
+
+
+def count_flops(config: PipelineConfig) -> dict[str, float]:
+    """FLOPs of one DiT step and of one chunk's VAE decode, counted on meta tensors."""
+    dtype = torch.bfloat16
+    cfg = config
+    latent = (1, cfg.vae.z_dim, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+    y_channels = cfg.dit.in_dim - cfg.vae.z_dim
+    audio = (1, cfg.audio.chunk_frames, cfg.audio.audio_window, cfg.dit.audio_proj_blocks,
+             cfg.dit.audio_proj_channels)  # fmt: skip
+    with torch.device("meta"), torch.no_grad():
+        dit = FlashTalkDiT(cfg.dit).to(dtype)
+        vae = WanVAE(cfg.vae).to(dtype)
+        with FlopCounterMode(display=False) as dit_counter:
+            dit(
+                torch.empty(latent),
+                torch.empty(1),
+                torch.empty(1, RANDOM_PROMPT_TOKENS, cfg.dit.text_dim, dtype=dtype),
+                torch.empty(1, CLIP_IMAGE_TOKENS, CLIP_EMBED_DIM, dtype=dtype),
+                torch.empty(1, y_channels, *latent[2:]),
+                torch.empty(audio, dtype=dtype),
+            )
+        with FlopCounterMode(display=False) as vae_counter:
+            vae.decode(torch.empty(latent))
+    counts = dit_counter.get_flop_counts().get("Global", {})
+    attention = sum(n for op, n in counts.items() if "bmm" in str(op) or "attention" in str(op))
+    return {
+        "dit_step_flops": float(dit_counter.get_total_flops()),
+        "dit_step_attention_flops": float(attention),
+        "vae_decode_flops": float(vae_counter.get_total_flops()),
+    }
+
+
+# -- fixed-input reference outputs ---------------------------------------------------------
+
+
+@torch.no_grad()
+def reference_outputs(generator: FlashTalkGenerator, seed: int) -> dict[str, torch.Tensor]:
+    """One DiT forward and one VAE decode on seeded inputs, on the host in float32."""
+    cfg, device, dtype = generator.config, generator.device, generator.dtype
+    rng = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
+        return torch.randn(shape, generator=rng, device=device, dtype=dtype)
+
+    grid = (cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+    x = randn(1, cfg.vae.z_dim, *grid)  # [1, z, T, h, w]
+    y = randn(1, cfg.dit.in_dim - cfg.vae.z_dim, *grid)  # [1, 4 + z, T, h, w]
+    context = randn(1, RANDOM_PROMPT_TOKENS, cfg.dit.text_dim)
+    clip_fea = randn(1, CLIP_IMAGE_TOKENS, CLIP_EMBED_DIM)
+    audio = randn(1, cfg.audio.chunk_frames, cfg.audio.audio_window, cfg.dit.audio_proj_blocks,
+                  cfg.dit.audio_proj_channels)  # fmt: skip
+    t = torch.full((1,), REFERENCE_TIMESTEP, device=device)
+    with sdpa_backends(generator.attention_backend):
+        velocity = generator.dit(x, t, context, clip_fea, y, audio)  # [1, z, T, h, w] f32
+    video = generator.vae.decode(randn(1, cfg.vae.z_dim, *grid, dtype=torch.float32))
+    return {
+        "velocity": velocity.float().cpu(),
+        "video": video[:, :, ::REFERENCE_VIDEO_FRAME_STRIDE].float().cpu(),
+    }
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ (NaN anywhere gives NaN)."""
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchReport:
+    """Everything one ``headcast bench`` run measured; written as JSON."""
+
+    label: str
+    command: str
+    date: str
+    device: str
+    torch: str
+    cuda: str | None
+    host: str
+    preset: str
+    height: int
+    width: int
+    steps: int
+    tokens: int
+    weights: str
+    options: dict[str, Any]
+    chunks: int
+    warmup: int
+    load_s: float
+    first_chunk_s: float
+    compile_s: float
+    """First chunk's time minus the median chunk's (compilation, autotuning, warm-up)."""
+    chunk_s: float
+    """Median wall time of a chunk (``step()`` call, frames on the host)."""
+    rtf: float
+    """chunk_s / 1.12 s."""
+    stages_s: dict[str, float]
+    """Median per stage (CUDA-event time on the GPU)."""
+    dit_step_s: float
+    """Median over chunks of the mean DiT step."""
+    chunk_walls_s: list[float]
+    peak_memory_gib: float | None
+    """Peak allocated device memory while streaming (timed chunks)."""
+    peak_reserved_gib: float | None
+    load_peak_memory_gib: float | None
+    """Peak allocated device memory from the start to the end of loading."""
+    flops: dict[str, float]
+    achieved_tflops: dict[str, float]
+    check: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A short human-readable summary (markdown)."""
+        lines = [
+            f"## {self.label}: {self.preset} {self.height}x{self.width}, {self.steps} steps, "
+            f"{self.device}, torch {self.torch}",
+            "| stage | median s |",
+            "|---|---|",
+            *(f"| {name} | {seconds:.4f} |" for name, seconds in self.stages_s.items()),
+            f"| **chunk (wall)** | **{self.chunk_s:.3f}** (RTF {self.rtf:.2f}) |",
+            f"load {self.load_s:.1f} s, first chunk {self.first_chunk_s:.1f} s "
+            f"(compile/warm-up {self.compile_s:.1f} s), DiT step {self.dit_step_s:.3f} s",
+        ]
+        if self.peak_memory_gib is not None:
+            lines.append(
+                f"peak memory {self.peak_memory_gib:.1f} GiB streaming, "
+                f"{self.load_peak_memory_gib:.1f} GiB loading"
+            )
+        if self.achieved_tflops:
+            lines.append(
+                "achieved TFLOP/s: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in self.achieved_tflops.items())
+            )
+        if self.check:
+            lines.append("check: " + ", ".join(f"{k} {v:.3g}" for k, v in self.check.items()))
+        return "\n".join(lines) + "\n"
+
+
+def synthetic_audio(index: int, seed: int) -> np.ndarray:
+    """Chunk ``index`` of a tone plus noise: float32 [17,920] at 16 kHz."""
+    rng = np.random.default_rng(seed + index)
+    t = (np.arange(CHUNK_SAMPLES) + index * CHUNK_SAMPLES) / SAMPLE_RATE_HZ
+    tone = np.sin(2.0 * np.pi * AUDIO_TONE_HZ * t)
+    noise = rng.standard_normal(CHUNK_SAMPLES)
+    return (AUDIO_LEVEL * 0.5 * (tone + 0.5 * noise)).astype(np.float32)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _memory_gib(value: int) -> float:
+    return value / GIB
+
+
+def resolve_options(args: argparse.Namespace, device: torch.device) -> SpeedOptions:
+    """The speed options the flags ask for: ``--baseline`` (official) or ``fast``, then
+    each explicit flag on top."""
+    base = SpeedOptions.official() if args.baseline else SpeedOptions.fast(device)
+    changes: dict[str, Any] = {"quantize": args.quantize}
+    if args.attention is not None:
+        changes["attention"] = args.attention
+    if args.fuse is not None:
+        changes["fuse_projections"] = args.fuse
+    if args.vae_channels_last is not None:
+        changes["vae_channels_last"] = args.vae_channels_last
+    if args.cudnn_benchmark is not None:
+        changes["cudnn_benchmark"] = args.cudnn_benchmark
+    if args.compile:
+        changes["compile_mode"] = args.compile_mode
+    return SpeedOptions(**{**asdict(base), **changes})
+
+
+def build_generator(
+    args: argparse.Namespace, config: PipelineConfig, options: SpeedOptions, device: torch.device
+) -> tuple[FlashTalkGenerator, str]:
+    """The generator to time and a word for its weights."""
+    if args.model_dir is not None:
+        from pipeline.flashtalk import load_flashtalk_generator
+
+        if args.wav2vec_dir is None:
+            raise SystemExit("--model-dir needs --wav2vec-dir")
+        generator = load_flashtalk_generator(config, args.model_dir, args.wav2vec_dir, device=device)
+        apply_speedups(generator, options)
+        return generator, f"checkpoint {args.model_dir}"
+    if config.wav2vec is not None:  # a random-weight preset (tiny): the CPU builder
+        generator = build_tiny_generator(config, seed=args.seed, device=device)
+        apply_speedups(generator, options)
+        return generator, "random (tiny preset, float32)"
+    if device.type != "cuda":
+        raise SystemExit(
+            f"preset {config.preset} with random weights is built on a CUDA device; "
+            "on CPU use --preset tiny"
+        )
+    generator = random_generator(config, options, device=device, seed=args.seed)
+    apply_speedups(generator, options, blocks_prepared=True)
+    return generator, "random (full size, bf16)"
+
+
+def run(args: argparse.Namespace) -> BenchReport:
+    """Build, warm up, time ``args.chunks`` chunks and return the report."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    name = args.preset or ("flashtalk-14b" if device.type == "cuda" else "tiny")
+    config = preset(name, steps=args.steps, height=args.height, width=args.width, seed=args.seed)
+    options = resolve_options(args, device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+    with torch.no_grad():
+        # 1. weights and speed options
+        started = time.perf_counter()
+        generator, weights = build_generator(args, config, options, device)
+        _sync(device)
+        load_s = time.perf_counter() - started
+        load_peak = torch.cuda.max_memory_allocated(device) if on_cuda else None
+        logger.info("built in %.1f s (%s); options %s", load_s, weights, options)
+
+        # 2. one avatar, one stream
+        state = generator.prepare(draw_default_avatar(config.height, config.width))
+
+        # 3. warm-up chunks (the first compiles and autotunes)
+        walls: list[float] = []
+        for index in range(args.warmup):
+            clock = time.perf_counter()
+            generator.step(state, synthetic_audio(index, args.seed))
+            walls.append(time.perf_counter() - clock)
+            logger.info("warm-up chunk %d: %.2f s", index, walls[-1])
+        first_chunk_s = walls[0] if walls else float("nan")
+
+        # 4. timed chunks
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        chunk_walls: list[float] = []
+        stages: dict[str, list[float]] = {}
+        for index in range(args.warmup, args.warmup + args.chunks):
+            clock = time.perf_counter()
+            output = generator.step(state, synthetic_audio(index, args.seed))
+            chunk_walls.append(time.perf_counter() - clock)
+            for stage, seconds in output.timings.items():
+                stages.setdefault(stage, []).append(seconds)
+            logger.info("chunk %d: %.3f s", index, chunk_walls[-1])
+        peak = torch.cuda.max_memory_allocated(device) if on_cuda else None
+        reserved = torch.cuda.max_memory_reserved(device) if on_cuda else None
+
+        # 5. fixed-input outputs, to compare this variant with another run's
+        check: dict[str, float] = {}
+        if args.save_reference is not None or args.compare_reference is not None:
+            outputs = reference_outputs(generator, args.seed)
+            if args.save_reference is not None:
+                torch.save(outputs, args.save_reference)
+            if args.compare_reference is not None:
+                reference = torch.load(args.compare_reference, weights_only=True)
+                for key, value in outputs.items():
+                    check[f"{key}_rel_err"] = relative_error(value, reference[key])
+
+    chunk_s = statistics.median(chunk_walls)
+    dit_steps = [
+        statistics.mean(v[i] for k, v in stages.items() if k.startswith("dit_step"))
+        for i in range(args.chunks)
+    ]
+    dit_step_s = statistics.median(dit_steps)
+    flops = count_flops(config)
+    stage_medians = {stage: statistics.median(values) for stage, values in stages.items()}
+    achieved = {
+        "dit_step": flops["dit_step_flops"] / dit_step_s / TERA,
+        "vae_decode": flops["vae_decode_flops"] / stage_medians["vae_decode_s"] / TERA,
+    }
+    grid_tokens = config.latent_frames * (config.latent_height // config.dit.patch_size[1]) * (
+        config.latent_width // config.dit.patch_size[2]
+    )
+    return BenchReport(
+        label=args.label or _default_label(options, config),
+        command=getattr(args, "command_line", None) or command_line("python -m pipeline.bench", args),
+        date=datetime.date.today().isoformat(),
+        device=torch.cuda.get_device_name(device) if on_cuda else f"CPU ({platform.processor() or platform.machine()})",
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        host=platform.node(),
+        preset=config.preset,
+        height=config.height,
+        width=config.width,
+        steps=config.steps,
+        tokens=grid_tokens,
+        weights=weights,
+        options=asdict(options),
+        chunks=args.chunks,
+        warmup=args.warmup,
+        load_s=load_s,
+        first_chunk_s=first_chunk_s,
+        compile_s=first_chunk_s - chunk_s,
+        chunk_s=chunk_s,
+        rtf=chunk_s / CHUNK_SECONDS,
+        stages_s=stage_medians,
+        dit_step_s=dit_step_s,
+        chunk_walls_s=chunk_walls,
+        peak_memory_gib=None if peak is None else _memory_gib(peak),
+        peak_reserved_gib=None if reserved is None else _memory_gib(reserved),
+        load_peak_memory_gib=None if load_peak is None else _memory_gib(load_peak),
+        flops=flops,
+        achieved_tflops=achieved,
+        check=check,
+    )
+
+
+def _default_label(options: SpeedOptions, config: PipelineConfig) -> str:
+    parts = [options.quantize if options.quantize != "none" else "bf16"]
+    parts.append("compiled" if options.compile_mode else "eager")
+    parts.append(f"{config.steps}steps")
+    return "-".join(parts)
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (shared by ``python -m pipeline.bench`` and ``headcast bench``)."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="model sizes (default: flashtalk-14b on CUDA, tiny on CPU)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights (the default without --model-dir; times are the same)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="official checkpoint directory")
+    parser.add_argument("--wav2vec-dir", type=Path, default=None, help="wav2vec2 directory")
+    parser.add_argument("--steps", type=int, choices=(4, 2), default=None, help="sampling steps")
+    parser.add_argument("--height", type=int, default=None, help="frame height (multiple of 16)")
+    parser.add_argument("--width", type=int, default=None, help="frame width (multiple of 16)")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
+                        help="DiT block linears: bf16, fp8 (scaled_mm), int8/int4 (quanto), nf4")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
+    parser.add_argument("--baseline", action="store_true",
+                        help="official settings: no fusion, PyTorch's SDPA choice, default VAE layout")
+    parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default=None,
+                        help="SDPA kernel preference (default: cudnn on CUDA, auto with --baseline)")
+    parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
+                        help="fused q/k/v and k/v projections")
+    parser.add_argument("--vae-channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--chunks", type=_positive, default=DEFAULT_CHUNKS, help="timed chunks")
+    parser.add_argument("--warmup", type=_non_negative, default=DEFAULT_WARMUP, help="untimed chunks first")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and noise")
+    parser.add_argument("--label", default=None, help="name of this run in tables")
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--save-reference", type=Path, default=None,
+                        help="save fixed-input DiT/VAE outputs here (to compare variants)")
+    parser.add_argument("--compare-reference", type=Path, default=None,
+                        help="report relative errors against outputs saved by --save-reference")
+
+
+def command_line(prog: str, args: argparse.Namespace) -> str:
+    """The command that repeats this run: ``prog`` and every flag that differs from its
+    default (the defaults come from ``add_arguments``)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    parts = [prog]
+    for key, default in defaults.items():
+        value = getattr(args, key, default)
+        if value == default:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif value is False:
+            parts.append("--no-" + key.replace("_", "-"))
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+def execute(args: argparse.Namespace, prog: str = "python -m pipeline.bench") -> int:
+    """Run the benchmark for parsed ``args``; print the table, write the JSON."""
+    if args.warmup == 0 and args.compile:
+        logger.warning("--compile with --warmup 0: the first timed chunk includes compilation")
+    args.command_line = command_line(prog, args)
+    report = run(args)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+        logger.info("wrote %s", args.json)
+    sys.stdout.write(report.table())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipeline.bench [flags]``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    return execute(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
