@@ -1,9 +1,9 @@
 """When a session must end on its own: no-show, idle and maximum-duration timers.
 
 Owns ``LifecyclePolicy`` (the three limits), ``SessionLifecycle`` (one session's timers on the
-event loop: the no-show timer until the client connects, then the idle timer that client
-activity re-arms; the maximum-duration timer from creation; ``end(reason)`` is called at
-most once, when the first one fires) and ``LifecycleObserver`` (a ``SessionObserver`` that
+event loop, from ``start()`` -- when the session is handed to its client: the no-show timer
+until the client connects, then the idle timer that client activity re-arms; the
+maximum-duration timer; ``end(reason)`` is called at most once, when the first one fires) and ``LifecycleObserver`` (a ``SessionObserver`` that
 forwards every event to another observer -- the metrics -- and also feeds ``on_activity``
 to the session's idle timer).
 
@@ -59,14 +59,11 @@ class SessionLifecycle:
         self._loop = loop or asyncio.get_running_loop()
         self._no_show_s = min(policy.no_show_timeout_s, no_show_s or policy.no_show_timeout_s)
         self._last_activity = self._loop.time()
+        self._started = False
         self._ended = False
         self.connected = False
-        self._no_show: asyncio.TimerHandle | None = self._loop.call_later(
-            self._no_show_s, self._fire_no_show
-        )
-        self._max: asyncio.TimerHandle | None = self._loop.call_later(
-            policy.max_duration_s, self._fire_max_duration
-        )
+        self._no_show: asyncio.TimerHandle | None = None
+        self._max: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
 
     @property
@@ -74,9 +71,17 @@ class SessionLifecycle:
         """True once a limit was reached or the timers were cancelled."""
         return self._ended
 
+    def start(self) -> None:
+        """Start the no-show and maximum-duration clocks (the session is handed out now)."""
+        if self._started or self._ended:
+            return
+        self._started = True
+        self._no_show = self._loop.call_later(self._no_show_s, self._fire_no_show)
+        self._max = self._loop.call_later(self.policy.max_duration_s, self._fire_max_duration)
+
     def mark_connected(self) -> None:
         """The client connected: stop the no-show timer, start the idle timer. Idempotent."""
-        if self._ended or self.connected:
+        if self._ended or self.connected or not self._started:
             return
         self.connected = True
         self._cancel("_no_show")

@@ -139,7 +139,7 @@ class SessionRegistry:
                 "max_sessions (HEADCAST_MAX_SESSIONS) higher if the engine keeps up with more"
             )
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
-        token = self.tokens.issue(session_id)
+        token = self.tokens.issue(session_id)  # re-issued once prepared (below)
         lifecycle = SessionLifecycle(
             self._lifecycle_policy,
             lambda reason: self._end(session_id, reason),
@@ -172,6 +172,11 @@ class SessionRegistry:
         except (PrepareFailed, asyncio.CancelledError):
             await media.close("the engine could not prepare the avatar")
             raise
+        # The client's clocks start now, when it gets the session: however long the engine
+        # took to prepare, the token's start window and the no-show limit are whole.
+        token = self.tokens.issue(session_id)
+        managed.token, managed.expires_at = token.value, token.expires_at
+        lifecycle.start()
         logger.info("session %s created for avatar %r", session_id, avatar_name)
         return managed
 

@@ -39,7 +39,7 @@ WRONG_KEY = "w" * 12 + "-not-a-key-7890"
 PROBLEM = "application/problem+json"
 POLL_S = 0.02
 POLL_LIMIT_S = 10.0
-SHORT_TTL_S = 0.3
+SHORT_TTL_S = 1.0
 NOW_S = 1_800_000_000.0
 """A fixed wall-clock time (unix s) for token tests."""
 
@@ -163,10 +163,7 @@ def test_short_api_keys_are_refused_without_echoing_them(monkeypatch: pytest.Mon
 @pytest.fixture
 def keyed_client(caplog: pytest.LogCaptureFixture) -> Iterator[TestClient]:
     caplog.set_level(logging.INFO, logger="server.app")
-    app = create_app(
-        _settings(api_keys=[KEY, OTHER_KEY], session_token_ttl_s=SHORT_TTL_S),
-        engine=FakeEngine(96, 64),
-    )
+    app = create_app(_settings(api_keys=[KEY, OTHER_KEY]), engine=FakeEngine(96, 64))
     with TestClient(app) as client:
         _wait_ready(client)
         yield client
@@ -243,10 +240,16 @@ def test_session_tokens_on_the_session_routes(keyed_client: TestClient) -> None:
     )
 
 
-def test_an_expired_token_is_401_until_the_unconnected_session_is_released(
-    keyed_client: TestClient,
-) -> None:
-    client = keyed_client
+def test_an_expired_token_is_401_until_the_unconnected_session_is_released() -> None:
+    app = create_app(
+        _settings(api_keys=[KEY], session_token_ttl_s=SHORT_TTL_S), engine=FakeEngine(96, 64)
+    )
+    with TestClient(app) as client:
+        _wait_ready(client)
+        _expire_unconnected_session(client)
+
+
+def _expire_unconnected_session(client: TestClient) -> None:
     session = client.post("/v1/sessions", json={}, headers=_bearer(KEY)).json()
     url = f"/v1/sessions/{session['id']}/offer"
     offer = {"sdp": "garbage", "type": "offer"}

@@ -46,14 +46,30 @@ def _policy(
     )
 
 
+def _started(policy: LifecyclePolicy, ends: Ends, **options: float) -> SessionLifecycle:
+    lifecycle = SessionLifecycle(policy, ends, **options)
+    lifecycle.start()
+    lifecycle.start()  # idempotent: no second set of timers
+    return lifecycle
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="idle_timeout_s"):
         _policy(idle=0)
 
 
+async def test_nothing_runs_before_start() -> None:
+    ends = Ends()
+    lifecycle = SessionLifecycle(_policy(no_show=0.05, idle=0.05, max_duration=0.05), ends)
+    lifecycle.mark_connected()  # before start: ignored
+    await asyncio.sleep(0.2)
+    assert ends.calls == [] and not lifecycle.connected and not lifecycle.ended
+    lifecycle.cancel()
+
+
 async def test_no_show_ends_an_unconnected_session() -> None:
     ends = Ends()
-    lifecycle = SessionLifecycle(_policy(no_show=0.2), ends)
+    lifecycle = _started(_policy(no_show=0.2), ends)
     at, reason = await ends.wait()
     assert "no-show" in reason and 0.2 <= at < 0.2 + SLACK_S
     assert lifecycle.ended
@@ -61,14 +77,14 @@ async def test_no_show_ends_an_unconnected_session() -> None:
 
 async def test_the_token_lifetime_can_shorten_the_no_show_limit() -> None:
     ends = Ends()
-    SessionLifecycle(_policy(no_show=5.0), ends, no_show_s=0.1)
+    _started(_policy(no_show=5.0), ends, no_show_s=0.1)
     at, reason = await ends.wait()
     assert "no-show" in reason and "0.1 s" in reason and at < 0.1 + SLACK_S
 
 
 async def test_connecting_stops_the_no_show_timer_and_activity_defers_idle() -> None:
     ends = Ends()
-    lifecycle = SessionLifecycle(_policy(no_show=0.15, idle=0.3), ends)
+    lifecycle = _started(_policy(no_show=0.15, idle=0.3), ends)
     lifecycle.mark_connected()
     lifecycle.mark_connected()  # idempotent
     for _ in range(8):  # 0.4 s of activity: past both the no-show and the idle limit
@@ -85,7 +101,7 @@ async def test_connecting_stops_the_no_show_timer_and_activity_defers_idle() -> 
 
 async def test_max_duration_ends_even_an_active_session() -> None:
     ends = Ends()
-    lifecycle = SessionLifecycle(_policy(idle=0.2, max_duration=0.4), ends)
+    lifecycle = _started(_policy(idle=0.2, max_duration=0.4), ends)
     lifecycle.mark_connected()
     while not ends.calls and ends.loop.time() - ends.started < WAIT_LIMIT_S:
         lifecycle.activity()
@@ -97,7 +113,7 @@ async def test_max_duration_ends_even_an_active_session() -> None:
 
 async def test_cancel_stops_every_timer() -> None:
     ends = Ends()
-    lifecycle = SessionLifecycle(_policy(no_show=0.1, idle=0.1, max_duration=0.15), ends)
+    lifecycle = _started(_policy(no_show=0.1, idle=0.1, max_duration=0.15), ends)
     lifecycle.cancel()
     await asyncio.sleep(0.3)
     assert ends.calls == [] and lifecycle.ended
@@ -109,7 +125,7 @@ async def test_cancel_stops_every_timer() -> None:
 async def test_the_observer_forwards_to_metrics_and_reports_activity() -> None:
     ends = Ends()
     metrics = Metrics()
-    lifecycle = SessionLifecycle(_policy(idle=0.2), ends)
+    lifecycle = _started(_policy(idle=0.2), ends)
     lifecycle.mark_connected()
     observer = LifecycleObserver(metrics, lifecycle)
     for _ in range(6):  # 0.3 s of client activity reported through the observer
