@@ -21,7 +21,6 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline.engine import Engine
 from server.auth import ApiKeys, TokenRedactor
-from server.deps import Credentials
 from server.engines import create_engine
 from server.errors import install_problem_handlers
 from server.metrics import Metrics
@@ -46,13 +45,13 @@ URL_LOGGERS = ("uvicorn.access", "uvicorn.error")
 """Loggers that write request URLs (WebSocket URLs carry ``?token=``): tokens are redacted."""
 
 
-def log_access_policy(settings: Settings, credentials: Credentials) -> None:
+def log_access_policy(settings: Settings, api_keys: ApiKeys) -> None:
     """Say in the log who may create sessions and which other sites may call the API."""
-    if credentials.api_keys.required:
+    if api_keys.required:
         logger.info(
             "API keys required: POST /v1/sessions needs 'Authorization: Bearer <API key>' "
             "(%d key(s) configured)",
-            len(credentials.api_keys),
+            len(api_keys),
         )
     else:
         logger.warning(
@@ -71,12 +70,12 @@ def log_access_policy(settings: Settings, credentials: Credentials) -> None:
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """Build the app for ``settings``; ``engine`` replaces the configured one (tests)."""
     metrics = Metrics()
-    credentials = Credentials(api_keys=ApiKeys(key.get_secret_value() for key in settings.api_keys))
+    api_keys = ApiKeys(key.get_secret_value() for key in settings.api_keys)
     runtime = Runtime(settings, engine if engine is not None else create_engine(settings), metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        log_access_policy(settings, credentials)
+        log_access_policy(settings, api_keys)
         redactor = TokenRedactor()
         for name in URL_LOGGERS:
             logging.getLogger(name).addFilter(redactor)
@@ -103,7 +102,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = runtime
-    app.state.credentials = credentials
+    app.state.api_keys = api_keys
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,7 +1,7 @@
 """FastAPI dependencies, as ``Annotated`` aliases the routes declare their parameters with.
 
 Owns how a request reaches the app's ``Runtime``, ``Metrics``, ``SessionRegistry`` and
-``Credentials``, and the credential checks as dependencies (the checks themselves are
+``ApiKeys``, and the credential checks as dependencies (the checks themselves are
 ``server.auth``; refusals are counted in ``headcast_sessions_rejected_total{reason="auth"}``):
 
 - ``ApiKeyDep``: ``POST /v1/sessions`` carries a configured API key (when keys are set);
@@ -16,7 +16,6 @@ Unknown session: 404 before any token check. Knows nothing about what the routes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -32,13 +31,6 @@ STARTING_RETRY_AFTER_S = 2
 
 MAX_TOKEN_CHARS = 200
 """Longest ``?token=`` accepted (tokens are about 70 characters)."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """What the app checks credentials against (built once per app)."""
-
-    api_keys: ApiKeys
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -57,12 +49,12 @@ def get_metrics(request: Request) -> Metrics:
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def get_credentials(request: Request) -> Credentials:
-    credentials: Credentials = request.app.state.credentials
-    return credentials
+def get_api_keys(request: Request) -> ApiKeys:
+    api_keys: ApiKeys = request.app.state.api_keys
+    return api_keys
 
 
-CredentialsDep = Annotated[Credentials, Depends(get_credentials)]
+ApiKeysDep = Annotated[ApiKeys, Depends(get_api_keys)]
 
 
 def get_registry(runtime: RuntimeDep) -> SessionRegistry:
@@ -81,13 +73,13 @@ RegistryDep = Annotated[SessionRegistry, Depends(get_registry)]
 
 
 def require_api_key(
-    credentials: CredentialsDep,
+    api_keys: ApiKeysDep,
     metrics: MetricsDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> None:
     """Let the request create a session: a configured API key, or open mode (no keys)."""
     try:
-        credentials.api_keys.check(authorization)
+        api_keys.check(authorization)
     except AuthError:
         metrics.rejected(RejectReason.AUTH)
         raise
