@@ -22,6 +22,9 @@ export const ICE_GATHERING_TIMEOUT_MS = 5000;
 /** Default time limit of one HTTP request to the server, in milliseconds. */
 export const REQUEST_TIMEOUT_MS = 15000;
 
+/** How often a connected session tells the server it is still there, in milliseconds. */
+export const KEEPALIVE_INTERVAL_MS = 30000;
+
 /** An error with a sentence meant for the person using the page. */
 export class HeadcastError extends Error {
   /**
@@ -56,6 +59,7 @@ export class Session {
     /** @type {RTCPeerConnection | null} */
     this.pc = null;
     this.closed = false;
+    this.keepAliveTimer = null;
   }
 
   /** The Authorization header this session's requests carry. */
@@ -86,6 +90,7 @@ export class Session {
   async close() {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.keepAliveTimer);
     if (this.pc) {
       this.pc.close();
       this.pc = null;
@@ -170,6 +175,10 @@ export async function connect(session, micStream, { onConnectionStateChange } = 
     await session.close();
     throw err;
   }
+  // The server releases sessions without client activity; a quiet caller is still a caller.
+  session.keepAliveTimer = setInterval(() => {
+    session.keepAlive().catch((err) => console.warn("headcast: keep-alive failed", err));
+  }, KEEPALIVE_INTERVAL_MS);
   return { pc, videoStream };
 }
 
