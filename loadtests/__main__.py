@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [r for r in report.sessions if r.outcome == "failed"]
     slow = [r for r in report.completed if args.min_fps is not None and (r.fps or 0.0) < args.min_fps]
     if failed or slow:
-        logger.error("%d session(s) failed, %d below %s fps", len(failed), len(slow), args.min_fps)
+        below = f", {len(slow)} below {args.min_fps:g} fps" if args.min_fps is not None else ""
+        logger.error("%d session(s) failed%s", len(failed), below)
         return EXIT_SHORT
     return 0
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiortc.mediastreams import MediaStreamError
+
 from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError
 from loadtests.speech import speech_like
 from streaming.ice import HostCandidatePolicy
@@ -45,6 +47,7 @@ MIC_RATE_HZ = 48_000
 LOOPBACK_HOSTNAMES = frozenset({"localhost"})
 
 HTTP_TOO_MANY_REQUESTS = 429
+HTTP_NOT_FOUND = 404
 
 
 class LoadPlanError(ValueError):
@@ -122,6 +125,9 @@ class SessionResult:
 
     audio_s: float = 0.0
     """Seconds of the avatar's audio received."""
+
+    ended_early_s: float | None = None
+    """Seconds after connecting at which the server ended the video track, if before the end."""
 
 
 @dataclass
@@ -241,8 +247,16 @@ async def _one_session(client: HeadcastClient, plan: LoadPlan, result: SessionRe
             result.fps = (len(frame_times) - 1) / (frame_times[-1] - frame_times[0])
             result.max_gap_s = max(b - a for a, b in zip(frame_times, frame_times[1:]))
         result.frames = len(frame_times)
-        result.outcome = "ok" if frame_times else "failed"
-        result.detail = "" if frame_times else "connected but received no video frame"
+        if not frame_times:
+            result.outcome, result.detail = "failed", "connected but received no video frame"
+        elif result.ended_early_s is not None:
+            result.outcome = "failed"
+            result.detail = (
+                f"the server ended the stream {result.ended_early_s:.1f} s into "
+                f"{plan.duration_s:.0f} s (see its log for why)"
+            )
+        else:
+            result.outcome = "ok"
     finally:
         mic.stop()
         try:
@@ -250,7 +264,10 @@ async def _one_session(client: HeadcastClient, plan: LoadPlan, result: SessionRe
                 await client.delete_session(session)  # first: closing the peer ends it too
                 if connection is not None:
                     await connection.close()
-        except (HeadcastError, OSError, TimeoutError) as exc:
+        except HeadcastError as exc:
+            if not (exc.status == HTTP_NOT_FOUND and result.ended_early_s is not None):
+                logger.warning("session %d: hanging up failed: %r", result.index, exc)
+        except (OSError, TimeoutError) as exc:
             logger.warning("session %d: hanging up failed: %r", result.index, exc)
 
 
@@ -259,19 +276,29 @@ async def _count_media(video: Any, audio: Any, deadline: float, result: SessionR
     loop = asyncio.get_running_loop()
     frame_times: list[float] = []
 
+    started = loop.time()
+
     async def take_video() -> None:
         while True:
-            await video.recv()
+            try:
+                await video.recv()
+            except MediaStreamError:
+                result.ended_early_s = loop.time() - started
+                return
             frame_times.append(loop.time())
 
     async def take_audio() -> None:
         while True:
-            frame = await audio.recv()
+            try:
+                frame = await audio.recv()
+            except MediaStreamError:
+                return
             result.audio_s += frame.samples / frame.sample_rate
 
-    tasks = [asyncio.create_task(take_video()), asyncio.create_task(take_audio())]
-    try:
-        await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+    video_task = asyncio.create_task(take_video())
+    tasks = [video_task, asyncio.create_task(take_audio())]
+    try:  # until the deadline, or until the server ends the video
+        await asyncio.wait([video_task], timeout=max(0.0, deadline - loop.time()))
     finally:
         for task in tasks:
             task.cancel()

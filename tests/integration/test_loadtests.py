@@ -1,13 +1,15 @@
-"""The load driver (``loadtests``) against the shared puppet server, and its bounds."""
+"""The load driver (``loadtests``): against the shared puppet server, against a server that
+ends sessions early, and the bounds it refuses to go past."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from loadtests.driver import LoadPlan, LoadPlanError, run_load
-from tests.integration.conftest import RunningServer
+from tests.integration.conftest import SHARED_SERVER_SETTINGS, RunningServer, run_server
 
 SESSIONS_ASKED = 3  # the shared server has 2 slots: one session must be turned away
 DURATION_S = 4.0
@@ -15,6 +17,8 @@ MIN_FPS = 15.0
 """Clearly streaming (25 fps sent); the full-rate checks live in test_loopback_webrtc.py."""
 MAX_GAP_S = 0.5
 """Longest allowed pause between two received frames (a stall)."""
+SHORT_LIFE_S = 3.0
+"""``max_duration_s`` of a server that ends every session early."""
 
 
 @pytest.mark.slow
@@ -39,6 +43,20 @@ async def test_driver_streams_every_slot_and_reports_the_rejection(
     assert report.server.rtf_mean is not None and report.server.rtf_mean < 1.0, summary
     assert report.wall_s < plan.deadline_s
     assert headcast_server.metric("headcast_sessions_active") == 0
+
+
+@pytest.mark.slow
+async def test_a_stream_the_server_ends_early_is_a_failure(tmp_path: Path) -> None:
+    settings = {**SHARED_SERVER_SETTINGS, "max_duration_s": SHORT_LIFE_S}
+    with run_server(tmp_path, **settings) as server:
+        report = await run_load(LoadPlan(server.url, 1, 2 * SHORT_LIFE_S))
+
+    (result,) = report.sessions
+    summary = "\n".join(report.summary_lines())
+    assert result.outcome == "failed", summary
+    assert result.ended_early_s is not None and result.ended_early_s < 2 * SHORT_LIFE_S, summary
+    assert "the server ended the stream" in result.detail
+    assert result.frames > 0, summary
 
 
 @pytest.mark.parametrize(
