@@ -24,7 +24,7 @@ from server.auth import ApiKeys, TokenRedactor
 from server.engines import create_engine
 from server.errors import install_problem_handlers
 from server.metrics import Metrics
-from server.routes import health, sessions, webrtc
+from server.routes import audio_ws, control, health, sessions, webrtc
 from server.routes.web import mount_static, web_router
 from server.runtime import Runtime
 from server.settings import Settings
@@ -115,6 +115,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(sessions.router)
     app.include_router(webrtc.router)
+    app.include_router(control.router)
+    app.include_router(audio_ws.router)
     app.include_router(health.router)
     app.include_router(web_router())
     mount_static(app)

@@ -60,10 +60,20 @@ class ErrorCode(enum.StrEnum):
     """Accepting the frame would queue more audio than the bound; it was dropped whole."""
 
     NOT_PUSH_SESSION = "not_push_session"
-    """Pushed audio or ``audio.end`` for a session whose audio source is the microphone."""
+    """Pushed audio or ``audio.end`` for a session whose audio source is the microphone (on
+    the audio WebSocket: refused at connect, close code 4409)."""
 
-    REPLACED = "replaced"
-    """Another audio WebSocket connected to this session; this one is closed."""
+    UNAUTHORIZED = "unauthorized"
+    """The audio WebSocket's ``?token=`` is missing, invalid or expired (close code 4401)."""
+
+    FORBIDDEN = "forbidden"
+    """The token belongs to another session (close code 4403)."""
+
+    UNKNOWN_SESSION = "unknown_session"
+    """No live session has this id: it ended, expired or never existed (close code 4404)."""
+
+    SERVER_STARTING = "server_starting"
+    """The server is still starting; retry in a few seconds (close code 4503)."""
 
     SESSION_ENDED = "session_ended"
     """The session closed; the reason is in the message."""

@@ -8,8 +8,11 @@ Until a rest chunk exists the avatar image is held. ``is_rest_audio`` says wheth
 driving audio is silent enough to count.
 
 Steady-state idle is not made here: silent chunks go through the engine like speech
-(docs/idle.md says why and what it costs). Knows nothing about sessions, engines or tracks;
-it is called from the session's conversion executor, one call at a time.
+(docs/idle.md says why and what it costs). Knows nothing about sessions, engines or tracks.
+``capture``, ``prepare`` and ``filler`` run in the session's conversion executor, one at a
+time; an interrupt takes its first few ``video`` frames on the event loop. What they share
+is a list swapped whole and a position counter, so a race costs at most a frame out of
+order in the loop.
 """
 
 from __future__ import annotations
@@ -74,33 +77,44 @@ class IdleLoop:
         """The next filler starts from the loop's first frame (an interrupt)."""
         self._position = 0
 
+    def prepare(self) -> None:
+        """Convert the held avatar image once, so filler never converts colour (executor)."""
+        if not self._planes:
+            self._planes = [self._fallback_planes()]
+
     def filler(self, index: int, video_from: int, audio_from: int) -> ChunkMedia:
         """Chunk ``index`` as idle media: loop frames and silence, on the media clock.
 
         Only video frames with index >= ``video_from`` and audio packets with index >=
         ``audio_from`` are built (the rest of a chunk cut by an interrupt was already sent).
         """
-        if not self._planes:
-            self._planes = [self._fallback_planes()]
+        frames = [n for n in chunk_frame_range(index) if n >= video_from]
+        packets = [m for m in chunk_packet_range(index) if m >= audio_from]
+        return ChunkMedia(index=index, video=self.video(frames), audio=self.silence(packets))
+
+    def video(self, frame_indices: list[int]) -> list[av.VideoFrame]:
+        """Loop frames with the pts of ``frame_indices`` (about 1 ms each: a plane copy)."""
+        self.prepare()
         video: list[av.VideoFrame] = []
-        for frame_index in chunk_frame_range(index):
-            if frame_index < video_from:
-                continue
+        for frame_index in frame_indices:
             frame = av.VideoFrame.from_ndarray(self._next_plane(), format=ENCODER_PIXEL_FORMAT)
             frame.pts = video_pts(frame_index)
             frame.time_base = VIDEO_TIME_BASE
             video.append(frame)
-        silence = np.zeros((1, AUDIO_PACKET_SAMPLES), dtype=np.int16)
+        return video
+
+    @staticmethod
+    def silence(packet_indices: list[int]) -> list[av.AudioFrame]:
+        """Silent outgoing audio packets with the pts of ``packet_indices``."""
+        samples = np.zeros((1, AUDIO_PACKET_SAMPLES), dtype=np.int16)
         audio: list[av.AudioFrame] = []
-        for packet_index in chunk_packet_range(index):
-            if packet_index < audio_from:
-                continue
-            packet = av.AudioFrame.from_ndarray(silence, format="s16", layout="mono")
+        for packet_index in packet_indices:
+            packet = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
             packet.sample_rate = AUDIO_CLOCK_RATE
             packet.pts = audio_pts(packet_index)
             packet.time_base = AUDIO_TIME_BASE
             audio.append(packet)
-        return ChunkMedia(index=index, video=video, audio=audio)
+        return audio
 
     def _next_plane(self) -> np.ndarray:
         count = len(self._planes)

@@ -2,10 +2,11 @@
 
 Owns ``PushFormat`` (the session's push sample rate and bounds), ``PushDecoder`` (PCM16 mono
 little-endian bytes at 16, 24 or 48 kHz -> 16 kHz float32, refusing odd-length and oversized
-frames with a ``ProtocolError``), and ``UtteranceLedger``: it counts pushed and taken samples
-so that, when the scheduler takes a chunk, it can say at which media sample an utterance's
-first sample and last sample landed (``speech.started`` / ``speech.ended`` are sent when those
-media times are played).
+frames with a ``ProtocolError``), and ``UtteranceLedger``: it counts pushed and taken samples,
+says how much of the queue the next chunk takes (an utterance still being pushed goes out in
+whole chunks only, so no silence lands inside it), and, when the scheduler takes a chunk,
+at which media sample an utterance's first sample and last sample landed
+(``speech.started`` / ``speech.ended`` are sent when those media times are played).
 
 Knows nothing about sockets, tracks, engines or the server.
 """
@@ -195,6 +196,22 @@ class UtteranceLedger:
         self._open_start = None
         self._boundaries.append((False, self.pushed))
         return True
+
+    def take_limit(self, buffered: int) -> int:
+        """How many buffered samples the next chunk should take (the rest is padding).
+
+        An utterance still being pushed is taken only in whole chunks: a partial chunk waits
+        for more audio (or for ``end``) instead of going out with silence in the middle of
+        the speech; once the audio arrives at least as fast as it plays, every chunk is
+        whole. An ended utterance is taken to its last sample, so the next one starts on a
+        chunk boundary.
+        """
+        for is_start, position in self._boundaries:
+            if not is_start:
+                return min(CHUNK_SAMPLES, position - self.taken)
+        if self._open_start is not None:
+            return CHUNK_SAMPLES if buffered >= CHUNK_SAMPLES else 0
+        return min(buffered, CHUNK_SAMPLES)
 
     def on_take(self, index: int, received: int) -> list[SpeechMark]:
         """Chunk ``index`` took ``received`` pushed samples: the boundaries it placed."""

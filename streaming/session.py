@@ -124,6 +124,11 @@ SKEW_HISTORY = 64
 
 MS_PER_S = 1000
 
+INTERRUPT_HEAD_FRAMES = 3
+INTERRUPT_HEAD_PACKETS = 6
+"""Idle video frames / audio packets (120 ms each) an interrupt queues at once, on the event
+loop, so the output is idle before the emit loop builds the rest of the filler."""
+
 
 INTERRUPTED_PROBLEM = "interrupted"
 """``chunk.stats`` problem of a chunk replaced by idle-loop filler after an interrupt."""
@@ -585,6 +590,7 @@ class AvatarSession:
         self.frames_dropped += dropped
         if dropped:
             self._observer.on_frames_dropped(dropped)
+        cut_sample = self._video_next * SAMPLES_PER_FRAME
         first_chunk = min(self._video_next // CHUNK_FRAMES, self._audio_next // CHUNK_AUDIO_PACKETS)
         for index in range(first_chunk, self._next_take):
             self._results.pop(index, None)
@@ -594,8 +600,21 @@ class AvatarSession:
         self._filler_until = self._next_take
         self.idle_loop.restart()
         self._interrupt_probe = _InterruptProbe(commanded_at, self._video_next, self._audio_next)
+        if first_chunk < self._filler_until:
+            # The first idle frames go out now, not after the emit loop's current conversion:
+            # a few plane copies on the loop (about 1 ms a frame); the rest is built off it.
+            self._feed(
+                ChunkMedia(
+                    index=first_chunk,
+                    video=self.idle_loop.video(
+                        list(range(self._video_next, self._video_next + INTERRUPT_HEAD_FRAMES))
+                    ),
+                    audio=self.idle_loop.silence(
+                        list(range(self._audio_next, self._audio_next + INTERRUPT_HEAD_PACKETS))
+                    ),
+                )
+            )
 
-        cut_sample = self._video_next * SAMPLES_PER_FRAME
         while self._marks and self._marks[0].media_sample < cut_sample:
             self._play_mark(self._marks.popleft())  # boundaries before the cut were played
         self._marks.clear()
@@ -713,10 +732,8 @@ class AvatarSession:
         index = 0
         while True:
             await self._clock.sleep_until(self._take_time(index))
-            audio, received = self.intake.take(CHUNK_SAMPLES)
+            audio, received = self._take_chunk_audio(index)
             self._taken_audio[index] = audio
-            if self._ledger is not None:
-                self._marks.extend(self._ledger.on_take(index, received))
             try:
                 self._handle.submit(ChunkJob(index=index, audio=audio))
             except MailboxFull as exc:
@@ -732,6 +749,18 @@ class AvatarSession:
             self._next_take = index + 1
             self._wake.set()
             index += 1
+
+    def _take_chunk_audio(self, index: int) -> tuple[np.ndarray, int]:
+        """Chunk ``index``'s 17,920 samples and how many of them are received audio."""
+        ledger = self._ledger
+        if ledger is None:  # the microphone: whatever arrived, padded with silence
+            return self.intake.take(CHUNK_SAMPLES)
+        limit = ledger.take_limit(self.intake.buffered)
+        part, received = self.intake.take(limit)
+        audio = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
+        audio[:limit] = part
+        self._marks.extend(ledger.on_take(index, received))
+        return audio, received
 
     def _drain_mailbox(self) -> None:
         while (item := self._handle.mailbox.get_nowait()) is not None:
@@ -871,18 +900,18 @@ class AvatarSession:
         )
 
     def _feed(self, media: ChunkMedia) -> None:
-        """Queue the chunk's frames and packets from the feeding cursors on."""
+        """Queue the frames and packets at or after the feeding cursors; advance the cursors."""
         playout = self._playout
         assert playout is not None
         first_video, first_audio = video_pts(self._video_next), audio_pts(self._audio_next)
-        self.video_track.feed(
-            [TimedFrame(f, playout.video_due(f.pts)) for f in media.video if f.pts >= first_video]
-        )
-        self.audio_track.feed(
-            [TimedFrame(f, playout.audio_due(f.pts)) for f in media.audio if f.pts >= first_audio]
-        )
-        self._video_next = max(self._video_next, (media.index + 1) * CHUNK_FRAMES)
-        self._audio_next = max(self._audio_next, (media.index + 1) * CHUNK_AUDIO_PACKETS)
+        video = [f for f in media.video if f.pts >= first_video]
+        audio = [f for f in media.audio if f.pts >= first_audio]
+        self.video_track.feed([TimedFrame(f, playout.video_due(f.pts)) for f in video])
+        self.audio_track.feed([TimedFrame(f, playout.audio_due(f.pts)) for f in audio])
+        if video:
+            self._video_next = int(video[-1].pts) // VIDEO_TICKS_PER_FRAME + 1
+        if audio:
+            self._audio_next = int(audio[-1].pts) // AUDIO_PACKET_SAMPLES + 1
 
     def _convert(
         self, index: int, frames: np.ndarray, audio: np.ndarray, rest_candidate: bool
@@ -891,6 +920,7 @@ class AvatarSession:
         media = chunk_to_media(
             index, frames, self._upsampler.process(audio), self.config.height, self.config.width
         )
+        self.idle_loop.prepare()
         silent = is_rest_audio(audio)
         if rest_candidate and silent and self._previous_silent:
             self.idle_loop.capture(media)  # silence after silence: the mouth is at rest

@@ -2,7 +2,8 @@
 
 Owns ``AvatarVideoTrack`` (25 fps ``av.VideoFrame``s, yuv420p, pts at 90 kHz) and
 ``AvatarAudioTrack`` (20 ms ``av.AudioFrame``s of 960 s16 mono samples at 48 kHz), both
-paced to wall time by the due time their feeder attached to each frame, and
+paced to wall time by the due time their feeder attached to each frame (unsent frames can be
+dropped for an interrupt, and each sent frame reported through ``on_sent``), and
 ``chunk_to_media`` which turns one chunk's 28 RGB frames and 53,760 outgoing samples into
 exactly those frames (the heavy part; run it in an executor).
 
@@ -117,6 +118,9 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         self._clock = clock
         self._on_sent = on_sent
         self._queue: asyncio.Queue[TimedFrame[FrameT] | None] = asyncio.Queue()
+        self._pacing: TimedFrame[FrameT] | None = None
+        """The frame ``recv`` took and waits to send (until its due time)."""
+        self._pacing_dropped = False
         self.frames_sent = 0
 
     def feed(self, frames: list[TimedFrame[FrameT]]) -> None:
@@ -132,11 +136,15 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         return self._queue.qsize()
 
     def drop_queued(self) -> list[TimedFrame[FrameT]]:
-        """Take every frame still waiting out of the queue (interrupt); returns them in order.
+        """Drop every frame not yet sent (interrupt); returns them in order.
 
-        A frame ``recv`` already took and is pacing is not in the queue: it still goes out.
+        That includes the frame ``recv`` is holding until its due time: ``recv`` then sends
+        the next frame fed instead.
         """
         dropped: list[TimedFrame[FrameT]] = []
+        if self._pacing is not None and not self._pacing_dropped:
+            dropped.append(self._pacing)
+            self._pacing_dropped = True
         stopped = False
         while not self._queue.empty():
             item = self._queue.get_nowait()
@@ -151,10 +159,17 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
     async def recv(self) -> FrameT:
         if self.readyState != "live":
             raise MediaStreamError
-        item = await self._queue.get()
-        if item is None:  # stop() woke us up
-            raise MediaStreamError
-        await self._clock.sleep_until(item.due)
+        while True:
+            item = await self._queue.get()
+            if item is None:  # stop() woke us up
+                raise MediaStreamError
+            self._pacing, self._pacing_dropped = item, False
+            try:
+                await self._clock.sleep_until(item.due)
+            finally:
+                self._pacing = None
+            if not self._pacing_dropped:
+                break
         if self.readyState != "live":
             raise MediaStreamError
         self.frames_sent += 1

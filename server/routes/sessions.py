@@ -7,15 +7,22 @@ Knows nothing about WebRTC (``webrtc.py``) or how sessions run (``server.registr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME
 from server.deps import ApiKeyDep, AuthorizedSessionDep, RegistryDep
+from server.routes.audio_ws import PushFormatDep
+from streaming.session import AudioSource
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+PushSampleRate = Literal[16000, 24000, 48000]
+"""Sample rates pushed audio may have, in Hz (``streaming.push.PUSH_SAMPLE_RATES_HZ``)."""
 
 
 class SessionRequest(BaseModel):
@@ -25,6 +32,13 @@ class SessionRequest(BaseModel):
 
     avatar: str = Field(DEFAULT_AVATAR_NAME, min_length=1, max_length=100)
     """Name of the avatar to animate."""
+
+    audio_source: AudioSource = AudioSource.MIC
+    """Where speech comes from: ``mic`` (the WebRTC microphone track) or ``push`` (PCM16
+    pushed over ``WS /v1/sessions/{id}/audio``: chatbot mode)."""
+
+    sample_rate: PushSampleRate = 16000
+    """Sample rate of pushed audio, in Hz (push sessions; 24 and 48 kHz are resampled)."""
 
 
 class IceServerBody(BaseModel):
@@ -48,10 +62,22 @@ class SessionCreated(BaseModel):
     ice_servers: list[IceServerBody]
     """STUN/TURN servers for the client's RTCPeerConnection."""
 
+    audio_source: AudioSource
+    """``mic`` or ``push``, as requested."""
+
+    sample_rate: int
+    """Sample rate the audio WebSocket expects, in Hz (push sessions)."""
+
+    audio_path: str | None
+    """Path of the audio WebSocket (``?token=<token>`` appended); ``None`` for mic sessions."""
+
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionCreated)
 async def create_session(
-    _api_key: ApiKeyDep, registry: RegistryDep, body: SessionRequest | None = None
+    _api_key: ApiKeyDep,
+    registry: RegistryDep,
+    push: PushFormatDep,
+    body: SessionRequest | None = None,
 ) -> SessionCreated:
     """Take a session slot for ``avatar``; 429 with Retry-After when every slot is taken.
 
@@ -59,10 +85,19 @@ async def create_session(
     """
     request = body or SessionRequest()
     managed = await registry.create(request.avatar)
+    if request.audio_source is AudioSource.PUSH:
+        managed.media.use_push_audio(replace(push, sample_rate=request.sample_rate))
     return SessionCreated(
         id=managed.id,
         token=managed.token,
         expires_at=managed.expires_at,
+        audio_source=request.audio_source,
+        sample_rate=request.sample_rate,
+        audio_path=(
+            f"{router.prefix}/{managed.id}/audio"
+            if request.audio_source is AudioSource.PUSH
+            else None
+        ),
         ice_servers=[
             IceServerBody(
                 urls=[server.urls] if isinstance(server.urls, str) else list(server.urls),

@@ -3,8 +3,8 @@
 Owns ``HeadcastClient`` (``create_session`` for a mic or push session, ``connect_webrtc``
 with the ``events`` data channel, ``push_socket`` for chatbot mode, ``interrupt``,
 ``delete_session``, ``readiness``, ``wait_ready``, ``metrics``), ``SessionInfo``,
-``WebRTCConnection`` and ``HeadcastError`` (an HTTP error with the server's problem details). Used by the
-integration tests and the load drivers. Knows nothing about the server's internals.
+``WebRTCConnection`` and ``HeadcastError`` (an HTTP error with the server's problem
+details). Used by the integration tests and the load drivers. Knows nothing about the server's internals.
 """
 
 from __future__ import annotations

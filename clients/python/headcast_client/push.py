@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ class EventQueue:
         if not isinstance(event, dict):
             raise ValueError(f"the server sent a non-object event: {text[:200]}")
         self._queue.put_nowait((time.monotonic(), event))
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Take every event received so far without waiting (into ``history``)."""
+        taken: list[dict[str, Any]] = []
+        while not self._queue.empty():
+            arrived, event = self._queue.get_nowait()
+            self.history.append((arrived, event))
+            taken.append(event)
+        return taken
 
     async def next_event(self, timeout_s: float = DEFAULT_EVENT_TIMEOUT_S) -> dict[str, Any]:
         """The next event; ``TimeoutError`` after ``timeout_s``."""
@@ -124,17 +134,25 @@ class PushSocket:
         """The close code once the socket closed (``None`` while open)."""
         return self._connection.close_code
 
+    async def wait_closed(self, timeout_s: float = DEFAULT_EVENT_TIMEOUT_S) -> int | None:
+        """Wait until the server closes the socket; returns the close code."""
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout_s)
+        return self.close_code
+
     async def close(self) -> None:
         await self._connection.close()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 
     async def _read(self) -> None:
-        async for message in self._connection:
-            if isinstance(message, str):
-                self.events.put_text(message)
-            else:
-                logger.warning("the server sent %d binary bytes; events are text", len(message))
+        try:
+            async for message in self._connection:
+                if isinstance(message, str):
+                    self.events.put_text(message)
+                else:
+                    logger.warning("the server sent %d binary bytes; events are text", len(message))
+        except ConnectionClosed as closed:  # the code (``close_code``) and the error event say why
+            logger.info("the audio socket closed: %s", closed)
 
     # -- sending --------------------------------------------------------------------------
 

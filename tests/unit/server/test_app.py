@@ -80,7 +80,16 @@ def test_not_ready_until_the_engine_loads_then_sessions_open() -> None:
         created = client.post("/v1/sessions", json={"avatar": "default"})
         assert created.status_code == 201
         body = created.json()
-        assert set(body) == {"id", "token", "expires_at", "ice_servers"}
+        assert set(body) == {
+            "id",
+            "token",
+            "expires_at",
+            "ice_servers",
+            "audio_source",
+            "sample_rate",
+            "audio_path",
+        }
+        assert (body["audio_source"], body["audio_path"]) == ("mic", None)
         assert datetime.fromisoformat(body["expires_at"]) > datetime.now(UTC)
         assert body["ice_servers"] == [] and len(body["token"]) >= 40
 
