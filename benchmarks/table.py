@@ -19,17 +19,24 @@ HEADER = (
 
 NON_DIT_STAGES = ("audio_s", "color_s", "motion_encode_s", "to_host_s")
 
+CHECK_COLUMNS = {
+    "vs ref": ("velocity_rel_err", "video_rel_err"),
+    "vs own eager": ("velocity_rel_err_vs_eager", "video_rel_err_vs_eager"),
+    "vs f32": ("velocity_rel_err_vs_float32", "video_rel_err_vs_float32"),
+    "eager vs f32": ("velocity_eager_rel_err_vs_float32", "video_eager_rel_err_vs_float32"),
+}
+"""Relative errors shown per report (velocity / video), when the run computed them."""
+
 
 def row(report: dict) -> str:
     stages = report["stages_s"]
     other = sum(stages.get(name, 0.0) for name in NON_DIT_STAGES)
     check = report.get("check") or {}
-    errors = (
-        f"{check.get('velocity_rel_err', float('nan')):.2e} / "
-        f"{check.get('video_rel_err', float('nan')):.2e}"
-        if check
-        else "-"
-    )
+    errors = "; ".join(
+        f"{name} {' / '.join(f'{check[k]:.1e}' if k in check else '-' for k in keys)}"
+        for name, keys in CHECK_COLUMNS.items()
+        if any(k in check for k in keys)
+    ) or "-"
     peak = report.get("peak_memory_gib")
     load_peak = report.get("load_peak_memory_gib")
     memory = "-" if peak is None else f"{peak:.1f} / {load_peak:.1f}"

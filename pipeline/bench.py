@@ -16,6 +16,7 @@ not know about the server, sessions or codecs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -212,8 +213,14 @@ def count_flops(config: PipelineConfig) -> dict[str, float]:
 
 
 @torch.no_grad()
-def reference_outputs(generator: FlashTalkGenerator, seed: int) -> dict[str, torch.Tensor]:
-    """One DiT forward and one VAE decode on seeded inputs, on the host in float32."""
+def reference_outputs(
+    generator: FlashTalkGenerator, seed: int, *, eager: bool = False
+) -> dict[str, torch.Tensor]:
+    """One DiT forward and one VAE decode on seeded inputs, on the host in float32.
+
+    ``eager`` runs them without ``torch.compile`` and with PyTorch's own SDPA choice (the
+    official path) on the same weights; a float32 model gets float32-capable attention.
+    """
     cfg, device, dtype = generator.config, generator.device, generator.dtype
     rng = torch.Generator(device=device).manual_seed(seed)
 
@@ -227,14 +234,46 @@ def reference_outputs(generator: FlashTalkGenerator, seed: int) -> dict[str, tor
     clip_fea = randn(1, CLIP_IMAGE_TOKENS, CLIP_EMBED_DIM)
     audio = randn(1, cfg.audio.chunk_frames, cfg.audio.audio_window, cfg.dit.audio_proj_blocks,
                   cfg.dit.audio_proj_channels)  # fmt: skip
+    latents = randn(1, cfg.vae.z_dim, *grid, dtype=torch.float32)
     t = torch.full((1,), REFERENCE_TIMESTEP, device=device)
-    with sdpa_backends(generator.attention_backend):
+    float32_model = generator.dit.patch_embedding.weight.dtype == torch.float32
+    backend = ("efficient" if float32_model else "auto") if eager else generator.attention_backend
+    stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
+    with stance, sdpa_backends(backend):
         velocity = generator.dit(x, t, context, clip_fea, y, audio)  # [1, z, T, h, w] f32
-    video = generator.vae.decode(randn(1, cfg.vae.z_dim, *grid, dtype=torch.float32))
+        video = generator.vae.decode(latents)  # [1, 3, 33, H, W]
     return {
         "velocity": velocity.float().cpu(),
         "video": video[:, :, ::REFERENCE_VIDEO_FRAME_STRIDE].float().cpu(),
     }
+
+
+def consistency_checks(
+    generator: FlashTalkGenerator, args: argparse.Namespace
+) -> dict[str, float]:
+    """Relative errors of this run's fixed-input outputs against another run's
+    (``--compare-reference``), its own eager bf16 path (``--self-check``) and a float32
+    copy of the same weights (``--float32-check``, last: it converts the models)."""
+    outputs = reference_outputs(generator, args.seed)
+    if args.save_reference is not None:
+        torch.save(outputs, args.save_reference)
+    check: dict[str, float] = {}
+    if args.compare_reference is not None:
+        reference = torch.load(args.compare_reference, weights_only=True)
+        for key, value in outputs.items():
+            check[f"{key}_rel_err"] = relative_error(value, reference[key])
+    if args.self_check or args.float32_check:
+        eager = reference_outputs(generator, args.seed, eager=True)
+        for key, value in outputs.items():
+            check[f"{key}_rel_err_vs_eager"] = relative_error(value, eager[key])
+    if args.float32_check:
+        generator.dit.float()
+        generator.vae.float()
+        exact = reference_outputs(generator, args.seed, eager=True)
+        for key, value in outputs.items():
+            check[f"{key}_rel_err_vs_float32"] = relative_error(value, exact[key])
+            check[f"{key}_eager_rel_err_vs_float32"] = relative_error(eager[key], exact[key])
+    return check
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -384,6 +423,8 @@ def run(args: argparse.Namespace) -> BenchReport:
     name = args.preset or ("flashtalk-14b" if device.type == "cuda" else "tiny")
     config = preset(name, steps=args.steps, height=args.height, width=args.width, seed=args.seed)
     options = resolve_options(args, device)
+    if args.float32_check and options.quantize != "none":
+        raise SystemExit("--float32-check compares bf16 weights with float32 ones: drop --quantize")
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.set_device(device)
@@ -425,16 +466,12 @@ def run(args: argparse.Namespace) -> BenchReport:
         peak = torch.cuda.max_memory_allocated(device) if on_cuda else None
         reserved = torch.cuda.max_memory_reserved(device) if on_cuda else None
 
-        # 5. fixed-input outputs, to compare this variant with another run's
+        # 5. fixed-input outputs, to compare this variant with other paths
         check: dict[str, float] = {}
-        if args.save_reference is not None or args.compare_reference is not None:
-            outputs = reference_outputs(generator, args.seed)
-            if args.save_reference is not None:
-                torch.save(outputs, args.save_reference)
-            if args.compare_reference is not None:
-                reference = torch.load(args.compare_reference, weights_only=True)
-                for key, value in outputs.items():
-                    check[f"{key}_rel_err"] = relative_error(value, reference[key])
+        wanted = (args.save_reference, args.compare_reference, args.self_check or None,
+                  args.float32_check or None)  # fmt: skip
+        if any(item is not None for item in wanted):
+            check = consistency_checks(generator, args)
 
     chunk_s = statistics.median(chunk_walls)
     dit_steps = [
@@ -542,6 +579,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="save fixed-input DiT/VAE outputs here (to compare variants)")
     parser.add_argument("--compare-reference", type=Path, default=None,
                         help="report relative errors against outputs saved by --save-reference")
+    parser.add_argument("--self-check", action="store_true",
+                        help="report relative errors against this model's eager bf16 path")
+    parser.add_argument("--float32-check", action="store_true",
+                        help="also against a float32 copy of the same weights (bf16 only; "
+                        "needs 4 bytes per parameter of free device memory)")
 
 
 def command_line(prog: str, args: argparse.Namespace) -> str:

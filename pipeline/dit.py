@@ -741,7 +741,9 @@ class FlashTalkDiT(nn.Module):
         # 1. patch embedding of the latents concatenated with the conditioning
         tokens = self.patch_embedding(torch.cat([x, y], dim=1).to(dtype))  # [B, dim, F', H', W']
         grid = (tokens.shape[2], tokens.shape[3], tokens.shape[4])
-        tokens = tokens.flatten(2).transpose(1, 2)  # [B, L = F'H'W', dim]
+        # row-major tokens: a transposed view would carry its layout through every residual
+        # add of the 40 blocks (strided elementwise kernels and copies before each norm)
+        tokens = tokens.flatten(2).transpose(1, 2).contiguous()  # [B, L = F'H'W', dim]
 
         # 2. timestep embedding and the per-block AdaLN inputs, float32
         e = _run_f32(self.time_embedding, sinusoidal_embedding(t, cfg.freq_dim))  # [B, dim]

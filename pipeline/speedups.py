@@ -23,6 +23,7 @@ from pipeline.color import match_and_blend_colors
 from pipeline.dit import FlashTalkDiT
 from pipeline.generator import FlashTalkGenerator
 from pipeline.quantize import QUANTIZE_MODES, quantize_block
+from pipeline.vae_blocks import rms_norm_silu
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class SpeedOptions:
     """DiT block linears: ``none`` (bf16), ``fp8``, ``int8``, ``int4``, ``nf4``."""
 
     compile_mode: str | None = None
-    """``torch.compile`` mode for every DiT block and the colour correction; None: eager."""
+    """``torch.compile`` mode for every DiT block, the colour correction and the VAE's fused
+    norm + SiLU; None: eager."""
 
     vae_channels_last: bool = False
     """Run the VAE's convolutions in the channels-last layout."""
@@ -123,4 +125,6 @@ def apply_speedups(
         mode = _compile_mode_arg(options.compile_mode)
         dit.compile_blocks(mode)
         generator.color_correct = torch.compile(match_and_blend_colors, mode=mode, dynamic=False)
+        # one compiled kernel per (norm, SiLU) pair of the VAE; shapes vary per stage
+        generator.vae.fuse_norms(torch.compile(rms_norm_silu, mode=mode, dynamic=True))
     logger.info("speed options applied: %s", options)

@@ -36,6 +36,9 @@ from pipeline.vae_blocks import (
     CausalCache,
     Decoder3d,
     Encoder3d,
+    NormSiLU,
+    fuse_norm_silu,
+    rms_norm_silu,
 )
 
 logger = logging.getLogger(__name__)
@@ -226,6 +229,15 @@ class WanVAE(nn.Module):
                 param.data = param.data.contiguous(memory_format=torch.channels_last)
         self.channels_last = True
         return self
+
+    def fuse_norms(self, norm_silu: NormSiLU = rms_norm_silu) -> int:
+        """Apply each RMSNorm and the SiLU after it through ``norm_silu`` (pass a compiled
+        :func:`rms_norm_silu` to make it one pass over the activations). Returns pairs fused."""
+        fused = 0
+        for module in self.modules():
+            if isinstance(module, nn.Sequential):
+                fused += fuse_norm_silu(module, norm_silu)
+        return fused
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [B, C, T, H, W] in the layout the convolutions expect (no copy if it is)."""

@@ -18,7 +18,7 @@ block hard-codes a dtype or a memory format.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -135,12 +135,33 @@ class CausalConv3d(nn.Conv3d):
         return super().forward(frames)
 
 
+NORM_EPS = 1e-12
+"""Floor of the channel norm (``F.normalize``'s default epsilon)."""
+
+NormSiLU = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(x [B, C, T, H, W], gain [C, 1, 1, 1]) -> silu(x / ||x||_C * gain), x's dtype."""
+
+
+def rms_norm_silu(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """``silu(x / max(||x||_2 over C, eps) * gain)`` computed in float32, returned in x's dtype.
+
+    One pass over ``x`` once compiled (``WanVAE.fuse_norms``); eager it is the reference
+    the fused kernel is checked against.
+    """
+    x32 = x.float()  # [B, C, T, H, W]
+    norm = x32.square().sum(dim=1, keepdim=True).sqrt().clamp_min(NORM_EPS)  # [B, 1, T, H, W]
+    return F.silu(x32 / norm * gain.float()).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     """RMS normalisation over the channel axis (dim 1), with a learned per-channel gain.
 
     ``x / ||x||_2 * sqrt(C) * gamma``, as ``F.normalize`` computes it (eps 1e-12).
     ``gamma`` is ``[C, 1, 1, 1]`` for video blocks and ``[C, 1, 1]`` for the attention
     block (checkpoint shapes); both broadcast over a ``[B, C, T, H, W]`` input.
+
+    With ``norm_silu`` set (see :func:`fuse_norm_silu`) the norm also applies the SiLU that
+    follows it in its block, in one fused function.
     """
 
     def __init__(self, dim: int, *, images: bool = False) -> None:
@@ -148,18 +169,45 @@ class RMSNorm(nn.Module):
         gain_shape = (dim, 1, 1) if images else (dim, 1, 1, 1)
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(gain_shape))
+        self.norm_silu: NormSiLU | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W]
         gain = self.gamma.view(-1, 1, 1, 1) * self.scale  # [C, 1, 1, 1]
+        if self.norm_silu is not None:
+            return self.norm_silu(x, gain)
         return F.normalize(x, dim=1) * gain
 
 
+def fuse_norm_silu(layers: nn.Sequential, norm_silu: NormSiLU) -> int:
+    """Let every ``RMSNorm`` directly followed by a ``SiLU`` in ``layers`` apply both through
+    ``norm_silu``; the SiLU becomes an identity (no parameters move). Returns pairs fused."""
+    fused = 0
+    for index in range(len(layers) - 1):
+        norm, activation = layers[index], layers[index + 1]
+        if isinstance(norm, RMSNorm) and isinstance(activation, nn.SiLU):
+            norm.norm_silu = norm_silu
+            layers[index + 1] = nn.Identity()
+            fused += 1
+    return fused
+
+
 class SpatialUpsample(nn.Module):
-    """Nearest-neighbour 2x spatial upsampling of every frame (no parameters)."""
+    """Nearest-neighbour 2x spatial upsampling of every frame (no parameters).
+
+    At an integer scale nearest-exact sampling repeats each pixel, so this is one broadcast
+    copy (in the input's memory layout) instead of the slower 3-D interpolation kernel;
+    the values are identical to ``F.interpolate(mode="nearest-exact")``.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, C, T, 2H, 2W]
-        scale = (1.0, float(SPATIAL_SCALE), float(SPATIAL_SCALE))
-        return F.interpolate(x, scale_factor=scale, mode="nearest-exact")
+        b, c, t, h, w = x.shape
+        s = SPATIAL_SCALE
+        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+            pixels = x.permute(0, 2, 3, 4, 1)  # [B, T, H, W, C], contiguous
+            up = pixels[:, :, :, None, :, None, :].expand(b, t, h, s, w, s, c)
+            return up.reshape(b, t, h * s, w * s, c).permute(0, 4, 1, 2, 3)  # channels-last
+        up = x[:, :, :, :, None, :, None].expand(b, c, t, h, s, w, s)
+        return up.reshape(b, c, t, h * s, w * s)
 
 
 class PadRightBottom(nn.Module):

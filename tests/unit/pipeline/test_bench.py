@@ -66,7 +66,7 @@ def test_headcast_bench_on_tiny_writes_every_stage(tmp_path: Path, capsys) -> No
     report_path = tmp_path / "bench.json"
     status = headcast(
         ["bench", "--preset", "tiny", "--fuse", "--chunks", "2", "--warmup", "0",
-         "--json", str(report_path)]
+         "--self-check", "--json", str(report_path)]
     )  # fmt: skip
     assert status == 0
     report = json.loads(report_path.read_text())
@@ -82,6 +82,9 @@ def test_headcast_bench_on_tiny_writes_every_stage(tmp_path: Path, capsys) -> No
     assert report["flops"]["dit_step_flops"] > 0 and report["flops"]["vae_decode_flops"] > 0
     assert report["peak_memory_gib"] is None  # no device memory on CPU
     assert "chunk (wall)" in capsys.readouterr().out
+    # the run's path and its own eager path are the same model here: identical outputs
+    assert report["check"]["velocity_rel_err_vs_eager"] < 1e-6
+    assert report["check"]["video_rel_err_vs_eager"] < 1e-6
 
 
 def test_full_size_dit_step_is_471_tflop() -> None:
