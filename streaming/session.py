@@ -264,6 +264,8 @@ class AvatarSession:
         self.video_track = AvatarVideoTrack(self._clock, on_sent=self._video_sent)
         self.audio_track = AvatarAudioTrack(self._clock, on_sent=self._audio_sent)
         self._upsampler = Upsampler()
+        self._upsampler_epoch = 0
+        """The interrupt epoch the upsampler's filter history belongs to."""
         self.idle_loop = IdleLoop(avatar.image, config.height, config.width)
         self.events = EventBus()
         """The session's events; subscribe with ``subscribe_events`` (replays readiness)."""
@@ -310,6 +312,9 @@ class AvatarSession:
         """Bumped by every interrupt: media converted before it is stale."""
         self._filler_until = 0
         """Chunks below this index were taken before the last interrupt: they go out as filler."""
+        self._settle_index: int | None = None
+        """The first chunk taken after an interrupt: if silent it goes out as filler too, since
+        the engine generated it from a state that still carries the cut speech."""
         self._previous_silent = False
         self._ready = False
         self._marks: deque[SpeechMark] = deque()
@@ -598,6 +603,7 @@ class AvatarSession:
             self._skipped.discard(index)
         self._emitted = first_chunk
         self._filler_until = self._next_take
+        self._settle_index = self._next_take
         self.idle_loop.restart()
         self._interrupt_probe = _InterruptProbe(commanded_at, self._video_next, self._audio_next)
         if first_chunk < self._filler_until:
@@ -800,7 +806,13 @@ class AvatarSession:
                 self._skipped.discard(index)
                 await self._emit_idle(index, ChunkProblem.ENGINE_BUSY)
             elif index in self._results:
-                await self._emit_result(self._results.pop(index))
+                item = self._results.pop(index)
+                if index == self._settle_index and isinstance(item, Chunk):
+                    self._settle_index = None
+                    if is_rest_audio(item.audio):  # the engine's state still carries the cut
+                        await self._emit_filler(index)
+                        continue
+                await self._emit_result(item)
             elif self._clock.now() >= self._deadline(index):
                 logger.warning(
                     "%s: chunk %d not ready %.0f ms before playout; sending it idle",
@@ -878,7 +890,7 @@ class AvatarSession:
         self._taken_audio.pop(index, None)
         epoch = self._epoch
         media = await self._loop.run_in_executor(
-            self._executor, self._convert, index, frames, audio, compute_seconds is not None
+            self._executor, self._convert, index, frames, audio, compute_seconds is not None, epoch
         )
         if epoch != self._epoch or self._closing:
             logger.debug("%s: chunk %d converted after an interrupt; not sent", self.label, index)
@@ -914,11 +926,15 @@ class AvatarSession:
             self._audio_next = int(audio[-1].pts) // AUDIO_PACKET_SAMPLES + 1
 
     def _convert(
-        self, index: int, frames: np.ndarray, audio: np.ndarray, rest_candidate: bool
+        self, index: int, frames: np.ndarray, audio: np.ndarray, rest_candidate: bool, epoch: int
     ) -> ChunkMedia:
         # Runs in the executor, one chunk at a time per session (the upsampler keeps state).
+        if epoch > self._upsampler_epoch:  # after an interrupt: no tail of the cut speech
+            self._upsampler, self._upsampler_epoch = Upsampler(), epoch
+        # A chunk converted for an earlier epoch is stale: keep its audio out of the history.
+        upsampler = self._upsampler if epoch == self._upsampler_epoch else Upsampler()
         media = chunk_to_media(
-            index, frames, self._upsampler.process(audio), self.config.height, self.config.width
+            index, frames, upsampler.process(audio), self.config.height, self.config.width
         )
         self.idle_loop.prepare()
         silent = is_rest_audio(audio)

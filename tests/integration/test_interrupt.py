@@ -9,7 +9,9 @@ received audio is silent (and stays silent): by wall time (arrival after the com
 by media time (received pts after the last one received before the command). Both must be
 at most 200 ms. Then the next utterance must start cleanly: ``speech.started``, the mouth
 opens again, and ``speech.ended`` has the utterance's duration. The measurements (and the
-client-side A/V arrival skew) go to ``artifacts/interrupt_metrics.json``.
+client-side A/V arrival skew, the server's own interrupt latency and per-chunk A/V send skew
+from ``/metrics``, and how big a visual jump the cut and the hand-back to the engine are)
+go to ``artifacts/interrupt_metrics.json``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ UTTERANCE_S = 6.0
 
 NEXT_UTTERANCE_S = 1.0
 MAX_INTERRUPT_LATENCY_S = 0.200
+
 MOUTH_OPEN = 0.3
 MOUTH_CLOSED = 0.05
 """``mouth_open_metric`` above / below which the received mouth counts as open / closed."""
@@ -50,13 +53,17 @@ OPEN_FRAMES = 5
 """Consecutive open-mouth frames received before interrupting (the avatar is speaking)."""
 
 SILENT_DBFS = -50.0
-OBSERVE_AFTER_S = 1.2
-"""How long after an interrupt the output is watched (it must stay idle that long)."""
 
 SETTLE_S = 2.4
 """Wait after session.ready, so two silent chunks have played (the idle loop is captured)."""
 
 STEP_TIMEOUT_S = 20.0
+JUMP_SCALE = 8
+"""Downscale of the pictures compared for visual jumps."""
+
+HANDBACK_WINDOW_S = 3.6
+"""After a cut, the engine's own chunks take over within three chunks (3.36 s); the output
+must stay idle (mouth closed, audio silent) through the hand-back."""
 DURATION_TOLERANCE_MS = 40
 
 
@@ -74,6 +81,10 @@ class Reception:
     video: list[tuple[float, int, float]] = field(default_factory=list)
     """(arrival, pts at 90 kHz, mouth opening)"""
 
+    change: list[float] = field(default_factory=list)
+    """Per video frame: mean absolute luma change from the previous frame (0..255), on a
+    1/8-scale picture: how big a visual jump each frame is."""
+
     audio: list[tuple[float, int, float]] = field(default_factory=list)
     """(arrival, pts at 48 kHz, level in dBFS)"""
 
@@ -86,6 +97,11 @@ class InterruptMeasurement:
     video_media_ms: float
     audio_wall_ms: float
     audio_media_ms: float
+    jump_at_cut: float
+    """Luma change into the first idle frame (see ``Reception.change``)."""
+
+    jump_at_handback: float
+    """Largest luma change in the 3.6 s after the cut: where the engine takes over."""
 
     @property
     def wall_ms(self) -> float:
@@ -97,11 +113,16 @@ class InterruptMeasurement:
 
 
 async def _receive(connection: WebRTCConnection, got: Reception, stop: asyncio.Event) -> None:
+    previous: list[np.ndarray] = []
+
     async def video() -> None:
         while not stop.is_set():
             frame = await connection.video.recv()
             mouth = mouth_open_metric(frame.to_ndarray(format="rgb24"), HEIGHT, WIDTH)
             got.video.append((time.monotonic(), int(frame.pts), mouth))
+            luma = frame.to_ndarray(format="gray")[::JUMP_SCALE, ::JUMP_SCALE].astype(np.float32)
+            got.change.append(float(np.mean(np.abs(luma - previous[0]))) if previous else 0.0)
+            previous[:] = [luma]
 
     async def audio() -> None:
         while not stop.is_set():
@@ -138,19 +159,23 @@ def _idle_from(samples: list[tuple[float, int, float]], is_idle: Callable[[float
 
 def _measure(
     got: Reception, commanded_at: float, video_mark: int, audio_mark: int
-) -> tuple[float, float, float, float]:
-    """(video wall, video media, audio wall, audio media) latencies in ms."""
+) -> tuple[float, float, float, float, float, float]:
+    """(video wall, video media, audio wall, audio media) latencies in ms; the jumps."""
     _at, last_video_pts, _mouth = got.video[video_mark - 1]
     _at, last_audio_pts, _level = got.audio[audio_mark - 1]
     video = got.video[video_mark:]
     audio = got.audio[audio_mark:]
     v = _idle_from(video, lambda mouth: mouth < MOUTH_CLOSED)
     a = _idle_from(audio, lambda level: level < SILENT_DBFS)
+    cut = video_mark + v
+    window = round(HANDBACK_WINDOW_S * 25)
     return (
         (video[v][0] - commanded_at) * 1000,
         (video[v][1] - last_video_pts) / VIDEO_CLOCK_HZ * 1000,
         (audio[a][0] - commanded_at) * 1000,
         (audio[a][1] - last_audio_pts) / AUDIO_CLOCK_HZ * 1000,
+        round(got.change[cut], 2),
+        round(max(got.change[cut + 1 : cut + window], default=0.0), 2),
     )
 
 
@@ -170,7 +195,7 @@ async def _speak_and_interrupt(
     video_mark, audio_mark = len(got.video), len(got.audio)
     commanded_at = time.monotonic()
     played_ms = await interrupt()
-    await asyncio.sleep(OBSERVE_AFTER_S)
+    await asyncio.sleep(HANDBACK_WINDOW_S)
     latencies = _measure(got, commanded_at, video_mark, audio_mark)
     return InterruptMeasurement(via, played_ms, *latencies)
 
@@ -192,6 +217,7 @@ async def test_interrupt_takes_the_output_to_idle_within_200_ms(
 ) -> None:
     got = Reception()
     stop = asyncio.Event()
+    before = headcast_server.metrics()
     async with HeadcastClient(headcast_server.url, host_candidates=LOOPBACK_ONLY) as client:
         session: SessionInfo = await client.create_session(audio_source="push")
         connection = await client.connect_webrtc(session, events=True)
@@ -236,12 +262,30 @@ async def test_interrupt_takes_the_output_to_idle_within_200_ms(
             await asyncio.gather(receiver, return_exceptions=True)
 
     skew_ms = _av_arrival_skew_ms(got)
+    after = headcast_server.metrics()
+
+    def delta(series: str) -> float:
+        return after[series] - before.get(series, 0.0)
+
+    interrupts = delta("headcast_interrupt_seconds_count")
+    server_interrupt_ms = delta("headcast_interrupt_seconds_sum") / max(interrupts, 1) * 1000
+    skew = "headcast_av_skew_seconds_bucket"
+    skew_chunks = delta("headcast_av_skew_seconds_count")
+    within_20_ms = delta(f'{skew}{{le="0.02"}}') - delta(f'{skew}{{le="-0.02"}}')
+    within_5_ms = delta(f'{skew}{{le="0.005"}}') - delta(f'{skew}{{le="-0.005"}}')
+    changes = np.asarray(got.change[1:])
     report = {
         "interrupts": [
             {**asdict(m), "wall_ms": round(m.wall_ms, 1), "media_ms": round(m.media_ms, 1)}
             for m in measurements
         ],
         "client_av_arrival_skew_ms": round(skew_ms, 1),
+        "server_interrupt_latency_ms_mean": round(server_interrupt_ms, 1),
+        "server_av_skew_chunks": int(skew_chunks),
+        "server_av_skew_chunks_within_5_ms": int(within_5_ms),
+        "server_av_skew_chunks_within_20_ms": int(within_20_ms),
+        "frame_change_median": round(float(np.median(changes)), 2),
+        "frame_change_p99": round(float(np.percentile(changes, 99)), 2),
         "next_utterance_duration_ms": ended["duration_ms"],
     }
     (artifacts_dir / "interrupt_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -252,3 +296,6 @@ async def test_interrupt_takes_the_output_to_idle_within_200_ms(
         assert m.media_ms <= MAX_INTERRUPT_LATENCY_S * 1000, f"{m.via}: {report}"
         assert 0 < m.played_ms < UTTERANCE_S * 1000, f"{m.via}: {report}"
     assert abs(ended["duration_ms"] - NEXT_UTTERANCE_S * 1000) <= DURATION_TOLERANCE_MS, report
+    assert interrupts == 3, "the server measured each interrupt"
+    assert server_interrupt_ms <= MAX_INTERRUPT_LATENCY_S * 1000, report
+    assert skew_chunks >= 10 and within_20_ms == skew_chunks, report
