@@ -24,6 +24,7 @@ from pipeline.bench import init_random_
 from pipeline.config import preset
 from pipeline.quantize import Float8Linear
 from pipeline.vae import WanVAE
+from pipeline.vae_blocks import rms_norm_silu
 
 logger = logging.getLogger("micro")
 
@@ -183,10 +184,12 @@ def profiles(rows: list[dict]) -> None:
     vae = vae.to(torch.bfloat16).to_empty(device=DEVICE)
     init_random_(vae, seed=0)
     vae.eval().to_channels_last()
+    vae.fuse_norms(torch.compile(rms_norm_silu, dynamic=True))
     torch.backends.cudnn.benchmark = True
     grid = (config.latent_frames, config.latent_height, config.latent_width)
     latents = torch.randn(1, 16, *grid, device=DEVICE)
-    profile_kernels(rows, "VAE decode (channels-last, cudnn.benchmark)", lambda: vae.decode(latents))
+    profile_kernels(rows, "VAE decode (channels-last, cudnn.benchmark, compiled norm+SiLU)",
+                    lambda: vae.decode(latents))  # fmt: skip
     del vae
     block = block.to(torch.bfloat16).to_empty(device=DEVICE)
     init_random_(block, seed=1)
@@ -203,7 +206,34 @@ def profiles(rows: list[dict]) -> None:
     )
     with sdpa_backends("cudnn"):
         profile_kernels(rows, "one DiT block, eager, cuDNN attention", lambda: block(*inputs))
+        compiled = torch.compile(block, dynamic=False)
+        profile_kernels(rows, "one DiT block, compiled, cuDNN attention", lambda: compiled(*inputs))
     torch.backends.cudnn.benchmark = False
+
+
+@torch.no_grad()
+def quantized_linear_errors(rows: list[dict], tokens: int, dim: int, ffn: int) -> None:
+    """Relative error of one quantised FFN-up linear against bf16, per mode, and its time."""
+    from pipeline.quantize import QuantizeUnavailable, quantize_block
+
+    inputs = randn(tokens, dim)
+    reference_layer = torch.nn.Linear(dim, ffn, device=DEVICE, dtype=torch.bfloat16)
+    reference = reference_layer(inputs)
+    flops = 2 * tokens * dim * ffn
+    for mode in ("fp8", "int8", "int4", "nf4"):
+        holder = torch.nn.Module()
+        holder.ffn = torch.nn.Sequential(torch.nn.Linear(dim, ffn, device=DEVICE, dtype=torch.bfloat16))
+        holder.ffn[0].load_state_dict(reference_layer.state_dict())
+        try:
+            quantize_block(holder, mode)
+        except (QuantizeUnavailable, RuntimeError, ImportError) as exc:
+            rows.append({"what": f"ffn up {mode}", "error": str(exc)[:160]})
+            continue
+        layer = holder.ffn[0]
+        seconds = time_cuda(lambda: layer(inputs))
+        rows.append({"what": f"ffn up {mode} eager [{tokens}x{dim}]x[{dim}x{ffn}]", "s": seconds,
+                     "tflops": flops / seconds / TERA,
+                     "rel_err_vs_bf16": rel_err(layer(inputs), reference)})  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
@@ -232,6 +262,7 @@ def main() -> int:
         lambda r: projections(r, tokens, cfg.dit.dim, cfg.dit.ffn_dim),
         *(() if args.skip_vae else (vae_decode,)),
         profiles,
+        lambda r: quantized_linear_errors(r, tokens, cfg.dit.dim, cfg.dit.ffn_dim),
     ):
         step(rows)
         torch.cuda.empty_cache()

@@ -427,8 +427,10 @@ def run(args: argparse.Namespace) -> BenchReport:
         raise SystemExit("--float32-check compares bf16 weights with float32 ones: drop --quantize")
     on_cuda = device.type == "cuda"
     if on_cuda:
-        torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
+        if args.memory_limit_gib is not None:  # allocations past the limit raise OOM
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(args.memory_limit_gib * GIB / total, device)
 
     with torch.no_grad():
         # 1. weights and speed options
@@ -569,6 +571,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fused q/k/v and k/v projections")
     parser.add_argument("--vae-channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--memory-limit-gib", type=float, default=None,
+                        help="cap this process's device memory (allocations past it fail)")
     parser.add_argument("--chunks", type=_positive, default=DEFAULT_CHUNKS, help="timed chunks")
     parser.add_argument("--warmup", type=_non_negative, default=DEFAULT_WARMUP, help="untimed chunks first")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
