@@ -217,7 +217,7 @@ def parse_command(text: str) -> CommandType:
     except json.JSONDecodeError as exc:
         raise ProtocolError(
             ErrorCode.BAD_JSON,
-            f"text frames must be JSON objects such as {{\"type\": \"audio.end\"}} ({exc.msg} "
+            f'text frames must be JSON objects such as {{"type": "audio.end"}} ({exc.msg} '
             f"at character {exc.pos}); send audio as binary frames",
         ) from None
     if not isinstance(body, dict):

@@ -77,6 +77,7 @@ from streaming.events import (
     ChunkStats,
     CommandType,
     ErrorCode,
+    Event,
     EventBus,
     Interrupted,
     Listener,
@@ -97,6 +98,7 @@ from streaming.tracks import (
     ChunkMedia,
     TimedFrame,
     chunk_to_media,
+    frame_pts,
 )
 
 logger = logging.getLogger(__name__)
@@ -498,8 +500,11 @@ class AvatarSession:
             "the events channel takes JSON text commands; push audio over the audio WebSocket",
         ).event()
         events = EventsChannel(channel, on_text, binary_reply=binary_reply.to_json())
-        unsubscribe = self.subscribe_events(lambda event: events.send(event.to_json()))
-        events.on_close(unsubscribe)
+
+        def forward(event: Event) -> None:
+            events.send(event.to_json())
+
+        events.on_close(self.subscribe_events(forward))
 
     async def accept_offer(self, offer_sdp: str, peer_config: PeerConfig) -> str:
         """Answer a WebRTC offer and start the media; returns the answer SDP.
@@ -587,9 +592,9 @@ class AvatarSession:
         dropped_video = self.video_track.drop_queued()
         dropped_audio = self.audio_track.drop_queued()
         if dropped_video:
-            self._video_next = int(dropped_video[0].frame.pts) // VIDEO_TICKS_PER_FRAME
+            self._video_next = frame_pts(dropped_video[0].frame) // VIDEO_TICKS_PER_FRAME
         if dropped_audio:
-            self._audio_next = int(dropped_audio[0].frame.pts) // AUDIO_PACKET_SAMPLES
+            self._audio_next = frame_pts(dropped_audio[0].frame) // AUDIO_PACKET_SAMPLES
         unfed_chunks = max(self._next_take - self._emitted, 0)
         dropped = len(dropped_video) + unfed_chunks * CHUNK_FRAMES
         self.frames_dropped += dropped
@@ -916,14 +921,14 @@ class AvatarSession:
         playout = self._playout
         assert playout is not None
         first_video, first_audio = video_pts(self._video_next), audio_pts(self._audio_next)
-        video = [f for f in media.video if f.pts >= first_video]
-        audio = [f for f in media.audio if f.pts >= first_audio]
-        self.video_track.feed([TimedFrame(f, playout.video_due(f.pts)) for f in video])
-        self.audio_track.feed([TimedFrame(f, playout.audio_due(f.pts)) for f in audio])
+        video = [f for f in media.video if frame_pts(f) >= first_video]
+        audio = [f for f in media.audio if frame_pts(f) >= first_audio]
+        self.video_track.feed([TimedFrame(f, playout.video_due(frame_pts(f))) for f in video])
+        self.audio_track.feed([TimedFrame(f, playout.audio_due(frame_pts(f))) for f in audio])
         if video:
-            self._video_next = int(video[-1].pts) // VIDEO_TICKS_PER_FRAME + 1
+            self._video_next = frame_pts(video[-1]) // VIDEO_TICKS_PER_FRAME + 1
         if audio:
-            self._audio_next = int(audio[-1].pts) // AUDIO_PACKET_SAMPLES + 1
+            self._audio_next = frame_pts(audio[-1]) // AUDIO_PACKET_SAMPLES + 1
 
     def _convert(
         self, index: int, frames: np.ndarray, audio: np.ndarray, rest_candidate: bool, epoch: int

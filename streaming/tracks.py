@@ -50,6 +50,13 @@ INT16_FULL_SCALE = 32767
 FrameT = TypeVar("FrameT", av.VideoFrame, av.AudioFrame)
 
 
+def frame_pts(frame: av.VideoFrame | av.AudioFrame) -> int:
+    """The pts of a frame made here (``chunk_to_media`` and the idle loop always set one)."""
+    if frame.pts is None:
+        raise ValueError("an outgoing frame has no pts; frames must come from the media clock")
+    return int(frame.pts)
+
+
 @dataclass(frozen=True)
 class TimedFrame(Generic[FrameT]):
     """A frame and the wall time (``WallClock.now()`` units) at which it is due."""
@@ -174,7 +181,7 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
             raise MediaStreamError
         self.frames_sent += 1
         if self._on_sent is not None:
-            self._on_sent(int(item.frame.pts), item.due, self._clock.now())
+            self._on_sent(frame_pts(item.frame), item.due, self._clock.now())
         return item.frame
 
     def stop(self) -> None:

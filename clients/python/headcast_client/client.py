@@ -4,7 +4,8 @@ Owns ``HeadcastClient`` (``create_session`` for a mic or push session, ``connect
 with the ``events`` data channel, ``push_socket`` for chatbot mode, ``interrupt``,
 ``delete_session``, ``readiness``, ``wait_ready``, ``metrics``), ``SessionInfo``,
 ``WebRTCConnection`` and ``HeadcastError`` (an HTTP error with the server's problem
-details). Used by the integration tests and the load drivers. Knows nothing about the server's internals.
+details). Used by the integration tests and the load drivers. Knows nothing about the
+server's internals.
 """
 
 from __future__ import annotations
@@ -287,7 +288,12 @@ class HeadcastClient:
         if with_events:
             channel = pc.createDataChannel(EVENTS_CHANNEL_LABEL)
             channel.on("message", lambda message: queue.put_text(str(message)))
-            channel.on("open", lambda: channel_open.done() or channel_open.set_result(None))
+
+            @channel.on("open")
+            def on_open() -> None:
+                if not channel_open.done():
+                    channel_open.set_result(None)
+
         offer = await pc.createOffer()
         with host_candidates(self._host_candidates):
             await pc.setLocalDescription(offer)  # gathers every candidate (no trickle)

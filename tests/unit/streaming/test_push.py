@@ -109,6 +109,7 @@ def test_an_end_after_all_audio_was_taken_ends_at_the_last_sample_played() -> No
     ledger = UtteranceLedger()
     ledger.pushed_samples(CHUNK_SAMPLES)
     (start,) = ledger.on_take(1, CHUNK_SAMPLES)
+    assert start.started and start.media_sample == CHUNK_SAMPLES
     assert ledger.on_take(2, 0) == []
     ledger.end()
     assert ledger.take_limit(0) == 0
@@ -231,8 +232,8 @@ async def test_pushed_speech_plays_with_events_in_played_order(
     await session.close("test over")
 
     kinds = [e["type"] for e in got.events]
-    assert kinds.index("session.ready") < kinds.index("speech.started") < kinds.index(
-        "speech.ended"
+    assert (
+        kinds.index("session.ready") < kinds.index("speech.started") < kinds.index("speech.ended")
     )
     (ended,) = [e for e in got.events if e["type"] == "speech.ended"]
     assert abs(int(ended["duration_ms"]) - 2000) <= 1  # type: ignore[call-overload]
