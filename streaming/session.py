@@ -440,8 +440,8 @@ class AvatarSession:
         """Apply one JSON text command from any transport; raises ``ProtocolError``."""
         if self._closing:
             raise ProtocolError(ErrorCode.SESSION_ENDED, f"{self.label} is closed")
+        self._observer.on_activity()  # even a malformed command shows the client is there
         command = parse_command(text)
-        self._observer.on_activity()
         match command:
             case CommandType.AUDIO_END:
                 self.end_of_speech()
@@ -571,6 +571,7 @@ class AvatarSession:
         """
         if self._closing:
             raise SessionEnded(f"{self.label} is closed")
+        self._observer.on_activity()
         commanded_at = self._clock.now()
         self._epoch += 1
         self.intake.clear()
