@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -19,6 +20,9 @@ from pipeline.media import SAMPLE_RATE_HZ
 from streaming.resample import Downsampler
 
 logger = logging.getLogger(__name__)
+
+ACTIVITY_EVERY_FRAMES = 50
+"""Received audio frames (20 ms each) per activity report: about one report a second."""
 
 
 class AudioIntake:
@@ -99,10 +103,16 @@ class AudioIntake:
                 count = 0
 
 
-async def receive_track(track: MediaStreamTrack, intake: AudioIntake) -> None:
+async def receive_track(
+    track: MediaStreamTrack,
+    intake: AudioIntake,
+    on_activity: Callable[[], None] | None = None,
+) -> None:
     """Read ``track`` until it ends, resampling every frame into ``intake``.
 
-    Returns when the track ends (the peer stopped sending or the connection closed).
+    ``on_activity()`` is called on the first frame and then every ``ACTIVITY_EVERY_FRAMES``
+    frames: a caller streaming its microphone is an active client. Returns when the track
+    ends (the peer stopped sending or the connection closed).
     """
     downsampler = Downsampler()
     frames = 0
@@ -112,5 +122,7 @@ async def receive_track(track: MediaStreamTrack, intake: AudioIntake) -> None:
         except MediaStreamError:
             logger.debug("inbound audio track ended after %d frames", frames)
             return
+        if on_activity is not None and frames % ACTIVITY_EVERY_FRAMES == 0:
+            on_activity()
         frames += 1
         intake.push(downsampler.process(frame))

@@ -154,12 +154,19 @@ class EventsChannel:
 class PeerLink:
     """The answering side of one session's peer connection.
 
-    ``on_lost(reason)`` is called once, from the event loop, when the peer is gone.
+    ``on_lost(reason)`` is called once, from the event loop, when the peer is gone;
+    ``on_connected()`` once, when the connection first reaches "connected" (media can flow).
     """
 
-    def __init__(self, config: PeerConfig, on_lost: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: PeerConfig,
+        on_lost: Callable[[str], None],
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
         self._on_lost = on_lost
+        self._on_connected = on_connected
         self._lost = False
         self._closed = False
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=list(config.ice_servers)))
@@ -256,6 +263,9 @@ class PeerLink:
     def _on_connection_state(self) -> None:
         state = self._pc.connectionState
         logger.debug("peer connection state: %s", state)
+        if state == "connected" and self._on_connected is not None:
+            on_connected, self._on_connected = self._on_connected, None
+            on_connected()
         if state in _ENDED_STATES:
             self._lose(f"the peer connection {state}")
 

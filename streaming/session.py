@@ -482,7 +482,10 @@ class AvatarSession:
         if self.audio_source is AudioSource.PUSH:
             self._spawn(_discard_track(track), "inbound-audio-ignored")
             return
-        self._spawn(receive_track(track, self.intake), "inbound-audio")
+        self._spawn(
+            receive_track(track, self.intake, on_activity=self._observer.on_activity),
+            "inbound-audio",
+        )
 
     def attach_events_channel(self, channel: RTCDataChannel) -> None:
         """Send this session's events on ``channel`` and take its commands."""
@@ -507,7 +510,8 @@ class AvatarSession:
         events.on_close(self.subscribe_events(forward))
 
     async def accept_offer(self, offer_sdp: str, peer_config: PeerConfig) -> str:
-        """Answer a WebRTC offer and start the media; returns the answer SDP.
+        """Answer a WebRTC offer; returns the answer SDP. The media starts when the peer
+        connects, so no frame falls due before anyone can receive it (no catch-up burst).
 
         Raises ``AlreadyConnected`` on a second offer, ``streaming.peer.OfferError`` when
         the offer is unusable (the session then accepts a corrected offer).
@@ -517,7 +521,7 @@ class AvatarSession:
         if self._peer is not None:
             raise AlreadyConnected(f"{self.label} already has a peer connection")
         self._offer_at = self._clock.now()
-        peer = PeerLink(peer_config, on_lost=self._peer_lost)
+        peer = PeerLink(peer_config, on_lost=self._peer_lost, on_connected=self._peer_connected)
         self._peer = peer
         try:
             answer = await peer.answer(
@@ -535,8 +539,12 @@ class AvatarSession:
             raise
         if self._closing:  # closed while negotiating
             raise SessionEnded(f"{self.label} closed while answering the offer")
-        self.start()
         return answer
+
+    def _peer_connected(self) -> None:
+        """Start the media clock once the peer can receive (ICE and DTLS are up)."""
+        if not self._closing and self._started_at is None:
+            self.start()
 
     def start(self) -> None:
         """Start the scheduler: media time 0 is played out one latency budget from now."""
