@@ -27,9 +27,22 @@ bench() {
         return 0
     fi
     echo "=== bench $label: $* (limit ${left}s)" | tee -a "$LOG"
+    # SM clock and power every 0.5 s while it runs (sustained vs burst rates)
+    nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 500 \
+        >"/tmp/smi_$label.txt" 2>/dev/null &
+    local smi=$!
     timeout "$left" python3 -m pipeline.bench --random-weights --label "$label" \
         --json "/tmp/$label.json" "$@" >>"$LOG" 2>&1
     local rc=$?
+    kill "$smi" 2>/dev/null
+    python3 -c "
+import statistics, sys
+rows = [l.split(',') for l in open(sys.argv[1]) if l.count(',') == 1]
+busy = [(float(c), float(p)) for c, p in rows if float(p) > 300.0]
+if busy:
+    print(f'clock while busy (power > 300 W): median SM {statistics.median(c for c, _ in busy):.0f} MHz, '
+          f'median power {statistics.median(p for _, p in busy):.0f} W, {len(busy)} samples')
+" "/tmp/smi_$label.txt" >>"$LOG" 2>&1
     if [[ -f /tmp/$label.json ]]; then
         python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" \
             "/tmp/$label.json" >>"$OUT/reports.jsonl"

@@ -24,7 +24,7 @@ from pipeline.bench import init_random_
 from pipeline.config import preset
 from pipeline.quantize import Float8Linear
 from pipeline.vae import WanVAE
-from pipeline.vae_blocks import rms_norm_silu
+from pipeline.vae_kernels import norm_silu
 
 logger = logging.getLogger("micro")
 
@@ -184,11 +184,11 @@ def profiles(rows: list[dict]) -> None:
     vae = vae.to(torch.bfloat16).to_empty(device=DEVICE)
     init_random_(vae, seed=0)
     vae.eval().to_channels_last()
-    vae.fuse_norms(torch.compile(rms_norm_silu, dynamic=True))
+    vae.fuse_norms(norm_silu)
     torch.backends.cudnn.benchmark = True
     grid = (config.latent_frames, config.latent_height, config.latent_width)
     latents = torch.randn(1, 16, *grid, device=DEVICE)
-    profile_kernels(rows, "VAE decode (channels-last, cudnn.benchmark, compiled norm+SiLU)",
+    profile_kernels(rows, "VAE decode (channels-last, cudnn.benchmark, Triton norm+SiLU)",
                     lambda: vae.decode(latents))  # fmt: skip
     del vae
     block = block.to(torch.bfloat16).to_empty(device=DEVICE)

@@ -384,6 +384,8 @@ def resolve_options(args: argparse.Namespace, device: torch.device) -> SpeedOpti
         changes["vae_channels_last"] = args.vae_channels_last
     if args.cudnn_benchmark is not None:
         changes["cudnn_benchmark"] = args.cudnn_benchmark
+    if args.vae_fused_norms is not None:
+        changes["vae_fused_norms"] = args.vae_fused_norms
     if args.compile:
         changes["compile_mode"] = args.compile_mode
     return SpeedOptions(**{**asdict(base), **changes})
@@ -570,6 +572,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
                         help="fused q/k/v and k/v projections")
     parser.add_argument("--vae-channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--vae-fused-norms", action=argparse.BooleanOptionalAction, default=None,
+                        help="VAE norm + SiLU as one Triton kernel (needs --vae-channels-last)")
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--memory-limit-gib", type=float, default=None,
                         help="cap this process's device memory (allocations past it fail)")

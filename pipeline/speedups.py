@@ -1,8 +1,8 @@
 """Run-time speed options of a loaded FlashTalk generator, applied in one place.
 
 Owns: ``SpeedOptions`` (SDPA kernel preference, projection fusion, DiT quantisation,
-``torch.compile`` of the transformer blocks and of the colour correction, channels-last VAE,
-cuDNN autotuning) with the ``official`` (all off, as the official code runs) and ``fast``
+``torch.compile`` of the transformer blocks and of the colour correction, channels-last VAE
+with fused norm + SiLU kernels, cuDNN autotuning) with the ``official`` (all off, as the official code runs) and ``fast``
 presets, ``prepare_dit_block`` (fusion then quantisation of one block, so a loader can do it
 block by block and never hold the whole bf16 model) and ``apply_speedups``.
 
@@ -23,7 +23,7 @@ from pipeline.color import match_and_blend_colors
 from pipeline.dit import FlashTalkDiT
 from pipeline.generator import FlashTalkGenerator
 from pipeline.quantize import QUANTIZE_MODES, quantize_block
-from pipeline.vae_blocks import rms_norm_silu
+from pipeline.vae_kernels import norm_silu
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,13 @@ class SpeedOptions:
     """DiT block linears: ``none`` (bf16), ``fp8``, ``int8``, ``int4``, ``nf4``."""
 
     compile_mode: str | None = None
-    """``torch.compile`` mode for every DiT block, the colour correction and the VAE's fused
-    norm + SiLU; None: eager."""
+    """``torch.compile`` mode for every DiT block and the colour correction; None: eager."""
 
     vae_channels_last: bool = False
     """Run the VAE's convolutions in the channels-last layout."""
+
+    vae_fused_norms: bool = False
+    """Apply each VAE RMSNorm and its SiLU as one Triton kernel (CUDA, channels-last)."""
 
     cudnn_benchmark: bool = False
     """Let cuDNN time its convolution algorithms once per shape (process-wide setting)."""
@@ -65,6 +67,8 @@ class SpeedOptions:
             problems.append(f"quantize={self.quantize!r} not in {QUANTIZE_MODES}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
             problems.append(f"compile_mode={self.compile_mode!r} not in {COMPILE_MODES}")
+        if self.vae_fused_norms and not self.vae_channels_last:
+            problems.append("vae_fused_norms needs vae_channels_last (the kernel's layout)")
         if self.compile_mode is not None and self.quantize in WEIGHT_ONLY_MODES:
             problems.append(
                 f"compile with quantize={self.quantize!r} is not supported (quantized weight "
@@ -86,6 +90,7 @@ class SpeedOptions:
             attention="cudnn" if on_cuda else "auto",
             fuse_projections=False,  # measured on an H200: the fused qkv GEMM is slower
             vae_channels_last=on_cuda,
+            vae_fused_norms=on_cuda,
             cudnn_benchmark=on_cuda,
         )
         return replace(options, **changes)  # type: ignore[arg-type]
@@ -121,10 +126,10 @@ def apply_speedups(
     generator.attention_backend = options.attention
     if options.vae_channels_last:
         generator.vae.to_channels_last()
+    if options.vae_fused_norms:
+        generator.vae.fuse_norms(norm_silu)
     if options.compile_mode is not None:
         mode = _compile_mode_arg(options.compile_mode)
         dit.compile_blocks(mode)
         generator.color_correct = torch.compile(match_and_blend_colors, mode=mode, dynamic=False)
-        # one compiled kernel per (norm, SiLU) pair of the VAE; shapes vary per stage
-        generator.vae.fuse_norms(torch.compile(rms_norm_silu, mode=mode, dynamic=True))
     logger.info("speed options applied: %s", options)

@@ -1,8 +1,8 @@
 """GPU correctness of the fast paths: each computes what the plain bf16 path computes.
 
 fp8 linears against their float32 emulation and bf16, fused projections, cuDNN attention,
-a compiled block, the channels-last VAE, bf16 against float32 at full width, and the CUDA
-event timer. Relative errors are ‖out − ref‖ / ‖ref‖ on fresh random inputs.
+a compiled block, the channels-last VAE and its Triton norm + SiLU kernel, bf16 against
+float32 at full width, and the CUDA event timer. Relative errors are ‖out − ref‖ / ‖ref‖ on fresh random inputs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pipeline.quantize import Float8Linear, scaled_mm_supported
 from pipeline.rope import rope_cos_sin
 from pipeline.timing import CudaStageTimer
 from pipeline.vae import VAEConfig, WanVAE
+from pipeline.vae_blocks import rms_norm_silu
+from pipeline.vae_kernels import norm_silu
 
 DEVICE = torch.device("cuda")
 BF16_TOL = 1e-2
@@ -166,6 +168,22 @@ def test_channels_last_vae_decode_is_as_close_to_float32_as_the_default_layout()
     channels_last_error = rel_err(out, reference)
     assert default_error < 3 * BF16_TOL and channels_last_error < 3 * BF16_TOL
     assert channels_last_error < 1.5 * default_error + 1e-3
+    assert vae.fuse_norms(norm_silu) > 0
+    fused_error = rel_err(vae.decode(latents), reference)
+    assert fused_error < 1.5 * default_error + 1e-3
+
+
+@pytest.mark.parametrize("channels", [96, 192, 384])
+@torch.no_grad()
+def test_triton_norm_silu_matches_the_reference(channels: int) -> None:
+    x = torch.randn(1, channels, 4, 40, 56, device=DEVICE, dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    gain = torch.rand(channels, 1, 1, 1, device=DEVICE) + 0.5
+    out = norm_silu(x, gain)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) and out.dtype == x.dtype
+    reference = torch.nn.functional.silu(torch.nn.functional.normalize(x.float(), dim=1) * gain)
+    assert rel_err(out, reference) < BF16_TOL
+    assert rel_err(out, rms_norm_silu(x, gain)) < BF16_TOL
 
 
 def test_cuda_stage_timer_reads_event_times() -> None:

@@ -25,6 +25,7 @@ from pipeline.quantize import FP8_MAX, Float8Linear, quantize_dit, quantize_rows
 from pipeline.speedups import SpeedOptions
 from pipeline.timing import HostStageTimer, stage_timer
 from pipeline.vae import VAEConfig, WanVAE
+from pipeline.vae_kernels import norm_silu
 from server.cli import main as headcast
 from tests.reference import Golden, load_golden, rel_err
 
@@ -140,12 +141,20 @@ def test_quantized_dit_tracks_the_golden(dit_golden: Golden, mode: str, toleranc
 def test_channels_last_vae_decode_matches_golden() -> None:
     golden = load_golden("vae_tiny")
     vae = materialize(lambda: WanVAE(VAEConfig.from_dict(golden.config)), golden.state).eval()
-    latents = golden.outputs["latent_full"] if "latent_full" in golden.outputs else None
-    if latents is None:
-        latents = vae.encode(golden.inputs["video"])
+    latents = golden.inputs["latent"][None]  # [1, z, T, h, w]
     reference = vae.decode(latents)
     out = vae.to_channels_last().decode(latents)
     assert rel_err(out, reference) < 1e-5
+
+
+def test_fused_norm_silu_keeps_the_golden_decode() -> None:
+    golden = load_golden("vae_tiny")
+    vae = materialize(lambda: WanVAE(VAEConfig.from_dict(golden.config)), golden.state).eval()
+    latents = golden.inputs["latent"][None]  # [1, z, T, h, w]
+    reference = vae.decode(latents)
+    assert vae.fuse_norms(norm_silu) > 0  # CPU: the float32 reference function
+    assert not any(isinstance(m, torch.nn.SiLU) for m in vae.decoder.upsamples.modules())
+    assert rel_err(vae.decode(latents), reference) < GOLDEN_TOLERANCE
 
 
 def test_speed_options_name_bad_combinations() -> None:
@@ -155,6 +164,8 @@ def test_speed_options_name_bad_combinations() -> None:
         SpeedOptions(quantize="int4", compile_mode="default")
     with pytest.raises(ValueError, match="attention='fastest'"):
         SpeedOptions(attention="fastest")
+    with pytest.raises(ValueError, match="vae_fused_norms needs vae_channels_last"):
+        SpeedOptions(vae_fused_norms=True)
 
 
 def test_host_stage_timer_sums_repeated_stages() -> None:
