@@ -70,8 +70,9 @@ def ceilings(rows: list[dict]) -> None:
     sa = torch.ones(n, 1, device=DEVICE)
     sb = torch.ones(1, n, device=DEVICE)
     seconds = time_cuda(
-        lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
-                                 use_fast_accum=True)  # fmt: skip
+        lambda: torch._scaled_mm(
+            a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=True
+        )
     )
     rows.append({"what": f"fp8 row-wise scaled_mm {n}^3", "s": seconds,
                  "tflops": 2 * n**3 / seconds / TERA})  # fmt: skip
@@ -116,8 +117,8 @@ def projections(rows: list[dict], tokens: int, dim: int, ffn: int) -> None:
         inputs = randn(tokens, k_in)
         fp8 = Float8Linear.from_linear(linear)
         flops = 2 * tokens * k_in * n_out
-        bf16_s = time_cuda(lambda: linear(inputs))
-        fp8_s = time_cuda(lambda: fp8(inputs))
+        bf16_s = time_cuda(lambda linear=linear, inputs=inputs: linear(inputs))
+        fp8_s = time_cuda(lambda fp8=fp8, inputs=inputs: fp8(inputs))
         err = rel_err(fp8(inputs), linear(inputs))
         rows.append({"what": f"{name} bf16 [{tokens}x{k_in}]x[{k_in}x{n_out}]", "s": bf16_s,
                      "tflops": flops / bf16_s / TERA})  # fmt: skip
@@ -188,9 +189,10 @@ def profiles(rows: list[dict]) -> None:
     torch.backends.cudnn.benchmark = True
     grid = (config.latent_frames, config.latent_height, config.latent_width)
     latents = torch.randn(1, 16, *grid, device=DEVICE)
-    profile_kernels(rows, "VAE decode (channels-last, cudnn.benchmark, Triton norm+SiLU)",
-                    lambda: vae.decode(latents))  # fmt: skip
-    del vae
+    profile_kernels(
+        rows, "VAE decode (channels-last, cudnn.benchmark, Triton norm+SiLU)",
+        lambda: vae.decode(latents),
+    )
     block = block.to(torch.bfloat16).to_empty(device=DEVICE)
     init_random_(block, seed=1)
     dit = config.dit
@@ -230,7 +232,7 @@ def quantized_linear_errors(rows: list[dict], tokens: int, dim: int, ffn: int) -
             rows.append({"what": f"ffn up {mode}", "error": str(exc)[:160]})
             continue
         layer = holder.ffn[0]
-        seconds = time_cuda(lambda: layer(inputs))
+        seconds = time_cuda(lambda layer=layer: layer(inputs))
         rows.append({"what": f"ffn up {mode} eager [{tokens}x{dim}]x[{dim}x{ffn}]", "s": seconds,
                      "tflops": flops / seconds / TERA,
                      "rel_err_vs_bf16": rel_err(layer(inputs), reference)})  # fmt: skip

@@ -39,11 +39,21 @@ from pipeline.attention import ATTENTION_BACKENDS, sdpa_backends
 from pipeline.audio import Wav2VecStreamEncoder
 from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PRESETS, PipelineConfig, preset
-from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, FLOAT32_SUBMODULES, FlashTalkDiT
+from pipeline.dit import (
+    CLIP_EMBED_DIM,
+    CLIP_IMAGE_TOKENS,
+    FLOAT32_SUBMODULES,
+    FlashTalkDiT,
+)
 from pipeline.generator import FlashTalkGenerator
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE_HZ
 from pipeline.quantize import QUANTIZE_MODES
-from pipeline.speedups import COMPILE_MODES, SpeedOptions, apply_speedups, prepare_dit_block
+from pipeline.speedups import (
+    COMPILE_MODES,
+    SpeedOptions,
+    apply_speedups,
+    prepare_dit_block,
+)
 from pipeline.tiny import ONE_INIT_NAMES, build_tiny_generator
 from pipeline.vae import WanVAE
 
@@ -329,14 +339,18 @@ class BenchReport:
     def table(self) -> str:
         """A short human-readable summary (markdown)."""
         lines = [
-            f"## {self.label}: {self.preset} {self.height}x{self.width}, {self.steps} steps, "
-            f"{self.device}, torch {self.torch}",
+            (
+                f"## {self.label}: {self.preset} {self.height}x{self.width}, "
+                f"{self.steps} steps, {self.device}, torch {self.torch}"
+            ),
             "| stage | median s |",
             "|---|---|",
             *(f"| {name} | {seconds:.4f} |" for name, seconds in self.stages_s.items()),
             f"| **chunk (wall)** | **{self.chunk_s:.3f}** (RTF {self.rtf:.2f}) |",
-            f"load {self.load_s:.1f} s, first chunk {self.first_chunk_s:.1f} s "
-            f"(compile/warm-up {self.compile_s:.1f} s), DiT step {self.dit_step_s:.3f} s",
+            (
+                f"load {self.load_s:.1f} s, first chunk {self.first_chunk_s:.1f} s "
+                f"(compile/warm-up {self.compile_s:.1f} s), DiT step {self.dit_step_s:.3f} s"
+            ),
         ]
         if self.peak_memory_gib is not None:
             lines.append(

@@ -465,6 +465,11 @@ class DiTBlock(nn.Module):
             else nn.Identity()
         )
 
+    def fuse_projections(self) -> None:
+        """Fuse the self-attention's q/k/v and the context k/v projections (after loading)."""
+        self.self_attn.fuse_projections()
+        self.cross_attn.fuse_projections()
+
     def forward(
         self,
         x: torch.Tensor,
@@ -633,8 +638,8 @@ class FlashTalkDiT(nn.Module):
         k/v of the text and of the image context). Call after ``load_state_dict``: the fused
         model's state dict no longer has the official keys."""
         for block in self.blocks:
-            block.self_attn.fuse_projections()
-            block.cross_attn.fuse_projections()
+            if isinstance(block, DiTBlock):
+                block.fuse_projections()
 
     def compile_blocks(self, mode: str | None = None) -> None:
         """``torch.compile`` every transformer block in place (regional compilation).

@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline.attention import ATTENTION_BACKENDS
 from pipeline.color import match_and_blend_colors
-from pipeline.dit import FlashTalkDiT
+from pipeline.dit import DiTBlock, FlashTalkDiT
 from pipeline.generator import FlashTalkGenerator
 from pipeline.quantize import QUANTIZE_MODES, quantize_block
 from pipeline.vae_kernels import norm_silu
@@ -98,9 +98,8 @@ class SpeedOptions:
 
 def prepare_dit_block(block: nn.Module, options: SpeedOptions) -> None:
     """Fuse (if asked) and then quantise one loaded DiT block, in place."""
-    if options.fuse_projections:
-        block.self_attn.fuse_projections()  # type: ignore[union-attr,operator]
-        block.cross_attn.fuse_projections()  # type: ignore[union-attr,operator]
+    if options.fuse_projections and isinstance(block, DiTBlock):
+        block.fuse_projections()
     quantize_block(block, options.quantize)
 
 

@@ -116,7 +116,6 @@ def test_cudnn_attention_matches_float32_math(batch: int, queries: int, keys: in
 def test_compiled_block_matches_eager() -> None:
     config = DiTConfig.tiny()
     block = _block(config, seed=3)
-    frames, rows, cols = SMALL_GRID
     inputs = _block_inputs(config, seed=4)
     reference = block(*inputs)
     compiled = torch.compile(block, dynamic=False)
