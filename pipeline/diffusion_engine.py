@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PipelineConfig, preset
 from pipeline.generator import FlashTalkGenerator, StreamState
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, Avatar, Chunk, ChunkJob
+from pipeline.speedups import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class DiffusionEngine:
         wav2vec_dir: Path | None = None,
         device: str | None = None,
         cache_dir: Path | None = None,
+        speed: SpeedOptions | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -60,6 +63,7 @@ class DiffusionEngine:
         self.wav2vec_dir = wav2vec_dir
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cache_dir = cache_dir
+        self.speed = speed
         self.generator: FlashTalkGenerator | None = None
         self.warmup_rtf: float | None = None
         if name == "tiny":
@@ -68,9 +72,10 @@ class DiffusionEngine:
                 "are noise, not a face"
             )
         else:
+            quantized = "" if speed is None or speed.quantize == "none" else f", {speed.quantize}"
             self.description = (
                 f"flashtalk: SoulX-FlashTalk {config.preset}, {config.steps} steps, "
-                f"{config.height}x{config.width}"
+                f"{config.height}x{config.width}{quantized}"
             )
 
     def load(self) -> None:
@@ -94,6 +99,10 @@ class DiffusionEngine:
                 self.config, self.model_dir, self.wav2vec_dir, device=self.device,
                 cache_dir=self.cache_dir,
             )
+        if self.speed is not None:
+            from pipeline.speedups import apply_speedups
+
+            apply_speedups(self.generator, self.speed)
         logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
         state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
         silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
@@ -139,7 +148,12 @@ def tiny_engine(**options: Any) -> DiffusionEngine:
 
 
 def flashtalk_engine(**options: Any) -> DiffusionEngine:
-    """The ``flashtalk`` engine: the official 14B recipe; ``gen_height``/``gen_width`` resize."""
+    """The ``flashtalk`` engine: the official 14B recipe, with the speed options asked for.
+
+    ``gen_height``/``gen_width`` set the generated size (frames are resized to ``height`` x
+    ``width``); ``speedups`` is ``fast`` (bf16-exact speed-ups, the default) or ``official``;
+    ``quantize`` and ``compile`` choose the DiT's precision and compilation.
+    """
     config = preset(
         "flashtalk-14b",
         steps=options.pop("steps", None),
@@ -147,4 +161,9 @@ def flashtalk_engine(**options: Any) -> DiffusionEngine:
         height=options.pop("gen_height", None) or options.get("height"),
         width=options.pop("gen_width", None) or options.get("width"),
     )
-    return DiffusionEngine(name="flashtalk", config=config, **options)
+    device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    quantize = options.pop("quantize", "none")
+    compile_mode = "default" if options.pop("compile", False) else None
+    base = SpeedOptions.official() if options.pop("speedups", "fast") == "official" else SpeedOptions.fast(device)
+    speed = replace(base, quantize=quantize, compile_mode=compile_mode)
+    return DiffusionEngine(name="flashtalk", config=config, speed=speed, **options)

@@ -33,11 +33,18 @@ STAND_IN_ENGINES = {
 def engine_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments ``settings.engine``'s factory takes."""
     options: dict[str, Any] = {"height": settings.height, "width": settings.width}
+    if settings.engine in ("tiny", "flashtalk") and settings.steps is not None:
+        options["steps"] = settings.steps
     if settings.engine == "flashtalk":
         if settings.model_dir is not None:
             options["model_dir"] = settings.model_dir
         if settings.wav2vec_dir is not None:
             options["wav2vec_dir"] = settings.wav2vec_dir
+        options["gen_height"] = settings.gen_height
+        options["gen_width"] = settings.gen_width
+        options["quantize"] = settings.quantize
+        options["compile"] = settings.compile
+        options["speedups"] = settings.speedups
     return options
 
 

@@ -113,6 +113,30 @@ class Settings(BaseSettings):
     wav2vec_dir: Path | None = None
     """wav2vec 2.0 audio-encoder directory (``flashtalk`` only)."""
 
+    steps: Literal[4, 2] | None = None
+    """Sampling steps per chunk of the diffusion engines (``tiny``, ``flashtalk``); unset: the
+    preset's 4. 2 halves the DiT time (the official 2-step schedule)."""
+
+    gen_height: int | None = Field(None, gt=0, multiple_of=16)
+    """Height the ``flashtalk`` engine generates at, when it differs from ``height`` (frames are
+    resized to the output size); unset: the output height."""
+
+    gen_width: int | None = Field(None, gt=0, multiple_of=16)
+    """Width the ``flashtalk`` engine generates at; unset: the output width."""
+
+    quantize: Literal["none", "fp8", "int8", "int4", "nf4"] = "none"
+    """DiT linear layers of the ``flashtalk`` engine: ``none`` (bf16), ``fp8`` (Hopper, row-wise
+    scales), ``int8``/``int4`` (optimum-quanto, weight only) or ``nf4`` (bitsandbytes). See
+    BENCHMARKS.md for speed, memory and error of each."""
+
+    compile: bool = False
+    """``torch.compile`` the DiT blocks of the ``flashtalk`` engine (the first chunk pays the
+    compile time at warm-up; not with int8/int4/nf4)."""
+
+    speedups: Literal["fast", "official"] = "fast"
+    """``fast``: every speed-up that keeps bf16 results (cuDNN attention, channels-last VAE with
+    fused norms, cuDNN autotune); ``official``: run exactly as the official code does."""
+
     height: int = Field(DEFAULT_HEIGHT, gt=0, multiple_of=16)
     """Output video height in pixels."""
 

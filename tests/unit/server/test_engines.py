@@ -1,0 +1,51 @@
+"""Settings to engine: the options each engine gets, and every shipped profile loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.diffusion_engine import DiffusionEngine
+from pipeline.engine import default_registry
+from server.engines import create_engine, engine_options
+from server.settings import SettingsError, load_settings
+
+CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_profile_loads(profile: Path) -> None:
+    settings = load_settings(profile)
+    options = engine_options(settings)
+    assert options["height"] == settings.height and options["width"] == settings.width
+
+
+def test_the_realtime_profile_reaches_the_flashtalk_engine() -> None:
+    profile = next(p for p in CONFIGS if p.name == "realtime-1gpu.yaml")
+    settings = load_settings(profile)
+    engine = create_engine(settings)  # created, not loaded: no weights are read
+    assert isinstance(engine, DiffusionEngine) and engine.speed is not None
+    assert (engine.config.steps, engine.config.height, engine.config.width) == (2, 640, 368)
+    assert engine.speed.quantize == "fp8" and engine.speed.compile_mode == "default"
+    assert (engine.height, engine.width) == (settings.height, settings.width)
+    assert "fp8" in engine.description
+
+
+def test_puppet_gets_only_the_size() -> None:
+    settings = load_settings(None, engine="puppet", steps=2, quantize="fp8")
+    assert engine_options(settings) == {"height": settings.height, "width": settings.width}
+
+
+def test_tiny_gets_its_steps() -> None:
+    engine = default_registry().create(
+        "tiny", **engine_options(load_settings(None, engine="tiny", steps=2))
+    )
+    assert isinstance(engine, DiffusionEngine) and engine.config.steps == 2
+
+
+def test_bad_generation_settings_are_named() -> None:
+    with pytest.raises(SettingsError, match="steps"):
+        load_settings(None, steps=3)
+    with pytest.raises(SettingsError, match="quantize"):
+        load_settings(None, quantize="int3")
