@@ -22,7 +22,7 @@ from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PipelineConfig, preset
 from pipeline.generator import FlashTalkGenerator, StreamState
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, Avatar, Chunk, ChunkJob
-from pipeline.speedups import SpeedOptions
+from pipeline.speedups import SpeedOptions, apply_speedups
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class DiffusionEngine:
             self.generator = build_tiny_generator(
                 self.config, seed=0, device=self.device, cache_dir=self.cache_dir
             )
+            if self.speed is not None:
+                apply_speedups(self.generator, self.speed)
         else:
             from pipeline.flashtalk import load_flashtalk_generator
 
@@ -97,12 +99,8 @@ class DiffusionEngine:
                 )
             self.generator = load_flashtalk_generator(
                 self.config, self.model_dir, self.wav2vec_dir, device=self.device,
-                cache_dir=self.cache_dir,
+                cache_dir=self.cache_dir, speed=self.speed,
             )
-        if self.speed is not None:
-            from pipeline.speedups import apply_speedups
-
-            apply_speedups(self.generator, self.speed)
         logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
         state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
         silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)

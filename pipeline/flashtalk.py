@@ -16,14 +16,34 @@ import torch
 from pipeline.audio import Wav2VecStreamEncoder
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import PipelineConfig
-from pipeline.dit import load_dit
+from pipeline.dit import FlashTalkDiT, load_dit
 from pipeline.encoders import OnDemandEncoders
 from pipeline.generator import FlashTalkGenerator
 from pipeline.image import CLIP_CHECKPOINT_FILE, OFFICIAL_CLIP_DTYPE, CLIPVisionEncoder, load_clip_visual
+from pipeline.speedups import SpeedOptions, apply_speedups, prepare_dit_block
 from pipeline.text import OFFICIAL_T5_DTYPE, PromptEncoder
 from pipeline.vae import VAE_CHECKPOINT_NAME, load_vae
 
 logger = logging.getLogger(__name__)
+
+
+def load_dit_prepared(
+    model_dir: Path, *, device: torch.device | str, dtype: torch.dtype, speed: SpeedOptions
+) -> tuple[FlashTalkDiT, bool]:
+    """The DiT on ``device``; returns it and whether its blocks were fused/quantised already.
+
+    With quantisation or fusion asked for, the checkpoint is mapped on the host and moved to
+    the device one block at a time, each block prepared as it arrives: the device never holds
+    the whole bf16 model (36 GB), so int4/nf4 fit a 24 GB card.
+    """
+    if speed.quantize == "none" and not speed.fuse_projections:
+        return load_dit(model_dir, device=device, dtype=dtype), False
+    dit = load_dit(model_dir, device="cpu", dtype=dtype)  # mmapped: no copy of the file
+    for block in dit.blocks:
+        block.to(device)
+        prepare_dit_block(block, speed)
+    dit.to(device)  # embeddings, projections and head
+    return dit, True
 
 
 def load_flashtalk_generator(
@@ -34,8 +54,11 @@ def load_flashtalk_generator(
     device: torch.device | str,
     dtype: torch.dtype = torch.bfloat16,
     cache_dir: Path | None = None,
+    speed: SpeedOptions | None = None,
 ) -> FlashTalkGenerator:
-    """Load the DiT, VAE and wav2vec2 resident; T5 and CLIP are loaded per avatar."""
+    """Load the DiT, VAE and wav2vec2 resident and apply ``speed`` (default: as the official
+    code runs); T5 and CLIP are loaded per avatar."""
+    speed = speed or SpeedOptions.official()
     model_dir, wav2vec_dir = Path(model_dir), Path(wav2vec_dir)
     if not model_dir.is_dir():
         raise CheckpointError(
@@ -43,7 +66,7 @@ def load_flashtalk_generator(
             "SoulX-FlashTalk checkpoint and check it with `headcast doctor`"
         )
     started = time.perf_counter()
-    dit = load_dit(model_dir, device=device, dtype=dtype)
+    dit, blocks_prepared = load_dit_prepared(model_dir, device=device, dtype=dtype, speed=speed)
     vae = load_vae(model_dir / VAE_CHECKPOINT_NAME, device=device, dtype=dtype, config=config.vae)
     audio_encoder = Wav2VecStreamEncoder.from_dir(wav2vec_dir, device, torch.float32, config.audio)
     logger.info("FlashTalk models loaded in %.1f s", time.perf_counter() - started)
@@ -57,7 +80,7 @@ def load_flashtalk_generator(
             config=config.clip,
         )
 
-    return FlashTalkGenerator(
+    generator = FlashTalkGenerator(
         config,
         dit=dit,
         vae=vae,
@@ -67,3 +90,5 @@ def load_flashtalk_generator(
         dtype=dtype,
         cache_dir=cache_dir,
     )
+    apply_speedups(generator, speed, blocks_prepared=blocks_prepared)
+    return generator

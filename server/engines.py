@@ -33,8 +33,11 @@ STAND_IN_ENGINES = {
 def engine_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments ``settings.engine``'s factory takes."""
     options: dict[str, Any] = {"height": settings.height, "width": settings.width}
-    if settings.engine in ("tiny", "flashtalk") and settings.steps is not None:
-        options["steps"] = settings.steps
+    if settings.engine in ("tiny", "flashtalk"):
+        if settings.steps is not None:
+            options["steps"] = settings.steps
+        if settings.avatar_cache_dir is not None:
+            options["cache_dir"] = settings.avatar_cache_dir
     if settings.engine == "flashtalk":
         if settings.model_dir is not None:
             options["model_dir"] = settings.model_dir

@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     """``fast``: every speed-up that keeps bf16 results (cuDNN attention, channels-last VAE with
     fused norms, cuDNN autotune); ``official``: run exactly as the official code does."""
 
+    avatar_cache_dir: Path | None = None
+    """Folder where the diffusion engines keep each avatar's conditioning (T5, CLIP and VAE
+    outputs) across restarts; unset: kept in memory only."""
+
     height: int = Field(DEFAULT_HEIGHT, gt=0, multiple_of=16)
     """Output video height in pixels."""
 

@@ -49,3 +49,9 @@ def test_bad_generation_settings_are_named() -> None:
         load_settings(None, steps=3)
     with pytest.raises(SettingsError, match="quantize"):
         load_settings(None, quantize="int3")
+
+
+def test_the_avatar_cache_folder_reaches_the_diffusion_engines(tmp_path: Path) -> None:
+    settings = load_settings(None, engine="tiny", avatar_cache_dir=tmp_path)
+    engine = create_engine(settings)
+    assert isinstance(engine, DiffusionEngine) and engine.cache_dir == tmp_path
