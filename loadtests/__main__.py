@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ logger = logging.getLogger("loadtests")
 
 EXIT_SHORT = 1
 EXIT_USAGE = 2
+API_KEY_ENV = "HEADCAST_API_KEY"
+"""Environment variable the driver reads its API key from when ``--api-key`` is not given."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--avatar", default="default", help="avatar name to ask for")
     parser.add_argument("--min-fps", type=float, help="fail unless every session received this many fps")
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"API key for creating sessions, when the server has api_keys configured "
+        f"(default: ${API_KEY_ENV}; prefer the variable, the command line is visible to others)",
+    )
     return parser
 
 
@@ -45,7 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("aioice", "aiortc", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    plan = LoadPlan(args.url, args.sessions, args.duration, ramp_s=args.ramp, avatar=args.avatar)
+    plan = LoadPlan(
+        args.url,
+        args.sessions,
+        args.duration,
+        ramp_s=args.ramp,
+        avatar=args.avatar,
+        api_key=args.api_key or None,
+    )
     try:
         plan.validate()
     except LoadPlanError as exc:

@@ -65,6 +65,8 @@ class LoadPlan:
     """Delay between two session starts, in seconds."""
 
     avatar: str = "default"
+    api_key: str | None = field(default=None, repr=False)
+    """Sent when creating sessions, for a server with ``api_keys`` configured."""
 
     def validate(self) -> None:
         """Raise ``LoadPlanError`` unless the target is loopback and the counts are bounded."""
@@ -199,7 +201,9 @@ async def run_load(plan: LoadPlan) -> LoadReport:
     plan.validate()
     started = time.monotonic()
     policy = HostCandidatePolicy(loopback_only=True)
-    async with HeadcastClient(plan.url, timeout_s=CONNECT_TIMEOUT_S, host_candidates=policy) as client:
+    async with HeadcastClient(
+        plan.url, timeout_s=CONNECT_TIMEOUT_S, host_candidates=policy, api_key=plan.api_key
+    ) as client:
         await client.wait_ready(timeout_s=CONNECT_TIMEOUT_S)
         before = await client.metrics()
         results = [SessionResult(index) for index in range(plan.sessions)]

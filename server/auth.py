@@ -94,8 +94,9 @@ def bearer_credential(authorization: str | None, what: str) -> str:
     ``what`` names the credential in the error (``"API key"``, ``"session token"``).
     """
     if authorization is None or not authorization.strip():
+        article = "an" if what[:1].lower() in "aeiou" else "a"
         raise MissingCredentials(
-            f"this request needs a {what}: send 'Authorization: Bearer <{what}>'"
+            f"this request needs {article} {what}: send 'Authorization: Bearer <{what}>'"
         )
     scheme, _, credential = authorization.strip().partition(" ")
     if scheme.lower() != BEARER_SCHEME or not credential.strip():

@@ -32,7 +32,7 @@ from server.auth import (
 )
 from server.registry import CapacityReached, UnknownAvatar, UnknownSession
 from streaming.peer import NoIceCandidates, OfferError
-from streaming.session import AlreadyConnected, PrepareFailed, SessionEnded
+from streaming.session_config import AlreadyConnected, PrepareFailed, SessionEnded
 
 logger = logging.getLogger(__name__)
 

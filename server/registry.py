@@ -28,7 +28,8 @@ from server.capacity import CapacityPolicy
 from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
 from server.metrics import Metrics, RejectReason
 from streaming.peer import PeerConfig
-from streaming.session import AvatarSession, PrepareFailed, SessionConfig
+from streaming.session import AvatarSession
+from streaming.session_config import PrepareFailed, SessionConfig
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from streaming.codecs import VideoCodec
 from streaming.executor import start_media_executor
 from streaming.ice import HostCandidatePolicy
 from streaming.peer import PeerConfig
-from streaming.session import SessionConfig
+from streaming.session_config import SessionConfig
 
 logger = logging.getLogger(__name__)
 

@@ -27,25 +27,24 @@ not yet handed to the encoder; from the cut on, filler from the ``IdleLoop`` (th
 chunk generated from silence, mouth at rest) plays until chunks taken after the interrupt
 come out of the engine, so the output is idle within a frame or two of the command.
 
-Knows nothing about HTTP, tokens or metrics backends (it reports to a ``SessionObserver``).
+Its settings and errors live in ``streaming.session_config``; what the tracks report sending
+is timed by ``streaming.send_timing``. Knows nothing about HTTP, tokens or metrics backends
+(it reports to a ``SessionObserver``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 from aiortc import RTCDataChannel
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from pipeline.engine import (
-    DEFAULT_MAILBOX_SIZE,
     ChunkFailure,
     EngineWorker,
     MailboxFull,
@@ -92,6 +91,16 @@ from streaming.observer import ChunkProblem, NullObserver, SessionObserver
 from streaming.peer import EventsChannel, PeerConfig, PeerLink
 from streaming.push import PushDecoder, PushFormat, SpeechMark, UtteranceLedger
 from streaming.resample import Upsampler
+from streaming.send_timing import SendTiming
+from streaming.session_config import (
+    DEFAULT_PREPARE_TIMEOUT_S,
+    AlreadyConnected,
+    AudioSource,
+    PrepareFailed,
+    SessionConfig,
+    SessionEnded,
+    SessionError,
+)
 from streaming.tracks import (
     AvatarAudioTrack,
     AvatarVideoTrack,
@@ -103,26 +112,9 @@ from streaming.tracks import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INTAKE_JITTER_S = 0.060
-"""How long after a chunk boundary its audio is taken, in seconds: room for network jitter,
-so a packet arriving a little late is not replaced by silence."""
-
-DEFAULT_EMIT_MARGIN_S = 0.150
-"""How long before its playout time a chunk must be ready, in seconds: the time needed to
-convert 28 frames and queue them."""
-
-DEFAULT_MAX_BUFFERED_AUDIO_S = 2 * CHUNK_SECONDS
-"""Most received audio the intake holds before dropping the oldest, in seconds."""
-
-DEFAULT_PREPARE_TIMEOUT_S = 60.0
-"""How long the engine may take to prepare a session's avatar, in seconds."""
-
 LATE_FRAME_S = 0.040
 """A video frame handed to the encoder more than this after its due time counts as late
 (one frame period)."""
-
-SKEW_HISTORY = 64
-"""Per-chunk A/V skew measurements kept for inspection (``av_skews``)."""
 
 MS_PER_S = 1000
 
@@ -136,78 +128,6 @@ INTERRUPTED_PROBLEM = "interrupted"
 """``chunk.stats`` problem of a chunk replaced by idle-loop filler after an interrupt."""
 
 
-class AudioSource(enum.StrEnum):
-    """Where a session's speech comes from (chosen before media starts)."""
-
-    MIC = "mic"
-    """The caller's WebRTC audio track (persona mode)."""
-
-    PUSH = "push"
-    """Audio pushed by the application: PCM16 over the WebSocket, or ``push_audio``."""
-
-
-class SessionError(RuntimeError):
-    """Base class of session errors."""
-
-
-class AlreadyConnected(SessionError):
-    """The session already has (or is negotiating) a peer connection."""
-
-
-class SessionEnded(SessionError):
-    """The session is closed."""
-
-
-class PrepareFailed(SessionError):
-    """The engine could not prepare the session's avatar."""
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """Timing and sizes of one session."""
-
-    height: int
-    """Height of the outgoing video, in pixels."""
-
-    width: int
-    """Width of the outgoing video, in pixels."""
-
-    latency_budget_s: float = CHUNK_SECONDS
-    """Time from taking a chunk's audio to playing it out, in seconds: the engine's compute
-    time plus jitter and margin must fit in it (about one chunk at RTF < 0.85)."""
-
-    intake_jitter_s: float = DEFAULT_INTAKE_JITTER_S
-    """Delay after each chunk boundary before its audio is taken, in seconds."""
-
-    emit_margin_s: float = DEFAULT_EMIT_MARGIN_S
-    """A chunk not ready this long before its playout goes out idle, in seconds."""
-
-    max_buffered_audio_s: float = DEFAULT_MAX_BUFFERED_AUDIO_S
-    """Most received audio held before the oldest is dropped, in seconds."""
-
-    mailbox_size: int = DEFAULT_MAILBOX_SIZE
-    """Chunks the session may have in flight in the engine at once."""
-
-    def __post_init__(self) -> None:
-        if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"video size must be positive, got {self.width}x{self.height}")
-        if self.latency_budget_s <= self.intake_jitter_s + self.emit_margin_s:
-            raise ValueError(
-                f"latency_budget_s ({self.latency_budget_s}) must exceed intake jitter "
-                f"({self.intake_jitter_s}) plus emit margin ({self.emit_margin_s}) to leave "
-                "the engine any compute time"
-            )
-        if self.max_buffered_audio_s < CHUNK_SECONDS:
-            raise ValueError(
-                f"max_buffered_audio_s must hold at least one chunk ({CHUNK_SECONDS} s)"
-            )
-
-    @property
-    def compute_allowance_s(self) -> float:
-        """Engine time per chunk before the chunk goes out idle, in seconds."""
-        return self.latency_budget_s - self.intake_jitter_s - self.emit_margin_s
-
-
 def _check_frames(frames: np.ndarray) -> str | None:
     """Why ``frames`` cannot be sent, or ``None`` if they are ``[28, H, W, 3]`` uint8."""
     if frames.ndim != 4 or frames.shape[0] != CHUNK_FRAMES or frames.shape[3] != 3:
@@ -215,21 +135,6 @@ def _check_frames(frames: np.ndarray) -> str | None:
     if frames.dtype != np.uint8:
         return f"expected uint8 frames, got {frames.dtype}"
     return None
-
-
-@dataclass
-class _InterruptProbe:
-    """An interrupt waiting for its first idle frame and packet to be sent."""
-
-    commanded_at: float
-    video_cut: int
-    """Index of the first video frame after the cut."""
-
-    audio_cut: int
-    """Index of the first audio packet after the cut."""
-
-    video_sent_at: float | None = None
-    audio_sent_at: float | None = None
 
 
 class AvatarSession:
@@ -323,13 +228,8 @@ class AvatarSession:
         """Utterance boundaries placed on the media timeline, not yet played."""
         self._speaking_from: int | None = None
         """Media sample where the utterance now playing started (None: none is playing)."""
-        self._interrupt_probe: _InterruptProbe | None = None
-        self._chunk_starts: dict[int, list[float | None]] = {}
-        """chunk index -> [video sent at, audio sent at] of its first frame and packet."""
-        self.av_skews: deque[float] = deque(maxlen=SKEW_HISTORY)
-        """Recent per-chunk audio-minus-video send-time skews, in seconds."""
-        self.interrupt_latencies: list[float] = []
-        """Command-to-idle latency of every interrupt that took effect on media, in seconds."""
+        self.send_timing = SendTiming(self._observer, label)
+        """Per-chunk A/V skew and interrupt latency, from what the tracks report sending."""
         self.frames_dropped = 0
         self.frames_late = 0
 
@@ -619,7 +519,7 @@ class AvatarSession:
         self._filler_until = self._next_take
         self._settle_index = self._next_take
         self.idle_loop.restart()
-        self._interrupt_probe = _InterruptProbe(commanded_at, self._video_next, self._audio_next)
+        self.send_timing.interrupted(commanded_at, self._video_next, self._audio_next)
         if first_chunk < self._filler_until:
             # The first idle frames go out now, not after the emit loop's current conversion:
             # a few plane copies on the loop (about 1 ms a frame); the rest is built off it.
@@ -972,43 +872,10 @@ class AvatarSession:
         end_sample = (frame_index + 1) * SAMPLES_PER_FRAME
         while self._marks and self._marks[0].media_sample < end_sample:
             self._play_mark(self._marks.popleft())
-        probe = self._interrupt_probe
-        if probe is not None and probe.video_sent_at is None and frame_index >= probe.video_cut:
-            probe.video_sent_at = sent_at
-            self._settle_probe(probe)
-        if frame_index % CHUNK_FRAMES == 0:
-            self._chunk_start_sent(frame_index // CHUNK_FRAMES, 0, sent_at)
+        self.send_timing.video_sent(frame_index, sent_at)
 
     def _audio_sent(self, pts: int, due: float, sent_at: float) -> None:
-        packet_index = pts // AUDIO_PACKET_SAMPLES
-        probe = self._interrupt_probe
-        if probe is not None and probe.audio_sent_at is None and packet_index >= probe.audio_cut:
-            probe.audio_sent_at = sent_at
-            self._settle_probe(probe)
-        if packet_index % CHUNK_AUDIO_PACKETS == 0:
-            self._chunk_start_sent(packet_index // CHUNK_AUDIO_PACKETS, 1, sent_at)
-
-    def _chunk_start_sent(self, index: int, kind: int, sent_at: float) -> None:
-        """Record when chunk ``index``'s first frame (kind 0) or packet (kind 1) was sent."""
-        times = self._chunk_starts.setdefault(index, [None, None])
-        times[kind] = sent_at
-        video_at, audio_at = times
-        if video_at is not None and audio_at is not None:
-            del self._chunk_starts[index]
-            skew = audio_at - video_at
-            self.av_skews.append(skew)
-            self._observer.on_av_skew(skew)
-        for stale in [k for k in self._chunk_starts if k < index - 1]:
-            del self._chunk_starts[stale]  # its other half was cut by an interrupt
-
-    def _settle_probe(self, probe: _InterruptProbe) -> None:
-        if probe.video_sent_at is None or probe.audio_sent_at is None:
-            return
-        latency = max(probe.video_sent_at, probe.audio_sent_at) - probe.commanded_at
-        self.interrupt_latencies.append(latency)
-        self._observer.on_interrupt(latency)
-        self._interrupt_probe = None
-        logger.info("%s: idle %.0f ms after the interrupt", self.label, latency * MS_PER_S)
+        self.send_timing.audio_sent(pts // AUDIO_PACKET_SAMPLES, sent_at)
 
     def _play_mark(self, mark: SpeechMark) -> None:
         if mark.started:

@@ -29,7 +29,8 @@ from server.runtime import Runtime
 from server.settings import Settings
 from streaming.events import AudioQueued, ErrorCode, ErrorEvent, Event, ProtocolError
 from streaming.push import PushFormat
-from streaming.session import AudioSource, AvatarSession, SessionEnded
+from streaming.session import AvatarSession
+from streaming.session_config import AudioSource, SessionEnded
 
 logger = logging.getLogger(__name__)
 

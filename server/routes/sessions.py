@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME
 from server.deps import ApiKeyDep, AuthorizedSessionDep, RegistryDep
 from server.routes.audio_ws import PushFormatDep
-from streaming.session import AudioSource
+from streaming.session_config import AudioSource
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 

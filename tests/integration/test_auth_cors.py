@@ -2,8 +2,8 @@
 
 One server for the module with two API keys, one allowed browser origin and a short token
 lifetime (``AUTH_SETTINGS``). Creating a session without a key or with a wrong one is 401, a
-valid key gets a session whose token streams video over WebRTC; another session's token is
-403; once the token has expired it starts nothing (401) but still controls the connected
+valid key gets a session whose token streams video over WebRTC; the Python client and the
+load driver send a configured key; another session's token is 403; once the token has expired it starts nothing (401) but still controls the connected
 session; refusals are counted by reason. CORS headers go to the allowed origin only. The log
 says keys are required and never shows a key or a token.
 """
@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from headcast_client import HeadcastClient, SessionInfo
+from headcast_client import HeadcastClient, HeadcastError, SessionInfo
+from loadtests.driver import LoadPlan, run_load
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, run_server
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,8 @@ RECV_TIMEOUT_S = 30.0
 EXPIRY_MARGIN_S = 0.3
 IDLE_TIMEOUT_S = 30.0
 POLL_S = 0.2
+LOAD_DURATION_S = 2.0
+"""How long the keyed load-driver session streams."""
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +229,22 @@ def test_the_log_says_keys_are_required_and_shows_no_secret(server: RunningServe
     assert "/healthz?token=[redacted]" in log
     for secret in (KEY, OTHER_KEY, session.token, session.token.rsplit(".", 1)[-1]):
         assert secret not in log
+
+
+async def test_the_python_client_and_load_driver_send_the_api_key(server: RunningServer) -> None:
+    await asyncio.to_thread(_wait_idle, server)
+    async with HeadcastClient(server.url) as keyless:
+        with pytest.raises(HeadcastError) as refused:
+            await keyless.create_session()
+    assert refused.value.status == 401
+    assert "needs an API key: send 'Authorization: Bearer <API key>'" in str(refused.value)
+    async with HeadcastClient(server.url, api_key=OTHER_KEY) as client:
+        session = await client.create_session()
+        await client.delete_session(session)
+
+    report = await run_load(LoadPlan(server.url, 1, LOAD_DURATION_S, api_key=KEY))
+
+    summary = "\n".join(report.summary_lines())
+    (result,) = report.sessions
+    assert result.outcome == "ok" and result.frames > 0, summary
+    assert KEY not in summary and KEY not in repr(report.sessions)

@@ -101,7 +101,9 @@ class HeadcastClient:
     """Talks to one headcast server. Use as ``async with HeadcastClient(url) as client``.
 
     ``host_candidates`` chooses the client's own ICE addresses (e.g. loopback only, for a
-    client and server on one loopback-only host).
+    client and server on one loopback-only host). ``api_key`` is sent as a bearer token
+    when creating sessions (a server with ``api_keys`` configured asks for one); the
+    session's own token authorises everything after that.
     """
 
     def __init__(
@@ -110,9 +112,11 @@ class HeadcastClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         host_candidates: HostCandidatePolicy | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self._api_key = api_key
         self._host_candidates = host_candidates or HostCandidatePolicy()
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
 
@@ -176,7 +180,9 @@ class HeadcastClient:
         request: dict[str, Any] = {"avatar": avatar}
         if audio_source != "mic":
             request |= {"audio_source": audio_source, "sample_rate": sample_rate}
-        body = (await self._request("POST", "/v1/sessions", json=request)).json()
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        response = await self._request("POST", "/v1/sessions", json=request, headers=headers)
+        body = response.json()
         return SessionInfo(
             id=body["id"],
             token=body["token"],

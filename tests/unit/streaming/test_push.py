@@ -20,7 +20,8 @@ from streaming.clock import AUDIO_PACKET_SAMPLES, CHUNK_AUDIO_PACKETS, VIDEO_TIC
 from streaming.events import ErrorCode, Event, ProtocolError
 from streaming.observer import NullObserver
 from streaming.push import PushDecoder, PushFormat, UtteranceLedger
-from streaming.session import AvatarSession, SessionConfig
+from streaming.session import AvatarSession
+from streaming.session_config import SessionConfig
 from tests.conftest import FakeEngine, grey_level
 from tests.unit.streaming.conftest import FastClock
 

@@ -20,7 +20,8 @@ from pipeline.engine import EngineWorker
 from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar
 from streaming.clock import CHUNK_AUDIO_PACKETS
 from streaming.observer import ChunkProblem, NullObserver
-from streaming.session import AvatarSession, PrepareFailed, SessionConfig
+from streaming.session import AvatarSession
+from streaming.session_config import PrepareFailed, SessionConfig
 from tests.conftest import FakeEngine, grey_level
 from tests.unit.streaming.conftest import FastClock
 
