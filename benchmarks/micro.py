@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.attention import sdpa_backends
-from pipeline.bench import init_random_
+from pipeline.random_weights import init_random_
 from pipeline.config import preset
 from pipeline.quantize import Float8Linear
 from pipeline.vae import WanVAE

@@ -1,13 +1,12 @@
 """``headcast bench``: time every stage of a streaming chunk, with the memory it needs.
 
 Owns: the benchmark's arguments (``add_arguments``, shared with the ``headcast bench``
-subcommand), random full-size weights built directly on the device (``to_empty`` then
-in-place ``normal_``, block by block, each block fused and quantised before the next is
-made, so the load peak stays near the final size), the run (warm-up chunks, then timed
-chunks: medians of every stage, chunk wall time, RTF = chunk time / 1.12 s, peak memory,
-load and first-chunk time), FLOP counts of a DiT step and a VAE decode (``FlopCounterMode``
-on meta tensors), optional reference outputs on fixed inputs to compare variants, and the
-JSON report. ``python -m pipeline.bench`` runs it without the serving stack.
+subcommand), the run on a checkpoint or on random full-size weights
+(``pipeline.random_weights``): warm-up chunks, then timed chunks: medians of every stage,
+chunk wall time, RTF = chunk time / 1.12 s, peak memory, load and first-chunk time; FLOP
+counts of a DiT step and a VAE decode (``FlopCounterMode`` on meta tensors), optional
+reference outputs on fixed inputs to compare variants, and the JSON report.
+``python -m pipeline.bench`` runs it without the serving stack.
 
 Stage times come from ``FlashTalkGenerator.step``'s timer (CUDA events on the GPU). Must
 not know about the server, sessions or codecs.
@@ -20,41 +19,37 @@ import contextlib
 import datetime
 import json
 import logging
-import math
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.attention import ATTENTION_BACKENDS, sdpa_backends
-from pipeline.audio import Wav2VecStreamEncoder
 from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PRESETS, PipelineConfig, preset
 from pipeline.dit import (
     CLIP_EMBED_DIM,
     CLIP_IMAGE_TOKENS,
-    FLOAT32_SUBMODULES,
     FlashTalkDiT,
 )
 from pipeline.generator import FlashTalkGenerator
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE_HZ
 from pipeline.quantize import QUANTIZE_MODES
+from pipeline.random_weights import RANDOM_PROMPT_TOKENS, random_generator
 from pipeline.speedups import (
     COMPILE_MODES,
     SpeedOptions,
     apply_speedups,
-    prepare_dit_block,
 )
-from pipeline.tiny import ONE_INIT_NAMES, build_tiny_generator
+from pipeline.tiny import build_tiny_generator
 from pipeline.vae import WanVAE
 
 logger = logging.getLogger(__name__)
@@ -64,9 +59,6 @@ DEFAULT_CHUNKS = 5
 
 DEFAULT_WARMUP = 1
 """Chunks run before timing (the first pays for compilation and autotuning)."""
-
-RANDOM_PROMPT_TOKENS = 32
-"""Tokens of the random stand-in for a T5 prompt embedding (padded to ``text_len`` anyway)."""
 
 AUDIO_TONE_HZ = 220.0
 AUDIO_LEVEL = 0.1
@@ -80,109 +72,6 @@ REFERENCE_VIDEO_FRAME_STRIDE = 8
 
 GIB = 1024**3
 TERA = 1e12
-
-
-# -- random weights on the device ---------------------------------------------------------
-
-
-def init_random_(module: nn.Module, seed: int) -> None:
-    """Fill ``module``'s parameters in place on their device: gains 1, biases 0, the rest
-    N(0, 1/fan_in) from a generator seeded with ``seed`` (as ``pipeline.tiny`` does on CPU)."""
-    params = list(module.named_parameters())
-    if not params:
-        return
-    generator = torch.Generator(device=params[0][1].device).manual_seed(seed)
-    with torch.no_grad():
-        for name, param in params:
-            leaf = name.rsplit(".", 1)[-1]
-            is_norm = "norm" in name and param.ndim == 1
-            if leaf in ONE_INIT_NAMES or (is_norm and leaf == "weight"):
-                param.fill_(1.0)
-            elif leaf == "bias":
-                param.zero_()
-            else:
-                fan_in = param[0].numel() if param.ndim > 1 else param.numel()
-                param.normal_(0.0, 1.0 / math.sqrt(max(fan_in, 1)), generator=generator)
-
-
-def random_dit(
-    config: PipelineConfig,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    seed: int,
-    prepare_block: Callable[[nn.Module], None],
-) -> FlashTalkDiT:
-    """A random-weight DiT made on ``device`` block by block; ``prepare_block`` runs on each
-    block right after it is filled (fusion, quantisation), before the next one exists."""
-    with torch.device("meta"):
-        dit = FlashTalkDiT(config.dit).to(dtype)
-    for name in FLOAT32_SUBMODULES:
-        getattr(dit, name).float()
-    for index, (name, child) in enumerate(dit.named_children()):
-        if name != "blocks":
-            child.to_empty(device=device)
-            init_random_(child, seed + index)
-    for index, block in enumerate(dit.blocks):
-        block.to_empty(device=device)
-        init_random_(block, seed + 1000 + index)
-        prepare_block(block)
-    return dit.eval().requires_grad_(False)
-
-
-def random_vae(config: PipelineConfig, *, device: torch.device, dtype: torch.dtype, seed: int) -> WanVAE:
-    """A random-weight full-size VAE made on ``device``."""
-    with torch.device("meta"):
-        vae = WanVAE(config.vae)
-    vae = vae.to(dtype).to_empty(device=device)
-    init_random_(vae, seed)
-    return vae.eval().requires_grad_(False)
-
-
-class RandomEncoders:
-    """Stand-ins for T5 and CLIP (not resident while streaming anyway): seeded noise of the
-    real shapes, so the per-avatar conditioning path runs without their weights."""
-
-    def __init__(self, config: PipelineConfig, device: torch.device, dtype: torch.dtype, seed: int) -> None:
-        self.config = config
-        self.device = device
-        self.dtype = dtype
-        self.seed = seed
-
-    def _randn(self, *shape: int) -> torch.Tensor:
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        return torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
-
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """-> [RANDOM_PROMPT_TOKENS, text_dim]."""
-        return self._randn(RANDOM_PROMPT_TOKENS, self.config.dit.text_dim)
-
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """-> [1, 257, 1280]."""
-        return self._randn(1, CLIP_IMAGE_TOKENS, CLIP_EMBED_DIM)
-
-
-def random_generator(
-    config: PipelineConfig, options: SpeedOptions, *, device: torch.device, seed: int
-) -> FlashTalkGenerator:
-    """A full-size generator of random weights (bf16 DiT and VAE, float32 wav2vec2 base)."""
-    dtype = torch.bfloat16
-    dit = random_dit(
-        config, device=device, dtype=dtype, seed=seed,
-        prepare_block=lambda block: prepare_dit_block(block, options),
-    )  # fmt: skip
-    vae = random_vae(config, device=device, dtype=dtype, seed=seed + 1)
-    wav2vec = config.wav2vec or {}  # {}: transformers' defaults are wav2vec2 base
-    audio = Wav2VecStreamEncoder.tiny(wav2vec, seed=seed + 2, device=device, config=config.audio)
-    return FlashTalkGenerator(
-        config,
-        dit=dit,
-        vae=vae,
-        audio_encoder=audio,
-        encoders=RandomEncoders(config, device, dtype, seed + 3),
-        device=device,
-        dtype=dtype,
-    )
 
 
 # -- FLOPs ---------------------------------------------------------------------------------

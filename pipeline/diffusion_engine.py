@@ -26,8 +26,9 @@ from pipeline.speedups import SpeedOptions, apply_speedups
 
 logger = logging.getLogger(__name__)
 
-WARMUP_CHUNKS = 1
-"""Chunks generated at load time so the first session does not pay for warm-up."""
+WARMUP_CHUNKS = 2
+"""Chunks generated at load time so the first session does not pay for warm-up. The first
+pays for ``torch.compile`` and cuDNN autotuning; the last one's time is the measured RTF."""
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -54,6 +55,7 @@ class DiffusionEngine:
         device: str | None = None,
         cache_dir: Path | None = None,
         speed: SpeedOptions | None = None,
+        random_weights: bool = False,
     ) -> None:
         self.name = name
         self.config = config
@@ -64,6 +66,7 @@ class DiffusionEngine:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cache_dir = cache_dir
         self.speed = speed
+        self.random_weights = random_weights
         self.generator: FlashTalkGenerator | None = None
         self.warmup_rtf: float | None = None
         if name == "tiny":
@@ -77,6 +80,11 @@ class DiffusionEngine:
                 f"flashtalk: SoulX-FlashTalk {config.preset}, {config.steps} steps, "
                 f"{config.height}x{config.width}{quantized}"
             )
+            if random_weights:
+                self.description += (
+                    "; RANDOM full-size weights (random_weights): the speed of the real model, "
+                    "but the pictures are noise"
+                )
 
     def load(self) -> None:
         """Build or load the models on this (the device) thread, then warm up."""
@@ -89,6 +97,8 @@ class DiffusionEngine:
             )
             if self.speed is not None:
                 apply_speedups(self.generator, self.speed)
+        elif self.random_weights:
+            self.generator = self._random_generator()
         else:
             from pipeline.flashtalk import load_flashtalk_generator
 
@@ -104,11 +114,30 @@ class DiffusionEngine:
         logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
         state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
         silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
-        for _ in range(WARMUP_CHUNKS):
+        for number in range(1, WARMUP_CHUNKS + 1):
             clock = time.perf_counter()
             self.generator.step(state, silence)
             self.warmup_rtf = (time.perf_counter() - clock) / CHUNK_SECONDS
+            logger.info(
+                "%s engine warm-up chunk %d/%d: %.2f s (RTF %.2f)",
+                self.name, number, WARMUP_CHUNKS, self.warmup_rtf * CHUNK_SECONDS, self.warmup_rtf,
+            )  # fmt: skip
         logger.info("%s engine warm: RTF %.2f per chunk", self.name, self.warmup_rtf)
+
+    def _random_generator(self) -> FlashTalkGenerator:
+        """Full-size random weights made on the GPU (``random_weights``), sped up as asked."""
+        from pipeline.random_weights import random_generator
+
+        device = torch.device(self.device)
+        if device.type != "cuda":
+            raise ValueError(
+                "random_weights builds the full-size model on a CUDA GPU (about 40 GB); this "
+                f"engine runs on {self.device!r}. On a CPU use the tiny engine (--engine tiny)"
+            )
+        speed = self.speed or SpeedOptions.official()
+        generator = random_generator(self.config, speed, device=device, seed=self.config.seed)
+        apply_speedups(generator, speed, blocks_prepared=True)
+        return generator
 
     def _require_generator(self) -> FlashTalkGenerator:
         if self.generator is None:
@@ -150,7 +179,9 @@ def flashtalk_engine(**options: Any) -> DiffusionEngine:
 
     ``gen_height``/``gen_width`` set the generated size (frames are resized to ``height`` x
     ``width``); ``speedups`` is ``fast`` (bf16-exact speed-ups, the default) or ``official``;
-    ``quantize`` and ``compile`` choose the DiT's precision and compilation.
+    ``quantize`` and ``compile`` choose the DiT's precision and compilation;
+    ``random_weights`` builds the full-size model with random weights on the GPU instead of
+    loading the checkpoint (speed and capacity without the weights; the pictures are noise).
     """
     config = preset(
         "flashtalk-14b",
@@ -164,4 +195,7 @@ def flashtalk_engine(**options: Any) -> DiffusionEngine:
     compile_mode = "default" if options.pop("compile", False) else None
     base = SpeedOptions.official() if options.pop("speedups", "fast") == "official" else SpeedOptions.fast(device)
     speed = replace(base, quantize=quantize, compile_mode=compile_mode)
-    return DiffusionEngine(name="flashtalk", config=config, speed=speed, **options)
+    random_weights = bool(options.pop("random_weights", False))
+    return DiffusionEngine(
+        name="flashtalk", config=config, speed=speed, random_weights=random_weights, **options
+    )

@@ -48,6 +48,7 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         options["quantize"] = settings.quantize
         options["compile"] = settings.compile
         options["speedups"] = settings.speedups
+        options["random_weights"] = settings.random_weights
     return options
 
 

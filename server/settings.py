@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     """``torch.compile`` the DiT blocks of the ``flashtalk`` engine (the first chunk pays the
     compile time at warm-up; not with int8/int4/nf4)."""
 
+    random_weights: bool = False
+    """Build the ``flashtalk`` engine's full-size model with random weights on the GPU instead of
+    loading ``model_dir``: the real model's speed, memory and capacity before the checkpoint
+    is there; the pictures are noise. The log, ``/readyz`` and the demo page say so."""
+
     speedups: Literal["fast", "official"] = "fast"
     """``fast``: every speed-up that keeps bf16 results (cuDNN attention, channels-last VAE with
     fused norms, cuDNN autotune); ``official``: run exactly as the official code does."""

@@ -33,6 +33,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--engine", choices=["puppet", "tiny", "flashtalk"], help="engine to run")
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--random-weights",
+        action="store_const",
+        const=True,
+        help="flashtalk only: random full-size weights on the GPU instead of the checkpoint "
+        "(measures speed and capacity; the pictures are noise)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -43,12 +50,24 @@ def _page_url(settings: Settings) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, engine=args.engine, host=args.host, port=args.port)
+    settings = load_settings(
+        args.config,
+        engine=args.engine,
+        host=args.host,
+        port=args.port,
+        random_weights=args.random_weights,
+    )
     logging.getLogger().setLevel(settings.log_level.upper())
     stand_in = STAND_IN_ENGINES.get(settings.engine)
     if stand_in is not None:
         logger.warning(
             "engine %r is %s -- it is NOT the FlashTalk model", settings.engine, stand_in
+        )
+    elif settings.random_weights:
+        logger.warning(
+            "engine %r with RANDOM weights (random_weights): the full-size model's speed and "
+            "memory, but its pictures are noise; model_dir is not read",
+            settings.engine,
         )
     else:
         logger.info("engine %r (model dir %s)", settings.engine, settings.model_dir)

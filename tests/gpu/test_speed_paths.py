@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.attention import sdpa_backends
-from pipeline.bench import init_random_
+from pipeline.random_weights import init_random_
 from pipeline.dit import DiTBlock, DiTConfig, FlashTalkDiT
 from pipeline.quantize import Float8Linear, scaled_mm_supported
 from pipeline.rope import rope_cos_sin

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 import numpy as np
 import pytest
 
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
-from pipeline.diffusion_engine import DiffusionEngine, resize_frames
+from pipeline.diffusion_engine import WARMUP_CHUNKS, DiffusionEngine, resize_frames
 from pipeline.engine import Chunk, EngineWorker, default_registry
-from pipeline.media import CHUNK_SAMPLES, Avatar, ChunkJob
+from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, Avatar, ChunkJob
 
 CHUNKS = 3
 WAIT_S = 300.0
@@ -70,3 +72,38 @@ def test_resize_frames_keeps_equal_sizes_and_scales_others() -> None:
     assert resize_frames(frames, 8, 4) is frames
     scaled = resize_frames(frames, 16, 8)
     assert scaled.shape == (2, 16, 8, 3) and scaled.dtype == np.uint8
+
+
+class _CompilingGenerator:
+    """A generator whose first chunk is slow (it "compiles") and the rest fast."""
+
+    FIRST_S = 0.5
+    LATER_S = 0.01
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def prepare(self, image: np.ndarray, prompt: str | None = None, seed: int = 0) -> object:
+        return object()
+
+    def step(self, state: object, audio: np.ndarray) -> None:
+        self.steps += 1
+        time.sleep(self.FIRST_S if self.steps == 1 else self.LATER_S)
+
+
+def test_the_warm_up_rtf_leaves_out_the_compiling_first_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    generator = _CompilingGenerator()
+
+    def build(*args: Any, **kwargs: Any) -> _CompilingGenerator:
+        return generator
+
+    monkeypatch.setattr("pipeline.tiny.build_tiny_generator", build)
+    engine = default_registry().create("tiny", height=224, width=128)
+    assert isinstance(engine, DiffusionEngine)
+    engine.load()
+
+    assert generator.steps == WARMUP_CHUNKS >= 2
+    assert engine.warmup_rtf is not None
+    assert engine.warmup_rtf < _CompilingGenerator.FIRST_S / 2 / CHUNK_SECONDS

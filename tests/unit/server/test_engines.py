@@ -55,3 +55,23 @@ def test_the_avatar_cache_folder_reaches_the_diffusion_engines(tmp_path: Path) -
     settings = load_settings(None, engine="tiny", avatar_cache_dir=tmp_path)
     engine = create_engine(settings)
     assert isinstance(engine, DiffusionEngine) and engine.cache_dir == tmp_path
+
+
+def test_random_weights_reach_the_flashtalk_engine_and_it_says_so() -> None:
+    settings = load_settings(None, engine="flashtalk", random_weights=True, quantize="fp8")
+    assert engine_options(settings)["random_weights"] is True
+    engine = create_engine(settings)  # created, not loaded
+    assert isinstance(engine, DiffusionEngine) and engine.random_weights
+    assert "RANDOM full-size weights" in engine.description and "noise" in engine.description
+    real = create_engine(load_settings(None, engine="flashtalk"))
+    assert isinstance(real, DiffusionEngine) and not real.random_weights
+    assert "RANDOM" not in real.description
+
+
+def test_random_weights_on_a_cpu_say_to_use_the_tiny_engine() -> None:
+    settings = load_settings(None, engine="flashtalk", random_weights=True)
+    engine = create_engine(settings)
+    assert isinstance(engine, DiffusionEngine)
+    engine.device = "cpu"  # this machine may not have a GPU; make sure of it
+    with pytest.raises(ValueError, match=r"CUDA GPU.*--engine tiny"):
+        engine.load()
