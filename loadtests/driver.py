@@ -185,7 +185,7 @@ class LoadReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "plan": asdict(self.plan),
+            "plan": {key: value for key, value in asdict(self.plan).items() if key != "api_key"},
             "sessions": [asdict(result) for result in self.sessions],
             "server": asdict(self.server),
             "wall_s": self.wall_s,

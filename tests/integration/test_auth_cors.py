@@ -11,6 +11,7 @@ says keys are required and never shows a key or a token.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -247,4 +248,5 @@ async def test_the_python_client_and_load_driver_send_the_api_key(server: Runnin
     summary = "\n".join(report.summary_lines())
     (result,) = report.sessions
     assert result.outcome == "ok" and result.frames > 0, summary
-    assert KEY not in summary and KEY not in repr(report.sessions)
+    assert KEY not in summary and KEY not in repr(report.plan)
+    assert KEY not in json.dumps(report.as_dict())  # the --json report file
