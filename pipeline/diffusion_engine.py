@@ -131,8 +131,9 @@ class DiffusionEngine:
         device = torch.device(self.device)
         if device.type != "cuda":
             raise ValueError(
-                "random_weights builds the full-size model on a CUDA GPU (26 to 40 GB of its memory); this "
-                f"engine runs on {self.device!r}. On a CPU use the tiny engine (--engine tiny)"
+                "random_weights builds the full-size model on a CUDA GPU (26 to 40 GB of its "
+                f"memory); this engine runs on {self.device!r}. On a CPU use the tiny engine "
+                "(--engine tiny)"
             )
         speed = self.speed or SpeedOptions.official()
         generator = random_generator(self.config, speed, device=device, seed=self.config.seed)
