@@ -14,7 +14,6 @@ export PYTHONPATH=/tmp/site:$PWD:$PWD/clients/python PYTHONUNBUFFERED=1
 LOG=$OUT/log.txt
 {
     date -u +%Y-%m-%dT%H:%M:%SZ
-    git rev-parse --short HEAD 2>/dev/null || true
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } 2>&1 | tee -a "$LOG"
@@ -31,11 +30,16 @@ HEADCAST_ICE_LOOPBACK_ONLY=true HEADCAST_LOG_LEVEL=info \
 SERVER=$!
 
 # Ready: weights built, blocks compiled, two warm-up chunks run.
-python3 - "$URL" "$READY_LIMIT_S" <<'EOF' 2>&1 | tee -a "$LOG"
-import json, sys, time, urllib.error, urllib.request
-url, limit = sys.argv[1], float(sys.argv[2])
+python3 - "$URL" "$READY_LIMIT_S" "$SERVER" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, os, sys, time, urllib.error, urllib.request
+url, limit, server = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 started = time.monotonic()
 while time.monotonic() - started < limit:
+    try:
+        os.kill(server, 0)
+    except ProcessLookupError:
+        print("the server exited before it was ready")
+        sys.exit(1)
     try:
         with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
             print(f"ready after {time.monotonic() - started:.1f} s:", json.load(response))
