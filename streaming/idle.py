@@ -3,8 +3,9 @@
 Owns ``IdleLoop``: it keeps the latest *rest chunk* -- 28 frames the engine generated from
 silence after silence, so the mouth rests and the head still moves -- as encoder-ready
 yuv420p planes, and builds filler chunks from it (the frames played forwards then backwards,
-so the loop has no seam, with silent audio) in microseconds per frame, with no engine work.
-Until a rest chunk exists the avatar image is held. ``is_rest_audio`` says whether a chunk's
+so the loop has no seam, with silent audio) in microseconds per frame, with no engine work,
+and fades the engine's next chunk in from the loop frame on screen (``ease_in``). Until a
+rest chunk exists the avatar image is held. ``is_rest_audio`` says whether a chunk's
 driving audio is silent enough to count.
 
 Steady-state idle is not made here: silent chunks go through the engine like speech
@@ -33,6 +34,10 @@ from streaming.clock import (
 )
 from streaming.tracks import ENCODER_PIXEL_FORMAT, ChunkMedia
 
+EASE_IN_FRAMES = 4
+"""Frames (160 ms) over which the engine's first chunk after filler fades in from the last
+loop frame played, so the hand-back from the loop to the engine shows no pose jump."""
+
 REST_LEVEL_DBFS = -50.0
 """A chunk counts as silent when every 40 ms frame of its audio is below this RMS level
 (the puppet's closed-mouth level)."""
@@ -60,6 +65,8 @@ class IdleLoop:
         self._planes: list[np.ndarray] = []
         """The loop: yuv420p planes ``[H*3/2, W]`` of the rest chunk's frames, in order."""
         self._position = 0
+        self._last_played: np.ndarray | None = None
+        """The planes of the loop frame handed out last (what is on screen when filler ends)."""
         self.captured_index: int | None = None
         """Media index of the chunk the loop was taken from (None: the avatar is held)."""
 
@@ -116,14 +123,37 @@ class IdleLoop:
             audio.append(packet)
         return audio
 
+    def ease_in(self, media: ChunkMedia, frames: int = EASE_IN_FRAMES) -> ChunkMedia:
+        """``media`` with its first ``frames`` video frames faded in from the loop frame
+        played last: frame ``i`` is ``(i + 1) / (frames + 1)`` of its own picture (executor)."""
+        start = self._last_played
+        if start is None:
+            return media
+        video = list(media.video)
+        for i, frame in enumerate(video[:frames]):
+            planes = frame.to_ndarray()  # [H*3/2, W] yuv420p
+            if planes.shape != start.shape:
+                return media  # another size (the loop predates a reconfiguration): no fade
+            weight = (i + 1) / (frames + 1)
+            mixed = start + weight * (planes.astype(np.float32) - start)
+            eased = av.VideoFrame.from_ndarray(
+                np.rint(mixed).astype(np.uint8), format=ENCODER_PIXEL_FORMAT
+            )
+            eased.pts, eased.time_base = frame.pts, frame.time_base
+            video[i] = eased
+        return ChunkMedia(index=media.index, video=video, audio=media.audio)
+
     def _next_plane(self) -> np.ndarray:
         count = len(self._planes)
         if count == 1:
-            return self._planes[0]
-        period = 2 * (count - 1)
-        step = self._position % period
-        self._position += 1
-        return self._planes[step if step < count else period - step]
+            plane = self._planes[0]
+        else:
+            period = 2 * (count - 1)
+            step = self._position % period
+            self._position += 1
+            plane = self._planes[step if step < count else period - step]
+        self._last_played = plane
+        return plane
 
     def _fallback_planes(self) -> np.ndarray:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(self._fallback_rgb), format="rgb24")

@@ -223,6 +223,8 @@ class AvatarSession:
         """The first chunk taken after an interrupt: if silent it goes out as filler too, since
         the engine generated it from a state that still carries the cut speech."""
         self._previous_silent = False
+        self._ease_next = False
+        """Filler was played last: the next chunk fades in from the loop frame on screen."""
         self._ready = False
         self._marks: deque[SpeechMark] = deque()
         """Utterance boundaries placed on the media timeline, not yet played."""
@@ -785,6 +787,7 @@ class AvatarSession:
         if epoch != self._epoch or self._closing:
             return  # interrupted again while building: the emit loop starts over
         self._feed(media)
+        self._ease_next = True
         self._emitted = index + 1
         self._publish_stats(index, None, INTERRUPTED_PROBLEM)
 
@@ -802,14 +805,22 @@ class AvatarSession:
         ``compute_seconds`` is set for the engine's chunks, ``problem`` for idle ones.
         """
         self._taken_audio.pop(index, None)
-        epoch = self._epoch
+        epoch, ease = self._epoch, self._ease_next
         media = await self._loop.run_in_executor(
-            self._executor, self._convert, index, frames, audio, compute_seconds is not None, epoch
+            self._executor,
+            self._convert,
+            index,
+            frames,
+            audio,
+            compute_seconds is not None,
+            epoch,
+            ease,
         )
         if epoch != self._epoch or self._closing:
             logger.debug("%s: chunk %d converted after an interrupt; not sent", self.label, index)
             return
         self._feed(media)
+        self._ease_next = False
         self._last_frame = frames[-1]
         self._emitted = index + 1
         self._publish_stats(index, compute_seconds, problem)
@@ -840,7 +851,13 @@ class AvatarSession:
             self._audio_next = frame_pts(audio[-1]) // AUDIO_PACKET_SAMPLES + 1
 
     def _convert(
-        self, index: int, frames: np.ndarray, audio: np.ndarray, rest_candidate: bool, epoch: int
+        self,
+        index: int,
+        frames: np.ndarray,
+        audio: np.ndarray,
+        rest_candidate: bool,
+        epoch: int,
+        ease: bool,
     ) -> ChunkMedia:
         # Runs in the executor, one chunk at a time per session (the upsampler keeps state).
         if epoch > self._upsampler_epoch:  # after an interrupt: no tail of the cut speech
@@ -855,6 +872,8 @@ class AvatarSession:
         if rest_candidate and silent and self._previous_silent:
             self.idle_loop.capture(media)  # silence after silence: the mouth is at rest
         self._previous_silent = silent
+        if ease:  # the first chunk after filler: no pose jump from the loop to the engine
+            media = self.idle_loop.ease_in(media)
         return media
 
     # -- what the tracks report (on the event loop) -------------------------------------------

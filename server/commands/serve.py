@@ -34,6 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
     parser.add_argument(
+        "--ice-loopback",
+        action="store_const",
+        const=True,
+        help="also offer 127.0.0.1 as an ICE candidate (client and server on one machine "
+        "without another network interface)",
+    )
+    parser.add_argument(
         "--random-weights",
         action="store_const",
         const=True,
@@ -49,14 +56,20 @@ def _page_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}/"
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = load_settings(
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The profile, then ``HEADCAST_*`` variables, then the flags given (unset flags: skipped)."""
+    return load_settings(
         args.config,
         engine=args.engine,
         host=args.host,
         port=args.port,
+        ice_loopback=args.ice_loopback,
         random_weights=args.random_weights,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level.upper())
     stand_in = STAND_IN_ENGINES.get(settings.engine)
     if stand_in is not None:

@@ -18,6 +18,7 @@ from pipeline.engine import EngineWorker
 from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar
 from streaming.clock import AUDIO_PACKET_SAMPLES, CHUNK_AUDIO_PACKETS, VIDEO_TICKS_PER_FRAME
 from streaming.events import ErrorCode, Event, ProtocolError
+from streaming.idle import EASE_IN_FRAMES
 from streaming.observer import NullObserver
 from streaming.push import PushDecoder, PushFormat, UtteranceLedger
 from streaming.session import AvatarSession
@@ -315,6 +316,19 @@ async def test_interrupt_cuts_to_the_idle_loop_at_once_and_the_timeline_stays_wh
     assert all(abs(greys[n] - grey_level(1)) <= GREY_TOLERANCE for n in idle), (
         "from the cut to the chunks taken after the interrupt: the idle loop (chunk 1)"
     )
+    # The hand-back: the engine's first chunk after the filler fades in from the loop frame
+    # on screen over EASE_IN_FRAMES frames, then plays as generated.
+    handback = next(
+        n
+        for n in range(5 * CHUNK_FRAMES, len(frames))
+        if abs(greys[n] - grey_level(1)) > GREY_TOLERANCE
+    )
+    assert handback % CHUNK_FRAMES == 0, "the engine takes over at a chunk boundary"
+    start, target = grey_level(1), grey_level(handback // CHUNK_FRAMES)
+    for i in range(EASE_IN_FRAMES):
+        expected = start + (i + 1) / (EASE_IN_FRAMES + 1) * (target - start)
+        assert abs(greys[handback + i] - expected) <= GREY_TOLERANCE, (i, greys[handback + i])
+    assert abs(greys[handback + EASE_IN_FRAMES] - target) <= GREY_TOLERANCE
     peaks = dict(got.audio)
     audio_cut = cut * CHUNK_AUDIO_PACKETS // CHUNK_FRAMES
     assert all(peaks[m] > 0.1 for m in range(2 * CHUNK_AUDIO_PACKETS, audio_cut - 2))

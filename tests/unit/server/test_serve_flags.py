@@ -1,0 +1,37 @@
+"""``headcast serve`` flags: each reaches its setting, and an unset flag leaves the profile's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.cli import build_parser
+from server.commands.serve import settings_from_args
+
+
+def test_flags_override_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HEADCAST_ICE_LOOPBACK", raising=False)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("engine: tiny\nport: 9001\nice_loopback: false\n", encoding="utf-8")
+    args = build_parser().parse_args(
+        ["serve", "--config", str(profile), "--engine", "flashtalk", "--ice-loopback",
+         "--random-weights", "--host", "127.0.0.2"]
+    )  # fmt: skip
+
+    settings = settings_from_args(args)
+
+    assert settings.engine == "flashtalk" and settings.host == "127.0.0.2"
+    assert settings.ice_loopback and settings.random_weights
+    assert settings.port == 9001, "a flag not given keeps the profile's value"
+
+
+def test_without_flags_the_profile_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HEADCAST_ICE_LOOPBACK", raising=False)
+    monkeypatch.delenv("HEADCAST_RANDOM_WEIGHTS", raising=False)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("ice_loopback: true\n", encoding="utf-8")
+
+    settings = settings_from_args(build_parser().parse_args(["serve", "--config", str(profile)]))
+
+    assert settings.ice_loopback and not settings.random_weights and settings.engine == "puppet"
