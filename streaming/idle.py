@@ -21,7 +21,6 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from pipeline.media import SAMPLES_PER_FRAME
 from streaming.clock import (
     AUDIO_CLOCK_RATE,
     AUDIO_PACKET_SAMPLES,
@@ -33,6 +32,7 @@ from streaming.clock import (
     video_pts,
 )
 from streaming.tracks import ENCODER_PIXEL_FORMAT, ChunkMedia
+from streaming.voice_activity import frame_levels_dbfs
 
 EASE_IN_FRAMES = 4
 """Frames (160 ms) over which the engine's first chunk after filler fades in from the last
@@ -42,17 +42,9 @@ REST_LEVEL_DBFS = -50.0
 """A chunk counts as silent when every 40 ms frame of its audio is below this RMS level
 (the puppet's closed-mouth level)."""
 
-RMS_FLOOR = 1e-10
-"""Added to an RMS before its logarithm, so digital silence has a finite level."""
-
-
 def is_rest_audio(audio_16k: np.ndarray) -> bool:
     """True if every 40 ms frame of ``audio_16k`` (``[n]`` float32) is below the rest level."""
-    frames = audio_16k[: audio_16k.size // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME]
-    if frames.size == 0:
-        return True
-    rms = np.sqrt(np.mean(frames.reshape(-1, SAMPLES_PER_FRAME).astype(np.float64) ** 2, axis=1))
-    return bool(np.all(20 * np.log10(rms + RMS_FLOOR) < REST_LEVEL_DBFS))
+    return bool(np.all(frame_levels_dbfs(audio_16k) < REST_LEVEL_DBFS))
 
 
 class IdleLoop:

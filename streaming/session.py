@@ -19,8 +19,9 @@ Shaped after LiveKit's avatar ``VideoGenerator``. The audio source is chosen bef
 starts: the caller's WebRTC microphone (``mic``, the default) or pushed audio (``push``,
 chatbot TTS: ``push_pcm16`` / ``push_audio``, ``end_of_speech``). Either way the session
 publishes events (``streaming.events``) to its ``events`` bus -- ``session.ready``, the
-utterances' ``speech.started`` / ``speech.ended`` when their media times are played,
-``chunk.stats`` -- and takes commands (``handle_text``) from any transport.
+utterances' ``speech.started`` / ``speech.ended`` when their media times are played (pushed
+utterances as the application marks them, a microphone's as ``VoiceActivity`` detects
+them), ``chunk.stats`` -- and takes commands (``handle_text``) from any transport.
 
 ``interrupt()`` drops queued audio, the engine jobs not started, and every frame and packet
 not yet handed to the encoder; from the cut on, filler from the ``IdleLoop`` (the latest
@@ -109,6 +110,7 @@ from streaming.tracks import (
     chunk_to_media,
     frame_pts,
 )
+from streaming.voice_activity import VoiceActivity
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +229,8 @@ class AvatarSession:
         """Filler was played last: the next chunk fades in from the loop frame on screen."""
         self._ready = False
         self._marks: deque[SpeechMark] = deque()
+        self._voice = VoiceActivity()
+        """Finds utterances in a mic session's audio (push sessions have their ledger)."""
         """Utterance boundaries placed on the media timeline, not yet played."""
         self._speaking_from: int | None = None
         """Media sample where the utterance now playing started (None: none is playing)."""
@@ -485,6 +489,7 @@ class AvatarSession:
         commanded_at = self._clock.now()
         self._epoch += 1
         self.intake.clear()
+        self._voice.reset()
         if self._ledger is not None and self._decoder is not None:
             self._ledger.clear()
             self._decoder.reset()
@@ -676,7 +681,9 @@ class AvatarSession:
         """Chunk ``index``'s 17,920 samples and how many of them are received audio."""
         ledger = self._ledger
         if ledger is None:  # the microphone: whatever arrived, padded with silence
-            return self.intake.take(CHUNK_SAMPLES)
+            audio, received = self.intake.take(CHUNK_SAMPLES)
+            self._marks.extend(self._voice.on_take(index * CHUNK_SAMPLES, audio))
+            return audio, received
         limit = ledger.take_limit(self.intake.buffered)
         part, received = self.intake.take(limit)
         audio = np.zeros(CHUNK_SAMPLES, dtype=np.float32)

@@ -3,9 +3,10 @@
 One server for the module with two API keys, one allowed browser origin and a short token
 lifetime (``AUTH_SETTINGS``). Creating a session without a key or with a wrong one is 401, a
 valid key gets a session whose token streams video over WebRTC; the Python client and the
-load driver send a configured key; another session's token is 403; once the token has expired it starts nothing (401) but still controls the connected
-session; refusals are counted by reason. CORS headers go to the allowed origin only. The log
-says keys are required and never shows a key or a token.
+load driver send a configured key; another session's token is 403; once the token has
+expired it starts nothing (401) but still controls the connected session; refusals are
+counted by reason. CORS headers go to the allowed origin only. The log says keys are
+required and never shows a key or a token.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ measures until the received frames show the mouth closed (and it stays closed) a
 received audio is silent (and stays silent): by wall time (arrival after the command) and
 by media time (received pts after the last one received before the command). Both must be
 at most 200 ms, and the hand-back from the idle loop to the engine's chunks must be no bigger
-a jump than ordinary motion (``MAX_HANDBACK_JUMP``). Then the next utterance must start cleanly: ``speech.started``, the mouth
-opens again, and ``speech.ended`` has the utterance's duration. The measurements (and the
+a jump than ordinary motion (``MAX_HANDBACK_JUMP``). Then the next utterance must start
+cleanly: ``speech.started``, the mouth opens again, and ``speech.ended`` has the utterance's
+duration. The measurements (and the
 client-side A/V arrival skew, the server's own interrupt latency and per-chunk A/V send skew
 from ``/metrics``, and how big a visual jump the cut and the hand-back to the engine are)
 go to ``artifacts/interrupt_metrics.json``.

@@ -4,7 +4,9 @@ The client speaks a synthesised speech-like signal (harmonic syllables at ~4 Hz 
 into its microphone track and receives the avatar for 7 s of media. Asserted: >= 24 fps over
 4 s, 448x768 frames, audible audio, and lip-sync: the puppet's mouth opening, measured on the
 received frames, follows the received audio's energy (per 40 ms, aligned by pts) with a lag
-of at most 80 ms. The measurements go to ``artifacts/loopback_metrics.json``.
+of at most 80 ms; the ``events`` data channel announces the caller's phrases
+(``speech.started`` / ``speech.ended`` from the server's voice-activity detector). The
+measurements go to ``artifacts/loopback_metrics.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from typing import Any
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +88,8 @@ class Received:
     audio: list[np.ndarray]
     connect_seconds: float
     first_frame_seconds: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """What the ``events`` data channel brought."""
 
 
 @dataclass
@@ -108,7 +113,7 @@ async def _receive(server_url: str) -> Received:
         session = await client.create_session()
         started = time.monotonic()
         mic = ArrayAudioTrack(speech_like_signal(SPEECH_SECONDS), MIC_RATE_HZ)
-        connection = await client.connect_webrtc(session, mic)
+        connection = await client.connect_webrtc(session, mic, events=True)
         connected = time.monotonic() - started
         received = Received([], [], [], set(), [], [], connected, 0.0)
         video_frames = round(RECEIVE_MEDIA_SECONDS * VIDEO_FPS)
@@ -136,6 +141,7 @@ async def _receive(server_url: str) -> Received:
 
         try:
             await asyncio.wait_for(asyncio.gather(video(), audio()), RECEIVE_TIMEOUT_S)
+            received.events = connection.events.drain()
         finally:
             await client.delete_session(session)
             await connection.close()
@@ -231,3 +237,8 @@ async def test_live_session_streams_lip_synced_video_and_audio(
     assert metrics.correlation >= MIN_CORRELATION, f"mouth does not follow the audio; {summary}"
     assert abs(metrics.lag_ms) <= MAX_LAG_MS, f"A/V lag {metrics.lag_ms} ms; {summary}"
     assert headcast_server.metric("headcast_chunks_total") >= RECEIVE_MEDIA_SECONDS / 1.12 - 1
+    # the caller's phrases are announced as the avatar speaks them (mic voice activity)
+    speech = [e for e in received.events if str(e["type"]).startswith("speech.")]
+    assert speech[:2] and speech[0] == {"type": "speech.started"}, received.events
+    ended = [e for e in speech if e["type"] == "speech.ended"]
+    assert ended and all(0 < int(e["duration_ms"]) < SPEECH_SECONDS * 1000 for e in ended), speech

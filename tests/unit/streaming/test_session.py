@@ -256,3 +256,22 @@ async def test_a_failed_preparation_is_reported(
 def test_config_rejects_a_budget_that_leaves_no_compute_time() -> None:
     with pytest.raises(ValueError, match="latency_budget_s"):
         SessionConfig(height=HEIGHT, width=WIDTH, latency_budget_s=0.2)
+
+
+async def test_a_mic_sessions_speech_is_announced_when_it_plays(
+    start_worker: Callable[[FakeEngine], EngineWorker],
+) -> None:
+    session = await _make_session(start_worker(FakeEngine(HEIGHT, WIDTH)), RecordingObserver())
+    events: list[dict[str, object]] = []
+    session.subscribe_events(lambda event: events.append(event.to_dict()))
+    speech_s = 0.8
+    t = np.arange(round(speech_s * 16_000)) / 16_000
+    session.push_audio((0.2 * np.sin(2 * np.pi * 180 * t)).astype(np.float32))  # the mic
+    session.start()
+    video, _audio = await _recv_chunks(session, 2)
+    frames_played = len(video)
+    await session.close("test over")
+
+    speech = [e for e in events if str(e["type"]).startswith("speech.")]
+    assert speech == [{"type": "speech.started"}, {"type": "speech.ended", "duration_ms": 800}]
+    assert frames_played == 2 * CHUNK_FRAMES
