@@ -1,7 +1,9 @@
 """Media constants and the values that cross the engine boundary.
 
 Owns the one media clock's units (16 kHz audio, 25 fps video, 17,920 samples = 28 frames per
-chunk) and the plain data types a chunk job and its result are made of. Knows nothing about
+chunk), the plain data types a chunk job and its result are made of, and the per-frame audio
+level (``frame_levels_dbfs``) that the puppet's mouth and the session's speech and rest
+detection share. Knows nothing about
 models, threads, asyncio or codecs.
 """
 
@@ -34,6 +36,24 @@ DEFAULT_HEIGHT = 768
 
 DEFAULT_WIDTH = 448
 """Default output frame width in pixels."""
+
+RMS_FLOOR = 1e-10
+"""Added to an RMS before taking the log, so digital silence maps to a finite level."""
+
+
+def frame_levels_dbfs(audio: np.ndarray) -> np.ndarray:
+    """RMS level of each 640-sample (40 ms) frame, in dB re full scale.
+
+    Frame i covers samples ``[640*i, 640*(i+1))``. ``audio`` is [F*640] float32.
+    Returns [F] float32.
+    """
+    if audio.ndim != 1 or audio.shape[0] % SAMPLES_PER_FRAME:
+        raise ValueError(
+            f"expected a 1-D multiple of {SAMPLES_PER_FRAME} samples, got {audio.shape}"
+        )
+    frames = audio.reshape(-1, SAMPLES_PER_FRAME).astype(np.float32)  # [F, 640]
+    rms = np.sqrt(np.mean(frames * frames, axis=1))  # [F]
+    return (20.0 * np.log10(rms + RMS_FLOOR)).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from pipeline.media import (
     Avatar,
     Chunk,
     ChunkJob,
+    frame_levels_dbfs,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ SILENT_DBFS = -50.0
 """Frame RMS level (dB re full scale) at or below which the mouth is closed."""
 FULL_OPEN_DBFS = -10.0
 """Frame RMS level (dB re full scale) at or above which the mouth is fully open."""
-RMS_FLOOR = 1e-10
-"""Added to the RMS before taking the log, so digital silence maps to a finite level."""
 MOUTH_RELEASE_PER_FRAME = 0.35
 """When energy falls, the level keeps this fraction of the previous frame's level (at most).
 
@@ -114,21 +113,6 @@ LABEL_BOX_RGBA = (0, 0, 0, 70)
 AVATAR_CACHE_SIZE = 4
 """Prepared avatars the engine keeps, keyed by ``Avatar.name`` (as the design's per-avatar
 cache is). At 768x448 each is a 1 MB background plus at most 18 MB of shifted head regions."""
-
-
-def frame_levels_dbfs(audio: np.ndarray) -> np.ndarray:
-    """RMS level of each 640-sample (40 ms) frame, in dB re full scale.
-
-    Frame i covers samples ``[640*i, 640*(i+1))``. ``audio`` is [F*640] float32.
-    Returns [F] float32.
-    """
-    if audio.ndim != 1 or audio.shape[0] % SAMPLES_PER_FRAME:
-        raise ValueError(
-            f"expected a 1-D multiple of {SAMPLES_PER_FRAME} samples, got {audio.shape}"
-        )
-    frames = audio.reshape(-1, SAMPLES_PER_FRAME).astype(np.float32)  # [F, 640]
-    rms = np.sqrt(np.mean(frames * frames, axis=1))  # [F]
-    return (20.0 * np.log10(rms + RMS_FLOOR)).astype(np.float32)
 
 
 def mouth_targets(levels_dbfs: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
+from pipeline.media import frame_levels_dbfs
 from streaming.clock import (
     AUDIO_CLOCK_RATE,
     AUDIO_PACKET_SAMPLES,
@@ -32,7 +33,6 @@ from streaming.clock import (
     video_pts,
 )
 from streaming.tracks import ENCODER_PIXEL_FORMAT, ChunkMedia
-from streaming.voice_activity import frame_levels_dbfs
 
 EASE_IN_FRAMES = 4
 """Frames (160 ms) over which the engine's first chunk after filler fades in from the last

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.media import SAMPLES_PER_FRAME
+from pipeline.media import SAMPLES_PER_FRAME, frame_levels_dbfs
 from streaming.push import SpeechMark
 
 START_DBFS = -40.0
@@ -33,17 +33,6 @@ alone does not."""
 
 HANGOVER_FRAMES = 12
 """Quiet frames (480 ms) after the last loud one before speech ends."""
-
-RMS_FLOOR = 1e-10
-"""Added to an RMS before its logarithm, so digital silence has a finite level."""
-
-
-def frame_levels_dbfs(audio: np.ndarray) -> np.ndarray:
-    """``[n]`` float32 16 kHz samples -> ``[n // 640]`` RMS level of each 40 ms frame, dBFS."""
-    usable = audio[: audio.size // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME].astype(np.float64)
-    frames = usable.reshape(-1, SAMPLES_PER_FRAME)  # [F, 640]
-    rms = np.sqrt(np.mean(frames**2, axis=1))  # [F]
-    return np.asarray(20 * np.log10(rms + RMS_FLOOR))
 
 
 class VoiceActivity:

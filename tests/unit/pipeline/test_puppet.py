@@ -24,11 +24,11 @@ from pipeline.media import (
     SAMPLES_PER_FRAME,
     Avatar,
     ChunkJob,
+    frame_levels_dbfs,
 )
 from pipeline.puppet import (
     PUPPET_DESCRIPTION,
     PuppetEngine,
-    frame_levels_dbfs,
     mouth_open_metric,
     mouth_targets,
 )
