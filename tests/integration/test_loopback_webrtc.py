@@ -15,9 +15,9 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest

@@ -268,10 +268,8 @@ async def test_a_mic_sessions_speech_is_announced_when_it_plays(
     t = np.arange(round(speech_s * 16_000)) / 16_000
     session.push_audio((0.2 * np.sin(2 * np.pi * 180 * t)).astype(np.float32))  # the mic
     session.start()
-    video, _audio = await _recv_chunks(session, 2)
-    frames_played = len(video)
+    await _recv_chunks(session, 2)  # both marks fall in chunk 0, played by now
     await session.close("test over")
 
     speech = [e for e in events if str(e["type"]).startswith("speech.")]
     assert speech == [{"type": "speech.started"}, {"type": "speech.ended", "duration_ms": 800}]
-    assert frames_played == 2 * CHUNK_FRAMES
