@@ -37,6 +37,9 @@ DEFAULT_HEIGHT = 768
 DEFAULT_WIDTH = 448
 """Default output frame width in pixels."""
 
+MS_PER_S = 1000
+"""Milliseconds per second (events and the API report media durations in whole ms)."""
+
 RMS_FLOOR = 1e-10
 """Added to an RMS before taking the log, so digital silence maps to a finite level."""
 

@@ -35,6 +35,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pipeline.media import MS_PER_S
+
 BEARER_SCHEME = "bearer"
 """The ``Authorization`` scheme (case-insensitive, RFC 6750)."""
 
@@ -43,8 +45,6 @@ SIGNING_KEY_BYTES = 32
 
 TOKEN_SEPARATOR = "."
 """Separates the parts of a token; session ids (URL-safe base64) never contain it."""
-
-MS_PER_S = 1000
 
 TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
 """A ``token=<value>`` query parameter in a logged URL."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from pipeline.media import CHUNK_SAMPLES, SAMPLE_RATE_HZ
+from pipeline.media import CHUNK_SAMPLES, MS_PER_S, SAMPLE_RATE_HZ
 from streaming.events import ErrorCode, ProtocolError
 from streaming.resample import Downsampler
 
@@ -151,7 +151,7 @@ class SpeechMark:
     @property
     def duration_ms(self) -> int:
         """For an end mark: the utterance's media duration, in milliseconds."""
-        return round((self.media_sample - self.start_sample) * 1000 / SAMPLE_RATE_HZ)
+        return round((self.media_sample - self.start_sample) * MS_PER_S / SAMPLE_RATE_HZ)
 
 
 class UtteranceLedger:

@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from pipeline.media import CHUNK_FRAMES
+from pipeline.media import CHUNK_FRAMES, MS_PER_S
 from streaming.clock import CHUNK_AUDIO_PACKETS
 from streaming.observer import SessionObserver
 
@@ -25,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 SKEW_HISTORY = 64
 """Per-chunk A/V skew measurements kept for inspection (``av_skews``)."""
-
-MS_PER_S = 1000
 
 VIDEO = 0
 AUDIO = 1

@@ -94,8 +94,3 @@ class SessionConfig:
             raise ValueError(
                 f"max_buffered_audio_s must hold at least one chunk ({CHUNK_SECONDS} s)"
             )
-
-    @property
-    def compute_allowance_s(self) -> float:
-        """Engine time per chunk before the chunk goes out idle, in seconds."""
-        return self.latency_budget_s - self.intake_jitter_s - self.emit_margin_s

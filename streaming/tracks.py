@@ -195,22 +195,6 @@ class AvatarVideoTrack(_PacedTrack[av.VideoFrame]):
 
     kind = "video"
 
-    def __init__(
-        self,
-        clock: WallClock,
-        on_first_frame: Callable[[], None] | None = None,
-        *,
-        on_sent: SentCallback | None = None,
-    ) -> None:
-        super().__init__(clock, on_sent=on_sent)
-        self._on_first_frame = on_first_frame
-
-    async def recv(self) -> av.VideoFrame:
-        frame = await super().recv()
-        if self.frames_sent == 1 and self._on_first_frame is not None:
-            self._on_first_frame()
-        return frame
-
 
 class AvatarAudioTrack(_PacedTrack[av.AudioFrame]):
     """The avatar's outgoing audio: 20 ms packets of 960 s16 mono samples at 48 kHz."""

@@ -21,6 +21,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from pipeline.media import MS_PER_S
 from server.auth import AuthError, TokenUse
 from server.deps import STARTING_RETRY_AFTER_S, session_for_token
 from server.errors import Problem, problem_for
@@ -35,8 +36,6 @@ from streaming.session_config import AudioSource, SessionEnded
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/sessions", tags=["audio"])
-
-MS_PER_S = 1000
 
 MAX_TOKEN_CHARS = 200
 """Longest ``?token=`` accepted, in characters."""
