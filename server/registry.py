@@ -28,8 +28,9 @@ from server.capacity import CapacityPolicy
 from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
 from server.metrics import Metrics, RejectReason
 from streaming.peer import PeerConfig
+from streaming.push import PushFormat
 from streaming.session import AvatarSession
-from streaming.session_config import PrepareFailed, SessionConfig
+from streaming.session_config import AudioSource, PrepareFailed, SessionConfig
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +120,18 @@ class SessionRegistry:
             logger.info("capacity: %d concurrent session(s) (%s)", limit, source)
         return self._capacity
 
-    async def create(self, avatar_name: str) -> ManagedSession:
-        """Open a session for ``avatar_name`` and wait until the engine has prepared it."""
+    async def create(
+        self,
+        avatar_name: str,
+        *,
+        audio_source: AudioSource = AudioSource.MIC,
+        push_format: PushFormat | None = None,
+    ) -> ManagedSession:
+        """Open a session for ``avatar_name`` and wait until the engine has prepared it.
+
+        ``audio_source`` says where its speech comes from; ``push_format`` bounds a push
+        session's audio (``None``: the defaults).
+        """
         capacity = self.capacity
         if capacity is None:
             self._metrics.rejected(RejectReason.NOT_READY)
@@ -151,6 +162,8 @@ class SessionRegistry:
             self._worker,
             avatar,
             self._session_config,
+            audio_source=audio_source,
+            push_format=push_format,
             observer=LifecycleObserver(self._metrics, lifecycle),
             executor=self._executor,
             seed=self._seeds,

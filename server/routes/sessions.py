@@ -84,9 +84,15 @@ async def create_session(
     With API keys configured, needs ``Authorization: Bearer <API key>`` (401 otherwise).
     """
     request = body or SessionRequest()
-    managed = await registry.create(request.avatar)
-    if request.audio_source is AudioSource.PUSH:
-        managed.media.use_push_audio(replace(push, sample_rate=request.sample_rate))
+    managed = await registry.create(
+        request.avatar,
+        audio_source=request.audio_source,
+        push_format=(
+            replace(push, sample_rate=request.sample_rate)
+            if request.audio_source is AudioSource.PUSH
+            else None
+        ),
+    )
     return SessionCreated(
         id=managed.id,
         token=managed.token,

@@ -22,7 +22,7 @@ from streaming.idle import EASE_IN_FRAMES
 from streaming.observer import NullObserver
 from streaming.push import PushDecoder, PushFormat, UtteranceLedger
 from streaming.session import AvatarSession
-from streaming.session_config import SessionConfig
+from streaming.session_config import AudioSource, SessionConfig
 from tests.conftest import FakeEngine, grey_level
 from tests.unit.streaming.conftest import FastClock
 
@@ -179,11 +179,12 @@ async def _push_session(
         worker,
         Avatar("test", np.full((HEIGHT, WIDTH, 3), 200, dtype=np.uint8)),
         SessionConfig(height=HEIGHT, width=WIDTH),
+        audio_source=AudioSource.PUSH,
+        push_format=PushFormat(**push),  # type: ignore[arg-type]
         observer=observer,
         clock=FastClock(),
     )
     await session.wait_prepared(timeout=RECV_TIMEOUT_S)
-    session.use_push_audio(PushFormat(**push))  # type: ignore[arg-type]
     got = Received()
     session.subscribe_events(lambda event: got.events.append(_as_dict(event)))
     return session, got

@@ -1,0 +1,240 @@
+"""When a session's chunks are taken, and which way each goes out: the chunk scheduler.
+
+Owns ``ChunkScheduler``, the session's two loops on the media clock. For chunk ``k``
+(C = 1.12 s, media started at ``t0``, ``B`` = the latency budget):
+
+- the take loop, at ``t0 + k·C + jitter``, takes chunk ``k``'s 17,920 samples from the
+  speech input (padded with silence, so an idle caller still gets a live, breathing avatar)
+  and submits ``ChunkJob(k)`` through the ``EngineLink``; when the session's mailbox is full
+  the chunk is marked busy instead of blocking;
+- the emit loop sends the chunks out strictly in order, each the way ``ChunkBook.next_step``
+  says (the late / busy / error policy, ``streaming.chunk_policy``), through the
+  ``ChunkPlayout``, by ``t0 + B + k·C - margin``; an engine failure, a late result or a full
+  mailbox costs that one chunk (the last frame held, with its own audio), never the session.
+
+It counts the chunks the engine generated and those replaced and why (reported to the
+observer), publishes ``chunk.stats`` for every chunk that went out, and carries out the
+scheduling half of an interrupt (``interrupt``): drop the engine's jobs not started, cut the
+playout, forget what was taken after the cut, and rewind the shared ``InterruptState`` so the
+chunks already taken go out as idle-loop filler.
+
+Knows nothing about where speech comes from (it calls ``SpeechInput.take``), how media is
+converted or paced (``ChunkPlayout``), or transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from pipeline.engine import EngineWorker, MailboxFull, SessionClosed
+from pipeline.media import CHUNK_FRAMES, CHUNK_SECONDS, MS_PER_S, Avatar, Chunk, ChunkJob
+from streaming.chunk_policy import ChunkBook, Filler, Generated, Held, Wait
+from streaming.clock import WallClock
+from streaming.engine_link import EngineLink
+from streaming.events import ChunkStats, EventBus
+from streaming.interrupt_state import InterruptState
+from streaming.observer import ChunkProblem, SessionObserver
+from streaming.playout import ChunkPlayout
+from streaming.session_config import SessionConfig
+from streaming.speech_input import SpeechInput
+
+logger = logging.getLogger(__name__)
+
+INTERRUPTED_PROBLEM = "interrupted"
+"""``chunk.stats`` problem of a chunk replaced by idle-loop filler after an interrupt."""
+
+HELD_LOG_LEVEL = {
+    ChunkProblem.ENGINE_ERROR: logging.ERROR,
+    ChunkProblem.BAD_OUTPUT: logging.ERROR,
+    ChunkProblem.LATE: logging.WARNING,
+    ChunkProblem.ENGINE_BUSY: logging.DEBUG,  # warned when the job could not be submitted
+}
+"""How loudly a chunk sent idle is logged, by why."""
+
+
+class ChunkScheduler:
+    """Takes, submits and sends out one session's chunks. Create it on the event loop."""
+
+    def __init__(
+        self,
+        worker: EngineWorker,
+        avatar: Avatar,
+        config: SessionConfig,
+        *,
+        state: InterruptState,
+        speech: SpeechInput,
+        playout: ChunkPlayout,
+        events: EventBus,
+        observer: SessionObserver,
+        clock: WallClock,
+        on_engine_stopped: Callable[[str], None],
+        seed: int = 0,
+        label: str = "session",
+    ) -> None:
+        self._config = config
+        self._state = state
+        self._speech = speech
+        self._playout = playout
+        self._events = events
+        self._observer = observer
+        self._clock = clock
+        self._on_engine_stopped = on_engine_stopped
+        self._label = label
+        self._wake = asyncio.Event()
+        self._book = ChunkBook()
+        self._started_at: float | None = None
+        self.engine = EngineLink(
+            worker,
+            avatar,
+            seed=seed,
+            mailbox_size=config.mailbox_size,
+            on_result=self._wake.set,
+            label=label,
+        )
+        self.chunks_generated = 0
+        self.chunk_problems: dict[ChunkProblem, int] = dict.fromkeys(ChunkProblem, 0)
+        self.frames_dropped = 0
+
+    @property
+    def started(self) -> bool:
+        """True once the media clock runs."""
+        return self._started_at is not None
+
+    def start(self, now: float) -> None:
+        """Start the media clock at ``now``: media time 0 plays one latency budget later.
+        Then run ``take_loop`` and ``emit_loop``."""
+        self._started_at = now
+        self._playout.start(now + self._config.latency_budget_s)
+
+    def close(self) -> None:
+        """Release the engine state and forget every chunk (the loops are stopped)."""
+        self.engine.close()
+        self._book.clear()
+
+    # -- taking -------------------------------------------------------------------------------
+
+    async def take_loop(self) -> None:
+        """Every chunk period, take 17,920 samples and submit them as chunk job ``k``."""
+        index = 0
+        while True:
+            await self._clock.sleep_until(self._take_time(index))
+            audio, received = self._speech.take(index)
+            submitted = True
+            try:
+                self.engine.submit(ChunkJob(index=index, audio=audio))
+            except MailboxFull as exc:
+                logger.warning(
+                    "%s: chunk %d not submitted, engine busy (%s)", self._label, index, exc
+                )
+                submitted = False
+            except SessionClosed as exc:
+                logger.info("%s: the engine stopped taking jobs (%s)", self._label, exc)
+                self._on_engine_stopped("the engine stopped")
+                return
+            self._book.taken(index, audio, submitted=submitted)
+            logger.debug("%s: took chunk %d (%d received samples)", self._label, index, received)
+            self._wake.set()
+            index += 1
+
+    def _take_time(self, index: int) -> float:
+        assert self._started_at is not None, "the scheduler is not started"
+        return self._started_at + index * CHUNK_SECONDS + self._config.intake_jitter_s
+
+    def _deadline(self, index: int) -> float:
+        return self._playout.chunk_due(index) - self._config.emit_margin_s
+
+    # -- sending out ----------------------------------------------------------------------------
+
+    async def emit_loop(self) -> None:
+        """Send the chunks out in order, each as ``ChunkBook.next_step`` says."""
+        while True:
+            self._wake.clear()
+            for item in self.engine.results():
+                if not self._book.arrived(item, self._state.next_out):
+                    logger.debug("%s: chunk %d arrived after it went out", self._label, item.index)
+            step = self._book.next_step(self._state, self._clock.now(), self._deadline)
+            match step:
+                case Wait(until=until):
+                    await self._wait_for_wake(until)
+                case Filler(index=index):
+                    if await self._playout.play_filler(index):
+                        self._publish_stats(index, None, INTERRUPTED_PROBLEM)
+                case Held():
+                    await self._send_held(step)
+                case Generated(chunk=chunk):
+                    await self._send_generated(chunk)
+
+    async def _send_generated(self, chunk: Chunk) -> None:
+        self.chunks_generated += 1
+        self._observer.on_chunk(chunk.compute_seconds, chunk.rtf)
+        # The chunk's own audio is, by the engine contract, the samples that drove its frames.
+        if await self._playout.play(chunk.index, chunk.frames, chunk.audio):
+            self._publish_stats(chunk.index, chunk.compute_seconds, None)
+
+    async def _send_held(self, held: Held) -> None:
+        problem = held.problem
+        logger.log(
+            HELD_LOG_LEVEL[problem],
+            "%s: chunk %d %s; sending it idle",
+            self._label,
+            held.index,
+            held.detail,
+        )
+        self.chunk_problems[problem] += 1
+        self._observer.on_chunk_problem(problem)
+        if problem is ChunkProblem.LATE:  # the engine's frames will arrive and never play
+            self._drop_frames(CHUNK_FRAMES)
+        if await self._playout.play_held(held.index, held.audio):
+            self._publish_stats(held.index, None, problem.value)
+
+    def _publish_stats(self, index: int, seconds: float | None, problem: str | None) -> None:
+        self._events.publish(
+            ChunkStats(
+                index=index,
+                compute_ms=None if seconds is None else round(seconds * MS_PER_S, 1),
+                rtf=None if seconds is None else round(seconds / CHUNK_SECONDS, 3),
+                queued_ms=self._speech.queued_ms,
+                problem=problem,
+            )
+        )
+
+    async def _wait_for_wake(self, deadline: float | None) -> None:
+        if deadline is None:
+            await self._wake.wait()
+            return
+        wake = asyncio.ensure_future(self._wake.wait())
+        timer = asyncio.ensure_future(self._clock.sleep_until(deadline))
+        try:
+            await asyncio.wait({wake, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (wake, timer):
+                waiter.cancel()
+            await asyncio.gather(wake, timer, return_exceptions=True)
+
+    def _drop_frames(self, count: int) -> None:
+        if count:
+            self.frames_dropped += count
+            self._observer.on_frames_dropped(count)
+
+    # -- interrupt ------------------------------------------------------------------------------
+
+    def interrupt(self, commanded_at: float) -> int | None:
+        """The scheduling half of an interrupt (``InterruptState.interrupt`` already bumped
+        the epoch): drop the engine's jobs not started, cut the playout, and send the chunks
+        taken so far as filler from the cut on. Returns the media sample of the cut, or
+        ``None`` before media started."""
+        self.engine.drop_pending()
+        if self._started_at is None:
+            return None
+        cut = self._playout.cut(commanded_at)
+        next_take = self._book.next_take
+        unfed_chunks = max(next_take - self._state.next_out, 0)
+        self._drop_frames(cut.frames_dropped + unfed_chunks * CHUNK_FRAMES)
+        self._book.forget_from(cut.first_chunk)
+        self._state.cut(cut.first_chunk, next_take)
+        if cut.first_chunk < next_take:
+            self._playout.queue_idle_head(cut.first_chunk)
+        self._wake.set()
+        return cut.cut_sample
