@@ -1,11 +1,15 @@
-"""Fixtures for session tests: a real engine worker around ``FakeEngine``, and a fast clock."""
+"""Fixtures for session tests: a real engine worker around ``FakeEngine``, a fast clock, and
+a scripted inbound audio track."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
 
+import av
+import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamError
 
 from pipeline.engine import EngineWorker
 from tests.conftest import FakeEngine
@@ -30,6 +34,31 @@ class FastClock:
         delay = (deadline - self.now()) / self.speed
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+class ScriptedAudioTrack:
+    """Yields ``count`` 20 ms frames of 48 kHz stereo s16 silence, then ends like a closed
+    track (what aiortc's decoder hands over for a browser microphone)."""
+
+    kind = "audio"
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._pts = 0
+        self.received = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self._left == 0:
+            raise MediaStreamError
+        self._left -= 1
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 960 * 2), dtype=np.int16), format="s16", layout="stereo"
+        )
+        frame.sample_rate = 48_000
+        frame.pts = self._pts
+        self._pts += 960
+        self.received += 1
+        return frame
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from streaming.audio_in import AudioIntake
+from tests.unit.streaming.conftest import ScriptedAudioTrack
 
 
 def test_take_returns_samples_in_order_and_pads_with_silence() -> None:
@@ -38,37 +39,12 @@ def test_rejects_non_mono_input() -> None:
         AudioIntake(max_samples=10).push(np.zeros((2, 3), dtype=np.float32))
 
 
-class _ScriptedAudioTrack:
-    """Yields ``count`` 20 ms frames of 48 kHz stereo s16, then ends like a closed track."""
-
-    kind = "audio"
-
-    def __init__(self, count: int) -> None:
-        self._left = count
-        self._pts = 0
-
-    async def recv(self):  # type: ignore[no-untyped-def]
-        import av
-        from aiortc.mediastreams import MediaStreamError
-
-        if self._left == 0:
-            raise MediaStreamError
-        self._left -= 1
-        frame = av.AudioFrame.from_ndarray(
-            np.zeros((1, 960 * 2), dtype=np.int16), format="s16", layout="stereo"
-        )
-        frame.sample_rate = 48_000
-        frame.pts = self._pts
-        self._pts += 960
-        return frame
-
-
 async def test_receiving_a_microphone_reports_activity_about_once_a_second() -> None:
     from streaming.audio_in import ACTIVITY_EVERY_FRAMES, receive_track
 
     reports: list[int] = []
     intake = AudioIntake(max_samples=100_000)
     frames = 2 * ACTIVITY_EVERY_FRAMES + 1
-    await receive_track(_ScriptedAudioTrack(frames), intake, on_activity=lambda: reports.append(1))  # type: ignore[arg-type]
+    await receive_track(ScriptedAudioTrack(frames), intake, on_activity=lambda: reports.append(1))  # type: ignore[arg-type]
     assert len(reports) == 3  # the first frame, then one per ACTIVITY_EVERY_FRAMES
     assert intake.buffered == pytest.approx(frames * 320, abs=320)  # 20 ms at 16 kHz each
