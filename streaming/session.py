@@ -2,7 +2,8 @@
 
 Owns ``AvatarSession``, shaped after LiveKit's avatar ``VideoGenerator``: speech goes in,
 paired frames and audio come out on two WebRTC tracks, on one media clock. The work is done
-by four parts, each in its own module, that share one ``InterruptState``:
+by three parts, each in its own module, sharing one ``InterruptState``
+(``streaming.interrupt_state``):
 
 - ``SpeechInput`` (``streaming.speech_input``): the audio source, fixed at creation -- the
   caller's WebRTC microphone (``mic``) or pushed audio (``push``, chatbot TTS) -- the
@@ -18,7 +19,8 @@ connects, or with ``start``), takes commands from any transport (``handle_text``
 its events (``session.ready``, ``speech.started`` / ``speech.ended``, ``interrupted``,
 ``chunk.stats``) to its ``events`` bus, orders an ``interrupt`` across the parts, and
 ``close()`` releases everything. Settings and errors live in ``streaming.session_config``.
-Knows nothing about HTTP, tokens or metrics backends (it reports to a ``SessionObserver``).
+Knows nothing about HTTP, tokens or metrics backends (it reports to a ``SessionObserver``),
+nor how chunks are scheduled, converted or paced (its parts do that).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Owns the timing and size settings of one live session (latency budget, intake jitter, emit
 margin, audio buffer, engine mailbox), their defaults and checks, where a session's speech
-comes from, and the errors a session raises. Shared by ``streaming.session`` and the server,
+comes from, and the errors a session raises. Shared by the session's parts and the server,
 which builds a ``SessionConfig`` from its settings and maps the errors to HTTP problems.
 """
 
