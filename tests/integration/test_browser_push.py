@@ -112,7 +112,8 @@ const [box, rate, done] = arguments;
   canvas.width = right - left; canvas.height = bottom - top;
   const draw = canvas.getContext('2d', {willReadFrequently: true});
   const onFrame = (now, meta) => {
-    draw.drawImage(video, left, top, canvas.width, canvas.height, 0, 0, canvas.width, canvas.height);
+    const [w, h] = [canvas.width, canvas.height];
+    draw.drawImage(video, left, top, w, h, 0, 0, w, h);
     const px = draw.getImageData(0, 0, canvas.width, canvas.height).data;
     let dark = 0;
     for (let i = 0; i < px.length; i += 4) {
@@ -144,7 +145,9 @@ const [pcmBase64, chunkBytes] = arguments;
 const bytes = Uint8Array.from(atob(pcmBase64), (c) => c.charCodeAt(0));
 const stream = new ReadableStream({
   start(controller) {
-    for (let i = 0; i < bytes.length; i += chunkBytes) controller.enqueue(bytes.slice(i, i + chunkBytes));
+    for (let i = 0; i < bytes.length; i += chunkBytes) {
+      controller.enqueue(bytes.slice(i, i + chunkBytes));
+    }
     controller.close();
   },
 });
@@ -189,6 +192,10 @@ def _until(driver: WebDriver, what: str, script: str, timeout_s: float = STEP_TI
         time.sleep(POLL_S)
     events = driver.execute_script("return window.hc ? window.hc.events : null;")
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}; events: {events}")
+
+
+def _has_event(event_type: str) -> str:
+    return f"return window.hc.events.some((e) => e.type === '{event_type}');"
 
 
 def _event_count(driver: WebDriver, event_type: str) -> int:
@@ -252,11 +259,11 @@ def test_push_mode_speaks_a_wav_at_25_fps_with_events_in_order_and_interrupts_fa
     wav = _wav_base64(speech_like(WAV_SECONDS, PUSH_RATE_HZ), PUSH_RATE_HZ)
     error = chrome.execute_async_script(SPEAK_WAV, wav, PUSH_RATE_HZ)
     assert error == "", error
-    _until(chrome, "speech.started", "return window.hc.events.some((e) => e.type === 'speech.started');")
+    _until(chrome, "speech.started", _has_event("speech.started"))
     first = _decoded_frames(chrome)
     time.sleep(FPS_WINDOW_S)
     fps = (_decoded_frames(chrome) - first) / FPS_WINDOW_S
-    _until(chrome, "speech.ended", "return window.hc.events.some((e) => e.type === 'speech.ended');")
+    _until(chrome, "speech.ended", _has_event("speech.ended"))
     hc = chrome.execute_script(
         "const h = window.hc; return {events: h.events, spoke: h.spoke, ended: h.ended,"
         " frames: h.frames, levels: h.levels};"
@@ -265,7 +272,9 @@ def test_push_mode_speaks_a_wav_at_25_fps_with_events_in_order_and_interrupts_fa
     types = [e["type"] for e in events]
     assert hc["spoke"] is True and hc["ended"] is True, hc["spoke"]
     assert "error" not in types and "closed" not in types, events
-    ready, started, ended = (types.index(t) for t in ("session.ready", "speech.started", "speech.ended"))
+    ready, started, ended = (
+        types.index(t) for t in ("session.ready", "speech.started", "speech.ended")
+    )
     assert ready < started < ended, types
     stats = [e["index"] for e in events if e["type"] == "chunk.stats"]
     assert len(stats) >= 3 and stats == sorted(set(stats)), stats
@@ -290,7 +299,8 @@ def test_push_mode_speaks_a_wav_at_25_fps_with_events_in_order_and_interrupts_fa
         chrome,
         "an open mouth",
         f"const f = window.hc.frames.slice(-{OPEN_FRAMES});"
-        f"return f.length === {OPEN_FRAMES} && f.every(([t, d]) => d > {max_dark * MOUTH_OPEN_SHARE});",
+        f"return f.length === {OPEN_FRAMES}"
+        f" && f.every(([t, d]) => d > {max_dark * MOUTH_OPEN_SHARE});",
     )
     cut = chrome.execute_async_script(INTERRUPT)
     assert "error" not in cut, cut
@@ -368,7 +378,9 @@ def test_push_widget_closed_mid_speech_leaves_no_session(
     assert error == "", error
     _until(chrome, "speech.started", "return window.hc.events.includes('speech.started');")
     assert headcast_server.metric("headcast_sessions_active") == 1
-    chrome.execute_async_script("document.querySelector('headcast-avatar').stop().then(arguments[0]);")
+    chrome.execute_async_script(
+        "document.querySelector('headcast-avatar').stop().then(arguments[0]);"
+    )
     _until_released(headcast_server)
     state = chrome.execute_script("return window.hc;")
     assert state["spoken"] is False, state

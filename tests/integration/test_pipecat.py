@@ -325,6 +325,5 @@ async def test_capacity_and_a_dropped_session_become_error_frames(
                 assert "at capacity" in bot.errors.errors[0], bot.errors.errors
         finally:
             for body in taken:
-                await http.delete(
-                    f"/v1/sessions/{body['id']}", headers={"Authorization": f"Bearer {body['token']}"}
-                )
+                auth = {"Authorization": f"Bearer {body['token']}"}
+                await http.delete(f"/v1/sessions/{body['id']}", headers=auth)

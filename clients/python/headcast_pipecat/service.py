@@ -1,4 +1,4 @@
-"""``HeadcastVideoService``: a headcast avatar in a pipecat pipeline, after pipecat's own avatar services.
+"""``HeadcastVideoService``: a headcast avatar in a pipecat pipeline, like its avatar services.
 
 Shaped like pipecat's Simli, Tavus and HeyGen video services (an ``AIService`` placed after
 the TTS): on ``StartFrame`` it opens a push session on a headcast server and connects to it

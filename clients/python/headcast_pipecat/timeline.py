@@ -1,4 +1,4 @@
-"""One playout order for the avatar's two received tracks: video frames and audio packets by media time.
+"""One playout order for the avatar's two received tracks: video and audio by media time.
 
 Owns ``MediaTimeline``. WebRTC delivers the avatar's video and audio on two tracks whose
 arrival times differ (the receiver's audio jitter buffer is deeper); both tracks were stamped
