@@ -94,7 +94,9 @@ export class HeadcastAvatar extends HTMLElement {
     this.setStatus("connecting…");
     try {
       const push = this.audioSource === "push";
-      const stream = push ? undefined : (audioStream ?? (this.ownedStream = await openMicrophone()));
+      const stream = push
+        ? undefined
+        : (audioStream ?? (this.ownedStream = await openMicrophone()));
       const server = this.getAttribute("server") ?? SCRIPT_ORIGIN;
       this.session = this.sessionProvider
         ? new Session(server, await this.sessionProvider())
@@ -104,7 +106,8 @@ export class HeadcastAvatar extends HTMLElement {
             sampleRate: Number(this.getAttribute("sample-rate") ?? 16000),
           });
       for (const type of EVENT_TYPES) {
-        this.session.on(type, (data) => this.dispatchEvent(new CustomEvent(type, { detail: data })));
+        const forward = (data) => this.dispatchEvent(new CustomEvent(type, { detail: data }));
+        this.session.on(type, forward);
       }
       const { videoStream } = await connect(this.session, stream, {
         onConnectionStateChange: (state) => {
@@ -157,7 +160,9 @@ export class HeadcastAvatar extends HTMLElement {
 
   requireSession() {
     if (!this.session) {
-      throw new HeadcastError("The avatar is not started: call start() first.", { code: "not-started" });
+      throw new HeadcastError("The avatar is not started: call start() first.", {
+        code: "not-started",
+      });
     }
     return this.session;
   }

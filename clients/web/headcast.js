@@ -86,7 +86,7 @@ export class HeadcastError extends Error {
   }
 }
 
-/** A server event as a Session dispatches it: `event.type`, and the server's JSON in `event.data`. */
+/** A server event as a Session dispatches it: `event.type`, the server's JSON in `event.data`. */
 export class HeadcastEvent extends Event {
   /** @param {{type: string} & Record<string, unknown>} data */
   constructor(data) {
@@ -180,8 +180,7 @@ export class Session extends EventTarget {
    * @returns {Promise<boolean>}
    */
   speak(samples) {
-    const pcm = toPcm16(samples);
-    return this._enqueue((generation) => this._sendPcm(pcm, generation));
+    return this._enqueue((generation) => this._sendPcm(toPcm16(samples), generation));
   }
 
   /**
@@ -341,9 +340,10 @@ export class Session extends EventTarget {
   _enqueue(task) {
     if (!this.isPush) {
       return Promise.reject(
-        new HeadcastError('speak() needs a push session: createSession(url, {audioSource: "push"}).', {
-          code: "not-push-session",
-        }),
+        new HeadcastError(
+          'speak() needs a push session: createSession(url, {audioSource: "push"}).',
+          { code: "not-push-session" },
+        ),
       );
     }
     const generation = this._generation;

@@ -281,10 +281,11 @@ def test_push_mode_speaks_a_wav_at_25_fps_with_events_in_order_and_interrupts_fa
     duration_ms = events[ended]["duration_ms"]
     assert abs(duration_ms - WAV_SECONDS * 1000) <= DURATION_TOLERANCE_MS, events[ended]
     assert fps >= MIN_FPS, f"{fps:.1f} fps decoded while speaking"
-    lag_ms, correlation = _sync_lag_ms(
-        hc["frames"], hc["levels"], (events[started]["t"], events[ended]["t"])
-    )
-    max_dark = max(dark for _t, dark in hc["frames"])
+    spoken = (events[started]["t"], events[ended]["t"])
+    lag_ms, correlation = _sync_lag_ms(hc["frames"], hc["levels"], spoken)
+    # The widest-open mouth while the WAV played (not before: frames before the first
+    # picture can be black, all "dark").
+    max_dark = max(dark for t, dark in hc["frames"] if spoken[0] <= t <= spoken[1])
 
     # 2. A long loud vowel as a byte stream, interrupted once the mouth is open.
     loud = base64.b64encode(to_pcm16(loud_voice(LOUD_SECONDS, PUSH_RATE_HZ))).decode("ascii")

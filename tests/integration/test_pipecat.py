@@ -13,8 +13,8 @@ arrival times, and ``errors`` collects the ``ErrorFrame``s going upstream. Asser
 - an ``InterruptionFrame`` while the avatar speaks takes the pushed output to idle (mouth
   closed, audio below -50 dBFS, and staying so through the hand-back) within 200 ms;
 - cancelling the pipeline releases the session on the server;
-- a server at capacity (429), and a session ended under the service, become ``ErrorFrame``s,
-  and the pipeline still ends when asked.
+- a server at capacity (429), no server at all, and a session ended under the service become
+  ``ErrorFrame``s, and the pipeline still ends when asked.
 
 Figures go to ``artifacts/pipecat_metrics.json``.
 """
@@ -54,7 +54,7 @@ from headcast_client import to_pcm16
 from headcast_pipecat import HeadcastVideoService
 from loadtests.speech import speech_like
 from pipeline.puppet import mouth_open_metric
-from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
+from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, free_loopback_port
 from tests.integration.test_interrupt import loud_voice
 
 logger = logging.getLogger(__name__)
@@ -313,6 +313,11 @@ async def test_capacity_and_a_dropped_session_become_error_frames(
             assert deleted.status_code == 204
             await until(lambda: any("session_ended" in e for e in bot.errors.errors), "error")
             await until(lambda: any("dropped" in e for e in bot.errors.errors), "drop error")
+
+        # No server there: an ErrorFrame saying so.
+        async with running_bot(f"http://127.0.0.1:{free_loopback_port()}") as bot:
+            await until(lambda: bool(bot.errors.errors), "an error frame")
+            assert "could not connect" in bot.errors.errors[0], bot.errors.errors
 
         # Every slot taken: the service reports 429 as an ErrorFrame and the pipeline ends.
         taken = []

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import av
+import httpx
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pipecat.audio.utils import create_stream_resampler
@@ -41,6 +42,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.ai_service import AIService
+from websockets.exceptions import WebSocketException
 
 from headcast_client import HeadcastClient, HeadcastError, PushSocket, SessionInfo
 from headcast_client.client import WebRTCConnection
@@ -133,7 +135,7 @@ class HeadcastVideoService(AIService):
         self._push_rate = rate if rate in PUSH_SAMPLE_RATES_HZ else PUSH_SAMPLE_RATES_HZ[0]
         try:
             await self._open()
-        except (HeadcastError, OSError, ConnectionError, TimeoutError) as exc:
+        except (HeadcastError, httpx.HTTPError, WebSocketException, OSError, TimeoutError) as exc:
             await self._close()
             await self.push_error(_why_not_started(exc), exception=exc)
 
@@ -213,8 +215,8 @@ class HeadcastVideoService(AIService):
             await self.push_frame(frame, direction)
 
     async def _speak(self, frame: TTSAudioRawFrame) -> None:
-        if self._socket is None:
-            return  # not connected: the error was reported when starting
+        if not self._sending():
+            return  # not connected, or the connection dropped: an ErrorFrame said so
         pcm = frame.audio
         if frame.num_channels > 1:
             samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, frame.num_channels)
@@ -224,16 +226,20 @@ class HeadcastVideoService(AIService):
         if not pcm:
             return
         frame_ms = len(pcm) / PCM16_BYTES / self._push_rate * MS_PER_S
-        while self._queued_ms() + frame_ms > self._ahead_ms and not self._closing:
+        while self._queued_ms() + frame_ms > self._ahead_ms and self._sending():
             self._feedback.clear()
             try:
                 await asyncio.wait_for(self._feedback.wait(), FEEDBACK_WAIT_S)
             except TimeoutError:
                 continue
-        if self._closing or self._socket is None:
+        if self._socket is None or not self._sending():
             return
         self._unacked_ms.append(frame_ms)
         await self._socket.send_pcm16(pcm)
+
+    def _sending(self) -> bool:
+        """True while audio can go out: connected, not closing, the socket open."""
+        return not self._closing and self._socket is not None and self._socket.close_code is None
 
     def _queued_ms(self) -> float:
         return self._server_queued_ms + sum(self._unacked_ms)
