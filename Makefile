@@ -20,7 +20,9 @@ PIP := $(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install install-test serve test browser lint loadtest clean
+WEB := clients/web
+
+.PHONY: help install install-test serve test browser web lint loadtest clean
 
 help:
 	@echo "make serve     install and start the server on $(CONFIG) (http://127.0.0.1:8000/)"
@@ -60,7 +62,19 @@ browser:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-test: install-test browser
+# Node and npm (Debian's, when missing) and the web package's dev tools from the npm registry
+# (tsc for the type-check, a WHEP player for the WHEP browser test) in clients/web/node_modules.
+web: $(WEB)/node_modules/.package-lock.json
+
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package.json $(WEB)/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+		echo "installing Debian nodejs and npm for the web package tests"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	fi
+	npm ci --prefix $(WEB) --no-audit --no-fund
+
+test: install-test browser web
 	$(BIN)/python -m pytest -q
 
 lint: install-test
@@ -73,4 +87,4 @@ loadtest: install-test
 	$(BIN)/python -m loadtests --url $(URL) --sessions $(SESSIONS) --duration $(DURATION)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache artifacts
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache artifacts $(WEB)/node_modules
