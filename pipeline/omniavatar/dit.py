@@ -5,7 +5,8 @@ Owns: ``OmniAvatarDiT`` under the official parameter names (Wan base keys plus
 load time, see ``pipeline.omniavatar.lora``), its T2V block (self-attention, text-only
 cross-attention, FFN, AdaLN; no image branch, no audio cross-attention) and its forward in
 three parts so a sampler can reuse the block stack's residual (TeaCache) or run it on part
-of a batch: ``embed`` (patch embedding of ``cat(x, y)``, timestep, text, audio),
+of a batch: ``conditions`` (prompt and audio, once per segment), ``embed`` (patch
+embedding of ``cat(x, y)`` and the timestep, once per step for all guidance passes),
 ``run_blocks`` (the blocks, with each audio projection added to the hidden states before
 blocks 2 .. num_layers / 2) and ``project`` (head, unpatchify).
 
@@ -129,8 +130,30 @@ class AudioPack(nn.Module):
 
 
 @dataclass
+class Conditions:
+    """The per-sample conditioning the blocks see; constant over a segment's steps."""
+
+    context: torch.Tensor
+    """Embedded prompt ``[B, text_len, dim]`` (zero rows included, embedded too)."""
+    audio: torch.Tensor
+    """Per-layer audio additions ``[B, audio_projections, T, dim]``."""
+
+    @staticmethod
+    def cat(parts: list[Conditions]) -> Conditions:
+        """Several samples' conditions as one batch, in order."""
+        return Conditions(
+            torch.cat([part.context for part in parts]), torch.cat([part.audio for part in parts])
+        )
+
+    def select(self, rows: list[int]) -> Conditions:
+        """The samples ``rows`` of the batch."""
+        index = torch.tensor(rows, device=self.context.device)
+        return Conditions(self.context.index_select(0, index), self.audio.index_select(0, index))
+
+
+@dataclass
 class Embedded:
-    """What ``embed`` prepares for the blocks and the head (one batch of samples)."""
+    """One step's embedded latents and timestep (shared by every guidance pass)."""
 
     tokens: torch.Tensor
     """Patch-embedded ``cat(x, y)``, ``[B, L, dim]`` in the weights' dtype."""
@@ -138,20 +161,22 @@ class Embedded:
     """Timestep embedding ``[B, dim]`` float32 (the head's modulation input)."""
     t_mod: torch.Tensor
     """Per-block AdaLN input ``[B, 6, dim]`` float32."""
-    context: torch.Tensor
-    """Embedded prompt ``[B, text_len, dim]``."""
-    audio: torch.Tensor
-    """Per-layer audio additions ``[B, audio_projections, T, dim]``."""
     grid: Grid
     """Token grid (frames, rows, cols); ``L = prod(grid)``."""
 
-    def select(self, rows: list[int]) -> Embedded:
-        """The same for a subset of the batch (samples ``rows``)."""
-        index = torch.tensor(rows, device=self.tokens.device)
-        pick = lambda value: value.index_select(0, index)  # noqa: E731
+    def expand(self, batch: int) -> Embedded:
+        """A batch-1 embedding repeated ``batch`` times (views, no copy)."""
         return Embedded(
-            pick(self.tokens), pick(self.time), pick(self.t_mod), pick(self.context),
-            pick(self.audio), self.grid,
+            self.tokens.expand(batch, -1, -1), self.time.expand(batch, -1),
+            self.t_mod.expand(batch, -1, -1), self.grid,
+        )  # fmt: skip
+
+    def select(self, rows: list[int]) -> Embedded:
+        """The samples ``rows`` of the batch."""
+        index = torch.tensor(rows, device=self.tokens.device)
+        return Embedded(
+            self.tokens.index_select(0, index), self.time.index_select(0, index),
+            self.t_mod.index_select(0, index), self.grid,
         )  # fmt: skip
 
 
@@ -221,73 +246,61 @@ class OmniAvatarDiT(nn.Module):
         packed = self.audio_proj(audio.to(self.audio_proj.proj.weight.dtype))  # [B, T, hidden]
         return torch.stack([proj(packed) for proj in self.audio_cond_projs], dim=1)
 
-    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor, context: torch.Tensor, audio: torch.Tensor) -> None:
-        cfg = self.config
-        if x.dim() != 5 or x.shape[1] != cfg.out_dim or y.shape[2:] != x.shape[2:]:
-            raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must be [B, C, T, H, W] alike")
-        if x.shape[1] + y.shape[1] != cfg.in_dim:
-            raise ValueError(f"x and y channels {x.shape[1]} + {y.shape[1]} must sum to {cfg.in_dim}")
-        if x.shape[3] % 2 or x.shape[4] % 2:
-            raise ValueError(f"latent size {tuple(x.shape[3:])} must be even (2x2 patches)")
-        batch, frames = x.shape[0], x.shape[2]
-        if context.dim() != 3 or context.shape[0] != batch or context.shape[1] > cfg.text_len \
-                or context.shape[2] != cfg.text_dim:  # fmt: skip
-            raise ValueError(
-                f"context {tuple(context.shape)} must be [B={batch}, <= {cfg.text_len}, {cfg.text_dim}]"
-            )
-        expected = (batch, AUDIO_PACK_FRAMES * frames - (AUDIO_PACK_FRAMES - 1), cfg.audio_input_dim)
-        if tuple(audio.shape) != expected:
-            raise ValueError(
-                f"audio {tuple(audio.shape)} must be {expected}: one row per video frame of "
-                f"{frames} latent frames"
-            )
+    # -- the parts of the forward ---------------------------------------------------------
 
-    # -- the three parts of the forward ---------------------------------------------------
-
-    def embed(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        context: torch.Tensor,
-        y: torch.Tensor,
-        audio: torch.Tensor,
-    ) -> Embedded:
-        """Inputs -> what the blocks and the head need.
+    def conditions(self, context: torch.Tensor, audio: torch.Tensor) -> Conditions:
+        """Prompt and audio of each sample, embedded once per segment.
 
         Args:
-            x: noisy latents ``[B, 16, T, h, w]``.
-            t: timesteps ``[B]`` on the 0..1000 scale.
             context: prompt embeddings ``[B, <= text_len, text_dim]``, zero rows after the
-                prompt; zero-padded here to ``text_len`` rows.
-            y: reference latent repeated over T plus the mask, ``[B, 17, T, h, w]``.
+                prompt; zero-padded here to ``text_len`` rows (the DiT sees them all).
             audio: per-video-frame features ``[B, 4T - 3, audio_input_dim]`` (zeros: none).
         """
-        self._check_inputs(x, y, context, audio)
+        cfg = self.config
+        if context.dim() != 3 or context.shape[1] > cfg.text_len or context.shape[2] != cfg.text_dim:
+            raise ValueError(f"context {tuple(context.shape)} must be [B, <= {cfg.text_len}, {cfg.text_dim}]")
+        if audio.dim() != 3 or audio.shape[0] != context.shape[0] or audio.shape[2] != cfg.audio_input_dim \
+                or (audio.shape[1] + AUDIO_PACK_FRAMES - 1) % AUDIO_PACK_FRAMES:  # fmt: skip
+            raise ValueError(
+                f"audio {tuple(audio.shape)} must be [B={context.shape[0]}, 4T - 3, "
+                f"{cfg.audio_input_dim}]: one row per video frame of T latent frames"
+            )
         dtype = self.dtype
-        # 1. patch embedding of latents + conditioning
-        patches = self.patch_embedding(torch.cat([x, y], dim=1).to(dtype))  # [B, dim, T, h/2, w/2]
+        text = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
+        text_tokens = self.text_embedding(text)  # [B, text_len, dim]
+        return Conditions(text_tokens, self.audio_additions(audio).to(dtype))  # audio [B, P, T, dim]
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> Embedded:
+        """Noisy latents ``[B, 16, T, h, w]``, timesteps ``[B]`` (0..1000) and the reference
+        conditioning ``y`` ``[B, 17, T, h, w]`` -> tokens and timestep terms."""
+        cfg = self.config
+        if x.dim() != 5 or x.shape[1] + y.shape[1] != cfg.in_dim or y.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"x {tuple(x.shape)} and y {tuple(y.shape)} must be [B, C, T, H, W] alike with "
+                f"{cfg.in_dim} channels together"
+            )
+        if x.shape[3] % 2 or x.shape[4] % 2:
+            raise ValueError(f"latent size {tuple(x.shape[3:])} must be even (2x2 patches)")
+        patches = self.patch_embedding(torch.cat([x, y], dim=1).to(self.dtype))  # [B, dim, T, h/2, w/2]
         grid = (patches.shape[2], patches.shape[3], patches.shape[4])
         tokens = patches.flatten(2).transpose(1, 2).contiguous()  # [B, L, dim]
-        # 2. timestep
         time, t_mod = self.time_modulation(t)  # [B, dim], [B, 6, dim]
-        # 3. prompt: all text_len rows, zeros included
-        text = F.pad(context.to(dtype), (0, 0, 0, self.config.text_len - context.shape[1]))
-        text_tokens = self.text_embedding(text)  # [B, text_len, dim]
-        # 4. audio: one addition per audio layer and latent frame
-        additions = self.audio_additions(audio).to(dtype)  # [B, P, T, dim]
-        return Embedded(tokens, time, t_mod, text_tokens, additions, grid)
+        return Embedded(tokens, time, t_mod, grid)
 
-    def run_blocks(self, embedded: Embedded) -> torch.Tensor:
-        """The block stack on ``embedded.tokens`` -> hidden states ``[B, L, dim]``."""
-        cos, sin = self.rope_tables(embedded.grid, embedded.tokens.device)
+    def run_blocks(self, embedded: Embedded, conditions: Conditions) -> torch.Tensor:
+        """The block stack on ``embedded.tokens`` -> hidden states ``[B, L, dim]``; the audio
+        projection ``j`` is added to every token of its latent frame before block ``j + 2``."""
         frames = embedded.grid[0]
+        if conditions.audio.shape[2] != frames:
+            raise ValueError(f"audio covers {conditions.audio.shape[2]} latent frames, the latents {frames}")
+        cos, sin = self.rope_tables(embedded.grid, embedded.tokens.device)
         x = embedded.tokens
         for index, block in enumerate(self.blocks):
             projection = index - FIRST_AUDIO_BLOCK
             if 0 <= projection < self.config.audio_projections:
-                add = embedded.audio[:, projection, :, None, :]  # [B, T, 1, dim]
+                add = conditions.audio[:, projection, :, None, :]  # [B, T, 1, dim]
                 x = (x.unflatten(1, (frames, -1)) + add).flatten(1, 2)  # [B, L, dim]
-            x = block(x, embedded.t_mod, embedded.context, cos, sin)
+            x = block(x, embedded.t_mod, conditions.context, cos, sin)
         return x
 
     def project(self, hidden: torch.Tensor, embedded: Embedded) -> torch.Tensor:
@@ -307,6 +320,6 @@ class OmniAvatarDiT(nn.Module):
         y: torch.Tensor,
         audio: torch.Tensor,
     ) -> torch.Tensor:
-        """Velocity ``[B, 16, T, h, w]`` float32 (see ``embed`` for the arguments)."""
-        embedded = self.embed(x, t, context, y, audio)
-        return self.project(self.run_blocks(embedded), embedded)
+        """Velocity ``[B, 16, T, h, w]`` float32 (arguments as in ``embed`` and ``conditions``)."""
+        embedded = self.embed(x, t, y)
+        return self.project(self.run_blocks(embedded, self.conditions(context, audio)), embedded)
