@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from pipeline.attention import sdpa_backends
 from pipeline.imaging import PIXEL_MAX
 from pipeline.media import SAMPLE_RATE_HZ
 from pipeline.omniavatar.audio import (
@@ -43,8 +44,9 @@ from pipeline.omniavatar.tiled_vae import TiledVAE
 
 logger = logging.getLogger(__name__)
 
-PromptSource = Callable[[str], torch.Tensor]
-"""A prompt -> its embedding ``[1, <= text_len, text_dim]`` (zero rows after the prompt)."""
+PromptSource = Callable[[Sequence[str]], list[torch.Tensor]]
+"""Prompts -> their embeddings, each ``[1, <= text_len, text_dim]`` (rows after the prompt
+zero or absent); one call per render, so a text encoder need be resident only meanwhile."""
 
 NoiseSource = Callable[[int, tuple[int, ...]], torch.Tensor]
 """(segment index, latent shape) -> that segment's starting noise."""
@@ -147,6 +149,7 @@ class OmniAvatarRenderer:
         recipe: Recipe,
         *,
         batch_passes: bool = False,
+        attention: str = "auto",
     ) -> None:
         self.dit = dit
         self.vae = vae
@@ -154,6 +157,8 @@ class OmniAvatarRenderer:
         self.prompts = prompts
         self.recipe = recipe
         self.options = recipe.sampler_options(batch_passes=batch_passes)
+        self.attention = attention
+        """SDPA kernel preference while sampling (``pipeline.attention.sdpa_backends``)."""
         self.device = dit.patch_embedding.weight.device
 
     def plan(self, image_hw: tuple[int, int], speech_samples: int) -> RenderPlan:
@@ -196,9 +201,9 @@ class OmniAvatarRenderer:
         mask[:, :, :FIRST_FIXED_FRAMES] = 0
         y = torch.cat([lead.repeat(1, 1, frames_t, 1, 1), mask], dim=1)  # [1, 17, T, h, w]
         # 2. prompts and the whole clip's audio features, once
-        context = self.prompts(prompt).to(device)
-        negative = self.prompts(recipe.negative_prompt).to(device)
+        context, negative = (c.to(device) for c in self.prompts([prompt, recipe.negative_prompt]))
         embeddings = self.audio.encode(samples, plan.padded_audio_frames)  # [F, C] float32
+        see("audio.embeddings", embeddings)
         window: torch.Tensor | None = None
         tail: torch.Tensor | None = None
         for index in range(plan.segments):
@@ -218,7 +223,8 @@ class OmniAvatarRenderer:
                 see(f"seg{index}.{name}", value)
             # 4. denoise, decode
             inputs = SegmentInputs(lat, fixed, y, audio, context, negative, noise(index, tuple(lat.shape)))
-            latents = SegmentRun(self.dit, self.options, inputs).run()  # [1, 16, T, h, w]
+            with sdpa_backends(self.attention):
+                latents = SegmentRun(self.dit, self.options, inputs).run()  # [1, 16, T, h, w]
             see(f"seg{index}.latents", latents)
             frames = (self.vae.decode(latents) + 1) / 2  # [1, 3, L, H, W] in [0, 1]
             see(f"seg{index}.frames", frames.transpose(1, 2))
