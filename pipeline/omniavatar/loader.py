@@ -59,9 +59,11 @@ class OmniFolders:
     wav2vec: Path
 
     @classmethod
-    def under(cls, model_dir: Path, size: OmniSize) -> OmniFolders:
+    def under(cls, model_dir: Path, size: OmniSize, *, wav2vec_dir: Path | None = None) -> OmniFolders:
+        """The official names under ``model_dir``; ``wav2vec_dir`` replaces the wav2vec2 one."""
         model_dir = Path(model_dir)
-        return cls(model_dir / size.base_dir, model_dir / size.omni_dir, model_dir / size.wav2vec_dir)
+        wav2vec = Path(wav2vec_dir) if wav2vec_dir is not None else model_dir / size.wav2vec_dir
+        return cls(model_dir / size.base_dir, model_dir / size.omni_dir, wav2vec)
 
 
 def _names(items: list[str]) -> str:

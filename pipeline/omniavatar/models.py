@@ -130,11 +130,13 @@ def load_models(
     dtype: torch.dtype = torch.bfloat16,
     speed: SpeedOptions | None = None,
     tiled_vae: bool = True,
+    wav2vec_dir: Path | None = None,
 ) -> OmniModels:
-    """The official models of ``size`` from ``model_dir`` (the ``pretrained_models`` folder);
-    DiT blocks are prepared (quantised) one by one as they arrive on the device."""
+    """The official models of ``size`` from ``model_dir`` (the ``pretrained_models`` folder;
+    ``wav2vec_dir`` replaces its ``wav2vec2-base-960h``); DiT blocks are prepared
+    (quantised) one by one as they arrive on the device."""
     device = torch.device(device)
-    folders = OmniFolders.under(model_dir, size)
+    folders = OmniFolders.under(model_dir, size, wav2vec_dir=wav2vec_dir)
     speed = speed or SpeedOptions.official()
     dit = load_omni_dit(
         folders, size, device=device, dtype=dtype, prepare_block=lambda block: prepare_dit_block(block, speed)
@@ -210,6 +212,7 @@ def build_models(
     speed: SpeedOptions,
     random_weights: bool = False,
     tiled_vae: bool = True,
+    wav2vec_dir: Path | None = None,
     seed: int = 0,
 ) -> OmniModels:
     """The models a run asks for: tiny random (no folder), random full size (GPU) or the
@@ -230,6 +233,8 @@ def build_models(
             f"{size.omni_dir}/ and {size.wav2vec_dir}/), or --random-weights to time it"
         )
     else:
-        models = load_models(model_dir, size, device=device, speed=speed, tiled_vae=tiled_vae)
+        models = load_models(
+            model_dir, size, device=device, speed=speed, tiled_vae=tiled_vae, wav2vec_dir=wav2vec_dir
+        )
     apply_speedups(models, speed, blocks_prepared=True)
     return models
