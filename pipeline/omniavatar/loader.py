@@ -33,12 +33,26 @@ from pipeline.checkpoint import (
 from pipeline.dit import WEIGHTS_STEM
 from pipeline.omniavatar.config import LoraConfig, OmniDiTConfig, OmniSize
 from pipeline.omniavatar.dit import FLOAT32_SUBMODULES, OmniAvatarDiT
-from pipeline.omniavatar.lora import lora_targets, merge_lora_into, split_lora
+from pipeline.omniavatar.lora import (
+    LORA_A_SUFFIX,
+    LORA_B_SUFFIX,
+    checkpoint_shapes,
+    lora_targets,
+    merge_lora_into,
+    split_lora,
+)
 
 logger = logging.getLogger(__name__)
 
 OMNI_WEIGHTS_FILE = "pytorch_model.pt"
 """OmniAvatar's own tensors (LoRA, audio pack and projections, 33-channel patch embedding)."""
+
+OMNI_ONLY_PREFIXES = ("patch_embedding.", "audio_proj.", "audio_cond_projs.")
+"""Tensors ``pytorch_model.pt`` supplies besides the LoRA pairs (the patch embedding
+overrides the base's 16-channel one)."""
+
+BASE_LATENT_CHANNELS = 16
+"""Input channels of the Wan T2V base's patch embedding (the noisy latent only)."""
 
 OMNI_CONFIG_FILE = "config.json"
 """OmniAvatar's training config (LoRA rank/alpha/targets), next to ``pytorch_model.pt``."""
@@ -88,6 +102,25 @@ def read_lora_config(omni_dir: Path, default: LoraConfig) -> LoraConfig:
         alpha=float(data.get("lora_alpha", default.alpha)),
         targets=tuple(targets.split(",")) if isinstance(targets, str) else default.targets,
     )
+
+
+def expected_tensors(
+    config: OmniDiTConfig, lora: LoraConfig
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(Wan base shards, ``pytorch_model.pt``) tensor names -> shapes for a DiT config,
+    from the model built on the meta device."""
+    with torch.device("meta"):
+        model = OmniAvatarDiT(config)
+    shapes = checkpoint_shapes(model, lora)
+    omni = {
+        name: shape
+        for name, shape in shapes.items()
+        if name.endswith((LORA_A_SUFFIX, LORA_B_SUFFIX)) or name.startswith(OMNI_ONLY_PREFIXES)
+    }
+    base = {name: shape for name, shape in shapes.items() if name not in omni or name.startswith("patch_embedding.")}
+    weight = base["patch_embedding.weight"]
+    base["patch_embedding.weight"] = (weight[0], BASE_LATENT_CHANNELS, *weight[2:])
+    return base, omni
 
 
 def _sub_state(
