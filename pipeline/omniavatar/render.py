@@ -36,7 +36,7 @@ from pipeline.omniavatar.audio import (
     segment_audio,
     segment_count,
 )
-from pipeline.omniavatar.denoise import SegmentInputs, SegmentRun
+from pipeline.omniavatar.denoise import SegmentInputs, SegmentRun, StepObserver, StepResult
 from pipeline.omniavatar.dit import OmniAvatarDiT
 from pipeline.omniavatar.recipe import Recipe
 from pipeline.omniavatar.reference_image import Bucket, choose_bucket, reference_video
@@ -137,6 +137,20 @@ def seeded_noise(seed: int, device: torch.device, dtype: torch.dtype) -> NoiseSo
     return draw
 
 
+def _step_probe(see: Probe, segment: int) -> StepObserver:
+    """A step observer that shows each step's tensors to ``see`` under the goldens' names."""
+
+    def observe(step: int, latents: torch.Tensor, result: StepResult) -> None:
+        prefix = f"seg{segment}.step{step}"
+        see(f"{prefix}.x_in", latents)
+        for kind, velocity in result.velocities.items():
+            see(f"{prefix}.v_{kind.value}", velocity)
+        see(f"{prefix}.v_guided", result.guided)
+        see(f"{prefix}.x_out", result.latents)
+
+    return observe
+
+
 class OmniAvatarRenderer:
     """Loaded models + a recipe: renders pictures and clips into frames (stateless between calls)."""
 
@@ -224,7 +238,8 @@ class OmniAvatarRenderer:
             # 4. denoise, decode
             inputs = SegmentInputs(lat, fixed, y, audio, context, negative, noise(index, tuple(lat.shape)))
             with sdpa_backends(self.attention):
-                latents = SegmentRun(self.dit, self.options, inputs).run()  # [1, 16, T, h, w]
+                run = SegmentRun(self.dit, self.options, inputs)
+                latents = run.run(None if probe is None else _step_probe(see, index))  # [1, 16, T, h, w]
             see(f"seg{index}.latents", latents)
             frames = (self.vae.decode(latents) + 1) / 2  # [1, 3, L, H, W] in [0, 1]
             see(f"seg{index}.frames", frames.transpose(1, 2))
