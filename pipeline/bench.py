@@ -523,6 +523,8 @@ def command_line(
             parts.append(flag)
         elif value is False:
             parts.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            parts += [flag, *map(str, value)]
         else:
             parts += [flag, str(value)]
     return " ".join(parts)

@@ -38,7 +38,7 @@ from pipeline.attention import sdpa_backends
 from pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
 from pipeline.omniavatar.audio import clip_frames, segment_count
 from pipeline.omniavatar.config import SIZES, OmniSize, omni_size
-from pipeline.omniavatar.denoise import SegmentInputs, SegmentRun
+from pipeline.omniavatar.denoise import SamplerOptions, SegmentInputs, SegmentRun
 from pipeline.omniavatar.dit import OmniAvatarDiT
 from pipeline.omniavatar.models import OmniModels, build_models
 from pipeline.omniavatar.recipe import (
@@ -78,8 +78,8 @@ STREAM_OVERLAP = 13
 DEFAULT_STREAM_STEPS = 4
 """Sampling steps of the streaming candidates."""
 
-CASE_CHOICES = ("official", "fast", "stream", "all")
-"""``all``: official, fast and both streaming candidates."""
+CASE_CHOICES = ("official", "fast", "stream")
+"""The official recipe, the size's fast preset, the two streaming candidates."""
 
 GIB = 1024**3
 TERA = 1e12
@@ -107,15 +107,15 @@ def size_recipe(base: Recipe, size: OmniSize) -> Recipe:
     return base.with_overrides(buckets=TINY_BUCKETS, max_tokens=TINY_MAX_TOKENS)
 
 
-def cases(size: OmniSize, which: str, *, steps: int | None, stream_steps: int) -> list[Recipe]:
-    """The recipes to time, each named."""
+def cases(size: OmniSize, which: Sequence[str], *, steps: int | None, stream_steps: int) -> list[Recipe]:
+    """The recipes to time, each named, in the order official, fast, streaming."""
     fast = RECIPES["fast-14b" if size.name == "14b" else "fast-1.3b"]
     chosen: list[Recipe] = []
-    if which in ("official", "all"):
+    if "official" in which:
         chosen.append(size_recipe(RECIPES["official"], size))
-    if which in ("fast", "all"):
+    if "fast" in which:
         chosen.append(size_recipe(fast, size))
-    if which in ("stream", "all"):
+    if "stream" in which:
         bucket = size_recipe(RECIPES["official"], size).buckets[0]
         stream = Recipe(
             steps=stream_steps, teacache=0.0, overlap=STREAM_OVERLAP, buckets=(bucket,),
@@ -214,6 +214,8 @@ class OmniBenchReport:
     achieved_tflops: float
     """DiT step FLOPs / step time."""
     peak_memory_gib: float | None
+    check: dict[str, float]
+    """``--self-check``: the guided velocity of this path against eager, one pass at a time."""
 
     def row(self) -> str:
         """One markdown table row."""
@@ -224,14 +226,16 @@ class OmniBenchReport:
             f"{self.passes} pass(es){' batched' if self.batch_passes and self.passes > 1 else ''} | "
             f"{self.step_s:.3f} | {self.decode_s:.2f} / {self.encode_s:.2f} | {self.segment_s:.1f} | "
             f"**{self.compute_per_video_s:.2f}** | {self.step_per_video_s:.3f} | {self.floor_per_video_s:.2f} | "
-            f"{self.video_compute_s / 60:.1f} | {self.first_segment_s:.1f} | {self.achieved_tflops:.0f} | {memory} |"
+            f"{self.video_compute_s / 60:.1f} | {self.first_segment_s:.1f} | {self.achieved_tflops:.0f} | {memory} | "
+            + (", ".join(f"{k} {v:.1e}" for k, v in self.check.items()) or "-")
+            + " |"
         )
 
 
 TABLE_HEADER = (
     "| run | case | DiT step s | decode / encode s | segment s | s compute per s video | "
-    "per step | floor (bf16 peak) | video min | first segment s | TFLOP/s | peak GiB |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "per step | floor (bf16 peak) | video min | first segment s | TFLOP/s | peak GiB | check |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
@@ -260,6 +264,20 @@ def _timed(device: torch.device, work: list[Any], name: str) -> list[float]:
         job()
         timer.mark(f"{name}{index}")
     return list(timer.read().values())
+
+
+EAGER_ATTENTION = "efficient"
+"""SDPA kernel of the eager reference (exact softmax, memory linear in the tokens)."""
+
+
+def self_check(models: OmniModels, options: SamplerOptions, inputs: SegmentInputs) -> dict[str, float]:
+    """Step 0's guided velocity on this path (compiled, batched, quantised as set up) against
+    the same weights run eagerly, one forward per guidance pass."""
+    plain = replace(options, teacache=0.0)
+    fast = SegmentRun(models.dit, plain, inputs).step(0, inputs.noise).guided
+    with torch.compiler.set_stance("force_eager"), sdpa_backends(EAGER_ATTENTION):
+        eager = SegmentRun(models.dit, replace(plain, batch_passes=False), inputs).step(0, inputs.noise).guided
+    return {"guided_velocity_rel_err_vs_eager": flashtalk_bench.relative_error(fast, eager)}
 
 
 @torch.no_grad()
@@ -314,6 +332,7 @@ def bench_case(
     clip = torch.randn(video_samples, generator=torch.Generator().manual_seed(args.seed)).numpy() * 0.1
     audio_s = _timed(device, [lambda: models.audio.encode(clip, audio_frames)], "audio")[0]
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    check = self_check(models, timing, inputs) if args.self_check else {}
     # 5. projections
     schedule = SegmentRun(models.dit, sampler, inputs).schedule
     computed = schedule.computed_steps
@@ -343,7 +362,7 @@ def bench_case(
         video_s=args.video_seconds, video_segments=segments,
         video_compute_s=first_segment_s + (segments - 1) * segment_s + audio_s, flops=flops,
         floor_per_video_s=floor_segment * VIDEO_FPS / new_frames,
-        achieved_tflops=flops["dit_step_flops"] / step_s / TERA, peak_memory_gib=peak,
+        achieved_tflops=flops["dit_step_flops"] / step_s / TERA, peak_memory_gib=peak, check=check,
     )  # fmt: skip
 
 
@@ -380,8 +399,8 @@ def add_omni_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("omniavatar", "with --engine omniavatar")
     group.add_argument("--size", choices=sorted(SIZES), default=None,
                        help="OmniAvatar size (default: 14b on CUDA, tiny on CPU)")
-    group.add_argument("--case", choices=CASE_CHOICES, default="all",
-                       help="official recipe, the size's fast preset, the streaming candidates, or all")
+    group.add_argument("--case", choices=CASE_CHOICES, nargs="+", default=list(CASE_CHOICES),
+                       help="official recipe, the size's fast preset, the streaming candidates (default: all)")
     group.add_argument("--timed-steps", type=flashtalk_bench._positive, default=DEFAULT_TIMED_STEPS)
     group.add_argument("--warmup-steps", type=flashtalk_bench._non_negative, default=DEFAULT_WARMUP_STEPS)
     group.add_argument("--video-seconds", type=float, default=DEFAULT_VIDEO_S,
@@ -389,7 +408,7 @@ def add_omni_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stream-steps", type=flashtalk_bench._positive, default=DEFAULT_STREAM_STEPS)
     group.add_argument("--no-batch-passes", dest="batch_passes", action="store_false",
                        help="one forward per guidance pass (the official way)")
-    group.add_argument("--untiled-vae", dest="tiled_vae", action="store_false",
+    group.add_argument("--no-tiled-vae", dest="tiled_vae", action="store_false",
                        help="VAE on whole frames instead of the official blended tiles")
 
 

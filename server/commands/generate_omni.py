@@ -66,7 +66,7 @@ ONLY_FLAGS = {
     "--audio-guidance": "audio_guidance", "--teacache": "teacache", "--max-tokens": "max_tokens",
     "--overlap": "overlap", "--random-weights": "random_weights", "--quantize": "quantize",
     "--compile": "compile", "--compile-mode": "compile_mode", "--attention": "attention",
-    "--no-batch-passes": "batch_passes", "--untiled-vae": "tiled_vae", "--device": "device",
+    "--no-batch-passes": "batch_passes", "--no-tiled-vae": "tiled_vae", "--device": "device",
 }  # fmt: skip
 """Flags only ``--engine omniavatar`` takes -> their argparse dest."""
 
@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="SDPA kernel preference (default cudnn on CUDA)")
     group.add_argument("--no-batch-passes", dest="batch_passes", action="store_false",
                        help="one DiT forward per guidance pass (the official way) instead of one batch")
-    group.add_argument("--untiled-vae", dest="tiled_vae", action="store_false",
+    group.add_argument("--no-tiled-vae", dest="tiled_vae", action="store_false",
                        help="VAE on whole frames (faster on a large GPU; differs near the official tile seams)")
     group.add_argument("--device", default=None, help="torch device (default: cuda if available, CPU for tiny)")
 

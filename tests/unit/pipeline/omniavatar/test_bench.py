@@ -38,7 +38,7 @@ def test_a_full_size_step_counts_its_gemms_and_attention() -> None:
 def test_streaming_cases_make_the_flashtalk_chunk() -> None:
     assert STREAM_SEGMENT_FRAMES - STREAM_OVERLAP == CHUNK_FRAMES
     size = omni_size("1.3b")
-    stream = [r for r in cases(size, "stream", steps=None, stream_steps=4)]
+    stream = [r for r in cases(size, ["stream"], steps=None, stream_steps=4)]
     assert [r.name for r in stream] == ["stream-1pass", "stream-batched"]
     assert all(r.segment_frames(r.buckets[0]) == STREAM_SEGMENT_FRAMES for r in stream)
     assert [len(r.sampler_options().guidance.passes) for r in stream] == [1, 2]
@@ -48,7 +48,7 @@ def test_streaming_cases_make_the_flashtalk_chunk() -> None:
 def test_bench_on_tiny_reports_consistent_timings(tmp_path: Path) -> None:
     report_path = tmp_path / "omni.jsonl"
     status = main(["bench", "--engine", "omniavatar", "--size", "tiny", "--case", "fast", "--timed-steps", "1",
-                   "--warmup-steps", "0", "--video-seconds", "2", "--json", str(report_path)])  # fmt: skip
+                   "--warmup-steps", "0", "--video-seconds", "2", "--self-check", "--json", str(report_path)])  # fmt: skip
     assert status == 0
     (report,) = [json.loads(line) for line in report_path.read_text().splitlines()]
     assert report["label"] == "omniavatar-fast-1.3b" and report["size"] == "tiny"
@@ -60,3 +60,4 @@ def test_bench_on_tiny_reports_consistent_timings(tmp_path: Path) -> None:
     assert report["new_frames"] == report["segment_frames"] - 5  # the 1.3B fast overlap
     assert report["flops"]["dit_step_flops"] > 0 and report["passes"] == 2 and report["batch_passes"]
     assert "omniavatar" in report["command"] and "--case fast" in report["command"]
+    assert report["check"]["guided_velocity_rel_err_vs_eager"] < 1e-5  # float32: batching changes nothing
