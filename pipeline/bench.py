@@ -544,13 +544,20 @@ def execute(args: argparse.Namespace, prog: str = "python -m pipeline.bench") ->
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipeline.bench [flags]``."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "python -m pipeline.bench",
+    description: str = __doc__.splitlines()[0],
+    add: Callable[[argparse.ArgumentParser], None] = add_arguments,
+    run_parsed: Callable[[argparse.Namespace], int] = execute,
+) -> int:
+    """``python -m pipeline.bench [flags]`` (another benchmark passes its own flags and run)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    return execute(args)
+    return run_parsed(args)
 
 
 if __name__ == "__main__":

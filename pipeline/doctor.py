@@ -234,6 +234,19 @@ def _check_dit(model_dir: Path) -> CheckResult:
     return result
 
 
+def read_pth_for(result: CheckResult) -> dict[str, TensorInfo] | None:
+    """The header of ``result.path`` (a ``torch.save`` file), or None with the problem noted."""
+    path = result.path
+    if not path.is_file():
+        result.problems.append(f"missing {path}")
+        return None
+    try:
+        return read_torch_header(path)
+    except Exception as exc:  # any unreadable file is a finding, not a crash
+        result.problems.append(f"cannot read {path.name}: {exc}")
+        return None
+
+
 def check_pth(
     component: str,
     path: Path,
@@ -243,13 +256,8 @@ def check_pth(
 ) -> CheckResult:
     """A ``torch.save`` checkpoint against a shipped manifest (only ``used_prefix`` keys)."""
     result = CheckResult(component, path)
-    if not path.is_file():
-        result.problems.append(f"missing {path}")
-        return result
-    try:
-        found = read_torch_header(path)
-    except Exception as exc:  # any unreadable file is a finding, not a crash
-        result.problems.append(f"cannot read {path.name}: {exc}")
+    found = read_pth_for(result)
+    if found is None:
         return result
     expected = load_manifest(manifest)
     if used_prefix is not None:

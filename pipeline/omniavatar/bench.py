@@ -432,11 +432,10 @@ def execute(args: argparse.Namespace, prog: str = "python -m pipeline.omniavatar
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.omniavatar.bench [flags]``."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.omniavatar.bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    return execute(args)
+    return flashtalk_bench.main(
+        argv, prog="python -m pipeline.omniavatar.bench", description=__doc__.splitlines()[0],
+        add=add_arguments, run_parsed=execute,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -230,32 +230,24 @@ def tiny() -> OmniSize:
     )
 
 
+def _official(name: str, dit: OmniDiTConfig, wan: str, omni: str) -> OmniSize:
+    """An official size: its DiT on the full-size VAE, umT5-XXL and wav2vec2 base."""
+    return OmniSize(
+        name=name, dit=dit, lora=LoraConfig(), vae=VAEConfig.wan21(), t5=T5Config.umt5_xxl(),
+        base_dir=wan, omni_dir=omni, description=f"{omni} ({wan} + LoRA + audio)",
+    )  # fmt: skip
+
+
 def size_1_3b() -> OmniSize:
     """OmniAvatar-1.3B on Wan2.1-T2V-1.3B: dim 1536, 12 heads, 30 layers, 14 audio projections."""
-    return OmniSize(
-        name="1.3b",
-        dit=OmniDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
-        lora=LoraConfig(),
-        vae=VAEConfig.wan21(),
-        t5=T5Config.umt5_xxl(),
-        base_dir="Wan2.1-T2V-1.3B",
-        omni_dir="OmniAvatar-1.3B",
-        description="OmniAvatar-1.3B (Wan2.1-T2V-1.3B + LoRA + audio)",
-    )
+    dit = OmniDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
+    return _official("1.3b", dit, "Wan2.1-T2V-1.3B", "OmniAvatar-1.3B")
 
 
 def size_14b() -> OmniSize:
     """OmniAvatar-14B on Wan2.1-T2V-14B: dim 5120, 40 heads, 40 layers, 19 audio projections."""
-    return OmniSize(
-        name="14b",
-        dit=OmniDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
-        lora=LoraConfig(),
-        vae=VAEConfig.wan21(),
-        t5=T5Config.umt5_xxl(),
-        base_dir="Wan2.1-T2V-14B",
-        omni_dir="OmniAvatar-14B",
-        description="OmniAvatar-14B (Wan2.1-T2V-14B + LoRA + audio)",
-    )
+    dit = OmniDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+    return _official("14b", dit, "Wan2.1-T2V-14B", "OmniAvatar-14B")
 
 
 SIZES = {"tiny": tiny, "1.3b": size_1_3b, "14b": size_14b}

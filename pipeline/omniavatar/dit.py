@@ -35,12 +35,11 @@ from pipeline.dit import (
     TORCH_LAYER_NORM_EPS,
     Head,
     LayerNormF32,
-    RMSNorm,
     SelfAttention,
+    WanBackbone,
     sinusoidal_embedding,
 )
 from pipeline.omniavatar.config import AUDIO_PACK_FRAMES, FIRST_AUDIO_BLOCK, OmniDiTConfig
-from pipeline.rope import rope_cos_sin
 
 FLOAT32_SUBMODULES = ("time_embedding", "time_projection", "head")
 """Submodules kept in float32 whatever the weights' dtype (computed in float32)."""
@@ -49,20 +48,14 @@ Grid = tuple[int, int, int]
 """Token grid (latent frames, patch rows, patch columns)."""
 
 
-class TextCrossAttention(nn.Module):
-    """Cross-attention of the video tokens to the prompt tokens (qk RMSNorm, no RoPE)."""
+class TextCrossAttention(SelfAttention):
+    """Cross-attention of the video tokens to the prompt tokens: the self-attention's
+    projections and qk RMSNorm (same names), keys and values from the context, no RoPE."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+    def fuse_projections(self) -> None:
+        """Nothing to fuse: q reads the video tokens, k and v the prompt."""
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``x`` ``[B, L, dim]``, ``context`` ``[B, text_len, dim]`` -> ``[B, L, dim]``."""
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
@@ -80,7 +73,7 @@ class T2VBlock(nn.Module):
         self.norm1 = LayerNormF32(dim, eps, elementwise_affine=False)
         self.self_attn = SelfAttention(dim, config.num_heads, qk_norm=True, eps=eps)
         self.norm3 = LayerNormF32(dim, eps, elementwise_affine=True)
-        self.cross_attn = TextCrossAttention(dim, config.num_heads, eps)
+        self.cross_attn = TextCrossAttention(dim, config.num_heads, qk_norm=True, eps=eps)
         self.norm2 = LayerNormF32(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(
             nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim)
@@ -180,35 +173,23 @@ class Embedded:
         )  # fmt: skip
 
 
-class OmniAvatarDiT(nn.Module):
+class OmniAvatarDiT(WanBackbone):
     """Velocity of the OmniAvatar DiT for one batch of latent videos.
 
-    Build on the meta device and load with ``pipeline.omniavatar.lora.load_omni_dit`` (or
-    ``materialize`` a merged state). RoPE tables are computed per (grid, device) and cached.
+    Build on the meta device and load with ``pipeline.omniavatar.loader.build_omni_dit``
+    (a checkpoint state, LoRA merged) or ``load_omni_dit`` (the official folders).
     """
 
     def __init__(self, config: OmniDiTConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         self.config = config
-        dim = config.dim
-        self.patch_embedding = nn.Conv3d(
-            config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size
-        )
-        self.text_embedding = nn.Sequential(
-            nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
-        )
-        self.time_embedding = nn.Sequential(
-            nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim)
-        )
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, BLOCK_MODULATION_TERMS * dim))
         self.blocks = nn.ModuleList(T2VBlock(config) for _ in range(config.num_layers))
         patch_volume = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
-        self.head = Head(dim, patch_volume * config.out_dim, config.eps)
+        self.head = Head(config.dim, patch_volume * config.out_dim, config.eps)
         self.audio_proj = AudioPack(config.audio_input_dim, config.audio_hidden_size)
         self.audio_cond_projs = nn.ModuleList(
-            nn.Linear(config.audio_hidden_size, dim) for _ in range(config.audio_projections)
+            nn.Linear(config.audio_hidden_size, config.dim) for _ in range(config.audio_projections)
         )
-        self._rope_cache: dict[tuple[Grid, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -216,20 +197,6 @@ class OmniAvatarDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         """Dtype of the token stream (the patch embedding's weights)."""
         return self.patch_embedding.weight.dtype
-
-    def compile_blocks(self, mode: str | None = None) -> None:
-        """``torch.compile`` every block in place (one compiled code object, shared)."""
-        for block in self.blocks:
-            block.compile(mode=mode, dynamic=False)
-
-    def rope_tables(self, grid: Grid, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE ``cos``/``sin`` ``[L, 1, head_dim / 2]`` float32 of a grid, cached per device."""
-        if torch.compiler.is_compiling():
-            return rope_cos_sin(grid, self.config.head_dim, device=device)
-        key = (grid, device)
-        if key not in self._rope_cache:
-            self._rope_cache[key] = rope_cos_sin(grid, self.config.head_dim, device=device)
-        return self._rope_cache[key]
 
     def time_modulation(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps ``[B]`` (0..1000) -> (embedding ``[B, dim]``, AdaLN input ``[B, 6, dim]``),

@@ -22,7 +22,7 @@ from pipeline.doctor import (
     check_tokenizer,
     check_wav2vec,
     compare,
-    read_torch_header,
+    read_pth_for,
 )
 from pipeline.dit import WEIGHTS_STEM
 from pipeline.omniavatar.config import OmniSize
@@ -43,13 +43,8 @@ MAX_NOTED = 5
 def _check_omni_weights(folders: OmniFolders, expected: dict[str, tuple[int, ...]]) -> CheckResult:
     path = folders.omni / OMNI_WEIGHTS_FILE
     result = CheckResult(f"OmniAvatar weights ({OMNI_WEIGHTS_FILE})", path)
-    if not path.is_file():
-        result.problems.append(f"missing {path}")
-        return result
-    try:
-        found = read_torch_header(path)
-    except Exception as exc:  # any unreadable file is a finding, not a crash
-        result.problems.append(f"cannot read {path.name}: {exc}")
+    found = read_pth_for(result)
+    if found is None:
         return result
     extra = sorted(set(found) - set(expected))
     result.problems += compare({k: v for k, v in found.items() if k in expected}, expected, FLOAT_DTYPES)

@@ -29,7 +29,7 @@ from pipeline.omniavatar.config import OmniSize
 from pipeline.omniavatar.dit import FLOAT32_SUBMODULES, OmniAvatarDiT
 from pipeline.omniavatar.loader import OmniFolders, load_omni_dit
 from pipeline.omniavatar.tiled_vae import TiledVAE
-from pipeline.random_weights import RANDOM_PROMPT_TOKENS, init_random_
+from pipeline.random_weights import RANDOM_PROMPT_TOKENS, fill_random_blockwise, init_random_
 from pipeline.speedups import SpeedOptions, prepare_dit_block
 from pipeline.text import (
     OFFICIAL_T5_DTYPE,
@@ -167,22 +167,15 @@ def random_models(
     with torch.device("meta"):
         dit = OmniAvatarDiT(size.dit).to(dtype)
         vae = WanVAE(size.vae).to(dtype)
-    for name in FLOAT32_SUBMODULES:
-        getattr(dit, name).float()
-    for index, (name, child) in enumerate(dit.named_children()):
-        if name != "blocks":
-            child.to_empty(device=device)
-            init_random_(child, seed + index)
-    for index, block in enumerate(dit.blocks):
-        block.to_empty(device=device)
-        init_random_(block, seed + 1000 + index)
-        prepare_dit_block(block, speed)
+    dit = fill_random_blockwise(
+        dit, FLOAT32_SUBMODULES, device=device, seed=seed, prepare_block=lambda block: prepare_dit_block(block, speed)
+    )
     vae = vae.to_empty(device=device)
     init_random_(vae, seed + 1)
     stream = Wav2VecStreamEncoder.tiny(dict(size.wav2vec or {}), seed=seed + 2, device=device)
     prompts = RandomPrompts(size.dit.text_dim, device, dtype, seed + 3)
     return OmniModels(
-        size, dit.eval().requires_grad_(False), TiledVAE(vae.eval().requires_grad_(False), tiled=tiled_vae),
+        size, dit, TiledVAE(vae.eval().requires_grad_(False), tiled=tiled_vae),
         OmniAudioEncoder(stream.model), prompts, f"random (full-size {size.name}, {dtype})",
     )  # fmt: skip
 
