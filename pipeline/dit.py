@@ -633,7 +633,9 @@ class WanBackbone(nn.Module):
         self.time_embedding = nn.Sequential(
             nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim)
         )
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, BLOCK_MODULATION_TERMS * dim))
+        self.time_projection = nn.Sequential(
+            nn.SiLU(), nn.Linear(dim, BLOCK_MODULATION_TERMS * dim)
+        )
         self._rope_cache = RopeTableCache(config.head_dim)
 
     def compile_blocks(self, mode: str | None = None) -> None:

@@ -66,7 +66,9 @@ def random_dit(
     block right after it is filled (fusion, quantisation), before the next one exists."""
     with torch.device("meta"):
         dit = FlashTalkDiT(config.dit).to(dtype)
-    return fill_random_blockwise(dit, FLOAT32_SUBMODULES, device=device, seed=seed, prepare_block=prepare_block)
+    return fill_random_blockwise(
+        dit, FLOAT32_SUBMODULES, device=device, seed=seed, prepare_block=prepare_block
+    )
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

@@ -81,6 +81,10 @@ def rope_cos_sin(
     return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
 
 
+Grid = tuple[int, int, int]
+"""A token grid: (latent frames, patch rows, patch columns)."""
+
+
 class RopeTableCache:
     """``rope_cos_sin`` tables of each (token grid, device), computed once and kept.
 
@@ -90,9 +94,9 @@ class RopeTableCache:
 
     def __init__(self, head_dim: int) -> None:
         self.head_dim = head_dim
-        self._tables: dict[tuple[tuple[int, int, int], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple[Grid, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, grid: Grid, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos``, ``sin`` ``[L, 1, head_dim / 2]`` float32 of ``grid`` on ``device``."""
         if torch.compiler.is_compiling():
             return rope_cos_sin(grid, self.head_dim, device=device)

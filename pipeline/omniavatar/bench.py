@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,7 +91,9 @@ RANDOM_CONTEXT_TOKENS = 32
 
 def max_tokens_for(frames: int, bucket: Bucket) -> int:
     """The smallest ``max_tokens`` whose segment has ``frames`` frames at ``bucket``."""
-    tokens = math.ceil(frames * bucket[0] * bucket[1] / (TOKEN_SIDE_PX * TOKEN_SIDE_PX * FRAMES_PER_LATENT))
+    tokens = math.ceil(
+        frames * bucket[0] * bucket[1] / (TOKEN_SIDE_PX * TOKEN_SIDE_PX * FRAMES_PER_LATENT)
+    )
     probe = Recipe(max_tokens=tokens, overlap=1, buckets=(bucket,))
     while probe.segment_frames(bucket) < frames:
         tokens += 1
@@ -107,7 +108,9 @@ def size_recipe(base: Recipe, size: OmniSize) -> Recipe:
     return base.with_overrides(buckets=TINY_BUCKETS, max_tokens=TINY_MAX_TOKENS)
 
 
-def cases(size: OmniSize, which: Sequence[str], *, steps: int | None, stream_steps: int) -> list[Recipe]:
+def cases(
+    size: OmniSize, which: Sequence[str], *, steps: int | None, stream_steps: int
+) -> list[Recipe]:
     """The recipes to time, each named, in the order official, fast, streaming."""
     fast = RECIPES["fast-14b" if size.name == "14b" else "fast-1.3b"]
     chosen: list[Recipe] = []
@@ -118,13 +121,27 @@ def cases(size: OmniSize, which: Sequence[str], *, steps: int | None, stream_ste
     if "stream" in which:
         bucket = size_recipe(RECIPES["official"], size).buckets[0]
         stream = Recipe(
-            steps=stream_steps, teacache=0.0, overlap=STREAM_OVERLAP, buckets=(bucket,),
+            steps=stream_steps,
+            teacache=0.0,
+            overlap=STREAM_OVERLAP,
+            buckets=(bucket,),
             max_tokens=max_tokens_for(STREAM_SEGMENT_FRAMES, bucket),
-        )  # fmt: skip
-        chosen.append(replace(stream, guidance=1.0, name="stream-1pass",
-                              trade="streaming: 41-frame segments, 28 new, one pass (no guidance)"))
-        chosen.append(replace(stream, name="stream-batched",
-                              trade="streaming: 41-frame segments, 28 new, guidance 4.5 (two passes batched)"))
+        )
+        chosen.append(
+            replace(
+                stream,
+                guidance=1.0,
+                name="stream-1pass",
+                trade="streaming: 41-frame segments, 28 new, one pass (no guidance)",
+            )
+        )
+        chosen.append(
+            replace(
+                stream,
+                name="stream-batched",
+                trade="streaming: 41-frame segments, 28 new, guidance 4.5 (two passes batched)",
+            )
+        )
     if steps is not None:
         chosen = [replace(recipe, steps=steps) for recipe in chosen]
     return chosen
@@ -220,13 +237,16 @@ class OmniBenchReport:
     def row(self) -> str:
         """One markdown table row."""
         memory = "-" if self.peak_memory_gib is None else f"{self.peak_memory_gib:.1f}"
+        batched = " batched" if self.batch_passes and self.passes > 1 else ""
         return (
-            f"| {self.label} | {self.size} {self.bucket[0]}x{self.bucket[1]}, {self.segment_frames} frames "
-            f"({self.new_frames} new), {self.steps} steps ({self.teacache_computed_steps} computed), "
-            f"{self.passes} pass(es){' batched' if self.batch_passes and self.passes > 1 else ''} | "
-            f"{self.step_s:.3f} | {self.decode_s:.2f} / {self.encode_s:.2f} | {self.segment_s:.1f} | "
-            f"**{self.compute_per_video_s:.2f}** | {self.step_per_video_s:.3f} | {self.floor_per_video_s:.2f} | "
-            f"{self.video_compute_s / 60:.1f} | {self.first_segment_s:.1f} | {self.achieved_tflops:.0f} | {memory} | "
+            f"| {self.label} | {self.size} {self.bucket[0]}x{self.bucket[1]}, "
+            f"{self.segment_frames} frames ({self.new_frames} new), {self.steps} steps "
+            f"({self.teacache_computed_steps} computed), {self.passes} pass(es){batched} | "
+            f"{self.step_s:.3f} | {self.decode_s:.2f} / {self.encode_s:.2f} | "
+            f"{self.segment_s:.1f} | **{self.compute_per_video_s:.2f}** | "
+            f"{self.step_per_video_s:.3f} | {self.floor_per_video_s:.2f} | "
+            f"{self.video_compute_s / 60:.1f} | {self.first_segment_s:.1f} | "
+            f"{self.achieved_tflops:.0f} | {memory} | "
             + (", ".join(f"{k} {v:.1e}" for k, v in self.check.items()) or "-")
             + " |"
         )
@@ -239,7 +259,9 @@ TABLE_HEADER = (
 )
 
 
-def _segment_inputs(models: OmniModels, recipe: Recipe, bucket: Bucket, device: torch.device, seed: int) -> SegmentInputs:
+def _segment_inputs(
+    models: OmniModels, recipe: Recipe, bucket: Bucket, device: torch.device, seed: int
+) -> SegmentInputs:
     """Seeded random inputs of one later segment (overlap latents fixed)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     size = models.size
@@ -250,10 +272,14 @@ def _segment_inputs(models: OmniModels, recipe: Recipe, bucket: Bucket, device: 
 
     context, negative = models.prompts(["a person talking", recipe.negative_prompt])
     return SegmentInputs(
-        lat=randn(*latent), fixed=recipe.overlap_latents, y=randn(1, latent[1] + 1, *latent[2:]),
+        lat=randn(*latent),
+        fixed=recipe.overlap_latents,
+        y=randn(1, latent[1] + 1, *latent[2:]),
         audio=randn(1, recipe.segment_frames(bucket), size.dit.audio_input_dim),
-        context=context, negative_context=negative, noise=randn(*latent),
-    )  # fmt: skip
+        context=context,
+        negative_context=negative,
+        noise=randn(*latent),
+    )
 
 
 def _timed(device: torch.device, work: list[Any], name: str) -> list[float]:
@@ -270,13 +296,19 @@ EAGER_ATTENTION = "efficient"
 """SDPA kernel of the eager reference (exact softmax, memory linear in the tokens)."""
 
 
-def self_check(models: OmniModels, options: SamplerOptions, inputs: SegmentInputs) -> dict[str, float]:
+def self_check(
+    models: OmniModels, options: SamplerOptions, inputs: SegmentInputs
+) -> dict[str, float]:
     """Step 0's guided velocity on this path (compiled, batched, quantised as set up) against
     the same weights run eagerly, one forward per guidance pass."""
     plain = replace(options, teacache=0.0)
     fast = SegmentRun(models.dit, plain, inputs).step(0, inputs.noise).guided
     with torch.compiler.set_stance("force_eager"), sdpa_backends(EAGER_ATTENTION):
-        eager = SegmentRun(models.dit, replace(plain, batch_passes=False), inputs).step(0, inputs.noise).guided
+        eager = (
+            SegmentRun(models.dit, replace(plain, batch_passes=False), inputs)
+            .step(0, inputs.noise)
+            .guided
+        )
     return {"guided_velocity_rel_err_vs_eager": flashtalk_bench.relative_error(fast, eager)}
 
 
@@ -312,24 +344,34 @@ def bench_case(
     def full_step(index: int) -> None:
         state["latents"] = run.step(index, state["latents"]).latents
 
-    step_times = _timed(device, [lambda i=i: full_step(i) for i in range(args.warmup_steps, steps_needed)], "step")
+    step_times = _timed(
+        device, [lambda i=i: full_step(i) for i in range(args.warmup_steps, steps_needed)], "step"
+    )
     # 2. a TeaCache-skipped step (the residuals exist now)
     cached_run = SegmentRun(models.dit, replace(timing, teacache=recipe.teacache or 1.0), inputs)
     cached_run.step(0, latents)  # computes, stores residuals
-    cached_run.schedule = TeaCacheSchedule((False,) + (True,) * (timing.steps - 1), (0.0,) * timing.steps)
+    cached_run.schedule = TeaCacheSchedule(
+        (False,) + (True,) * (timing.steps - 1), (0.0,) * timing.steps
+    )
     cached_run.step(1, latents)  # warm the skip path
     skipped = _timed(device, [lambda: cached_run.step(2, latents)], "skip")[0]
     # 3. VAE: the segment's decode and the overlap re-encode
     frames_t = recipe.latent_frames(bucket)
     segment_latents = inputs.noise[:, :, :frames_t]
-    decode_s, encode_s = _timed(device, [
-        lambda: state.update(video=models.vae.decode(segment_latents)),
-        lambda: models.vae.encode(state["video"][:, :, -recipe.overlap:].contiguous()),
-    ], "vae")  # fmt: skip
+    decode_s, encode_s = _timed(
+        device,
+        [
+            lambda: state.update(video=models.vae.decode(segment_latents)),
+            lambda: models.vae.encode(state["video"][:, :, -recipe.overlap :].contiguous()),
+        ],
+        "vae",
+    )
     # 4. the whole clip's audio
     video_samples = round(args.video_seconds * SAMPLE_RATE_HZ)
     audio_frames = clip_frames(video_samples + round(recipe.silence_s * SAMPLE_RATE_HZ))
-    clip = torch.randn(video_samples, generator=torch.Generator().manual_seed(args.seed)).numpy() * 0.1
+    clip = (
+        torch.randn(video_samples, generator=torch.Generator().manual_seed(args.seed)).numpy() * 0.1
+    )
     audio_s = _timed(device, [lambda: models.audio.encode(clip, audio_frames)], "audio")[0]
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
     check = self_check(models, timing, inputs) if args.self_check else {}
@@ -345,25 +387,52 @@ def bench_case(
     per_video_s = segment_s * VIDEO_FPS / new_frames
     segments = segment_count(audio_frames, frames, recipe.overlap)
     flops = count_flops(models.size, recipe, bucket, passes)
-    floor_segment = (computed * flops["dit_step_flops"] + flops["vae_decode_flops"] + flops["vae_encode_flops"]) / (BF16_PEAK_TFLOPS * TERA)
+    floor_segment = (
+        computed * flops["dit_step_flops"] + flops["vae_decode_flops"] + flops["vae_encode_flops"]
+    ) / (BF16_PEAK_TFLOPS * TERA)
     return OmniBenchReport(
-        label=f"{args.label or 'omniavatar'}-{recipe.name}", command=args.command_line,
+        label=f"{args.label or 'omniavatar'}-{recipe.name}",
+        command=args.command_line,
         date=datetime.date.today().isoformat(),
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
-        torch=torch.__version__, size=models.size.name, weights=models.weights,
+        device=torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.machine()})",
+        torch=torch.__version__,
+        size=models.size.name,
+        weights=models.weights,
         recipe={k: v for k, v in asdict(recipe).items() if k not in ("negative_prompt", "trade")},
-        trade=recipe.trade, options=asdict(options), batch_passes=args.batch_passes, bucket=bucket,
-        segment_frames=frames, new_frames=new_frames,
-        tokens=recipe.latent_frames(bucket) * (bucket[0] // TOKEN_SIDE_PX) * (bucket[1] // TOKEN_SIDE_PX),
-        passes=passes, steps=sampler.steps, teacache_computed_steps=computed, load_s=load_s,
-        warmup_s=warmup_s, step_s=step_s, skipped_step_s=skipped, decode_s=decode_s, encode_s=encode_s,
-        audio_s=audio_s, segment_s=segment_s, first_segment_s=first_segment_s,
-        compute_per_video_s=per_video_s, step_per_video_s=per_video_s / sampler.steps,
-        video_s=args.video_seconds, video_segments=segments,
-        video_compute_s=first_segment_s + (segments - 1) * segment_s + audio_s, flops=flops,
+        trade=recipe.trade,
+        options=asdict(options),
+        batch_passes=args.batch_passes,
+        bucket=bucket,
+        segment_frames=frames,
+        new_frames=new_frames,
+        tokens=recipe.latent_frames(bucket)
+        * (bucket[0] // TOKEN_SIDE_PX)
+        * (bucket[1] // TOKEN_SIDE_PX),
+        passes=passes,
+        steps=sampler.steps,
+        teacache_computed_steps=computed,
+        load_s=load_s,
+        warmup_s=warmup_s,
+        step_s=step_s,
+        skipped_step_s=skipped,
+        decode_s=decode_s,
+        encode_s=encode_s,
+        audio_s=audio_s,
+        segment_s=segment_s,
+        first_segment_s=first_segment_s,
+        compute_per_video_s=per_video_s,
+        step_per_video_s=per_video_s / sampler.steps,
+        video_s=args.video_seconds,
+        video_segments=segments,
+        video_compute_s=first_segment_s + (segments - 1) * segment_s + audio_s,
+        flops=flops,
         floor_per_video_s=floor_segment * VIDEO_FPS / new_frames,
-        achieved_tflops=flops["dit_step_flops"] / step_s / TERA, peak_memory_gib=peak, check=check,
-    )  # fmt: skip
+        achieved_tflops=flops["dit_step_flops"] / step_s / TERA,
+        peak_memory_gib=peak,
+        check=check,
+    )
 
 
 def run(args: argparse.Namespace) -> list[OmniBenchReport]:
@@ -375,9 +444,14 @@ def run(args: argparse.Namespace) -> list[OmniBenchReport]:
         args.batch_passes = False
     started = time.perf_counter()
     models = build_models(
-        size, model_dir=args.model_dir, device=device, speed=options,
-        random_weights=args.model_dir is None, tiled_vae=args.tiled_vae, seed=args.seed,
-    )  # fmt: skip
+        size,
+        model_dir=args.model_dir,
+        device=device,
+        speed=options,
+        random_weights=args.model_dir is None,
+        tiled_vae=args.tiled_vae,
+        seed=args.seed,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     load_s = time.perf_counter() - started
@@ -397,19 +471,44 @@ def run(args: argparse.Namespace) -> list[OmniBenchReport]:
 def add_omni_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags only the OmniAvatar benchmark has (the rest are ``pipeline.bench``'s)."""
     group = parser.add_argument_group("omniavatar", "with --engine omniavatar")
-    group.add_argument("--size", choices=sorted(SIZES), default=None,
-                       help="OmniAvatar size (default: 14b on CUDA, tiny on CPU)")
-    group.add_argument("--case", choices=CASE_CHOICES, nargs="+", default=list(CASE_CHOICES),
-                       help="official recipe, the size's fast preset, the streaming candidates (default: all)")
+    group.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default=None,
+        help="OmniAvatar size (default: 14b on CUDA, tiny on CPU)",
+    )
+    group.add_argument(
+        "--case",
+        choices=CASE_CHOICES,
+        nargs="+",
+        default=list(CASE_CHOICES),
+        help="official recipe, the size's fast preset, the streaming candidates (default: all)",
+    )
     group.add_argument("--timed-steps", type=flashtalk_bench._positive, default=DEFAULT_TIMED_STEPS)
-    group.add_argument("--warmup-steps", type=flashtalk_bench._non_negative, default=DEFAULT_WARMUP_STEPS)
-    group.add_argument("--video-seconds", type=float, default=DEFAULT_VIDEO_S,
-                       help="length of the video the timings are projected to")
-    group.add_argument("--stream-steps", type=flashtalk_bench._positive, default=DEFAULT_STREAM_STEPS)
-    group.add_argument("--no-batch-passes", dest="batch_passes", action="store_false",
-                       help="one forward per guidance pass (the official way)")
-    group.add_argument("--no-tiled-vae", dest="tiled_vae", action="store_false",
-                       help="VAE on whole frames instead of the official blended tiles")
+    group.add_argument(
+        "--warmup-steps", type=flashtalk_bench._non_negative, default=DEFAULT_WARMUP_STEPS
+    )
+    group.add_argument(
+        "--video-seconds",
+        type=float,
+        default=DEFAULT_VIDEO_S,
+        help="length of the video the timings are projected to",
+    )
+    group.add_argument(
+        "--stream-steps", type=flashtalk_bench._positive, default=DEFAULT_STREAM_STEPS
+    )
+    group.add_argument(
+        "--no-batch-passes",
+        dest="batch_passes",
+        action="store_false",
+        help="one forward per guidance pass (the official way)",
+    )
+    group.add_argument(
+        "--no-tiled-vae",
+        dest="tiled_vae",
+        action="store_false",
+        help="VAE on whole frames instead of the official blended tiles",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -433,9 +532,12 @@ def execute(args: argparse.Namespace, prog: str = "python -m pipeline.omniavatar
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.omniavatar.bench [flags]``."""
     return flashtalk_bench.main(
-        argv, prog="python -m pipeline.omniavatar.bench", description=__doc__.splitlines()[0],
-        add=add_arguments, run_parsed=execute,
-    )  # fmt: skip
+        argv,
+        prog="python -m pipeline.omniavatar.bench",
+        description=__doc__.splitlines()[0],
+        add=add_arguments,
+        run_parsed=execute,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pipeline.audio import TINY_WAV2VEC2_CONFIG
-from pipeline.text import T5Config, TEXT_LEN_TOKENS
+from pipeline.text import TEXT_LEN_TOKENS, T5Config
 from pipeline.vae import VAEConfig
 
 WAV2VEC2_BASE_LAYERS = 12
@@ -94,8 +94,19 @@ class OmniDiTConfig:
     def validate(self) -> None:
         """Raise ``OmniConfigError`` naming every bad value."""
         problems: list[str] = []
-        for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim",
-                     "text_dim", "text_len", "freq_dim", "audio_input_dim", "audio_hidden_size"):  # fmt: skip
+        for name in (
+            "dim",
+            "ffn_dim",
+            "num_heads",
+            "num_layers",
+            "in_dim",
+            "out_dim",
+            "text_dim",
+            "text_len",
+            "freq_dim",
+            "audio_input_dim",
+            "audio_hidden_size",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 problems.append(f"{name}={value!r} must be a positive integer")
@@ -108,9 +119,13 @@ class OmniDiTConfig:
                 f"in_dim={self.in_dim} must be 2 x out_dim + 1 (latent, reference latent, mask)"
             )
         if tuple(self.patch_size) != (1, 2, 2):
-            problems.append(f"patch_size={self.patch_size} must be (1, 2, 2) (the audio is per frame)")
+            problems.append(
+                f"patch_size={self.patch_size} must be (1, 2, 2) (the audio is per frame)"
+            )
         if self.num_layers < 2 * FIRST_AUDIO_BLOCK:
-            problems.append(f"num_layers={self.num_layers} must be at least {2 * FIRST_AUDIO_BLOCK}")
+            problems.append(
+                f"num_layers={self.num_layers} must be at least {2 * FIRST_AUDIO_BLOCK}"
+            )
         if self.freq_dim % 2:
             problems.append(f"freq_dim={self.freq_dim} must be even")
         if self.eps <= 0:
@@ -218,10 +233,14 @@ def tiny() -> OmniSize:
     return OmniSize(
         name="tiny",
         dit=OmniDiTConfig(
-            dim=128, ffn_dim=256, num_heads=4, num_layers=6, text_dim=TINY_T5.dim,
+            dim=128,
+            ffn_dim=256,
+            num_heads=4,
+            num_layers=6,
+            text_dim=TINY_T5.dim,
             text_len=TINY_TEXT_LEN,
             audio_input_dim=audio_features(wav2vec["num_hidden_layers"], wav2vec["hidden_size"]),
-        ),  # fmt: skip
+        ),
         lora=TINY_LORA,
         vae=VAEConfig(dim=TINY_VAE_DIM),
         t5=TINY_T5,
@@ -233,9 +252,15 @@ def tiny() -> OmniSize:
 def _official(name: str, dit: OmniDiTConfig, wan: str, omni: str) -> OmniSize:
     """An official size: its DiT on the full-size VAE, umT5-XXL and wav2vec2 base."""
     return OmniSize(
-        name=name, dit=dit, lora=LoraConfig(), vae=VAEConfig.wan21(), t5=T5Config.umt5_xxl(),
-        base_dir=wan, omni_dir=omni, description=f"{omni} ({wan} + LoRA + audio)",
-    )  # fmt: skip
+        name=name,
+        dit=dit,
+        lora=LoraConfig(),
+        vae=VAEConfig.wan21(),
+        t5=T5Config.umt5_xxl(),
+        base_dir=wan,
+        omni_dir=omni,
+        description=f"{omni} ({wan} + LoRA + audio)",
+    )
 
 
 def size_1_3b() -> OmniSize:
@@ -259,5 +284,6 @@ def omni_size(name: str) -> OmniSize:
     try:
         return SIZES[name]()
     except KeyError:
-        raise OmniConfigError(f"unknown OmniAvatar size {name!r}; choose one of {', '.join(SIZES)}") from None
-
+        raise OmniConfigError(
+            f"unknown OmniAvatar size {name!r}; choose one of {', '.join(SIZES)}"
+        ) from None

@@ -23,8 +23,17 @@ import torch
 
 from pipeline.omniavatar.dit import Conditions, Embedded, OmniAvatarDiT
 from pipeline.omniavatar.guidance import Guidance, Pass
-from pipeline.omniavatar.schedule import euler_step, flow_sigmas, flow_timesteps, next_sigmas
-from pipeline.omniavatar.teacache import TeaCacheSchedule, passes_with_cache, teacache_schedule
+from pipeline.omniavatar.schedule import (
+    euler_step,
+    flow_sigmas,
+    flow_timesteps,
+    next_sigmas,
+)
+from pipeline.omniavatar.teacache import (
+    TeaCacheSchedule,
+    passes_with_cache,
+    teacache_schedule,
+)
 from pipeline.sampler import DEFAULT_SHIFT
 
 
@@ -149,11 +158,17 @@ class SegmentRun:
         t = self.timesteps[index : index + 1]  # [1]
         embedded = self.dit.embed(latents, t, self.inputs.y)  # batch 1, shared by the passes
         skip = self.schedule.skip[index]
-        groups = [list(range(len(self.passes)))] if self.options.batch_passes else [[i] for i in range(len(self.passes))]
+        groups = (
+            [list(range(len(self.passes)))]
+            if self.options.batch_passes
+            else [[i] for i in range(len(self.passes))]
+        )
         out: dict[Pass, torch.Tensor] = {}
         for rows in groups:
             hidden = self._hidden(embedded, rows, skip)  # [len(rows), L, dim]
-            velocity = self.dit.project(hidden, embedded.expand(len(rows)))  # [len(rows), 16, T, h, w]
+            velocity = self.dit.project(
+                hidden, embedded.expand(len(rows))
+            )  # [len(rows), 16, T, h, w]
             for position, row in enumerate(rows):
                 out[self.passes[row]] = velocity[position : position + 1]
         return out
@@ -163,7 +178,9 @@ class SegmentRun:
         latents = self.pin(latents.clone())
         velocities = self.velocities(index, latents)
         guided = self.options.guidance.combine(velocities)  # float32
-        updated = euler_step(latents.float(), guided, self._sigma_values[index], self._target_values[index])
+        updated = euler_step(
+            latents.float(), guided, self._sigma_values[index], self._target_values[index]
+        )
         return StepResult(velocities, guided, updated)
 
     def run(self, observer: StepObserver | None = None) -> torch.Tensor:

@@ -39,7 +39,11 @@ from pipeline.dit import (
     WanBackbone,
     sinusoidal_embedding,
 )
-from pipeline.omniavatar.config import AUDIO_PACK_FRAMES, FIRST_AUDIO_BLOCK, OmniDiTConfig
+from pipeline.omniavatar.config import (
+    AUDIO_PACK_FRAMES,
+    FIRST_AUDIO_BLOCK,
+    OmniDiTConfig,
+)
 
 FLOAT32_SUBMODULES = ("time_embedding", "time_projection", "head")
 """Submodules kept in float32 whatever the weights' dtype (computed in float32)."""
@@ -55,7 +59,9 @@ class TextCrossAttention(SelfAttention):
     def fuse_projections(self) -> None:
         """Nothing to fuse: q reads the video tokens, k and v the prompt."""
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
         """``x`` ``[B, L, dim]``, ``context`` ``[B, text_len, dim]`` -> ``[B, L, dim]``."""
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
@@ -76,7 +82,9 @@ class T2VBlock(nn.Module):
         self.cross_attn = TextCrossAttention(dim, config.num_heads, qk_norm=True, eps=eps)
         self.norm2 = LayerNormF32(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(
-            nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim)
+            nn.Linear(dim, config.ffn_dim),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(config.ffn_dim, dim),
         )
         self.modulation = nn.Parameter(torch.zeros(1, BLOCK_MODULATION_TERMS, dim))
 
@@ -88,7 +96,7 @@ class T2VBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
     ) -> torch.Tensor:
-        """``x`` ``[B, L, dim]``; ``t_mod`` ``[B, 6, dim]`` f32; ``context`` ``[B, text_len, dim]``."""
+        """``x`` ``[B, L, dim]``; ``t_mod`` ``[B, 6, dim]`` f32; ``context`` ``[B, T_txt, dim]``."""
         dtype = x.dtype
         terms = (self.modulation.float() + t_mod).chunk(BLOCK_MODULATION_TERMS, dim=1)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = terms  # each [B, 1, dim]
@@ -160,17 +168,21 @@ class Embedded:
     def expand(self, batch: int) -> Embedded:
         """A batch-1 embedding repeated ``batch`` times (views, no copy)."""
         return Embedded(
-            self.tokens.expand(batch, -1, -1), self.time.expand(batch, -1),
-            self.t_mod.expand(batch, -1, -1), self.grid,
-        )  # fmt: skip
+            self.tokens.expand(batch, -1, -1),
+            self.time.expand(batch, -1),
+            self.t_mod.expand(batch, -1, -1),
+            self.grid,
+        )
 
     def select(self, rows: list[int]) -> Embedded:
         """The samples ``rows`` of the batch."""
         index = torch.tensor(rows, device=self.tokens.device)
         return Embedded(
-            self.tokens.index_select(0, index), self.time.index_select(0, index),
-            self.t_mod.index_select(0, index), self.grid,
-        )  # fmt: skip
+            self.tokens.index_select(0, index),
+            self.time.index_select(0, index),
+            self.t_mod.index_select(0, index),
+            self.grid,
+        )
 
 
 class OmniAvatarDiT(WanBackbone):
@@ -224,10 +236,20 @@ class OmniAvatarDiT(WanBackbone):
             audio: per-video-frame features ``[B, 4T - 3, audio_input_dim]`` (zeros: none).
         """
         cfg = self.config
-        if context.dim() != 3 or context.shape[1] > cfg.text_len or context.shape[2] != cfg.text_dim:
-            raise ValueError(f"context {tuple(context.shape)} must be [B, <= {cfg.text_len}, {cfg.text_dim}]")
-        if audio.dim() != 3 or audio.shape[0] != context.shape[0] or audio.shape[2] != cfg.audio_input_dim \
-                or (audio.shape[1] + AUDIO_PACK_FRAMES - 1) % AUDIO_PACK_FRAMES:  # fmt: skip
+        if (
+            context.dim() != 3
+            or context.shape[1] > cfg.text_len
+            or context.shape[2] != cfg.text_dim
+        ):
+            raise ValueError(
+                f"context {tuple(context.shape)} must be [B, <= {cfg.text_len}, {cfg.text_dim}]"
+            )
+        if (
+            audio.dim() != 3
+            or audio.shape[0] != context.shape[0]
+            or audio.shape[2] != cfg.audio_input_dim
+            or (audio.shape[1] + AUDIO_PACK_FRAMES - 1) % AUDIO_PACK_FRAMES
+        ):
             raise ValueError(
                 f"audio {tuple(audio.shape)} must be [B={context.shape[0]}, 4T - 3, "
                 f"{cfg.audio_input_dim}]: one row per video frame of T latent frames"
@@ -235,7 +257,9 @@ class OmniAvatarDiT(WanBackbone):
         dtype = self.dtype
         text = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
         text_tokens = self.text_embedding(text)  # [B, text_len, dim]
-        return Conditions(text_tokens, self.audio_additions(audio).to(dtype))  # audio [B, P, T, dim]
+        return Conditions(
+            text_tokens, self.audio_additions(audio).to(dtype)
+        )  # audio [B, P, T, dim]
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> Embedded:
         """Noisy latents ``[B, 16, T, h, w]``, timesteps ``[B]`` (0..1000) and the reference
@@ -248,7 +272,9 @@ class OmniAvatarDiT(WanBackbone):
             )
         if x.shape[3] % 2 or x.shape[4] % 2:
             raise ValueError(f"latent size {tuple(x.shape[3:])} must be even (2x2 patches)")
-        patches = self.patch_embedding(torch.cat([x, y], dim=1).to(self.dtype))  # [B, dim, T, h/2, w/2]
+        patches = self.patch_embedding(
+            torch.cat([x, y], dim=1).to(self.dtype)
+        )  # [B, dim, T, h/2, w/2]
         grid = (patches.shape[2], patches.shape[3], patches.shape[4])
         tokens = patches.flatten(2).transpose(1, 2).contiguous()  # [B, L, dim]
         time, t_mod = self.time_modulation(t)  # [B, dim], [B, 6, dim]
@@ -259,7 +285,9 @@ class OmniAvatarDiT(WanBackbone):
         projection ``j`` is added to every token of its latent frame before block ``j + 2``."""
         frames = embedded.grid[0]
         if conditions.audio.shape[2] != frames:
-            raise ValueError(f"audio covers {conditions.audio.shape[2]} latent frames, the latents {frames}")
+            raise ValueError(
+                f"audio covers {conditions.audio.shape[2]} latent frames, the latents {frames}"
+            )
         cos, sin = self.rope_tables(embedded.grid, embedded.tokens.device)
         x = embedded.tokens
         for index, block in enumerate(self.blocks):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.dit import WEIGHTS_STEM
 from pipeline.doctor import (
     FLOAT_DTYPES,
     CheckResult,
@@ -24,7 +25,6 @@ from pipeline.doctor import (
     compare,
     read_pth_for,
 )
-from pipeline.dit import WEIGHTS_STEM
 from pipeline.omniavatar.config import OmniSize
 from pipeline.omniavatar.loader import (
     OMNI_CONFIG_FILE,
@@ -47,7 +47,9 @@ def _check_omni_weights(folders: OmniFolders, expected: dict[str, tuple[int, ...
     if found is None:
         return result
     extra = sorted(set(found) - set(expected))
-    result.problems += compare({k: v for k, v in found.items() if k in expected}, expected, FLOAT_DTYPES)
+    result.problems += compare(
+        {k: v for k, v in found.items() if k in expected}, expected, FLOAT_DTYPES
+    )
     if extra:
         more = f" (+{len(extra) - MAX_NOTED} more)" if len(extra) > MAX_NOTED else ""
         result.notes.append(f"{len(extra)} tensors not used: {', '.join(extra[:MAX_NOTED])}{more}")
@@ -57,24 +59,33 @@ def _check_omni_weights(folders: OmniFolders, expected: dict[str, tuple[int, ...
     return result
 
 
-def check_omniavatar_dir(model_dir: Path, size: OmniSize, wav2vec_dir: Path | None = None) -> DoctorReport:
+def check_omniavatar_dir(
+    model_dir: Path, size: OmniSize, wav2vec_dir: Path | None = None
+) -> DoctorReport:
     """Check every file OmniAvatar ``size`` needs under ``model_dir``; nothing is loaded."""
     report = DoctorReport()
     if not Path(model_dir).is_dir():
-        report.results.append(CheckResult("model folder", model_dir, [f"{model_dir} is not a directory"]))
+        report.results.append(
+            CheckResult("model folder", model_dir, [f"{model_dir} is not a directory"])
+        )
         return report
     folders = OmniFolders.under(model_dir, size, wav2vec_dir=wav2vec_dir)
     lora = read_lora_config(folders.omni, size.lora)
     base, omni = expected_tensors(size.dit, lora)
     report.results += [
         check_shards(
-            f"Wan 2.1 T2V {size.name} DiT ({WEIGHTS_STEM}*.safetensors)", folders.base, WEIGHTS_STEM,
-            base, FLOAT_DTYPES,
+            f"Wan 2.1 T2V {size.name} DiT ({WEIGHTS_STEM}*.safetensors)",
+            folders.base,
+            WEIGHTS_STEM,
+            base,
+            FLOAT_DTYPES,
         ),
         _check_omni_weights(folders, omni),
         check_pth("VAE", folders.base / VAE_CHECKPOINT_NAME, "wan21_vae", FLOAT_DTYPES),
-        check_pth("T5 encoder", folders.base / T5_CHECKPOINT_FILE, "umt5_xxl_encoder", {"bfloat16"}),
+        check_pth(
+            "T5 encoder", folders.base / T5_CHECKPOINT_FILE, "umt5_xxl_encoder", {"bfloat16"}
+        ),
         check_tokenizer(folders.base),
         check_wav2vec(folders.wav2vec, size.wav2vec_dir),
-    ]  # fmt: skip
+    ]
     return report

@@ -73,7 +73,9 @@ class OmniFolders:
     wav2vec: Path
 
     @classmethod
-    def under(cls, model_dir: Path, size: OmniSize, *, wav2vec_dir: Path | None = None) -> OmniFolders:
+    def under(
+        cls, model_dir: Path, size: OmniSize, *, wav2vec_dir: Path | None = None
+    ) -> OmniFolders:
         """The official names under ``model_dir``; ``wav2vec_dir`` replaces the wav2vec2 one."""
         model_dir = Path(model_dir)
         wav2vec = Path(wav2vec_dir) if wav2vec_dir is not None else model_dir / size.wav2vec_dir
@@ -90,7 +92,9 @@ def read_lora_config(omni_dir: Path, default: LoraConfig) -> LoraConfig:
     ``lora_target_modules``); ``default`` where the file or a key is absent."""
     path = Path(omni_dir) / OMNI_CONFIG_FILE
     if not path.is_file():
-        logger.warning("%s not found: assuming LoRA rank %d, alpha %g", path, default.rank, default.alpha)
+        logger.warning(
+            "%s not found: assuming LoRA rank %d, alpha %g", path, default.rank, default.alpha
+        )
         return default
     try:
         data = json.loads(path.read_text())
@@ -117,7 +121,11 @@ def expected_tensors(
         for name, shape in shapes.items()
         if name.endswith((LORA_A_SUFFIX, LORA_B_SUFFIX)) or name.startswith(OMNI_ONLY_PREFIXES)
     }
-    base = {name: shape for name, shape in shapes.items() if name not in omni or name.startswith("patch_embedding.")}
+    base = {
+        name: shape
+        for name, shape in shapes.items()
+        if name not in omni or name.startswith("patch_embedding.")
+    }
     weight = base["patch_embedding.weight"]
     base["patch_embedding.weight"] = (weight[0], BASE_LATENT_CHANNELS, *weight[2:])
     return base, omni
@@ -128,13 +136,21 @@ def _sub_state(
 ) -> dict[str, torch.Tensor]:
     """Tensors under ``prefix`` (prefix removed), on ``device``; floating ones as ``dtype``."""
     return {
-        key[len(prefix) :]: value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+        key[len(prefix) :]: value.to(
+            device=device, dtype=dtype if value.is_floating_point() else None
+        )
         for key, value in state.items()
         if key.startswith(prefix)
     }
 
 
-def _check_keys(model: OmniAvatarDiT, base: Mapping[str, torch.Tensor], lora_names: set[str], lora: LoraConfig, what: str) -> None:
+def _check_keys(
+    model: OmniAvatarDiT,
+    base: Mapping[str, torch.Tensor],
+    lora_names: set[str],
+    lora: LoraConfig,
+    what: str,
+) -> None:
     expected = set(model.state_dict())
     missing = sorted(expected - set(base))
     targets = set(lora_targets(model, lora))
@@ -154,7 +170,12 @@ def _check_keys(model: OmniAvatarDiT, base: Mapping[str, torch.Tensor], lora_nam
         )
     unexpected = sorted(set(base) - expected)
     if unexpected:  # the official loader (strict=False) ignores them too
-        logger.warning("%s: ignoring %d tensors the model has no place for: %s", what, len(unexpected), _names(unexpected))
+        logger.warning(
+            "%s: ignoring %d tensors the model has no place for: %s",
+            what,
+            len(unexpected),
+            _names(unexpected),
+        )
 
 
 @torch.no_grad()
@@ -181,13 +202,17 @@ def build_omni_dit(
     _check_keys(model, base, set(pairs), lora, what)
     for name, child in model.named_children():
         if name != "blocks":
-            child.load_state_dict(_sub_state(base, f"{name}.", device, dtype), strict=True, assign=True)
+            child.load_state_dict(
+                _sub_state(base, f"{name}.", device, dtype), strict=True, assign=True
+            )
     for name in FLOAT32_SUBMODULES:
         getattr(model, name).float()
     for index, block in enumerate(model.blocks):
         prefix = f"blocks.{index}."
         block_state = _sub_state(base, prefix, device, dtype)
-        block_pairs = {key[len(prefix) :]: pair for key, pair in pairs.items() if key.startswith(prefix)}
+        block_pairs = {
+            key[len(prefix) :]: pair for key, pair in pairs.items() if key.startswith(prefix)
+        }
         merge_lora_into(block_state, block_pairs, lora.scaling, dtype)
         block.load_state_dict(block_state, strict=True, assign=True)
         if prepare_block is not None:
@@ -214,8 +239,20 @@ def load_omni_dit(
     """The official DiT of ``size`` from its folders, LoRA merged, on ``device``."""
     lora = read_lora_config(folders.omni, size.lora)
     model = build_omni_dit(
-        size.dit, lora, read_omni_checkpoint(folders), device=device, dtype=dtype,
-        prepare_block=prepare_block, what=f"OmniAvatar {size.name} checkpoint in {folders.base} + {folders.omni}",
-    )  # fmt: skip
-    logger.info("loaded OmniAvatar %s DiT (LoRA r %d merged, scale %g) as %s on %s", size.name, lora.rank, lora.scaling, dtype, device)
+        size.dit,
+        lora,
+        read_omni_checkpoint(folders),
+        device=device,
+        dtype=dtype,
+        prepare_block=prepare_block,
+        what=f"OmniAvatar {size.name} checkpoint in {folders.base} + {folders.omni}",
+    )
+    logger.info(
+        "loaded OmniAvatar %s DiT (LoRA r %d merged, scale %g) as %s on %s",
+        size.name,
+        lora.rank,
+        lora.scaling,
+        dtype,
+        device,
+    )
     return model

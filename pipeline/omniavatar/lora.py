@@ -73,7 +73,9 @@ def checkpoint_shapes(model: nn.Module, lora: LoraConfig) -> dict[str, tuple[int
     return shapes
 
 
-def split_lora(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, LoraPair]]:
+def split_lora(
+    state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, LoraPair]]:
     """A checkpoint state -> (base weights under the plain names, LoRA pairs by target name).
 
     ``X.base_layer.weight`` / ``.bias`` become ``X.weight`` / ``.bias``. Raises ``LoraError``
@@ -91,15 +93,22 @@ def split_lora(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
             base[key.replace(BASE_LAYER + ".", ".")] = value
     unmatched = sorted(set(downs) ^ set(ups))
     if unmatched:
-        raise LoraError(f"LoRA A/B pairs incomplete for {unmatched[:5]} (+{max(0, len(unmatched) - 5)})")
+        raise LoraError(
+            f"LoRA A/B pairs incomplete for {unmatched[:5]} (+{max(0, len(unmatched) - 5)})"
+        )
     return base, {name: LoraPair(downs[name], ups[name]) for name in downs}
 
 
-def merged_weight(weight: torch.Tensor, pair: LoraPair, scaling: float, dtype: torch.dtype) -> torch.Tensor:
+def merged_weight(
+    weight: torch.Tensor, pair: LoraPair, scaling: float, dtype: torch.dtype
+) -> torch.Tensor:
     """``weight + scaling * B @ A`` in float32 on ``weight``'s device, returned as ``dtype``."""
     out_features, in_features = weight.shape
     rank = pair.down.shape[0]
-    if tuple(pair.down.shape) != (rank, in_features) or tuple(pair.up.shape) != (out_features, rank):
+    if tuple(pair.down.shape) != (rank, in_features) or tuple(pair.up.shape) != (
+        out_features,
+        rank,
+    ):
         raise LoraError(
             f"LoRA A {tuple(pair.down.shape)} / B {tuple(pair.up.shape)} do not fit a "
             f"[{out_features}, {in_features}] weight"

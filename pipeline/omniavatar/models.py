@@ -29,7 +29,11 @@ from pipeline.omniavatar.config import OmniSize
 from pipeline.omniavatar.dit import FLOAT32_SUBMODULES, OmniAvatarDiT
 from pipeline.omniavatar.loader import OmniFolders, load_omni_dit
 from pipeline.omniavatar.tiled_vae import TiledVAE
-from pipeline.random_weights import RANDOM_PROMPT_TOKENS, fill_random_blockwise, init_random_
+from pipeline.random_weights import (
+    RANDOM_PROMPT_TOKENS,
+    fill_random_blockwise,
+    init_random_,
+)
 from pipeline.speedups import SpeedOptions, prepare_dit_block
 from pipeline.text import (
     OFFICIAL_T5_DTYPE,
@@ -57,7 +61,9 @@ def prompt_context(encoder: PromptEncoder, prompt: str, text_len: int) -> torch.
 class OnDemandPrompts:
     """A ``PromptSource``: the text encoder exists only while new prompts are encoded."""
 
-    def __init__(self, factory: Callable[[], PromptEncoder], text_len: int, device: torch.device) -> None:
+    def __init__(
+        self, factory: Callable[[], PromptEncoder], text_len: int, device: torch.device
+    ) -> None:
         self._factory = factory
         self._text_len = text_len
         self._device = device
@@ -105,21 +111,27 @@ class OmniModels:
     """Where the weights came from, in words (logs and reports)."""
 
 
-def tiny_models(size: OmniSize, *, seed: int = 0, device: torch.device | str = "cpu", tiled_vae: bool = True) -> OmniModels:
+def tiny_models(
+    size: OmniSize, *, seed: int = 0, device: torch.device | str = "cpu", tiled_vae: bool = True
+) -> OmniModels:
     """Seeded random float32 models of a random-weight size (``tiny``): no files needed."""
     if size.wav2vec is None:
         raise ValueError(f"size {size.name!r} has real weights; load it with load_models()")
     device = torch.device(device)
     dit = random_init(OmniAvatarDiT(size.dit), seed + 1).to(device)
     vae = random_init(WanVAE(size.vae), seed + 2).to(device)
-    audio = OmniAudioEncoder(Wav2VecStreamEncoder.tiny(dict(size.wav2vec), seed=seed + 3, device=device).model)
+    audio = OmniAudioEncoder(
+        Wav2VecStreamEncoder.tiny(dict(size.wav2vec), seed=seed + 3, device=device).model
+    )
 
     def encoder() -> PromptEncoder:
         t5 = random_init(T5Encoder(size.t5), seed + 4).to(device)
         return PromptEncoder(HashTokenizer(size.t5.vocab, size.dit.text_len), t5)
 
     prompts = OnDemandPrompts(encoder, size.dit.text_len, device)
-    return OmniModels(size, dit, TiledVAE(vae, tiled=tiled_vae), audio, prompts, "random (tiny, float32)")
+    return OmniModels(
+        size, dit, TiledVAE(vae, tiled=tiled_vae), audio, prompts, "random (tiny, float32)"
+    )
 
 
 def load_models(
@@ -139,18 +151,29 @@ def load_models(
     folders = OmniFolders.under(model_dir, size, wav2vec_dir=wav2vec_dir)
     speed = speed or SpeedOptions.official()
     dit = load_omni_dit(
-        folders, size, device=device, dtype=dtype, prepare_block=lambda block: prepare_dit_block(block, speed)
+        folders,
+        size,
+        device=device,
+        dtype=dtype,
+        prepare_block=lambda block: prepare_dit_block(block, speed),
     )
     vae = load_vae(folders.base / VAE_CHECKPOINT_NAME, device=device, dtype=dtype, config=size.vae)
     audio = OmniAudioEncoder.from_dir(folders.wav2vec, device=device)
 
     def encoder() -> PromptEncoder:
         tokenizer = Umt5Tokenizer.from_dir(folders.base / T5_TOKENIZER_DIR, size.dit.text_len)
-        t5 = load_t5(folders.base / T5_CHECKPOINT_FILE, device=device, dtype=OFFICIAL_T5_DTYPE, config=size.t5)
+        t5 = load_t5(
+            folders.base / T5_CHECKPOINT_FILE,
+            device=device,
+            dtype=OFFICIAL_T5_DTYPE,
+            config=size.t5,
+        )
         return PromptEncoder(tokenizer, t5)
 
     prompts = OnDemandPrompts(encoder, size.dit.text_len, device)
-    return OmniModels(size, dit, TiledVAE(vae, tiled=tiled_vae), audio, prompts, f"checkpoint {model_dir}")
+    return OmniModels(
+        size, dit, TiledVAE(vae, tiled=tiled_vae), audio, prompts, f"checkpoint {model_dir}"
+    )
 
 
 def random_models(
@@ -168,16 +191,24 @@ def random_models(
         dit = OmniAvatarDiT(size.dit).to(dtype)
         vae = WanVAE(size.vae).to(dtype)
     dit = fill_random_blockwise(
-        dit, FLOAT32_SUBMODULES, device=device, seed=seed, prepare_block=lambda block: prepare_dit_block(block, speed)
+        dit,
+        FLOAT32_SUBMODULES,
+        device=device,
+        seed=seed,
+        prepare_block=lambda block: prepare_dit_block(block, speed),
     )
     vae = vae.to_empty(device=device)
     init_random_(vae, seed + 1)
     stream = Wav2VecStreamEncoder.tiny(dict(size.wav2vec or {}), seed=seed + 2, device=device)
     prompts = RandomPrompts(size.dit.text_dim, device, dtype, seed + 3)
     return OmniModels(
-        size, dit, TiledVAE(vae.eval().requires_grad_(False), tiled=tiled_vae),
-        OmniAudioEncoder(stream.model), prompts, f"random (full-size {size.name}, {dtype})",
-    )  # fmt: skip
+        size,
+        dit,
+        TiledVAE(vae.eval().requires_grad_(False), tiled=tiled_vae),
+        OmniAudioEncoder(stream.model),
+        prompts,
+        f"random (full-size {size.name}, {dtype})",
+    )
 
 
 def apply_speedups(models: OmniModels, options: SpeedOptions, *, blocks_prepared: bool) -> None:
@@ -193,7 +224,9 @@ def apply_speedups(models: OmniModels, options: SpeedOptions, *, blocks_prepared
     if options.vae_fused_norms:
         models.vae.vae.fuse_norms(norm_silu)
     if options.compile_mode is not None:
-        models.dit.compile_blocks(None if options.compile_mode == "default" else options.compile_mode)
+        models.dit.compile_blocks(
+            None if options.compile_mode == "default" else options.compile_mode
+        )
     logger.info("OmniAvatar speed options: %s", options)
 
 
@@ -217,7 +250,8 @@ def build_models(
     if random_weights:
         if device.type != "cuda":
             raise ValueError(
-                f"random full-size {size.name} weights are built on a CUDA GPU; on CPU use --size tiny"
+                f"random full-size {size.name} weights are built on a CUDA GPU; "
+                "on CPU use --size tiny"
             )
         models = random_models(size, device=device, speed=speed, seed=seed, tiled_vae=tiled_vae)
     elif model_dir is None:
@@ -227,7 +261,12 @@ def build_models(
         )
     else:
         models = load_models(
-            model_dir, size, device=device, speed=speed, tiled_vae=tiled_vae, wav2vec_dir=wav2vec_dir
+            model_dir,
+            size,
+            device=device,
+            speed=speed,
+            tiled_vae=tiled_vae,
+            wav2vec_dir=wav2vec_dir,
         )
     apply_speedups(models, speed, blocks_prepared=True)
     return models

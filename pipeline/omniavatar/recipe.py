@@ -93,31 +93,48 @@ class Recipe:
         if self.steps < 1:
             problems.append(f"steps={self.steps} must be at least 1")
         if self.guidance <= 0 or (self.audio_guidance is not None and self.audio_guidance <= 0):
-            problems.append(f"guidance={self.guidance}, audio_guidance={self.audio_guidance} must be positive")
+            problems.append(
+                f"guidance={self.guidance}, audio_guidance={self.audio_guidance} must be positive"
+            )
         if self.teacache < 0:
             problems.append(f"teacache={self.teacache} must be 0 (off) or positive")
         if self.max_tokens < 1:
             problems.append(f"max_tokens={self.max_tokens} must be positive")
         if self.overlap < 1 or (self.overlap - 1) % FRAMES_PER_LATENT:
-            problems.append(f"overlap={self.overlap} must be 1 + a multiple of {FRAMES_PER_LATENT} (1, 5, 9, 13, ...)")
+            problems.append(
+                f"overlap={self.overlap} must be 1 + a multiple of {FRAMES_PER_LATENT} "
+                "(1, 5, 9, 13, ...)"
+            )
         if self.silence_s < 0:
             problems.append(f"silence_s={self.silence_s} must not be negative")
-        if not self.buckets or any(h <= 0 or w <= 0 or h % TOKEN_SIDE_PX or w % TOKEN_SIDE_PX for h, w in self.buckets):
-            problems.append(f"buckets={self.buckets} must be (height, width) multiples of {TOKEN_SIDE_PX}")
+        if not self.buckets or any(
+            h <= 0 or w <= 0 or h % TOKEN_SIDE_PX or w % TOKEN_SIDE_PX for h, w in self.buckets
+        ):
+            problems.append(
+                f"buckets={self.buckets} must be (height, width) multiples of {TOKEN_SIDE_PX}"
+            )
         if not problems:
             for bucket in self.buckets:
                 frames = self.segment_frames(bucket)
                 if frames <= self.overlap:
                     problems.append(
                         f"max_tokens={self.max_tokens} gives {frames} frames per segment at "
-                        f"{bucket[0]}x{bucket[1]}, not more than overlap={self.overlap}: raise max_tokens"
+                        f"{bucket[0]}x{bucket[1]}, not more than overlap={self.overlap}: "
+                        "raise max_tokens"
                     )
         if problems:
             raise ValueError("invalid OmniAvatar recipe: " + "; ".join(problems))
 
     def segment_frames(self, bucket: Bucket) -> int:
         """Video frames per segment at ``bucket`` (``4n + 1``)."""
-        frames = int(self.max_tokens * TOKEN_SIDE_PX * TOKEN_SIDE_PX * FRAMES_PER_LATENT / bucket[0] / bucket[1])
+        frames = int(
+            self.max_tokens
+            * TOKEN_SIDE_PX
+            * TOKEN_SIDE_PX
+            * FRAMES_PER_LATENT
+            / bucket[0]
+            / bucket[1]
+        )
         if frames % FRAMES_PER_LATENT:
             return frames // FRAMES_PER_LATENT * FRAMES_PER_LATENT + 1
         return frames - (FRAMES_PER_LATENT - 1)
@@ -154,7 +171,12 @@ OFFICIAL = Recipe()
 tokens (105 frames at 400 x 720), overlap 13."""
 
 FAST_14B = Recipe(
-    steps=20, guidance=3.5, teacache=0.14, max_tokens=20_000, overlap=9, name="fast-14b",
+    steps=20,
+    guidance=3.5,
+    teacache=0.14,
+    max_tokens=20_000,
+    overlap=9,
+    name="fast-14b",
     trade=(
         "for the 14B: 20 steps instead of 50 (less fine detail), guidance 3.5 instead of 4.5 "
         "(a little less prompt and lip adherence), TeaCache 0.14 (steps whose timestep "
@@ -162,25 +184,35 @@ FAST_14B = Recipe(
         "tokens per segment instead of 30,000 (69-frame segments at 400x720: more seams) "
         "and a 9-frame overlap instead of 13 (less motion carried across a seam)"
     ),
-)  # fmt: skip
+)
 """The seed guide's fast 14B configuration."""
 
 FAST_1_3B = Recipe(
-    steps=15, guidance=3.0, teacache=0.14, max_tokens=15_000, overlap=5, name="fast-1.3b",
+    steps=15,
+    guidance=3.0,
+    teacache=0.14,
+    max_tokens=15_000,
+    overlap=5,
+    name="fast-1.3b",
     trade=(
         "for the 1.3B: 15 steps instead of 50 (softer detail), guidance 3.0 instead of 4.5 "
         "(weaker prompt and lip adherence), TeaCache 0.14 (reused residuals: slight "
         "smoothing), 15,000 tokens per segment (53-frame segments at 400x720: more seams) "
         "and a 5-frame overlap (the least motion carried across a seam)"
     ),
-)  # fmt: skip
+)
 """The seed guide's fast 1.3B configuration."""
 
 RECIPES = {recipe.name: recipe for recipe in (OFFICIAL, FAST_14B, FAST_1_3B)}
 """Recipe name -> recipe."""
 
-TINY = replace(OFFICIAL, buckets=TINY_BUCKETS, max_tokens=TINY_MAX_TOKENS, name="tiny",
-               trade="the official recipe at the tiny size's one 16x32 bucket (random weights)")  # fmt: skip
+TINY = replace(
+    OFFICIAL,
+    buckets=TINY_BUCKETS,
+    max_tokens=TINY_MAX_TOKENS,
+    name="tiny",
+    trade="the official recipe at the tiny size's one 16x32 bucket (random weights)",
+)
 """The official recipe at the tiny size's bucket (25-frame segments)."""
 
 
@@ -189,5 +221,7 @@ def recipe(name: str, **overrides: Any) -> Recipe:
     try:
         base = RECIPES[name]
     except KeyError:
-        raise ValueError(f"unknown OmniAvatar recipe {name!r}; choose one of {', '.join(RECIPES)}") from None
+        raise ValueError(
+            f"unknown OmniAvatar recipe {name!r}; choose one of {', '.join(RECIPES)}"
+        ) from None
     return base.with_overrides(**overrides)

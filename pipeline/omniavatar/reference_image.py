@@ -46,7 +46,7 @@ def scaled_size(height: int, width: int, bucket: Bucket) -> tuple[int, int]:
 
 
 def resize_pad(image: torch.Tensor, bucket: Bucket) -> torch.Tensor:
-    """``[B, 3, h, w]`` in [0, 1] -> ``[B, 3, th, tw]``: cover resize, then pad/crop to the bucket."""
+    """``[B, 3, h, w]`` in [0, 1] -> ``[B, 3, th, tw]``: cover resize, then pad/crop."""
     height, width = image.shape[-2:]
     scaled_h, scaled_w = scaled_size(height, width, bucket)
     if (scaled_h, scaled_w) != (height, width):
@@ -63,8 +63,12 @@ def reference_video(image: np.ndarray, buckets: Sequence[Bucket]) -> torch.Tenso
     float32 in [-1, 1] at its bucket's size."""
     pixels = np.asarray(image)
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {pixels.dtype} {pixels.shape}")
-    unit = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / PIXEL_MAX  # [1, 3, H, W]
+        raise ValueError(
+            f"expected an RGB uint8 image [H, W, 3], got {pixels.dtype} {pixels.shape}"
+        )
+    unit = (
+        torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / PIXEL_MAX
+    )  # [1, 3, H, W]
     bucket = choose_bucket(pixels.shape[0], pixels.shape[1], buckets)
     fitted = resize_pad(unit, bucket)  # [1, 3, th, tw] in [0, 1]
     return (fitted * 2.0 - 1.0)[:, :, None]  # [1, 3, 1, th, tw]

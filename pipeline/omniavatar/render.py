@@ -36,7 +36,12 @@ from pipeline.omniavatar.audio import (
     segment_audio,
     segment_count,
 )
-from pipeline.omniavatar.denoise import SegmentInputs, SegmentRun, StepObserver, StepResult
+from pipeline.omniavatar.denoise import (
+    SegmentInputs,
+    SegmentRun,
+    StepObserver,
+    StepResult,
+)
 from pipeline.omniavatar.dit import OmniAvatarDiT
 from pipeline.omniavatar.recipe import Recipe
 from pipeline.omniavatar.reference_image import Bucket, choose_bucket, reference_video
@@ -77,7 +82,7 @@ class RenderPlan:
 
     @classmethod
     def make(cls, recipe: Recipe, image_hw: tuple[int, int], samples: int) -> RenderPlan:
-        """The plan for a picture of ``image_hw`` and ``samples`` 16 kHz samples (silence included)."""
+        """The plan for a ``image_hw`` picture and ``samples`` 16 kHz samples (with silence)."""
         bucket = choose_bucket(image_hw[0], image_hw[1], recipe.buckets)
         frames = recipe.segment_frames(bucket)
         audio = clip_frames(samples)
@@ -152,7 +157,7 @@ def _step_probe(see: Probe, segment: int) -> StepObserver:
 
 
 class OmniAvatarRenderer:
-    """Loaded models + a recipe: renders pictures and clips into frames (stateless between calls)."""
+    """Loaded models + a recipe: renders pictures and clips into frames (no state kept)."""
 
     def __init__(
         self,
@@ -230,16 +235,22 @@ class OmniAvatarRenderer:
                 see(f"encode{index}.latent", lead)
                 y[:, -1:, : plan.overlap_latents] = 0
             fixed = lead.shape[2]
-            lat = torch.cat([lead, lead.new_zeros(*lead.shape[:2], frames_t - fixed, *lead.shape[3:])], dim=2)
+            lat = torch.cat(
+                [lead, lead.new_zeros(*lead.shape[:2], frames_t - fixed, *lead.shape[3:])], dim=2
+            )
             window = segment_audio(embeddings, index, plan.segment_frames, plan.overlap, window)
             audio = window[None]  # [1, L, C]
             for name, value in (("lat", lat), ("y", y), ("audio_emb", audio)):
                 see(f"seg{index}.{name}", value)
             # 4. denoise, decode
-            inputs = SegmentInputs(lat, fixed, y, audio, context, negative, noise(index, tuple(lat.shape)))
+            inputs = SegmentInputs(
+                lat, fixed, y, audio, context, negative, noise(index, tuple(lat.shape))
+            )
             with sdpa_backends(self.attention):
                 run = SegmentRun(self.dit, self.options, inputs)
-                latents = run.run(None if probe is None else _step_probe(see, index))  # [1, 16, T, h, w]
+                latents = run.run(
+                    None if probe is None else _step_probe(see, index)
+                )  # [1, 16, T, h, w]
             see(f"seg{index}.latents", latents)
             frames = (self.vae.decode(latents) + 1) / 2  # [1, 3, L, H, W] in [0, 1]
             see(f"seg{index}.frames", frames.transpose(1, 2))

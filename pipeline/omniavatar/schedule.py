@@ -35,6 +35,8 @@ def next_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas[1:], sigmas.new_full((1,), FINAL_SIGMA)])
 
 
-def euler_step(latents: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+def euler_step(
+    latents: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float
+) -> torch.Tensor:
     """``latents + velocity * (sigma_next - sigma)`` (a new tensor)."""
     return latents + velocity * (sigma_next - sigma)

@@ -25,8 +25,12 @@ import torch
 from pipeline.omniavatar.guidance import Pass
 
 WAN_T2V_14B_COEFFICIENTS = (
-    -3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01,
-)  # fmt: skip
+    -3.03318725e05,
+    4.90537029e04,
+    -2.65530556e03,
+    5.87365115e01,
+    -3.15583525e-01,
+)
 """TeaCache's polynomial (highest power first) for ``Wan2.1-T2V-14B``, used for both sizes."""
 
 CACHED_PASSES = (Pass.COND, Pass.UNCOND)
@@ -53,7 +57,7 @@ class TeaCacheSchedule:
 
 
 def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """``mean|current - previous| / mean|previous|`` per leading index: ``[N]`` from ``[N, ...]``."""
+    """``mean|current - previous| / mean|previous|`` per leading index: ``[N, ...]`` -> ``[N]``."""
     diff = (current - previous).abs().flatten(1).mean(dim=1)
     return diff / previous.abs().flatten(1).mean(dim=1)
 

@@ -55,7 +55,9 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
     ]
 
 
-def tile_plan(height: int, width: int, tile: tuple[int, int], stride: tuple[int, int]) -> list[Tile]:
+def tile_plan(
+    height: int, width: int, tile: tuple[int, int], stride: tuple[int, int]
+) -> list[Tile]:
     """Tiles covering a ``height`` x ``width`` plane, rows outer, columns inner."""
     tile_h, tile_w = tile
     stride_h, stride_w = stride
@@ -109,7 +111,9 @@ def _run_tiled(
     values = torch.zeros(out_shape, dtype=torch.float32, device=source.device)
     weight = torch.zeros((1, 1, *out_shape[2:]), dtype=torch.float32, device=source.device)
     for tile in tiles:
-        piece = run(source[..., tile.top : tile.bottom, tile.left : tile.right])  # [B, C', T', h, w]
+        piece = run(
+            source[..., tile.top : tile.bottom, tile.left : tile.right]
+        )  # [B, C', T', h, w]
         inner = (tile.top > 0, tile.bottom < height, tile.left > 0, tile.right < width)
         mask = blend_mask(*piece.shape[-2:], inner, border).to(piece.device)  # [1, 1, 1, h, w]
         top, left = int(tile.top * scale), int(tile.left * scale)

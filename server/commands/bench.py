@@ -31,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "streaming candidates, with the FLOP floor."
         ),
     )
-    parser.add_argument("--engine", choices=ENGINES, default="flashtalk", help="which model to time")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="flashtalk", help="which model to time"
+    )
     bench.add_arguments(parser)
     omni_bench.add_omni_arguments(parser)
     parser.set_defaults(run=run)

@@ -38,7 +38,11 @@ from pipeline.omniavatar.recipe import (
     Recipe,
     recipe,
 )
-from pipeline.omniavatar.render import OmniAvatarRenderer, SegmentOutput, frames_to_uint8
+from pipeline.omniavatar.render import (
+    OmniAvatarRenderer,
+    SegmentOutput,
+    frames_to_uint8,
+)
 from pipeline.quantize import QUANTIZE_MODES
 from pipeline.speedups import COMPILE_MODES, SpeedOptions
 from streaming.audio_file import AudioClip
@@ -56,18 +60,32 @@ FAST_RECIPES = {"14b": "fast-14b", "1.3b": "fast-1.3b", "tiny": "fast-1.3b"}
 """The fast recipe of each size (tiny borrows the 1.3B's settings at its own bucket)."""
 
 RECIPE_FLAGS = {
-    "steps": "steps", "guidance": "guidance", "audio_guidance": "audio_guidance",
-    "teacache": "teacache", "max_tokens": "max_tokens", "overlap": "overlap",
-}  # fmt: skip
+    "steps": "steps",
+    "guidance": "guidance",
+    "audio_guidance": "audio_guidance",
+    "teacache": "teacache",
+    "max_tokens": "max_tokens",
+    "overlap": "overlap",
+}
 """argparse dest -> ``Recipe`` field the flag overrides."""
 
 ONLY_FLAGS = {
-    "--size": "size", "--preset": "preset", "--guidance": "guidance",
-    "--audio-guidance": "audio_guidance", "--teacache": "teacache", "--max-tokens": "max_tokens",
-    "--overlap": "overlap", "--random-weights": "random_weights", "--quantize": "quantize",
-    "--compile": "compile", "--compile-mode": "compile_mode", "--attention": "attention",
-    "--no-batch-passes": "batch_passes", "--no-tiled-vae": "tiled_vae", "--device": "device",
-}  # fmt: skip
+    "--size": "size",
+    "--preset": "preset",
+    "--guidance": "guidance",
+    "--audio-guidance": "audio_guidance",
+    "--teacache": "teacache",
+    "--max-tokens": "max_tokens",
+    "--overlap": "overlap",
+    "--random-weights": "random_weights",
+    "--quantize": "quantize",
+    "--compile": "compile",
+    "--compile-mode": "compile_mode",
+    "--attention": "attention",
+    "--no-batch-passes": "batch_passes",
+    "--no-tiled-vae": "tiled_vae",
+    "--device": "device",
+}
 """Flags only ``--engine omniavatar`` takes -> their argparse dest."""
 
 PARTIAL_SUFFIX = ".partial"
@@ -83,29 +101,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "omniavatar", "flags of --engine omniavatar (the official recipe unless changed)"
     )
-    group.add_argument("--size", choices=sorted(SIZES), default=None,
-                       help="model size (default 14b; tiny: random weights, no model folder, CPU)")
-    group.add_argument("--preset", choices=PRESETS, default="official",
-                       help="official: 50 steps, guidance 4.5, no TeaCache, 30000 tokens, overlap 13; "
-                       "fast: 14b 20/3.5/0.14/20000/9, 1.3b 15/3.0/0.14/15000/5 (faster, see the log for what it trades)")
-    group.add_argument("--guidance", type=float, default=None, help="prompt (and audio) guidance scale")
-    group.add_argument("--audio-guidance", type=float, default=None,
-                       help="separate audio guidance scale (three passes per step)")
-    group.add_argument("--teacache", type=float, default=None, help="TeaCache threshold (0 = off; 0.05-0.15)")
+    group.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default=None,
+        help="model size (default 14b; tiny: random weights, no model folder, CPU)",
+    )
+    group.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="official",
+        help="official: 50 steps, guidance 4.5, no TeaCache, 30000 tokens, overlap 13; "
+        "fast: 14b 20/3.5/0.14/20000/9, 1.3b 15/3.0/0.14/15000/5 "
+        "(faster; the log says what it trades)",
+    )
+    group.add_argument(
+        "--guidance", type=float, default=None, help="prompt (and audio) guidance scale"
+    )
+    group.add_argument(
+        "--audio-guidance",
+        type=float,
+        default=None,
+        help="separate audio guidance scale (three passes per step)",
+    )
+    group.add_argument(
+        "--teacache", type=float, default=None, help="TeaCache threshold (0 = off; 0.05-0.15)"
+    )
     group.add_argument("--max-tokens", type=int, default=None, help="DiT tokens per segment")
-    group.add_argument("--overlap", type=int, default=None, help="frames carried between segments (1 + 4n)")
-    group.add_argument("--random-weights", action="store_true",
-                       help="random full-size weights on the GPU (timing without the checkpoint; noise pictures)")
-    group.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="DiT block linears")
+    group.add_argument(
+        "--overlap", type=int, default=None, help="frames carried between segments (1 + 4n)"
+    )
+    group.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random full-size weights on the GPU (timing without the checkpoint; noise pictures)",
+    )
+    group.add_argument(
+        "--quantize", choices=QUANTIZE_MODES, default="none", help="DiT block linears"
+    )
     group.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
     group.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
-    group.add_argument("--attention", choices=ATTENTION_BACKENDS, default=None,
-                       help="SDPA kernel preference (default cudnn on CUDA)")
-    group.add_argument("--no-batch-passes", dest="batch_passes", action="store_false",
-                       help="one DiT forward per guidance pass (the official way) instead of one batch")
-    group.add_argument("--no-tiled-vae", dest="tiled_vae", action="store_false",
-                       help="VAE on whole frames (faster on a large GPU; differs near the official tile seams)")
-    group.add_argument("--device", default=None, help="torch device (default: cuda if available, CPU for tiny)")
+    group.add_argument(
+        "--attention",
+        choices=ATTENTION_BACKENDS,
+        default=None,
+        help="SDPA kernel preference (default cudnn on CUDA)",
+    )
+    group.add_argument(
+        "--no-batch-passes",
+        dest="batch_passes",
+        action="store_false",
+        help="one DiT forward per guidance pass (the official way) instead of one batch",
+    )
+    group.add_argument(
+        "--no-tiled-vae",
+        dest="tiled_vae",
+        action="store_false",
+        help="VAE on whole frames (faster on a large GPU; differs near the official tile seams)",
+    )
+    group.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, CPU for tiny)"
+    )
 
 
 def flag_default(dest: str) -> object:
@@ -154,28 +210,46 @@ def render_mp4(args: argparse.Namespace, image: np.ndarray, audio: AudioClip, ou
         raise OmniUsageError(str(exc)) from exc
     plan_recipe = resolve_recipe(args, size.name)
     device = _device(args, size.is_random)
-    speed = SpeedOptions.fast(device, quantize=args.quantize,
-                              compile_mode=args.compile_mode if args.compile else None)  # fmt: skip
-    logger.info("OmniAvatar %s, recipe %s: %s", size.description, plan_recipe.name, plan_recipe.trade)
+    speed = SpeedOptions.fast(
+        device, quantize=args.quantize, compile_mode=args.compile_mode if args.compile else None
+    )
+    logger.info(
+        "OmniAvatar %s, recipe %s: %s", size.description, plan_recipe.name, plan_recipe.trade
+    )
     started = time.perf_counter()
     try:
         models = build_models(
-            size, model_dir=args.model_dir, device=device, speed=speed,
-            random_weights=args.random_weights, tiled_vae=plan_recipe.tiled_vae,
+            size,
+            model_dir=args.model_dir,
+            device=device,
+            speed=speed,
+            random_weights=args.random_weights,
+            tiled_vae=plan_recipe.tiled_vae,
             wav2vec_dir=args.wav2vec_dir,
-        )  # fmt: skip
+        )
     except (ValueError, CheckpointError, OSError) as exc:
         raise OmniUsageError(f"cannot load OmniAvatar {size.name}: {exc}") from exc
     logger.info("models ready in %.1f s (%s)", time.perf_counter() - started, models.weights)
     renderer = OmniAvatarRenderer(
-        models.dit, models.vae, models.audio, models.prompts, plan_recipe,
-        batch_passes=args.batch_passes, attention=args.attention or speed.attention,
-    )  # fmt: skip
+        models.dit,
+        models.vae,
+        models.audio,
+        models.prompts,
+        plan_recipe,
+        batch_passes=args.batch_passes,
+        attention=args.attention or speed.attention,
+    )
     _write(renderer, image, audio, out, prompt=args.prompt or DEFAULT_PROMPT, quiet=args.quiet)
 
 
 def _write(
-    renderer: OmniAvatarRenderer, image: np.ndarray, audio: AudioClip, out: Path, *, prompt: str, quiet: bool
+    renderer: OmniAvatarRenderer,
+    image: np.ndarray,
+    audio: AudioClip,
+    out: Path,
+    *,
+    prompt: str,
+    quiet: bool,
 ) -> None:
     plan = renderer.plan(image.shape[:2], audio.samples.size)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
@@ -184,12 +258,22 @@ def _write(
     compute = 0.0
     try:
         with (
-            Mp4Writer(partial, height=plan.bucket[0], width=plan.bucket[1],
-                      audio_rate_hz=audio.original_rate_hz, audio_channels=muxed.shape[0]) as writer,
+            Mp4Writer(
+                partial,
+                height=plan.bucket[0],
+                width=plan.bucket[1],
+                audio_rate_hz=audio.original_rate_hz,
+                audio_channels=muxed.shape[0],
+            ) as writer,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="headcast-mp4") as encoder,
-            tqdm(total=plan.output_frames, unit="frame", desc="omniavatar", file=sys.stderr,
-                 disable=quiet or not sys.stderr.isatty()) as progress,
-        ):  # fmt: skip
+            tqdm(
+                total=plan.output_frames,
+                unit="frame",
+                desc="omniavatar",
+                file=sys.stderr,
+                disable=quiet or not sys.stderr.isatty(),
+            ) as progress,
+        ):
             writing: Future[None] | None = None
             for segment in renderer.render(image, audio.samples, prompt):
                 compute += segment.seconds
@@ -199,7 +283,9 @@ def _write(
                     writing.result()  # one segment encodes while the next is sampled
                 writing = encoder.submit(_write_segment, writer, segment, frames, muxed, last)
                 progress.update(frames.shape[0])
-                progress.set_postfix(segment=f"{segment.index + 1}/{plan.segments}", s=f"{segment.seconds:.1f}")
+                progress.set_postfix(
+                    segment=f"{segment.index + 1}/{plan.segments}", s=f"{segment.seconds:.1f}"
+                )
             if writing is not None:
                 writing.result()
         partial.replace(out)
@@ -209,9 +295,16 @@ def _write(
     logger.info(
         "wrote %s: %d segments, %d frames (%.2f s) at %dx%d in %.1f s wall; compute %.1f s = "
         "%.2f s per second of video",
-        out, plan.segments, plan.output_frames, media_s, plan.bucket[1], plan.bucket[0],
-        time.perf_counter() - started, compute, compute / media_s,
-    )  # fmt: skip
+        out,
+        plan.segments,
+        plan.output_frames,
+        media_s,
+        plan.bucket[1],
+        plan.bucket[0],
+        time.perf_counter() - started,
+        compute,
+        compute / media_s,
+    )
 
 
 def _delayed_audio(audio: AudioClip, silence_s: float) -> np.ndarray:

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import av
 import numpy as np
+import PIL.Image
 import pytest
 
+from pipeline.avatar_art import draw_default_avatar
 from pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
 from pipeline.omniavatar.recipe import TINY_BUCKETS
 from server.cli import main
@@ -32,7 +34,6 @@ from tests.integration.test_generate import (
     Inputs,
     _speech_like,
     _write_wav,
-    inputs,  # noqa: F401  (the module-scoped picture and speech fixture)
 )
 
 SPEECH_SECONDS = 0.8
@@ -45,6 +46,17 @@ SILENT_BELOW = 1e-3
 
 
 @pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    """The drawn default avatar and 3 s of speech (the bad-flag cases never render)."""
+    folder = tmp_path_factory.mktemp("omniavatar_inputs")
+    image = folder / "avatar.png"
+    PIL.Image.fromarray(draw_default_avatar()).save(image)
+    speech = folder / "speech.wav"
+    _write_wav(speech, _speech_like(SPEECH_RATE_HZ, 3.0), SPEECH_RATE_HZ)
+    return Inputs(image=image, speech=speech)
+
+
+@pytest.fixture(scope="module")
 def rendered(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     folder = tmp_path_factory.mktemp("omniavatar")
     speech = folder / "speech.wav"
@@ -54,32 +66,59 @@ def rendered(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     _write_wav(speech, voice, SPEECH_RATE_HZ)
     out = folder / "omni.mp4"
     command = [
-        sys.executable, "-m", "server.cli", "generate", "--engine", "omniavatar", "--size", "tiny",
-        "--steps", "2", "--image", str(inputs.image), "--audio", str(speech), "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "server.cli",
+        "generate",
+        "--engine",
+        "omniavatar",
+        "--size",
+        "tiny",
+        "--steps",
+        "2",
+        "--image",
+        str(inputs.image),
+        "--audio",
+        str(speech),
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(
-        command, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
-        timeout=2 * CLI_TIMEOUT_S, check=False, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )  # fmt: skip
+        command,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=2 * CLI_TIMEOUT_S,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     assert result.returncode == 0, result.stderr
     return out, speech, result.stderr
 
 
-def test_the_mp4_has_the_planned_frames_and_the_delayed_audio(rendered: tuple[Path, Path, str]) -> None:
+def test_the_mp4_has_the_planned_frames_and_the_delayed_audio(
+    rendered: tuple[Path, Path, str],
+) -> None:
     out, speech, stderr = rendered
     samples = read_audio_file(speech).samples.size  # what the engine got, at 16 kHz
-    expected_frames = math.ceil((samples + SILENCE_S * SAMPLE_RATE_HZ) / SAMPLE_RATE_HZ * VIDEO_FPS) + 1
+    expected_frames = (
+        math.ceil((samples + SILENCE_S * SAMPLE_RATE_HZ) / SAMPLE_RATE_HZ * VIDEO_FPS) + 1
+    )
     with av.open(str(out)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
         assert video.codec_context.name == "h264" and video.average_rate == VIDEO_FPS
         assert (video.height, video.width) == TINY_BUCKETS[0]
-        assert audio.codec_context.name == "aac" and audio.codec_context.sample_rate == SPEECH_RATE_HZ
+        assert (
+            audio.codec_context.name == "aac" and audio.codec_context.sample_rate == SPEECH_RATE_HZ
+        )
         assert audio.codec_context.channels == 2
         frames = sum(1 for _ in container.decode(video=0))
         video_s = float(video.duration * video.time_base)
         audio_s = float(audio.duration * audio.time_base)
     with av.open(str(out)) as container:
-        sound = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)  # [2, n]
+        sound = np.concatenate(
+            [f.to_ndarray() for f in container.decode(audio=0)], axis=1
+        )  # [2, n]
     assert frames == expected_frames
     assert audio_s == pytest.approx(SPEECH_SECONDS + DELAY_S, abs=2e-3)
     assert abs(video_s - audio_s) < FRAME_SECONDS
@@ -92,12 +131,21 @@ def test_the_mp4_has_the_planned_frames_and_the_delayed_audio(rendered: tuple[Pa
 
 
 BAD_FLAGS: dict[str, tuple[list[str], str]] = {
-    "frame size": (["--engine", "omniavatar", "--size", "tiny", "--height", "64"], "does not apply to OmniAvatar"),
+    "frame size": (
+        ["--engine", "omniavatar", "--size", "tiny", "--height", "64"],
+        "does not apply to OmniAvatar",
+    ),
     "no weights": (["--engine", "omniavatar", "--size", "14b"], "needs --model-dir"),
-    "bad overlap": (["--engine", "omniavatar", "--size", "tiny", "--overlap", "12"], "overlap=12 must be 1 + a multiple of 4"),
-    "omni flag elsewhere": (["--engine", "puppet", "--guidance", "3"], "--guidance apply to --engine omniavatar only"),
+    "bad overlap": (
+        ["--engine", "omniavatar", "--size", "tiny", "--overlap", "12"],
+        "overlap=12 must be 1 + a multiple of 4",
+    ),
+    "omni flag elsewhere": (
+        ["--engine", "puppet", "--guidance", "3"],
+        "--guidance apply to --engine omniavatar only",
+    ),
     "streaming steps": (["--engine", "tiny", "--steps", "7"], "--steps 7: the streaming engines"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_FLAGS))
@@ -105,8 +153,17 @@ def test_bad_flags_exit_2_with_one_readable_line(
     case: str, inputs: Inputs, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     flags, expected = BAD_FLAGS[case]
-    argv = ["generate", "--quiet", "--image", str(inputs.image), "--audio", str(inputs.speech),
-            "--out", str(tmp_path / "out.mp4"), *flags]  # fmt: skip
+    argv = [
+        "generate",
+        "--quiet",
+        "--image",
+        str(inputs.image),
+        "--audio",
+        str(inputs.speech),
+        "--out",
+        str(tmp_path / "out.mp4"),
+        *flags,
+    ]
     with caplog.at_level(logging.INFO):
         assert main(argv) == 2
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -56,8 +56,11 @@ def text_len(text_golden: Golden) -> int:
 @pytest.fixture(scope="session")
 def lora(dit_golden: Golden) -> LoraConfig:
     config = dit_golden.config
-    return LoraConfig(rank=config["lora_rank"], alpha=config["lora_alpha"],
-                      targets=tuple(config["lora_target_modules"].split(",")))  # fmt: skip
+    return LoraConfig(
+        rank=config["lora_rank"],
+        alpha=config["lora_alpha"],
+        targets=tuple(config["lora_target_modules"].split(",")),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +105,9 @@ class RecordedTokenizer:
 
 @pytest.fixture(scope="session")
 def prompt_encoder(text_golden: Golden) -> PromptEncoder:
-    config = T5Config.from_dict({k: v for k, v in text_golden.config.items() if k not in TEXT_ONLY_KEYS})
+    config = T5Config.from_dict(
+        {k: v for k, v in text_golden.config.items() if k not in TEXT_ONLY_KEYS}
+    )
     encoder = materialize(lambda: T5Encoder(config), text_golden.state).eval()
     return PromptEncoder(RecordedTokenizer(text_golden), encoder)
 

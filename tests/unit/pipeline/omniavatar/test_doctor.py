@@ -26,16 +26,24 @@ def _build(root: Path, *, drop_lora: str | None = None) -> Path:
     base, omni = expected_tensors(SIZE.dit, SIZE.lora)
     wan = root / SIZE.base_dir
     wan.mkdir(parents=True)
-    _write_safetensors_header(wan / "diffusion_pytorch_model.safetensors", {k: list(v) for k, v in base.items()}, "BF16")
-    for file_name, manifest, dtype in ((doctor.VAE_FILE, "wan21_vae", torch.float32),
-                                       (doctor.T5_FILE, "umt5_xxl_encoder", torch.bfloat16)):  # fmt: skip
-        _write_fake_pth(wan / file_name, {k: list(v) for k, v in doctor.load_manifest(manifest).items()}, dtype)
+    _write_safetensors_header(
+        wan / "diffusion_pytorch_model.safetensors", {k: list(v) for k, v in base.items()}, "BF16"
+    )
+    for file_name, manifest, dtype in (
+        (doctor.VAE_FILE, "wan21_vae", torch.float32),
+        (doctor.T5_FILE, "umt5_xxl_encoder", torch.bfloat16),
+    ):
+        _write_fake_pth(
+            wan / file_name, {k: list(v) for k, v in doctor.load_manifest(manifest).items()}, dtype
+        )
     (wan / doctor.T5_TOKENIZER_DIR).mkdir(parents=True)
     (wan / doctor.T5_TOKENIZER_DIR / "tokenizer.json").write_text("{}")
     weights = {k: list(v) for k, v in omni.items() if k != drop_lora}
     (root / SIZE.omni_dir).mkdir()
     _write_fake_pth(root / SIZE.omni_dir / OMNI_WEIGHTS_FILE, weights, torch.bfloat16)
-    (root / SIZE.omni_dir / "config.json").write_text(json.dumps({"lora_rank": 128, "lora_alpha": 64}))
+    (root / SIZE.omni_dir / "config.json").write_text(
+        json.dumps({"lora_rank": 128, "lora_alpha": 64})
+    )
     wav2vec = root / SIZE.wav2vec_dir
     wav2vec.mkdir()
     (wav2vec / "config.json").write_text(json.dumps({"num_hidden_layers": 12, "hidden_size": 768}))

@@ -17,7 +17,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from pipeline.omniavatar.audio import OmniAudioEncoder, clip_frames, padded_frames, segment_audio
+from pipeline.omniavatar.audio import (
+    OmniAudioEncoder,
+    clip_frames,
+    padded_frames,
+    segment_audio,
+)
 from pipeline.omniavatar.denoise import SegmentInputs, SegmentRun
 from pipeline.omniavatar.dit import OmniAvatarDiT
 from pipeline.omniavatar.guidance import Pass
@@ -29,7 +34,12 @@ from pipeline.omniavatar.teacache import WAN_T2V_14B_COEFFICIENTS
 from pipeline.omniavatar.tiled_vae import TiledVAE
 from pipeline.text import PromptEncoder
 from tests.reference import Golden, rel_err
-from tests.unit.pipeline.omniavatar.conftest import GOLDEN_TOL, meta_text, omni_golden, sample_args
+from tests.unit.pipeline.omniavatar.conftest import (
+    GOLDEN_TOL,
+    meta_text,
+    omni_golden,
+    sample_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +74,14 @@ def _capture(dit: OmniAvatarDiT) -> tuple[Outputs, Callable[[], None]]:
 
         return hook
 
-    modules = {"patch_embedding": dit.patch_embedding, "text_embedding": dit.text_embedding,
-               "time_embedding": dit.time_embedding, "time_projection": dit.time_projection,
-               "audio_proj": dit.audio_proj, "head": dit.head}  # fmt: skip
+    modules = {
+        "patch_embedding": dit.patch_embedding,
+        "text_embedding": dit.text_embedding,
+        "time_embedding": dit.time_embedding,
+        "time_projection": dit.time_projection,
+        "audio_proj": dit.audio_proj,
+        "head": dit.head,
+    }
     modules.update({f"block{i}": block for i, block in enumerate(dit.blocks)})
     modules.update({f"audio_cond_projs.{j}": proj for j, proj in enumerate(dit.audio_cond_projs)})
     for name, module in modules.items():
@@ -93,15 +108,19 @@ def test_dit_every_output_matches(dit_golden: Golden, dit_outputs: Outputs) -> N
     assert_matches(dit_golden, dit_outputs, name="omni_dit_tiny")
 
 
-def test_dit_guidance_passes_batched_match_one_by_one(dit: OmniAvatarDiT, dit_golden: Golden) -> None:
+def test_dit_guidance_passes_batched_match_one_by_one(
+    dit: OmniAvatarDiT, dit_golden: Golden
+) -> None:
     inputs = dit_golden.inputs
     audio = inputs["audio_emb"]
     with torch.no_grad():
         both = dit(
-            inputs["x"].expand(2, -1, -1, -1, -1), inputs["timestep"].expand(2),
-            torch.cat([inputs["context"], inputs["context_neg"]]), inputs["y"].expand(2, -1, -1, -1, -1),
+            inputs["x"].expand(2, -1, -1, -1, -1),
+            inputs["timestep"].expand(2),
+            torch.cat([inputs["context"], inputs["context_neg"]]),
+            inputs["y"].expand(2, -1, -1, -1, -1),
             torch.cat([audio, torch.zeros_like(audio)]),
-        )  # fmt: skip
+        )
     assert rel_err(both[:1], dit_golden.outputs["velocity"]) < GOLDEN_TOL
     assert rel_err(both[1:], dit_golden.outputs["velocity_uncond"]) < GOLDEN_TOL
 
@@ -125,13 +144,17 @@ def test_vae_every_output_matches(vae: TiledVAE, vae_golden: Golden) -> None:
     assert_matches(vae_golden, produced, name="omni_vae_tiny")
 
 
-def test_text_every_output_matches(prompt_encoder: PromptEncoder, text_golden: Golden, text_len: int) -> None:
+def test_text_every_output_matches(
+    prompt_encoder: PromptEncoder, text_golden: Golden, text_len: int
+) -> None:
     produced: Outputs = {}
     for key, kind in (("prompt", "pos"), ("negative_prompt", "neg")):
         ids, mask = text_golden.inputs[f"ids_{kind}"], text_golden.inputs[f"mask_{kind}"]
         with torch.no_grad():
             produced[f"encoder_{kind}"] = prompt_encoder.encoder(ids, mask)
-        produced[f"context_{kind}"] = prompt_context(prompt_encoder, meta_text(text_golden, key), text_len)
+        produced[f"context_{kind}"] = prompt_context(
+            prompt_encoder, meta_text(text_golden, key), text_len
+        )
     assert_matches(text_golden, produced, name="omni_text_tiny")
     assert produced["context_pos"][0, int(text_golden.inputs["mask_pos"].sum()) :].abs().max() == 0
 
@@ -148,9 +171,12 @@ def test_audio_every_output_matches(audio_encoder: OmniAudioEncoder) -> None:
     first = segment_audio(embeddings, 0, frames_per_segment, overlap, None)
     second = segment_audio(embeddings, 1, frames_per_segment, overlap, first)
     produced = {
-        "audio.input_values": values, "audio.conv_features": conv, "audio.embeddings": embeddings,
-        "audio.segment0": first[None], "audio.segment1": second[None],
-    }  # fmt: skip
+        "audio.input_values": values,
+        "audio.conv_features": conv,
+        "audio.embeddings": embeddings,
+        "audio.segment0": first[None],
+        "audio.segment1": second[None],
+    }
     assert_matches(golden, produced, name="omni_audio_tiny")
 
 
@@ -161,11 +187,16 @@ def golden_recipe(golden: Golden) -> Recipe:
     """The tiny recipe with the values the sampling golden used (its one 32x48 bucket)."""
     args = sample_args(golden)
     return TINY.with_overrides(
-        buckets=tuple(tuple(bucket) for bucket in args["image_sizes_720"]), max_tokens=args["max_tokens"],
-        overlap=args["overlap_frame"], steps=args["num_steps"], guidance=args["guidance_scale"],
-        audio_guidance=args["audio_scale"], teacache=args["tea_cache_l1_thresh"], seed=args["seed"],
+        buckets=tuple(tuple(bucket) for bucket in args["image_sizes_720"]),
+        max_tokens=args["max_tokens"],
+        overlap=args["overlap_frame"],
+        steps=args["num_steps"],
+        guidance=args["guidance_scale"],
+        audio_guidance=args["audio_scale"],
+        teacache=args["tea_cache_l1_thresh"],
+        seed=args["seed"],
         negative_prompt=args["negative_prompt"],
-    )  # fmt: skip
+    )
 
 
 def teacher_forced(dit: OmniAvatarDiT, golden: Golden, *, batch_passes: bool) -> Outputs:
@@ -177,10 +208,14 @@ def teacher_forced(dit: OmniAvatarDiT, golden: Golden, *, batch_passes: bool) ->
     while f"seg{segment}.lat" in recorded:
         fixed = 1 if segment == 0 else golden_recipe(golden).overlap_latents
         inputs = SegmentInputs(
-            recorded[f"seg{segment}.lat"], fixed, recorded[f"seg{segment}.y"],
-            recorded[f"seg{segment}.audio_emb"], recorded["context_pos"], recorded["context_neg"],
+            recorded[f"seg{segment}.lat"],
+            fixed,
+            recorded[f"seg{segment}.y"],
+            recorded[f"seg{segment}.audio_emb"],
+            recorded["context_pos"],
+            recorded["context_neg"],
             golden.inputs[f"noise.seg{segment}"],
-        )  # fmt: skip
+        )
         with torch.no_grad():
             run = SegmentRun(dit, options, inputs)
             for step in range(options.steps):
@@ -190,8 +225,12 @@ def teacher_forced(dit: OmniAvatarDiT, golden: Golden, *, batch_passes: bool) ->
                 out[f"{prefix}.v_guided"] = result.guided
                 out[f"{prefix}.x_out"] = result.latents
         out["sigmas"], out["timesteps"] = run.sigmas, run.timesteps
-        rows = [(run.schedule.skip, run.schedule.accumulated) if p in run.cached else
-                ((False,) * options.steps, (0.0,) * options.steps) for p in (Pass.COND, Pass.UNCOND_AUDIO, Pass.UNCOND)]  # fmt: skip
+        rows = [
+            (run.schedule.skip, run.schedule.accumulated)
+            if p in run.cached
+            else ((False,) * options.steps, (0.0,) * options.steps)
+            for p in (Pass.COND, Pass.UNCOND_AUDIO, Pass.UNCOND)
+        ]
         out["teacache.skip"] = torch.tensor([row[0] for row in rows], dtype=torch.int64)
         out["teacache.accumulated"] = torch.tensor([row[1] for row in rows], dtype=torch.float64)
         segment += 1
@@ -200,7 +239,9 @@ def teacher_forced(dit: OmniAvatarDiT, golden: Golden, *, batch_passes: bool) ->
 
 @pytest.mark.parametrize("name", ["omni_sample_tiny", "omni_sample_teacache_tiny"])
 @pytest.mark.parametrize("batch_passes", [False, True], ids=["pass-by-pass", "batched"])
-def test_every_step_matches_from_its_recorded_input(dit: OmniAvatarDiT, name: str, batch_passes: bool) -> None:
+def test_every_step_matches_from_its_recorded_input(
+    dit: OmniAvatarDiT, name: str, batch_passes: bool
+) -> None:
     golden = omni_golden(name)
     out = teacher_forced(dit, golden, batch_passes=batch_passes)
     step_keys = [key for key in golden.outputs if ".step" in key and not key.endswith(".x_in")]
@@ -211,14 +252,19 @@ def test_every_step_matches_from_its_recorded_input(dit: OmniAvatarDiT, name: st
     assert rel_err(out["timesteps"], golden.consts["timesteps"]) < GOLDEN_TOL
     if "teacache.skip" in golden.outputs:
         assert torch.equal(out["teacache.skip"], golden.outputs["teacache.skip"])
-        assert rel_err(out["teacache.accumulated"], golden.outputs["teacache.accumulated"]) < GOLDEN_TOL
+        assert (
+            rel_err(out["teacache.accumulated"], golden.outputs["teacache.accumulated"])
+            < GOLDEN_TOL
+        )
 
 
 def test_schedule_and_coefficients_are_the_official_constants() -> None:
     golden = omni_golden("omni_sample_teacache_tiny")
     steps = sample_args(golden)["num_steps"]
     assert torch.allclose(flow_sigmas(steps), golden.consts["sigmas"], rtol=0, atol=1e-7)
-    assert torch.allclose(flow_timesteps(flow_sigmas(steps)), golden.consts["timesteps"], rtol=0, atol=1e-4)
+    assert torch.allclose(
+        flow_timesteps(flow_sigmas(steps)), golden.consts["timesteps"], rtol=0, atol=1e-4
+    )
     expected = golden.consts["teacache_coefficients_14b"].tolist()
     assert list(WAN_T2V_14B_COEFFICIENTS) == expected
 
@@ -230,24 +276,32 @@ def chained(
     silence = round(sample_args(golden)["sample_rate"] * golden_recipe(golden).silence_s)
     recorded_audio = golden.inputs["audio_16k"]
     assert recorded_audio[:silence].abs().max() == 0  # the official 0.3 s is in the recording
-    renderer = OmniAvatarRenderer(dit, vae, audio, prompts, golden_recipe(golden))  # type: ignore[arg-type]
+    recipe = golden_recipe(golden)
+    renderer = OmniAvatarRenderer(dit, vae, audio, prompts, recipe)  # type: ignore[arg-type]
     out: Outputs = {}
 
     def keep(name: str, value: torch.Tensor) -> None:
         out[name] = value.detach().clone()
 
     segments = renderer.render(
-        golden.inputs["image_hwc_uint8"].numpy(), recorded_audio[silence:].numpy(), meta_text(golden, "prompt"),
-        noise=lambda index, _shape: golden.inputs[f"noise.seg{index}"], probe=keep,
-    )  # fmt: skip
+        golden.inputs["image_hwc_uint8"].numpy(),
+        recorded_audio[silence:].numpy(),
+        meta_text(golden, "prompt"),
+        noise=lambda index, _shape: golden.inputs[f"noise.seg{index}"],
+        probe=keep,
+    )
     out["video"] = torch.cat([segment.frames for segment in segments])[None]  # [1, F, 3, H, W]
-    context_pos, context_neg = prompts([meta_text(golden, "prompt"), golden_recipe(golden).negative_prompt])  # type: ignore[operator]
+    context_pos, context_neg = prompts(
+        [meta_text(golden, "prompt"), golden_recipe(golden).negative_prompt]
+    )  # type: ignore[operator]
     out["context_pos"], out["context_neg"] = context_pos, context_neg
     return out
 
 
 @pytest.fixture(scope="module")
-def sample_chain(dit: OmniAvatarDiT, vae: TiledVAE, audio_encoder: OmniAudioEncoder, prompts: object) -> tuple[Golden, Outputs]:
+def sample_chain(
+    dit: OmniAvatarDiT, vae: TiledVAE, audio_encoder: OmniAudioEncoder, prompts: object
+) -> tuple[Golden, Outputs]:
     golden = omni_golden("omni_sample_tiny")
     return golden, chained(golden, dit, vae, audio_encoder, prompts)
 
@@ -256,7 +310,9 @@ def test_the_whole_two_segment_render_matches(sample_chain: tuple[Golden, Output
     golden, produced = sample_chain
     assert_matches(golden, produced, name="omni_sample_tiny (chained)")
     first = produced["seg0.frames"][:, : golden.outputs["video"].shape[1]]
-    assert rel_err(first, golden.outputs["video"][:, : first.shape[1]]) < GOLDEN_TOL  # seg0.frames = video[:, :25]
+    assert (
+        rel_err(first, golden.outputs["video"][:, : first.shape[1]]) < GOLDEN_TOL
+    )  # seg0.frames = video[:, :25]
 
 
 def test_the_teacache_render_matches(
@@ -264,6 +320,16 @@ def test_the_teacache_render_matches(
 ) -> None:
     golden = omni_golden("omni_sample_teacache_tiny")
     produced = chained(golden, dit, vae, audio_encoder, prompts)
-    produced.update({k: v for k, v in teacher_forced(dit, golden, batch_passes=True).items() if k.startswith("teacache.")})
+    produced.update(
+        {
+            k: v
+            for k, v in teacher_forced(dit, golden, batch_passes=True).items()
+            if k.startswith("teacache.")
+        }
+    )
     del produced["video"]  # one segment: the golden keeps its latents, not its frames
-    assert_matches(golden, {k: v for k, v in produced.items() if k in golden.outputs}, name="omni_sample_teacache_tiny (chained)")
+    assert_matches(
+        golden,
+        {k: v for k, v in produced.items() if k in golden.outputs},
+        name="omni_sample_teacache_tiny (chained)",
+    )

@@ -15,8 +15,20 @@ import torch
 from pipeline.omniavatar.audio import clip_frames, padded_frames, segment_count
 from pipeline.omniavatar.config import omni_size
 from pipeline.omniavatar.models import tiny_models
-from pipeline.omniavatar.recipe import FAST_1_3B, FAST_14B, OFFICIAL, RECIPES, TINY, recipe
-from pipeline.omniavatar.render import OmniAvatarRenderer, RenderPlan, frames_to_uint8, silence_prefixed
+from pipeline.omniavatar.recipe import (
+    FAST_1_3B,
+    FAST_14B,
+    OFFICIAL,
+    RECIPES,
+    TINY,
+    recipe,
+)
+from pipeline.omniavatar.render import (
+    OmniAvatarRenderer,
+    RenderPlan,
+    frames_to_uint8,
+    silence_prefixed,
+)
 
 SAMPLE_RATE = 16_000
 SPEECH_S = 0.6
@@ -32,10 +44,29 @@ def test_frames_per_segment_follow_the_readme() -> None:
 
 
 def test_presets_hold_the_official_and_the_seed_guide_values() -> None:
-    assert (OFFICIAL.steps, OFFICIAL.guidance, OFFICIAL.audio_guidance, OFFICIAL.teacache,
-            OFFICIAL.max_tokens, OFFICIAL.overlap, OFFICIAL.seed) == (50, 4.5, None, 0.0, 30_000, 13, 42)  # fmt: skip
-    assert (FAST_14B.steps, FAST_14B.guidance, FAST_14B.teacache, FAST_14B.max_tokens, FAST_14B.overlap) == (20, 3.5, 0.14, 20_000, 9)
-    assert (FAST_1_3B.steps, FAST_1_3B.guidance, FAST_1_3B.teacache, FAST_1_3B.max_tokens, FAST_1_3B.overlap) == (15, 3.0, 0.14, 15_000, 5)
+    assert (
+        OFFICIAL.steps,
+        OFFICIAL.guidance,
+        OFFICIAL.audio_guidance,
+        OFFICIAL.teacache,
+        OFFICIAL.max_tokens,
+        OFFICIAL.overlap,
+        OFFICIAL.seed,
+    ) == (50, 4.5, None, 0.0, 30_000, 13, 42)
+    assert (
+        FAST_14B.steps,
+        FAST_14B.guidance,
+        FAST_14B.teacache,
+        FAST_14B.max_tokens,
+        FAST_14B.overlap,
+    ) == (20, 3.5, 0.14, 20_000, 9)
+    assert (
+        FAST_1_3B.steps,
+        FAST_1_3B.guidance,
+        FAST_1_3B.teacache,
+        FAST_1_3B.max_tokens,
+        FAST_1_3B.overlap,
+    ) == (15, 3.0, 0.14, 15_000, 5)
     for preset in RECIPES.values():
         assert preset.trade  # every preset says what it trades
 
@@ -62,7 +93,9 @@ def test_segments_tile_the_padded_audio_as_the_official_loop(frames: int) -> Non
 
 
 def test_the_plan_counts_the_silence_and_one_extra_frame() -> None:
-    plan = RenderPlan.make(TINY, (64, 128), round(SPEECH_S * SAMPLE_RATE) + round(0.3 * SAMPLE_RATE))
+    plan = RenderPlan.make(
+        TINY, (64, 128), round(SPEECH_S * SAMPLE_RATE) + round(0.3 * SAMPLE_RATE)
+    )
     assert plan.bucket == (16, 32) and plan.segment_frames == 25
     assert plan.audio_frames == clip_frames(round(0.9 * SAMPLE_RATE)) == 23
     assert plan.output_frames == 24 and plan.segments == 1
@@ -71,15 +104,25 @@ def test_the_plan_counts_the_silence_and_one_extra_frame() -> None:
 @pytest.fixture(scope="module")
 def tiny() -> tuple:
     models = tiny_models(omni_size("tiny"), seed=3)
-    speech = np.random.default_rng(0).standard_normal(round(1.0 * SAMPLE_RATE)).astype(np.float32) * 0.1
+    speech = (
+        np.random.default_rng(0).standard_normal(round(1.0 * SAMPLE_RATE)).astype(np.float32) * 0.1
+    )
     image = np.random.default_rng(1).integers(0, 256, (40, 80, 3), dtype=np.uint8)
     return models, speech, image
 
 
 def _render(models, speech, image, *, batch_passes: bool) -> list:  # noqa: ANN001
-    renderer = OmniAvatarRenderer(models.dit, models.vae, models.audio, models.prompts,
-                                  TINY.with_overrides(steps=2), batch_passes=batch_passes)  # fmt: skip
-    return list(renderer.render(image, speech, "a person talking")), renderer.plan(image.shape[:2], speech.size)
+    renderer = OmniAvatarRenderer(
+        models.dit,
+        models.vae,
+        models.audio,
+        models.prompts,
+        TINY.with_overrides(steps=2),
+        batch_passes=batch_passes,
+    )
+    return list(renderer.render(image, speech, "a person talking")), renderer.plan(
+        image.shape[:2], speech.size
+    )
 
 
 def test_tiny_render_yields_the_planned_frames_and_batching_changes_nothing(tiny: tuple) -> None:
@@ -87,8 +130,15 @@ def test_tiny_render_yields_the_planned_frames_and_batching_changes_nothing(tiny
     segments, plan = _render(models, speech, image, batch_passes=True)
     assert plan.segments == len(segments) == 2  # 1.3 s: 33 frames > the first segment's 24
     assert [s.first_frame for s in segments] == [0, 25]
-    assert sum(s.frames.shape[0] for s in segments) == plan.output_frames == clip_frames(round(1.3 * SAMPLE_RATE)) + 1
-    assert all(s.frames.shape[1:] == (3, 16, 32) and 0 <= s.frames.min() and s.frames.max() <= 1 for s in segments)
+    assert (
+        sum(s.frames.shape[0] for s in segments)
+        == plan.output_frames
+        == clip_frames(round(1.3 * SAMPLE_RATE)) + 1
+    )
+    assert all(
+        s.frames.shape[1:] == (3, 16, 32) and 0 <= s.frames.min() and s.frames.max() <= 1
+        for s in segments
+    )
     one_by_one, _ = _render(models, speech, image, batch_passes=False)
     for batched, single in zip(segments, one_by_one):
         assert torch.allclose(batched.frames, single.frames, atol=1e-5)

@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from pipeline.omniavatar.recipe import BUCKETS_480P, BUCKETS_720P
-from pipeline.omniavatar.reference_image import choose_bucket, reference_video, resize_pad, scaled_size
+from pipeline.omniavatar.reference_image import (
+    choose_bucket,
+    reference_video,
+    resize_pad,
+    scaled_size,
+)
 
 RAMP_TOL = 1e-4
 """Bilinear resampling of a linear ramp is the ramp at the sample's source position."""
@@ -25,10 +30,17 @@ EDGE_PX = 4
 
 @pytest.mark.parametrize(
     ("height", "width", "bucket"),
-    [(1000, 1800, (400, 720)), (800, 800, (720, 720)), (1800, 1000, (720, 400)),
-     (480, 640, (400, 720)), (640, 480, (720, 720))],
-)  # fmt: skip
-def test_bucket_with_the_closest_aspect_ratio(height: int, width: int, bucket: tuple[int, int]) -> None:
+    [
+        (1000, 1800, (400, 720)),
+        (800, 800, (720, 720)),
+        (1800, 1000, (720, 400)),
+        (480, 640, (400, 720)),
+        (640, 480, (720, 720)),
+    ],
+)
+def test_bucket_with_the_closest_aspect_ratio(
+    height: int, width: int, bucket: tuple[int, int]
+) -> None:
     assert choose_bucket(height, width, BUCKETS_480P) == bucket
 
 
@@ -62,7 +74,9 @@ def test_cover_resize_then_centre_crop_follow_the_formulas() -> None:
     expected = _source(cols - left, scale, width)
     assert torch.allclose(out[0, 0, 200, EDGE_PX:-EDGE_PX], expected, atol=RAMP_TOL)
     rows = torch.arange(EDGE_PX, bucket[0] - EDGE_PX)
-    assert torch.allclose(out[0, 1, EDGE_PX:-EDGE_PX, 300], _source(rows, scale, height), atol=RAMP_TOL)
+    assert torch.allclose(
+        out[0, 1, EDGE_PX:-EDGE_PX, 300], _source(rows, scale, height), atol=RAMP_TOL
+    )
 
 
 def test_a_truncated_scale_leaves_one_zero_row_at_the_bottom() -> None:
