@@ -138,7 +138,7 @@ class SegmentRun:
     def _hidden(self, embedded: Embedded, rows: list[int], skip: bool) -> torch.Tensor:
         """Hidden states of the passes ``rows`` (a batch in that order); skipped cached
         passes reuse their residual, the rest run the blocks (alone, as one batch)."""
-        batch = embedded.expand(len(rows)) if embedded.tokens.shape[0] == 1 else embedded
+        batch = embedded.expand(len(rows))
         reuse = [i for i, row in enumerate(rows) if skip and self.passes[row] in self.cached]
         compute = [i for i in range(len(rows)) if i not in reuse]
         pieces: dict[int, torch.Tensor] = {}

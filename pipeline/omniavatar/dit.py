@@ -166,9 +166,12 @@ class Embedded:
     """Token grid (frames, rows, cols); ``L = prod(grid)``."""
 
     def expand(self, batch: int) -> Embedded:
-        """A batch-1 embedding repeated ``batch`` times (views, no copy)."""
+        """A batch-1 embedding repeated ``batch`` times (the tokens copied into a plain
+        layout for the blocks' kernels; the small timestep terms as views)."""
+        if self.tokens.shape[0] == batch:
+            return self
         return Embedded(
-            self.tokens.expand(batch, -1, -1),
+            self.tokens.expand(batch, -1, -1).contiguous(),
             self.time.expand(batch, -1),
             self.t_mod.expand(batch, -1, -1),
             self.grid,

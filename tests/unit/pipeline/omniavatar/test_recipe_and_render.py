@@ -117,7 +117,7 @@ def _render(models, speech, image, *, batch_passes: bool) -> list:  # noqa: ANN0
         models.vae,
         models.audio,
         models.prompts,
-        TINY.with_overrides(steps=2),
+        TINY.with_overrides(steps=1),
         batch_passes=batch_passes,
     )
     return list(renderer.render(image, speech, "a person talking")), renderer.plan(
