@@ -14,7 +14,6 @@ know about the report's format or the command line.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from pipeline.config import PipelineConfig
 from pipeline.generator import FlashTalkGenerator
 from pipeline.parallel import ParallelGroup, all_to_all, even_splits, gather_rows, split_offsets
 from pipeline.sequence_parallel import gather_tokens
+from pipeline.timing import stage_timer
 from pipeline.vae import WanVAE
 from pipeline.vae_bands import ROW_DIM, RowShare, plan_band
 
@@ -39,17 +39,11 @@ def _timed(run: Callable[[], Any], device: torch.device, repeats: int) -> float:
     run()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop) / 1000.0)
-        else:
-            clock = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - clock)
+        timer = stage_timer(device)
+        timer.start()
+        run()
+        timer.mark("run")
+        times.append(timer.read()["run"])
     return statistics.median(times)
 
 

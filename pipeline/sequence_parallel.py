@@ -126,14 +126,16 @@ def token_shard(
 
 def local_rows(x: torch.Tensor, shard: TokenShard, dim: int) -> torch.Tensor:
     """This rank's ``per_rank`` rows of ``x`` along ``dim`` (the full sequence there); rows
-    past the sequence's end are zeros."""
+    past the sequence's end are zeros. Always a new tensor with its own compact strides
+    (a view would carry the whole sequence's strides into the compiled blocks, whose guards
+    would then compile a second graph for the blocks after the first)."""
     rows = x.narrow(dim, shard.start, shard.real) if shard.real else x.narrow(dim, 0, 0)
     missing = shard.per_rank - shard.real
-    if missing:
-        shape = list(x.shape)
-        shape[dim] = missing
-        rows = torch.cat([rows, x.new_zeros(shape)], dim=dim)
-    return rows.contiguous()
+    if not missing:
+        return rows.clone(memory_format=torch.contiguous_format)
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([rows, x.new_zeros(shape)], dim=dim)
 
 
 def gather_tokens(x: torch.Tensor, shard: TokenShard) -> torch.Tensor:
