@@ -38,6 +38,7 @@ IDLE_TIMEOUT_S = 900.0
 """A rank that gets no scenario for this long exits (the test process is gone)."""
 JOIN_TIMEOUT_S = 20.0
 SEED = 7
+COMPILE_TEST_BACKEND = "aot_eager"
 TONE_HZ = 200.0
 SYLLABLE_HZ = 3.0
 
@@ -68,6 +69,24 @@ def velocity(parallel: ParallelGroup | None, shape: tuple[int, int, int]) -> tor
     assert isinstance(dit, FlashTalkDiT)
     dit.set_parallel(parallel)
     return dit(*dit_inputs(dit.config, *shape))
+
+
+@torch.no_grad()
+def compiled_velocity(
+    parallel: ParallelGroup | None, shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, int]:
+    """``velocity`` with the blocks traced by ``torch.compile`` (the collectives in the graph)
+    and how many graphs were made for all the blocks. The graphs run through AOTAutograd
+    without inductor's code generation, which takes half a minute on a CPU; what can break
+    (graph breaks, recompiles, untraceable collectives) breaks before it."""
+    dit = random_init(FlashTalkDiT(DiTConfig.tiny()), SEED)
+    assert isinstance(dit, FlashTalkDiT)
+    dit.set_parallel(parallel)
+    torch._dynamo.reset()
+    for block in dit.blocks:
+        block.compile(backend=COMPILE_TEST_BACKEND, dynamic=False)
+    out = dit(*dit_inputs(dit.config, *shape))
+    return out, int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 @torch.no_grad()
@@ -122,7 +141,12 @@ def stream(parallel: ParallelGroup | None, chunks: int, cache_dir: Path) -> dict
     return {"video": corrected, "motion": motions, "frames": frames}
 
 
-SCENARIOS = {"velocity": velocity, "vae_round_trip": vae_round_trip, "stream": stream}
+SCENARIOS = {
+    "velocity": velocity,
+    "compiled_velocity": compiled_velocity,
+    "vae_round_trip": vae_round_trip,
+    "stream": stream,
+}
 """What a ``RankGroup`` can run, by name."""
 
 

@@ -30,6 +30,7 @@ VELOCITY_SHAPES = ((9, 8, 4), (5, 6, 2), (5, 4, 2))
 VAE_LATENT_SHAPE = (2, 32, 2)
 """Two latent frames of 32 x 2 latent pixels (256 x 16 px): tall enough that every band's
 halo stops inside the frame."""
+COMPILED_WORLD_SIZE = 2
 STREAM_CHUNKS = 2
 MAX_DIFFERING_PIXELS = 1e-3
 """uint8 frames truncate float values: a value on a level boundary may land one level off."""
@@ -66,6 +67,15 @@ def test_velocity_equals_the_single_process_velocity(group: RankGroup, shape) ->
     ]
     assert sum(s.real for s in shards) == tokens
     parallel = group.run("velocity", shape)
+    assert rel_err(parallel, velocity(None, shape)) < PARITY_TOLERANCE
+
+
+def test_compiled_blocks_trace_the_collectives_into_one_graph(group: RankGroup) -> None:
+    if group.world_size != COMPILED_WORLD_SIZE:
+        pytest.skip(f"traced once, on {COMPILED_WORLD_SIZE} ranks")
+    shape = VELOCITY_SHAPES[1]  # padded on 2 ranks
+    parallel, graphs = group.run("compiled_velocity", shape)
+    assert graphs == 1, "every block must reuse one graph (no graph break, no recompile)"
     assert rel_err(parallel, velocity(None, shape)) < PARITY_TOLERANCE
 
 
