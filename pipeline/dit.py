@@ -468,8 +468,8 @@ class AudioCrossAttention(nn.Module):
         k, v = k.unflatten(0, (batch, -1)), v.unflatten(0, (batch, -1))  # [B, F, M, H, D]
         pieces = []
         for start, stop, frame, count in shard.runs:
-            per_frame = q[:, start:stop].reshape(batch * count, (stop - start) // count,
-                                                 *q.shape[2:])  # fmt: skip  # [B*n, s, H, D]
+            size = (stop - start) // count  # tokens of each of the run's frames
+            per_frame = q[:, start:stop].reshape(batch * count, size, *q.shape[2:])  # [B*n, s, H, D]
             keys = k[:, frame : frame + count].flatten(0, 1)  # [B*n, M, H, D]
             values = v[:, frame : frame + count].flatten(0, 1)  # [B*n, M, H, D]
             out = attention(per_frame, keys, values)  # [B*n, s, H, D]
