@@ -122,7 +122,8 @@ class DiffusionEngine:
                 self.config, self.model_dir, self.wav2vec_dir, device=self.device,
                 cache_dir=self.cache_dir, speed=self.speed,
             )
-        self.generator.use_parallel(self.parallel)
+        if self.parallel is not None:
+            self.generator.use_parallel(self.parallel)
         logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
         state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
         silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
