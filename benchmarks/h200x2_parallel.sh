@@ -8,7 +8,10 @@
 # pipeline.launch starts every rank with NVLink multicast off (NCCL_NVLS_ENABLE=0,
 # TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1); exported here too.
 #   run(kind="nvidia-h200-x2", carry=[".whl"], command="bash benchmarks/h200x2_parallel.sh")
+# TORCH_LOGS puts every graph break and recompile in log.txt: the parallel blocks must compile
+# once per rank (the one expected recompile is rank 0's single-GPU path of --check-parallel).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export TORCH_LOGS=graph_breaks,recompiles
 source benchmarks/common.sh
 {
     python3 -c "import torch; print('visible GPUs', torch.cuda.device_count())"
@@ -21,7 +24,7 @@ bench 1gpu-fp8-compiled --quantize fp8 --compile
 bench 2gpu-fp8-compiled --quantize fp8 --compile --gpus 2 --check-parallel \
     --scaling-reference /tmp/1gpu-fp8-compiled.json
 bench 2gpu-realtime-fp8-4steps-640x368 --quantize fp8 --compile --gpus 2 --height 640 --width 368
-grep "clock while busy\|=== bench" "$LOG" >>"$OUT/summary.md"
+grep "clock while busy\|=== bench\|Recompiling\|Graph break" "$LOG" >>"$OUT/summary.md"
 python3 - "$OUT/reports.jsonl" <<'PY' | tee -a "$OUT/summary.md"
 import json, sys
 for line in open(sys.argv[1]):

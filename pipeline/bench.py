@@ -376,7 +376,6 @@ def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> BenchRe
     grid_tokens = config.latent_frames * (config.latent_height // config.dit.patch_size[1]) * (
         config.latent_width // config.dit.patch_size[2]
     )
-    times = {"chunk_s": chunk_s, "dit_step_s": dit_step_s, **stage_medians}
     return BenchReport(
         label=args.label or _default_label(options, config, args.gpus),
         command=getattr(args, "command_line", None) or command_line("python -m pipeline.bench", args),
@@ -412,16 +411,23 @@ def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> BenchRe
         achieved_tflops=achieved,
         check=check,
         comm=comm,
-        scaling=_scaling(args, times),
     )
 
 
-def _scaling(args: argparse.Namespace, times: dict[str, float]) -> dict[str, float]:
-    """Speed-ups against ``--scaling-reference`` (a one-GPU report), if one was given."""
-    if args.scaling_reference is None:
-        return {}
-    reference = json.loads(Path(args.scaling_reference).read_text())
-    return scaling(times, reference, args.gpus)
+def _read_scaling_reference(path: Path | None) -> dict[str, Any] | None:
+    """The ``--scaling-reference`` report, read before the run so a bad path fails at once."""
+    if path is None:
+        return None
+    advice = "run `headcast bench --gpus 1 --json PATH` with the same settings first"
+    try:
+        reference: dict[str, Any] = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(
+            f"--scaling-reference {path}: cannot read a bench JSON report there ({exc}); {advice}"
+        ) from None
+    if reference.get("gpus", 1) != 1:
+        raise SystemExit(f"--scaling-reference {path} is a {reference['gpus']}-GPU report; {advice}")
+    return reference
 
 
 def _default_label(options: SpeedOptions, config: PipelineConfig, gpus: int) -> str:
@@ -529,7 +535,11 @@ def execute(args: argparse.Namespace, prog: str = "python -m pipeline.bench") ->
     if args.warmup == 0 and args.compile:
         logger.warning("--compile with --warmup 0: the first timed chunk includes compilation")
     args.command_line = command_line(prog, args)
+    reference = _read_scaling_reference(args.scaling_reference)
     report = run(args)
+    if reference is not None:
+        times = {"chunk_s": report.chunk_s, "dit_step_s": report.dit_step_s, **report.stages_s}
+        report.scaling = scaling(times, reference, args.gpus)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
