@@ -392,6 +392,10 @@ class EngineWorker:
             if item is _STOP:
                 break
             self._handle(item)
+            # A job reaches its session (handle -> mailbox -> notify -> the whole session:
+            # tracks, peer connection, frames); while the thread waits for the next job it
+            # must not keep the last one, or a closed session stays in memory until then.
+            del item
         for state in self._states.values():
             self._close_state(state)
         self._states.clear()

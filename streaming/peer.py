@@ -4,7 +4,8 @@ Owns ``PeerLink`` (an aiortc ``RTCPeerConnection`` set up as the answerer: the a
 and audio tracks go out, the caller's microphone track comes in, and a data channel the
 client opened with the label ``events`` is handed over; ICE is gathered completely before
 answering, no trickle), ``EventsChannel`` (text in and out on that data channel),
-``PeerConfig`` and ``OfferError``. A peer counts as lost when
+``PeerConfig``, ``OfferError`` and ``with_directions`` (an offer's media sections made
+explicit about their direction, as aiortc needs). A peer counts as lost when
 its connection fails or closes, when it does not connect within ``connect_timeout_s``, or
 when it stops sending RTCP receiver reports for ``peer_timeout_s`` (a client that vanished
 without closing: aiortc's own ICE consent check would take about 30 s).
@@ -50,6 +51,12 @@ EVENTS_CHANNEL_LABEL = "events"
 """Label of the data channel that carries session events and commands (the client opens it
 before its offer)."""
 
+SDP_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+"""The SDP direction attributes (RFC 4566 section 6)."""
+
+DEFAULT_DIRECTION = "sendrecv"
+"""The direction of a media section that states none (RFC 4566 section 6)."""
+
 _REMOTE_INBOUND = "remote-inbound-rtp"
 _ENDED_STATES = ("failed", "closed")
 
@@ -82,8 +89,35 @@ class PeerConfig:
     """Seconds without an RTCP receiver report after which a connected peer is gone."""
 
 
+def with_directions(sdp: str) -> str:
+    """``sdp`` with a direction attribute in every media section.
+
+    A media section without one takes the session-level direction, else ``sendrecv`` (the
+    default, RFC 4566 section 6). aiortc reads media-level directions only and cannot
+    answer a section that has none, so the offer is made explicit before it sees it.
+    """
+    lines = sdp.splitlines()
+    first_media = next((i for i, line in enumerate(lines) if line.startswith("m=")), len(lines))
+    session_direction = next(
+        (line[2:] for line in lines[:first_media] if line[2:] in SDP_DIRECTIONS), None
+    )
+    default = session_direction or DEFAULT_DIRECTION
+    out: list[str] = lines[:first_media]
+    section: list[str] = []
+    for line in [*lines[first_media:], "m="]:  # a sentinel closes the last section
+        if line.startswith("m=") and section:
+            has_direction = any(item[2:] in SDP_DIRECTIONS for item in section[1:])
+            out.extend(section if has_direction else [section[0], f"a={default}", *section[1:]])
+            section = []
+        section.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
 def _parse_offer(sdp: str) -> SessionDescription:
-    """Parse and sanity-check an offer, turning aiortc's parser errors into ``OfferError``."""
+    """Parse and sanity-check an offer, turning aiortc's parser errors into ``OfferError``.
+
+    The parser's own message stays in the log: an answer never carries exception text.
+    """
     if not sdp.strip():
         raise OfferError("the offer SDP is empty; send the localDescription.sdp of your offer")
     try:
@@ -91,7 +125,11 @@ def _parse_offer(sdp: str) -> SessionDescription:
         # AssertionError/IndexError/KeyError from its line splitting.
         parsed = SessionDescription.parse(sdp)
     except (ValueError, AssertionError, IndexError, KeyError) as exc:
-        raise OfferError(f"the offer SDP is malformed ({type(exc).__name__}: {exc})") from exc
+        logger.info("unparseable offer: %s: %s", type(exc).__name__, exc)
+        raise OfferError(
+            "the offer SDP is malformed; send the unchanged localDescription.sdp of an "
+            "RTCPeerConnection offer"
+        ) from exc
     kinds = [m.kind for m in parsed.media]
     if "video" not in kinds or "audio" not in kinds:
         raise OfferError(
@@ -193,6 +231,7 @@ class PeerLink:
         Raises ``OfferError`` when the offer is malformed or unusable. Returns the answer SDP
         with every ICE candidate in it.
         """
+        offer_sdp = with_directions(offer_sdp)
         _parse_offer(offer_sdp)
         pc = self._pc
 
@@ -216,12 +255,17 @@ class PeerLink:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except OperationError as exc:
+            logger.info("offer without a common codec: %s", exc)
             raise OfferError(
-                f"the offer shares no codec with the server ({exc}); the server sends "
+                "the offer shares no codec with the server; the server sends "
                 f"{self.config.video_codec.value.upper()} or H264 video and Opus audio"
             ) from exc
         except (ValueError, InvalidAccessError, InvalidStateError) as exc:
-            raise OfferError(f"the offer was rejected: {exc}") from exc
+            logger.info("offer rejected by the WebRTC stack: %s: %s", type(exc).__name__, exc)
+            raise OfferError(
+                "the offer was rejected: send the unchanged localDescription.sdp of an "
+                "RTCPeerConnection offer with a sendrecv audio and a recvonly video transceiver"
+            ) from exc
         if video_transceiver.mid is None or audio_transceiver.mid is None:
             raise OfferError("the offer's audio or video section could not be matched")
         if audio_transceiver.receiver.track is None:

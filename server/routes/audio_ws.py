@@ -38,9 +38,6 @@ router = APIRouter(prefix="/v1/sessions", tags=["audio"])
 
 MS_PER_S = 1000
 
-MAX_TOKEN_CHARS = 200
-"""Longest ``?token=`` accepted, in characters."""
-
 MAX_PENDING_MESSAGES = 512
 """Messages waiting to be written to one socket; a client that does not read its socket
 for that long is disconnected (close code 1008) instead of growing the queue."""
@@ -127,7 +124,7 @@ def _refusal(error: Exception) -> tuple[int, str]:
 async def audio_socket(
     websocket: WebSocket,
     session_id: str,
-    token: Annotated[str | None, Query(max_length=MAX_TOKEN_CHARS)] = None,
+    token: Annotated[str | None, Query()] = None,
 ) -> None:
     """Push PCM16 audio and commands; receive the session's events (docs/protocol.md).
 
