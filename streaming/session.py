@@ -574,6 +574,10 @@ class AvatarSession:
         self.intake.clear()
         self._results.clear()
         self._taken_audio.clear()
+        # A closed session's objects wait for the cycle collector (callbacks refer back to
+        # it); its frames must not: release them now (a view of a whole chunk, the idle loop).
+        self._last_frame = None
+        self.idle_loop.release()
         logger.info(
             "%s closed (%s) after %d chunks (%d generated, problems: %s)",
             self.label,

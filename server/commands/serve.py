@@ -1,7 +1,8 @@
 """``headcast serve``: run the HTTP/WebRTC server.
 
 Owns the subcommand's flags and turning them into ``Settings`` (profile < env < flags), the
-startup log lines (which engine, honestly; the demo page's URL), and running uvicorn with
+startup log lines (which engine, honestly; the demo page's URL), the C allocator's policy
+(``server.allocator``), and running uvicorn with
 the connection limits of the settings (request-head and keep-alive timeouts, WebSocket
 message size).
 Knows nothing about routes or sessions.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import uvicorn
 
+from server.allocator import tune_allocator
 from server.app import create_app
 from server.engines import STAND_IN_ENGINES
 from server.http_protocol import header_timeout_protocol
@@ -79,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level.upper())
+    tune_allocator()  # before the media threads start: they allocate video buffers all day
     stand_in = STAND_IN_ENGINES.get(settings.engine)
     if stand_in is not None:
         logger.warning(

@@ -1,11 +1,12 @@
 """``WS /v1/sessions/{id}/audio?token=...``: chatbot mode -- pushed audio in, session events out.
 
 Owns the audio WebSocket of a push session: the token check at connect (a refused socket
-gets an ``error`` event and close code 4000 + the HTTP status), then one reader (binary
-frames -> the session's push intake, answered with ``audio.queued`` or an ``error``; text
-frames -> the session's commands) and one writer (the session's events and those replies,
-in order, through a bounded queue). When the session ends the socket gets
-``error {session_ended}`` and is closed. Also owns ``PushFormatDep``: the push bounds from
+gets an ``error`` event and close code 4000 + the HTTP status; 4409 also when the session
+already has ``max_audio_sockets`` sockets open), then one reader (binary frames -> the
+session's push intake, answered with ``audio.queued`` or an ``error``; text frames -> the
+session's commands) and one writer (the session's events and those replies, in order,
+through a bounded queue; a client that lets it overflow is dropped, with one warning).
+When the session ends the socket gets ``error {session_ended}`` and is closed. Also owns ``PushFormatDep``: the push bounds from
 the settings, for session creation.
 
 Knows nothing about how audio becomes frames (``streaming.session``) or how tokens are made
@@ -40,12 +41,12 @@ MS_PER_S = 1000
 
 MAX_PENDING_MESSAGES = 512
 """Messages waiting to be written to one socket; a client that does not read its socket
-for that long is disconnected (close code 1008) instead of growing the queue."""
+for that long is dropped (its input is no longer read, nothing more is queued for it, one
+warning says so) instead of growing the queue."""
 
 CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
-"""WebSocket close codes (RFC 6455): normal closure; policy violation; server error."""
+"""WebSocket close codes (RFC 6455): normal closure; server error."""
 
 WRITER_DRAIN_TIMEOUT_S = 5.0
 """Longest wait for queued messages and the close frame to go out when the server closes."""
@@ -56,6 +57,10 @@ CLOSE_REASON_MAX_CHARS = 120
 
 class NotPushSession(RuntimeError):
     """The audio WebSocket was opened for a session whose audio source is the microphone."""
+
+
+class TooManySockets(RuntimeError):
+    """The push session already has as many audio WebSockets open as it may have."""
 
 
 def push_format(request: Request) -> PushFormat:
@@ -93,6 +98,13 @@ def authorize_socket(websocket: WebSocket, session_id: str, token: str | None) -
             f"session {session_id} takes its audio from the WebRTC microphone; create the "
             'session with "audio_source": "push" to push audio over this socket'
         )
+    limit: int = websocket.app.state.settings.max_audio_sockets
+    if managed.audio_sockets >= limit:
+        raise TooManySockets(
+            f"session {session_id} already has {managed.audio_sockets} audio socket(s) open, "
+            f"the most it may have ({limit}); close one (or let it time out) before opening "
+            "another"
+        )
     registry.mark_connected(session_id)
     return managed
 
@@ -112,7 +124,7 @@ CLOSE_CODE_HTTP_OFFSET = 4000
 
 def _refusal(error: Exception) -> tuple[int, str]:
     """(HTTP status, what to do) for a refused socket."""
-    if isinstance(error, NotPushSession):
+    if isinstance(error, NotPushSession | TooManySockets):
         return 409, str(error)
     problem = error if isinstance(error, Problem) else problem_for(error)
     if problem is None or problem.status not in REFUSAL_CODES:
@@ -133,7 +145,7 @@ async def audio_socket(
     """
     try:
         managed = authorize_socket(websocket, session_id, token)
-    except (AuthError, UnknownSession, NotPushSession, Problem) as exc:
+    except (AuthError, UnknownSession, NotPushSession, TooManySockets, Problem) as exc:
         status, detail = _refusal(exc)
         logger.info("audio socket for session %s refused (%d): %s", session_id, status, detail)
         await websocket.accept()
@@ -144,8 +156,12 @@ async def audio_socket(
         except (WebSocketDisconnect, OSError) as gone:
             logger.debug("a refused audio socket left first: %s", gone)
         return
-    await websocket.accept()
-    await PushSocket(websocket, managed.media).run()
+    managed.audio_sockets += 1  # counted from here, so a concurrent connect sees it
+    try:
+        await websocket.accept()
+        await PushSocket(websocket, managed.media).run()
+    finally:
+        managed.audio_sockets -= 1
 
 
 class PushSocket:
@@ -157,6 +173,8 @@ class PushSocket:
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue(MAX_PENDING_MESSAGES)
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
+        self._stalled = asyncio.Event()
+        """Set once the outbox overflowed: the client does not read; the socket is dropped."""
 
     async def run(self) -> None:
         """Serve the socket; returns once it is closed."""
@@ -164,10 +182,14 @@ class PushSocket:
         writer = asyncio.create_task(self._write(), name="audio-socket-writer")
         reader = asyncio.create_task(self._read(), name="audio-socket-reader")
         ended = asyncio.create_task(self._media.wait_closed(), name="audio-socket-session")
+        stalled = asyncio.create_task(self._stalled.wait(), name="audio-socket-stalled")
+        tasks = (reader, ended, writer, stalled)
         try:
-            await asyncio.wait({reader, ended, writer}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             server_closes = True
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            if stalled.done():  # the writer is stuck on a client that does not read
+                server_closes = False
+            elif reader.done() and not reader.cancelled() and reader.exception() is not None:
                 logger.error("audio socket reader failed", exc_info=reader.exception())
                 self._enqueue(
                     ErrorEvent(
@@ -191,19 +213,24 @@ class PushSocket:
                 await asyncio.wait({writer}, timeout=WRITER_DRAIN_TIMEOUT_S)
         finally:
             unsubscribe()
-            for task in (reader, ended, writer):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, ended, writer, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _enqueue(self, event: Event) -> None:
         self._send(event.to_json())
 
     def _send(self, text: str) -> None:
+        if self._stalled.is_set():
+            return  # the socket is being dropped: nothing more is queued, nothing logged
         try:
             self._outbox.put_nowait(text)
         except asyncio.QueueFull:
-            logger.warning("an audio socket does not read its events; disconnecting it")
-            self._finish(CLOSE_POLICY, "events not read")
+            logger.warning(
+                "an audio socket has not read its last %d messages; dropping it",
+                MAX_PENDING_MESSAGES,
+            )
+            self._stalled.set()
 
     def _finish(self, code: int, reason: str) -> None:
         """Ask the writer to close the socket after what is queued."""
@@ -230,7 +257,7 @@ class PushSocket:
 
     async def _read(self) -> None:
         websocket = self._websocket
-        while True:
+        while not self._stalled.is_set():
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
