@@ -48,15 +48,19 @@ class BodyTooLarge(Exception):
 
 
 def too_large(limit: int) -> Problem:
-    """The 413 of a body over ``limit`` bytes; the connection is closed after it (the rest of
-    the body is not read)."""
+    """The 413 of a body over ``limit`` bytes.
+
+    The connection stays open: closing it on unread data would reset it, and the client,
+    still sending, would never read this answer. The rest of the body is discarded as it
+    arrives, never buffered, and a client that keeps sending is cut off by the request-head
+    timeout (``server.http_protocol``).
+    """
     return Problem(
         413,
         "body-too-large",
         f"the request body is over {limit} bytes, the most this endpoint takes; send a smaller "
         "body (the server's operator sets the limits: docs/deployment.md)",
         title="Request body too large",
-        headers={"Connection": "close"},
     )
 
 
@@ -144,7 +148,6 @@ async def read_json(
             "body-timeout",
             f"the request body did not arrive within {timeout_s:g} s; send it whole, at once",
             title="Request timeout",
-            headers={"Connection": "close"},
         ) from None
     if not body.strip() and optional:
         return None

@@ -286,8 +286,9 @@ class Settings(BaseSettings):
     larger: 413. Real offers are a few kB."""
 
     http_body_timeout_s: float = Field(DEFAULT_HTTP_BODY_TIMEOUT_S, gt=0, le=300)
-    """Seconds a client has to send a JSON request body once its headers arrived; a body
-    still incomplete then gets 408 and the connection is closed."""
+    """Seconds a client has to send a JSON request body once its headers arrived (a body
+    still incomplete then gets 408), and to finish sending a body the server answered
+    without reading it (a 401, a 413: the rest is dropped; then the connection is closed)."""
 
     http_header_timeout_s: float = Field(DEFAULT_HTTP_HEADER_TIMEOUT_S, gt=0, le=300)
     """Seconds a client has to send a request's line and headers, from the moment it connects

@@ -29,12 +29,12 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.exceptions import OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from streaming.codecs import VideoCodec, prefer_video_codec
-from streaming.ice import HostCandidatePolicy, host_candidates
+from streaming.ice import HostCandidatePolicy, host_addresses, host_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +121,11 @@ def _parse_offer(sdp: str) -> SessionDescription:
     if not sdp.strip():
         raise OfferError("the offer SDP is empty; send the localDescription.sdp of your offer")
     try:
-        # aiortc's parser signals malformed input with ValueError, or with an
-        # AssertionError/IndexError/KeyError from its line splitting.
+        # aiortc's parser has no error type of its own: malformed input fails with whatever
+        # its line splitting hits (ValueError, AssertionError, IndexError, KeyError,
+        # StopIteration, ...).
         parsed = SessionDescription.parse(sdp)
-    except (ValueError, AssertionError, IndexError, KeyError) as exc:
+    except Exception as exc:
         logger.info("unparseable offer: %s: %s", type(exc).__name__, exc)
         raise OfferError(
             "the offer SDP is malformed; send the unchanged localDescription.sdp of an "
@@ -136,6 +137,11 @@ def _parse_offer(sdp: str) -> SessionDescription:
             "the offer must have an audio and a video media section (found "
             f"{kinds or 'none'}); add a sendrecv audio transceiver for the microphone and a "
             "recvonly video transceiver for the avatar"
+        )
+    if not any(media.ice_candidates for media in parsed.media):
+        raise OfferError(
+            "the offer has no ICE candidates: send it once gathering is complete "
+            "(iceGatheringState 'complete'); this server does not trickle candidates"
         )
     for media in parsed.media:
         if not media.ice.usernameFragment or not media.ice.password:
@@ -254,27 +260,43 @@ class PeerLink:
         audio_transceiver: RTCRtpTransceiver = pc.addTransceiver(audio, direction="sendrecv")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            if video_transceiver.mid is None or audio_transceiver.mid is None:
+                raise OfferError("the offer's audio or video section could not be matched")
+            if audio_transceiver.receiver.track is None:
+                logger.info("the offer sends no microphone audio; the avatar will idle")
+            answer = await pc.createAnswer()
+            with host_candidates(self.config.host_candidates):
+                await pc.setLocalDescription(answer)  # gathers every candidate before returning
+        except OfferError:
+            raise
         except OperationError as exc:
             logger.info("offer without a common codec: %s", exc)
             raise OfferError(
                 "the offer shares no codec with the server; the server sends "
                 f"{self.config.video_codec.value.upper()} or H264 video and Opus audio"
             ) from exc
-        except (ValueError, InvalidAccessError, InvalidStateError) as exc:
-            logger.info("offer rejected by the WebRTC stack: %s: %s", type(exc).__name__, exc)
+        except Exception as exc:
+            # aiortc has no error type for an offer it cannot answer: a parsed but
+            # inconsistent offer fails deep inside it (ValueError, AttributeError,
+            # StopIteration, ...). The offer is the client's input, so this is the client's
+            # 400; the log keeps the details, the answer never does.
+            logger.warning("the WebRTC stack could not answer an offer", exc_info=exc)
             raise OfferError(
                 "the offer was rejected: send the unchanged localDescription.sdp of an "
                 "RTCPeerConnection offer with a sendrecv audio and a recvonly video transceiver"
             ) from exc
-        if video_transceiver.mid is None or audio_transceiver.mid is None:
-            raise OfferError("the offer's audio or video section could not be matched")
-        if audio_transceiver.receiver.track is None:
-            logger.info("the offer sends no microphone audio; the avatar will idle")
-        answer = await pc.createAnswer()
-        with host_candidates(self.config.host_candidates):
-            await pc.setLocalDescription(answer)  # gathers every candidate before returning
         local = pc.localDescription
-        if "a=candidate" not in local.sdp:
+        active = [m for m in SessionDescription.parse(local.sdp).media if m.port != 0]
+        if not active:
+            raise OfferError("the offer leaves no media section to answer (every one rejected)")
+        if not any(m.ice_candidates for m in active):
+            if self.config.ice_servers or host_addresses(self.config.host_candidates):
+                # This host has addresses: the offer's ICE description left aiortc nothing
+                # to gather for (e.g. candidates missing from the bundle's first section).
+                raise OfferError(
+                    "the offer's ICE description cannot be answered: send the complete "
+                    "localDescription.sdp, with its candidates, once gathering is complete"
+                )
             raise NoIceCandidates(
                 "the server found no ICE candidates to offer; on a loopback-only host enable "
                 "loopback candidates (HEADCAST_ICE_LOOPBACK=true) or configure ice_servers"
@@ -293,7 +315,10 @@ class PeerLink:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        await self._pc.close()
+        try:
+            await self._pc.close()
+        except Exception:  # aiortc cannot close a half-negotiated connection cleanly
+            logger.warning("closing a peer connection failed part-way", exc_info=True)
 
     # -- liveness -------------------------------------------------------------------------
 
