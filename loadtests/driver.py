@@ -204,7 +204,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 async def run_load(plan: LoadPlan) -> LoadReport:
-    """Run ``plan`` (validated first) and report; returns within ``plan.deadline_s``."""
+    """Run ``plan`` (validated first) and report; returns within ``plan.deadline_s``.
+
+    Cancelling it stops the run early: every session hangs up (DELETE) before it returns.
+    """
     plan.validate()
     started = time.monotonic()
     policy = HostCandidatePolicy(loopback_only=True)
@@ -221,7 +224,13 @@ async def run_load(plan: LoadPlan) -> LoadReport:
             )
             for result in results
         ]
-        done, pending = await asyncio.wait(tasks, timeout=plan.deadline_s)
+        try:
+            _done, pending = await asyncio.wait(tasks, timeout=plan.deadline_s)
+        except asyncio.CancelledError:  # the run is stopped early: every session hangs up
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

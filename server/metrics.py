@@ -6,7 +6,8 @@ names, no session ids as labels), the ``SessionObserver`` implementation the str
 reports to (chunks, interrupts, A/V skew, late and dropped frames, queued push audio), the
 session counters the registry and the auth dependencies update (active, capacity, rejected by
 reason), and the process gauges read at scrape time (OS threads, event-loop tasks, and the
-standard ``process_*`` ones: resident memory, open file descriptors, CPU).
+standard process ones as ``headcast_process_*``: resident memory, open file descriptors,
+CPU).
 
 Knows nothing about routes or sessions beyond the observer events and ``RejectReason``.
 """
@@ -205,8 +206,8 @@ class Metrics:
         )
         self._runtime = _RuntimeCollector()
         self.registry.register(self._runtime)
-        # process_resident_memory_bytes, process_open_fds, ...: what a soak test watches.
-        ProcessCollector(registry=self.registry)
+        # headcast_process_resident_memory_bytes, _open_fds, ...: what a soak test watches.
+        ProcessCollector(namespace="headcast", registry=self.registry)
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Report the task count of ``loop`` (the server's loop) from now on."""

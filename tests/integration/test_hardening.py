@@ -31,7 +31,6 @@ from urllib.parse import quote
 import httpx
 import pytest
 import websockets
-from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,7 +38,7 @@ from websockets.exceptions import ConnectionClosed
 
 from headcast_client import ArrayAudioTrack, HeadcastClient, PushSocket
 from loadtests.speech import speech_like
-from streaming.ice import host_candidates
+from tests.conftest import client_offer
 from tests.integration.conftest import LOOPBACK, LOOPBACK_ONLY, RunningServer, run_server
 
 logger = logging.getLogger(__name__)
@@ -261,21 +260,9 @@ async def test_malformed_tokens_are_401_and_4401_and_counted(
 # -- offers -----------------------------------------------------------------------------------
 
 
-async def _real_offer() -> str:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        pc.addTransceiver("audio", direction="sendrecv")
-        pc.addTransceiver("video", direction="recvonly")
-        with host_candidates(LOOPBACK_ONLY):
-            await pc.setLocalDescription(await pc.createOffer())
-        return str(pc.localDescription.sdp)
-    finally:
-        await pc.close()
-
-
 @pytest.fixture(scope="module")
 def real_offer_lines() -> list[str]:
-    return asyncio.run(_real_offer()).splitlines()
+    return asyncio.run(client_offer()).splitlines()
 
 
 DIRECTIONS = ("a=sendrecv", "a=recvonly", "a=sendonly", "a=inactive")
