@@ -51,7 +51,7 @@ DEFAULT_MAX_OFFER_BYTES = 262_144
 DEFAULT_HTTP_BODY_TIMEOUT_S = 10.0
 DEFAULT_HTTP_HEADER_TIMEOUT_S = 10.0
 DEFAULT_HTTP_KEEP_ALIVE_S = 5
-DEFAULT_MAX_AUDIO_SOCKETS = 1
+DEFAULT_MAX_AUDIO_SOCKETS = 2
 
 MIN_API_KEY_CHARS = 16
 """Shortest API key accepted: shorter keys are guessable."""
@@ -299,8 +299,9 @@ class Settings(BaseSettings):
     """Seconds an idle kept-alive HTTP connection stays open after a response."""
 
     max_audio_sockets: int = Field(DEFAULT_MAX_AUDIO_SOCKETS, ge=1, le=16)
-    """Audio WebSockets one push session may have open at once; one more is refused with close
-    code 4409 until one closes."""
+    """Audio WebSockets one push session may have open at once (2: a reconnect while the old
+    socket is not yet closed); one more is refused (``too_many_sockets``, close code 4409)
+    until one closes."""
 
 
 def _read_profile(path: Path) -> dict[str, Any]:

@@ -122,14 +122,16 @@ CLOSE_CODE_HTTP_OFFSET = 4000
 """A refused socket is closed with 4000 + the HTTP status (4401, 4403, 4404, 4409, 4503)."""
 
 
-def _refusal(error: Exception) -> tuple[int, str]:
-    """(HTTP status, what to do) for a refused socket."""
-    if isinstance(error, NotPushSession | TooManySockets):
-        return 409, str(error)
+def _refusal(error: Exception) -> tuple[int, ErrorCode, str]:
+    """(HTTP status, ``error`` code, what to do) for a refused socket."""
+    if isinstance(error, NotPushSession):
+        return 409, ErrorCode.NOT_PUSH_SESSION, str(error)
+    if isinstance(error, TooManySockets):
+        return 409, ErrorCode.TOO_MANY_SOCKETS, str(error)
     problem = error if isinstance(error, Problem) else problem_for(error)
     if problem is None or problem.status not in REFUSAL_CODES:
         raise error
-    return problem.status, problem.detail
+    return problem.status, REFUSAL_CODES[problem.status], problem.detail
 
 
 @router.websocket("/{session_id}/audio")
@@ -146,13 +148,13 @@ async def audio_socket(
     try:
         managed = authorize_socket(websocket, session_id, token)
     except (AuthError, UnknownSession, NotPushSession, TooManySockets, Problem) as exc:
-        status, detail = _refusal(exc)
+        status, code, detail = _refusal(exc)
         logger.info("audio socket for session %s refused (%d): %s", session_id, status, detail)
         await websocket.accept()
-        event = ErrorEvent(code=REFUSAL_CODES[status], message=detail)
+        event = ErrorEvent(code=code, message=detail)
         try:
             await websocket.send_text(event.to_json())
-            await websocket.close(CLOSE_CODE_HTTP_OFFSET + status, REFUSAL_CODES[status].value)
+            await websocket.close(CLOSE_CODE_HTTP_OFFSET + status, code.value)
         except (WebSocketDisconnect, OSError) as gone:
             logger.debug("a refused audio socket left first: %s", gone)
         return

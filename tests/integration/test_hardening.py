@@ -12,8 +12,8 @@ request-head timeout (``HARDENING_SETTINGS``):
   attributes removed): always an answer or a 400/422 problem, never a 500 or exception text;
 - a connection that sends no request, half a request head, or a trickle of one: closed
   after the head timeout;
-- the audio WebSocket: an empty binary frame is refused, a second socket on one session is
-  refused (4409) until the first closes, a client that never reads its socket is dropped
+- the audio WebSocket: an empty binary frame is refused, a third socket on one session is
+  refused (4409, ``too_many_sockets``) until one closes, a client that never reads its socket is dropped
   with one warning; a push session whose token expired after its socket connected can still
   send its own WebRTC offer.
 """
@@ -380,17 +380,20 @@ def test_a_request_head_that_does_not_come_is_cut_off(
 # -- the audio WebSocket ----------------------------------------------------------------------
 
 
-async def test_socket_bounds_empty_frames_and_a_second_socket(client: HeadcastClient) -> None:
+async def test_socket_bounds_empty_frames_and_a_third_socket(client: HeadcastClient) -> None:
     session = await client.create_session(audio_source="push")
     try:
         async with await client.push_socket(session) as first:
             await first.send_pcm16(b"")
             error = await first.events.wait_for("error", 10.0)
             assert error["code"] == "bad_audio_frame" and "at least one" in error["message"]
-            async with await client.push_socket(session) as second:
-                refusal = await second.events.wait_for("error", 10.0)
-                assert await second.wait_closed(10.0) == 4409
-            assert "already has 1 audio socket" in refusal["message"], refusal
+            async with await client.push_socket(session) as reconnect:  # the overlap allowed
+                await reconnect.keep_alive()
+                async with await client.push_socket(session) as third:
+                    refusal = await third.events.wait_for("error", 10.0)
+                    assert await third.wait_closed(10.0) == 4409
+            assert refusal["code"] == "too_many_sockets", refusal
+            assert "already has 2 audio socket" in refusal["message"], refusal
             await first.send_pcm16(b"\x00\x00" * 160)  # the first socket is unharmed
             assert (await first.events.wait_for("audio.queued", 10.0))["queued_ms"] >= 10
         async with await client.push_socket(session) as again:  # the slot is free again
