@@ -13,9 +13,9 @@ request-head timeout (``HARDENING_SETTINGS``):
 - a connection that sends no request, half a request head, or a trickle of one: closed
   after the head timeout;
 - the audio WebSocket: an empty binary frame is refused, a third socket on one session is
-  refused (4409, ``too_many_sockets``) until one closes, a client that never reads its socket is dropped
-  with one warning; a push session whose token expired after its socket connected can still
-  send its own WebRTC offer.
+  refused (4409, ``too_many_sockets``) until one closes, a client that never reads its
+  socket is dropped with one warning; a push session whose token expired after its socket
+  connected can still send its own WebRTC offer.
 """
 
 from __future__ import annotations
