@@ -66,6 +66,8 @@ class ManagedSession:
 
     media: AvatarSession
     lifecycle: SessionLifecycle = field(repr=False)
+    audio_sockets: int = 0
+    """Audio WebSockets open on this session now (bounded by ``max_audio_sockets``)."""
 
     @property
     def connected(self) -> bool:
