@@ -138,11 +138,9 @@ def _parse_offer(sdp: str) -> SessionDescription:
             f"{kinds or 'none'}); add a sendrecv audio transceiver for the microphone and a "
             "recvonly video transceiver for the avatar"
         )
-    if not any(media.ice_candidates for media in parsed.media):
-        raise OfferError(
-            "the offer has no ICE candidates: send it once gathering is complete "
-            "(iceGatheringState 'complete'); this server does not trickle candidates"
-        )
+    # An offer without candidates is valid: a WHEP player posts its offer before gathering
+    # and the server learns its addresses from the player's connectivity checks
+    # (peer-reflexive candidates). The answer always carries the server's candidates.
     for media in parsed.media:
         if not media.ice.usernameFragment or not media.ice.password:
             raise OfferError("the offer has a media section without ICE credentials")
