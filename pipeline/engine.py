@@ -127,15 +127,33 @@ class EngineRegistry:
 
 def default_registry() -> EngineRegistry:
     """The registry of the engines headcast ships."""
-    # local imports: loading engine.py must not import torch models it may never use
-    from pipeline.diffusion_engine import flashtalk_engine, tiny_engine
+    registry = EngineRegistry()
+    registry.register("puppet", _puppet, PuppetOptions)
+    registry.register("tiny", _tiny, TinyOptions)
+    registry.register("flashtalk", _flashtalk, FlashTalkOptions)
+    return registry
+
+
+# The factories import their engine when called: a puppet server (or worker process) never
+# imports torch and the model code.
+
+
+def _puppet(options: PuppetOptions, parallel: ParallelGroup | None = None) -> Engine:
     from pipeline.puppet import puppet_engine
 
-    registry = EngineRegistry()
-    registry.register("puppet", puppet_engine, PuppetOptions)
-    registry.register("tiny", tiny_engine, TinyOptions)
-    registry.register("flashtalk", flashtalk_engine, FlashTalkOptions)
-    return registry
+    return puppet_engine(options, parallel)
+
+
+def _tiny(options: TinyOptions, parallel: ParallelGroup | None = None) -> Engine:
+    from pipeline.diffusion_engine import tiny_engine
+
+    return tiny_engine(options, parallel)
+
+
+def _flashtalk(options: FlashTalkOptions, parallel: ParallelGroup | None = None) -> Engine:
+    from pipeline.diffusion_engine import flashtalk_engine
+
+    return flashtalk_engine(options, parallel)
 
 
 @dataclass(frozen=True)
