@@ -74,6 +74,9 @@ class GroupStatus:
     failures: int
     """Worker deaths since the server started."""
 
+    last_failure: str | None
+    """The cause of the latest worker death (which rank, which signal or status)."""
+
     detail: str
     """What the group is doing, or why it failed."""
 
@@ -250,6 +253,7 @@ class EngineGroups:
                     capacity=self._slots(group) if state is GroupState.READY else 0,
                     warmup_rtf=group.engine.warmup_rtf if state is GroupState.READY else None,
                     failures=group.failures,
+                    last_failure=group.last_failure,
                     detail=self._detail(group),
                     load_seconds=group.worker.load_seconds,
                 )

@@ -62,6 +62,7 @@ def _group(status: GroupStatus) -> dict[str, Any]:
         "capacity": status.capacity,
         "warmup_rtf": status.warmup_rtf,
         "failures": status.failures,
+        "last_failure": status.last_failure,
         "detail": status.detail,
     }
 
