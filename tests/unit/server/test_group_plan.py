@@ -10,6 +10,7 @@ import pytest
 
 from server.group_plan import GroupPlan, PlanError, plan_groups, visible_cuda_devices
 from server.settings import SettingsError, load_settings
+from tests.conftest import REPO_ROOT
 
 
 def _plan(cuda_devices: int, **settings: object) -> list[GroupPlan]:
@@ -80,3 +81,27 @@ def test_impossible_layouts_say_what_to_change() -> None:
     with pytest.raises(SettingsError, match="listed twice"):
         load_settings(None, gpus=[1, 1])
     assert issubclass(PlanError, SettingsError)  # the CLI reports it like a bad setting
+
+
+@pytest.mark.parametrize(
+    ("profile", "gpus_on_host", "groups"),
+    [
+        ("realtime-1gpu.yaml", 2, [("cuda:0",), ("cuda:1",)]),
+        ("realtime-2gpu.yaml", 2, [("cuda:0", "cuda:1")]),
+        ("realtime-2gpu.yaml", 8, [(f"cuda:{i}", f"cuda:{i + 1}") for i in range(0, 8, 2)]),
+        ("realtime-4gpu.yaml", 8, [tuple(f"cuda:{i}" for i in r) for r in (range(4), range(4, 8))]),
+    ],
+)
+def test_the_multi_gpu_profiles_make_the_groups_they_promise(
+    profile: str, gpus_on_host: int, groups: list[tuple[str, ...]]
+) -> None:
+    settings = load_settings(REPO_ROOT / "configs" / profile)
+    plans = plan_groups(settings, gpus_on_host)
+    assert [plan.devices for plan in plans] == groups
+    assert not any(plan.in_process for plan in plans)
+
+
+def test_the_4gpu_profile_on_a_2gpu_host_says_so() -> None:
+    settings = load_settings(REPO_ROOT / "configs" / "realtime-4gpu.yaml")
+    with pytest.raises(PlanError, match="gpus_per_session is 4 but torch sees 2 GPU"):
+        plan_groups(settings, 2)
