@@ -7,7 +7,7 @@ group, create and load the engine with its ``ParallelGroup``, then run requests 
 rank 0 takes each request from the server and broadcasts it on the control group; every rank
 applies it to its engine; the ranks agree on success (an all-gather of error messages) and
 rank 0 sends the group's reply, with rank 0's chunk. ``--group`` and ``--rank`` only name
-the process for ``ps``.
+the process for ``ps``. SIGINT and SIGTERM are ignored: the server ends its workers.
 
 A request that fails on any rank fails for the group (a session whose preparation failed on
 one rank is closed on the others), so the ranks' states never drift apart. When the server
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.engine import default_registry
 from pipeline.engine_api import Engine
+from pipeline.media import Chunk
 from pipeline.group_messages import (
     CloseRequest,
     Done,
@@ -68,6 +70,11 @@ EXIT_OK = 0
 EXIT_LOAD_FAILED = 3
 """Exit status of every rank when the engine failed to load on some rank."""
 
+IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""A Ctrl-C or a service manager's SIGTERM to every process of the server reaches the
+workers too; they ignore it and leave when the server, which owns their lifetime, stops
+them (after closing its sessions) or goes away (end of file on the socket)."""
+
 LOG_FORMAT = "%(asctime)s %(levelname)s [{label} rank {rank}] %(name)s: %(message)s"
 
 
@@ -95,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--group", default="?", help="the group's index (for ps)")
     parser.add_argument("--rank", default="?", help="this process's rank (for ps)")
     args = parser.parse_args(argv)
+    for stop_signal in IGNORED_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_IGN)
     conn = Connection(args.fd)
     spec = recv_message(conn)
     if not isinstance(spec, GroupSpec):
@@ -206,7 +215,8 @@ def _serve(rank: _Rank) -> None:
         if error is not None and isinstance(request, OpenRequest):
             _forget(rank, request.session)  # prepared here, failed elsewhere
         if rank.primary:
-            reply = Failed(error) if error is not None else Done(result)
+            chunk = contiguous(result) if isinstance(result, Chunk) else None
+            reply = Failed(error) if error is not None else Done(chunk)
             send_message(rank.conn, reply)
     for session in list(rank.states):
         _forget(rank, session)
@@ -253,7 +263,7 @@ def _apply(rank: _Rank, request: Request) -> tuple[Any, str | None]:
             state = rank.states.get(request.session)
             if state is None:
                 return None, f"session {request.session} is not open on rank {rank.spec.rank}"
-            return contiguous(engine.step(state, request.job)), None
+            return engine.step(state, request.job), None
         if isinstance(request, CloseRequest):
             _forget(rank, request.session)
             return None, None
