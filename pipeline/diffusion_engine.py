@@ -98,6 +98,8 @@ class DiffusionEngine:
     def load(self) -> None:
         """Build or load the models on this (the device) thread, then warm up."""
         started = time.perf_counter()
+        if torch.device(self.device).type == "cuda":  # e.g. cuda:3: this thread's default too
+            torch.cuda.set_device(torch.device(self.device))
         if self.name == "tiny":
             from pipeline.tiny import build_tiny_generator
 

@@ -2,8 +2,9 @@
 
 Owns the registry of engines by name (each with its typed options; the ``Engine`` protocol
 and the errors live in ``pipeline.engine_api`` and are re-exported here), the job queue into
-the device thread and the bounded per-session mailboxes out of it. Errors raised by an engine travel to the session that caused them as values
-(``ChunkFailure``); other sessions keep running.
+the device thread and the bounded per-session mailboxes out of it. Errors raised by an
+engine travel to the session that caused them as values (``ChunkFailure``); other sessions
+keep running.
 
 Knows nothing about asyncio: a session gives a ``notify`` callable that the device thread
 calls after each delivery (the streaming side wraps ``loop.call_soon_threadsafe``).

@@ -244,7 +244,7 @@ class ProcessGroupEngine:
         for rank in ranks:
             rank.conn.close()
 
-    # -- internals ----------------------------------------------------------------------------------
+    # -- internals ------------------------------------------------------------------------------
 
     def _where(self) -> str:
         return ", ".join(self.devices)

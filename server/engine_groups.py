@@ -205,10 +205,6 @@ class EngineGroups:
             return None
         return sum(self._slots(g) for g in ready)
 
-    @property
-    def sessions(self) -> int:
-        return sum(len(g.leases) for g in self._groups)
-
     def acquire(self, on_lost: Callable[[str], None]) -> Lease:
         """A slot on the least-loaded ready group with one free.
 

@@ -135,7 +135,8 @@ class Metrics:
         )
         self.sessions_capacity = Gauge(
             "headcast_sessions_capacity",
-            "Session slots: configured, or floor(1 / warm-up RTF) of the engine (0 until ready).",
+            "Session slots of the ready engine groups: each configured, or floor(1 / warm-up "
+            "RTF) of the group (0 until one is ready).",
             registry=self.registry,
         )
         self.sessions_rejected = Counter(

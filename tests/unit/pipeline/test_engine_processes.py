@@ -17,7 +17,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.engine import ChunkFailure, EngineNotReady, EngineWorker, GroupFailed
+from pipeline.engine import (
+    ChunkFailure,
+    EngineNotReady,
+    EngineWorker,
+    GroupFailed,
+    SessionHandle,
+)
 from pipeline.engine_options import PuppetOptions
 from pipeline.engine_processes import ProcessGroupEngine, describe_exit
 from pipeline.media import CHUNK_SAMPLES, Avatar, Chunk, ChunkJob
@@ -67,7 +73,7 @@ def groups() -> Iterator[list[tuple[EngineWorker, ProcessGroupEngine]]]:
         engine.stop()
 
 
-def _open(worker: EngineWorker, avatar: Avatar, inbox: Inbox, size: int = 4):  # type: ignore[no-untyped-def]
+def _open(worker: EngineWorker, avatar: Avatar, inbox: Inbox, size: int = 4) -> SessionHandle:
     prepared = threading.Event()
     errors: list[BaseException | None] = []
     handle = worker.open_session(

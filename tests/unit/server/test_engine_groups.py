@@ -107,7 +107,9 @@ async def test_a_dead_group_ends_its_sessions_and_the_other_serves_on(
 
     assert [session for session, _reason in lost] == [0] and failures == [0]
     assert f"worker rank 0 (pid {pid}, cpu) was killed by SIGKILL while serving" in lost[0][1]
-    await _until("group 0 to fail for good", lambda: groups.statuses()[0].state is GroupState.FAILED)
+    await _until(
+        "group 0 to fail for good", lambda: groups.statuses()[0].state is GroupState.FAILED
+    )
     dead, alive = groups.statuses()
     assert dead.failures == 1 and dead.capacity == 0 and "not restarted again" in dead.detail
     assert alive.state is GroupState.READY and alive.failures == 0
