@@ -98,8 +98,9 @@ class DiffusionEngine:
     def load(self) -> None:
         """Build or load the models on this (the device) thread, then warm up."""
         started = time.perf_counter()
-        if torch.device(self.device).type == "cuda":  # e.g. cuda:3: this thread's default too
-            torch.cuda.set_device(torch.device(self.device))
+        device = torch.device(self.device)
+        if device.type == "cuda" and device.index is not None:  # cuda:3: this thread's default
+            torch.cuda.set_device(device)
         if self.name == "tiny":
             from pipeline.tiny import build_tiny_generator
 
