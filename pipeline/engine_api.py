@@ -44,7 +44,7 @@ class WrongEngineOptions(EngineError, TypeError):
     """An engine was given the options of another engine."""
 
 
-class GroupFailed(EngineError):
+class EngineGroupFailed(EngineError):
     """A worker process of the engine group died; the group serves nothing more."""
 
 

@@ -10,8 +10,8 @@ processes: streaming never sees ranks.
 
 It also supervises: a thread per process waits for its exit. A process that dies while the
 group is not being stopped fails the whole group: the other ranks are killed (a rank stuck in
-a collective would never return), every later call raises ``GroupFailed`` with the cause
-(which rank, which signal or status), and ``on_failure(reason)`` is called once -- from the
+a collective would never return), every later call raises ``EngineGroupFailed`` with the
+cause (which rank, which signal or status), and ``on_failure(reason)`` is called once -- from the
 watching thread -- if the group had loaded. ``stop`` ends the processes (a polite stop
 request, then SIGKILL after a grace period).
 
@@ -36,10 +36,9 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from pipeline.engine_api import EngineError, GroupFailed
+from pipeline.engine_api import EngineError, EngineGroupFailed
 from pipeline.engine_options import EngineOptions
 from pipeline.group_messages import (
-    WORKER_ENV,
     CloseRequest,
     Done,
     Failed,
@@ -53,6 +52,7 @@ from pipeline.group_messages import (
     send_message,
 )
 from pipeline.media import Avatar, Chunk, ChunkJob
+from pipeline.rendezvous import CHILD_ENV, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ name the cause), in seconds."""
 KILL_WAIT_S = 10.0
 """How long to wait for a killed process to be reaped, in seconds."""
 
-LOOPBACK = "127.0.0.1"
-
 
 class RankError(EngineError):
     """An engine call failed on a rank of the group (the group goes on)."""
@@ -80,13 +78,6 @@ class RemoteSession:
     """The server-side handle of a session's state, which lives in every rank's process."""
 
     session: int
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for the group's store)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def describe_exit(returncode: int) -> str:
@@ -195,7 +186,7 @@ class ProcessGroupEngine:
             self._loaded = True
             failure = self._failure
         if failure is not None:  # a rank died right after loading
-            raise GroupFailed(failure)
+            raise EngineGroupFailed(failure)
 
     def open_session(self, avatar: Avatar, seed: int) -> RemoteSession:
         state = RemoteSession(next(self._ids))
@@ -315,12 +306,12 @@ class ProcessGroupEngine:
         """Send ``request`` to rank 0 and wait for the group's reply."""
         failure = self.failure
         if failure is not None:
-            raise GroupFailed(failure)
+            raise EngineGroupFailed(failure)
         with self._call_lock:
             try:
                 send_message(self._ranks[0].conn, request)
             except OSError:
-                raise GroupFailed(self._lost_reason()) from None
+                raise EngineGroupFailed(self._lost_reason()) from None
             reply = self._receive()
         if isinstance(reply, Failed):
             raise RankError(reply.message)
@@ -332,7 +323,7 @@ class ProcessGroupEngine:
         try:
             return recv_message(self._ranks[0].conn)
         except (EOFError, OSError):
-            raise GroupFailed(self._lost_reason()) from None
+            raise EngineGroupFailed(self._lost_reason()) from None
 
     def _lost_reason(self) -> str:
         """Why rank 0's connection closed: the watcher's account once it has one."""
@@ -343,7 +334,7 @@ class ProcessGroupEngine:
 def _worker_env() -> dict[str, str]:
     """The server's environment, NVLink multicast off, and this source tree importable."""
     env = dict(os.environ)
-    env.update(WORKER_ENV)
+    env.update(CHILD_ENV)
     source_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(
         part for part in (source_root, env.get("PYTHONPATH", "")) if part

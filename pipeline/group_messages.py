@@ -25,15 +25,6 @@ from pipeline.media import Avatar, Chunk, ChunkJob
 PICKLE_PROTOCOL = 5
 """The pickle protocol with out-of-band buffers (PEP 574)."""
 
-WORKER_ENV = {
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-}
-"""Set in every worker process's environment: NVLink multicast (NVLS) stays off, as the
-lent machines require (see the device notes)."""
-
-
 @dataclass(frozen=True)
 class GroupSpec:
     """What one worker process of an engine group is told when it starts."""

@@ -63,9 +63,6 @@ CONTROL_TIMEOUT = datetime.timedelta(hours=1)
 when a request starts or ends -- loading (minutes for the 14B model) and the first
 compiled chunk included. An idle group stays inside it through heartbeats."""
 
-STORE_HOST = "127.0.0.1"
-"""The group's TCP store listens on loopback: every rank runs on this host."""
-
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 3
 """Exit status of every rank when the engine failed to load on some rank."""
@@ -128,7 +125,8 @@ def _join(spec: GroupSpec) -> tuple[ParallelGroup | None, ProcessGroup | None]:
     """This rank's ``ParallelGroup`` and control group (``None`` where there is no group).
 
     A CPU worker of one rank gets no ``ParallelGroup`` (and imports no torch): it computes as
-    the in-process engine does. A CUDA worker is pinned to its device first.
+    the in-process engine does. A CUDA worker of one rank is pinned to its device; a rank of
+    a group joins it through ``pipeline.launch.init_rank``.
     """
     on_cuda = spec.device.startswith("cuda")
     if spec.world_size == 1 and not on_cuda:
@@ -136,23 +134,17 @@ def _join(spec: GroupSpec) -> tuple[ParallelGroup | None, ProcessGroup | None]:
     import torch
     import torch.distributed as dist
 
+    from pipeline.launch import init_rank
     from pipeline.parallel import ParallelGroup
 
     device = torch.device(spec.device)
-    if on_cuda:
-        torch.cuda.set_device(device)
     if spec.world_size == 1:
+        torch.cuda.set_device(device)
         return ParallelGroup.single(device), None
-    dist.init_process_group(
-        backend="nccl" if on_cuda else "gloo",
-        init_method=f"tcp://{STORE_HOST}:{spec.master_port}",
-        rank=spec.rank,
-        world_size=spec.world_size,
-        device_id=device if on_cuda else None,
-    )
+    parallel = init_rank(spec.rank, spec.world_size, spec.master_port, device)
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     logger.info("joined the group: %d ranks, this one on %s", spec.world_size, device)
-    return ParallelGroup(spec.rank, spec.world_size, device), control
+    return parallel, control
 
 
 def _leave(control: ProcessGroup | None) -> None:

@@ -21,7 +21,7 @@ from pipeline.engine import (
     ChunkFailure,
     EngineNotReady,
     EngineWorker,
-    GroupFailed,
+    EngineGroupFailed,
     SessionHandle,
 )
 from pipeline.engine_options import PuppetOptions
@@ -147,9 +147,9 @@ def test_a_killed_rank_fails_its_group_and_says_why(
 
     handle.submit(_speech(1))
     (failure,) = inbox.collect(handle, 1)
-    assert isinstance(failure, ChunkFailure) and isinstance(failure.error, GroupFailed)
+    assert isinstance(failure, ChunkFailure) and isinstance(failure.error, EngineGroupFailed)
     assert "SIGKILL" in failure.message
-    with pytest.raises(GroupFailed):
+    with pytest.raises(EngineGroupFailed):
         engine.open_session(PuppetEngine().default_avatar(), 0)
 
 
