@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
-from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError
+from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError, over_groups
 from loadtests.speech import PHRASE_S, speech_like
 from streaming.ice import HostCandidatePolicy
 
@@ -216,7 +216,7 @@ async def run_load(plan: LoadPlan) -> LoadReport:
     ) as client:
         await client.wait_ready(timeout_s=CONNECT_TIMEOUT_S)
         speech = await asyncio.to_thread(speech_like, SPEECH_CLIP_S, MIC_RATE_HZ)
-        before = await client.metrics()
+        before = over_groups(await client.metrics())
         results = [SessionResult(index) for index in range(plan.sessions)]
         tasks = [
             asyncio.create_task(
@@ -239,7 +239,7 @@ async def run_load(plan: LoadPlan) -> LoadReport:
                 result.outcome, result.detail = "failed", f"did not finish within {plan.deadline_s:.0f} s"
             elif task.exception() is not None:
                 result.outcome, result.detail = "failed", repr(task.exception())
-        after = await client.metrics()
+        after = over_groups(await client.metrics())
     return LoadReport(plan, results, _server_figures(before, after), time.monotonic() - started)
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PipelineConfig, preset
+from pipeline.engine_options import FlashTalkOptions, TinyOptions
 from pipeline.generator import FlashTalkGenerator, StreamState
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, Avatar, Chunk, ChunkJob
 from pipeline.parallel import ParallelGroup
@@ -71,10 +72,7 @@ class DiffusionEngine:
         self.wav2vec_dir = wav2vec_dir
         self.parallel = parallel
         """This process's rank of a sequence-parallel group (None: computes alone)."""
-        if parallel is not None:
-            self.device = str(parallel.device)
-        else:
-            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = _device(device, parallel)
         self.cache_dir = cache_dir
         self.speed = speed
         self.random_weights = random_weights
@@ -100,6 +98,9 @@ class DiffusionEngine:
     def load(self) -> None:
         """Build or load the models on this (the device) thread, then warm up."""
         started = time.perf_counter()
+        device = torch.device(self.device)
+        if device.type == "cuda" and device.index is not None:  # cuda:3: this thread's default
+            torch.cuda.set_device(device)
         if self.name == "tiny":
             from pipeline.tiny import build_tiny_generator
 
@@ -181,17 +182,23 @@ class DiffusionEngine:
         """Nothing to free: the state's tensors go with the state."""
 
 
-def tiny_engine(**options: Any) -> DiffusionEngine:
-    """The ``tiny`` engine: the ``tiny`` preset (steps, seed, height/width of output;
-    ``parallel``: one rank of a sequence-parallel group)."""
-    steps = options.pop("steps", None)
-    seed = options.pop("seed", None)
-    options.pop("model_dir", None)
-    options.pop("wav2vec_dir", None)
-    return DiffusionEngine(name="tiny", config=preset("tiny", steps=steps, seed=seed), **options)
+def tiny_engine(options: TinyOptions, parallel: ParallelGroup | None = None) -> DiffusionEngine:
+    """The ``tiny`` engine: the ``tiny`` preset (steps, seed) at ``options``' output size;
+    ``parallel``: one rank of a sequence-parallel group."""
+    return DiffusionEngine(
+        name="tiny",
+        config=preset("tiny", steps=options.steps, seed=options.seed),
+        height=options.height,
+        width=options.width,
+        device=options.device,
+        cache_dir=options.cache_dir,
+        parallel=parallel,
+    )
 
 
-def flashtalk_engine(**options: Any) -> DiffusionEngine:
+def flashtalk_engine(
+    options: FlashTalkOptions, parallel: ParallelGroup | None = None
+) -> DiffusionEngine:
     """The ``flashtalk`` engine: the official 14B recipe, with the speed options asked for.
 
     ``gen_height``/``gen_width`` set the generated size (frames are resized to ``height`` x
@@ -203,22 +210,35 @@ def flashtalk_engine(**options: Any) -> DiffusionEngine:
     """
     config = preset(
         "flashtalk-14b",
-        steps=options.pop("steps", None),
-        seed=options.pop("seed", None),
-        height=options.pop("gen_height", None) or options.get("height"),
-        width=options.pop("gen_width", None) or options.get("width"),
+        steps=options.steps,
+        seed=options.seed,
+        height=options.gen_height or options.height,
+        width=options.gen_width or options.width,
     )
-    parallel = options.get("parallel")
-    device = (
-        str(parallel.device)
-        if parallel is not None
-        else options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(options.device, parallel)
+    base = (
+        SpeedOptions.official() if options.speedups == "official" else SpeedOptions.fast(device)
     )
-    quantize = options.pop("quantize", "none")
-    compile_mode = "default" if options.pop("compile", False) else None
-    base = SpeedOptions.official() if options.pop("speedups", "fast") == "official" else SpeedOptions.fast(device)
-    speed = replace(base, quantize=quantize, compile_mode=compile_mode)
-    random_weights = bool(options.pop("random_weights", False))
+    compile_mode = "default" if options.compile else None
+    speed = replace(base, quantize=options.quantize, compile_mode=compile_mode)
     return DiffusionEngine(
-        name="flashtalk", config=config, speed=speed, random_weights=random_weights, **options
+        name="flashtalk",
+        config=config,
+        height=options.height,
+        width=options.width,
+        model_dir=options.model_dir,
+        wav2vec_dir=options.wav2vec_dir,
+        device=options.device,
+        cache_dir=options.cache_dir,
+        speed=speed,
+        random_weights=options.random_weights,
+        parallel=parallel,
     )
+
+
+def _device(device: str | None, parallel: ParallelGroup | None) -> str:
+    """Where the engine computes: the rank's device in a group, else ``device``, else CUDA
+    when present, else the CPU."""
+    if parallel is not None:
+        return str(parallel.device)
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,9 +1,10 @@
 """The device worker: one thread per device that owns the model and runs every chunk.
 
-Owns the ``Engine`` interface (what a model backend must provide), the registry of engines
-by name, the job queue into the device thread and the bounded per-session mailboxes out of
-it. Errors raised by an engine travel to the session that caused them as values
-(``ChunkFailure``); other sessions keep running.
+Owns the registry of engines by name (each with its typed options; the ``Engine`` protocol
+and the errors live in ``pipeline.engine_api`` and are re-exported here), the job queue into
+the device thread and the bounded per-session mailboxes out of it. Errors raised by an
+engine travel to the session that caused them as values (``ChunkFailure``); other sessions
+keep running.
 
 Knows nothing about asyncio: a session gives a ``notify`` callable that the device thread
 calls after each delivery (the streaming side wraps ``loop.call_soon_threadsafe``).
@@ -19,114 +20,141 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from pipeline.engine_api import (
+    Engine,
+    EngineError,
+    EngineFactory,
+    EngineGroupFailed,
+    EngineNotReady,
+    MailboxFull,
+    SessionClosed,
+    UnknownEngine,
+    WrongEngineOptions,
+)
+from pipeline.engine_options import FlashTalkOptions, PuppetOptions, TinyOptions
 from pipeline.media import Avatar, Chunk, ChunkJob
+
+if TYPE_CHECKING:
+    from pipeline.parallel import ParallelGroup
+
+__all__ = [
+    "ChunkFailure",
+    "Engine",
+    "EngineError",
+    "EngineFactory",
+    "EngineGroupFailed",
+    "EngineNotReady",
+    "EngineRegistry",
+    "EngineSpec",
+    "EngineWorker",
+    "Mailbox",
+    "MailboxFull",
+    "MailboxItem",
+    "SessionClosed",
+    "SessionHandle",
+    "UnknownEngine",
+    "WrongEngineOptions",
+    "default_registry",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAILBOX_SIZE = 4
 """Chunks a session may have in flight (queued, running or undelivered) at once."""
 
+OptionsT = TypeVar("OptionsT")
+
 JOIN_TIMEOUT_S = 30.0
 """How long ``shutdown`` waits for the device thread to finish its current job, in seconds."""
 
 
-class EngineError(RuntimeError):
-    """Base class of errors raised by the engine machinery."""
+@dataclass(frozen=True)
+class EngineSpec(Generic[OptionsT]):
+    """How to make one registered engine: its factory and the options type it takes."""
 
-
-class EngineNotReady(EngineError):
-    """The engine has not finished loading and warming up (or failed to)."""
-
-
-class MailboxFull(EngineError):
-    """A session submitted more chunks than its mailbox can hold; wait for results first."""
-
-
-class SessionClosed(EngineError):
-    """The session was closed; it accepts no more jobs."""
-
-
-class UnknownEngine(EngineError):
-    """No engine is registered under the requested name."""
-
-
-@runtime_checkable
-class Engine(Protocol):
-    """What a model backend provides. Every method runs on the device thread only.
-
-    ``state`` is whatever per-session object the engine returns from ``open_session``; the
-    engine itself holds no per-session state, so one loaded model serves every session.
-    """
-
-    name: str
-    """Registry name, e.g. ``"puppet"``."""
-
-    description: str
-    """One line for logs and the demo page, saying honestly what the pictures are."""
-
-    height: int
-    width: int
-
-    def load(self) -> None:
-        """Load weights, compile and warm up. Called once, first, on the device thread."""
-        ...
-
-    def open_session(self, avatar: Avatar, seed: int) -> Any:
-        """Prepare per-session state for ``avatar`` (cached per avatar where possible)."""
-        ...
-
-    def step(self, state: Any, job: ChunkJob) -> Chunk:
-        """Turn one chunk of audio into 28 frames, advancing ``state``."""
-        ...
-
-    def close_session(self, state: Any) -> None:
-        """Release per-session state."""
-        ...
-
-
-EngineFactory = Callable[..., Engine]
+    factory: EngineFactory[OptionsT]
+    options_type: type[OptionsT]
 
 
 class EngineRegistry:
     """Engines by name. Built by ``default_registry()``; no module-level mutable state."""
 
     def __init__(self) -> None:
-        self._factories: dict[str, EngineFactory] = {}
+        self._specs: dict[str, EngineSpec[Any]] = {}
 
-    def register(self, name: str, factory: EngineFactory) -> None:
-        """Register ``factory(**options) -> Engine`` under ``name``."""
-        if name in self._factories:
+    def register(
+        self, name: str, factory: EngineFactory[OptionsT], options_type: type[OptionsT]
+    ) -> None:
+        """Register ``factory(options, parallel) -> Engine`` under ``name``; ``options_type``
+        is the (frozen dataclass) type of its options."""
+        if name in self._specs:
             raise ValueError(f"engine {name!r} is already registered")
-        self._factories[name] = factory
+        self._specs[name] = EngineSpec(factory, options_type)
 
     def names(self) -> list[str]:
         """The registered engine names, sorted."""
-        return sorted(self._factories)
+        return sorted(self._specs)
 
-    def create(self, name: str, **options: Any) -> Engine:
-        """Create (not load) the engine ``name`` with engine-specific ``options``."""
+    def options_type(self, name: str) -> type[Any]:
+        """The options type engine ``name`` takes; raises ``UnknownEngine``."""
+        return self._spec(name).options_type
+
+    def create(
+        self, name: str, options: object | None = None, parallel: ParallelGroup | None = None
+    ) -> Engine:
+        """Create (not load) the engine ``name`` with its typed ``options`` (``None``: the
+        defaults) as rank ``parallel`` of an engine group (``None``: no group)."""
+        spec = self._spec(name)
+        if options is None:
+            options = spec.options_type()
+        if not isinstance(options, spec.options_type):
+            raise WrongEngineOptions(
+                f"engine {name!r} takes {spec.options_type.__name__}, got "
+                f"{type(options).__name__}; build its options with "
+                f"registry.options_type({name!r})(...)"
+            )
+        return spec.factory(options, parallel)
+
+    def _spec(self, name: str) -> EngineSpec[Any]:
         try:
-            factory = self._factories[name]
+            return self._specs[name]
         except KeyError:
             raise UnknownEngine(
                 f"unknown engine {name!r}; choose one of: {', '.join(self.names())}"
             ) from None
-        return factory(**options)
 
 
 def default_registry() -> EngineRegistry:
     """The registry of the engines headcast ships."""
-    # local imports: loading engine.py must not import torch models it may never use
-    from pipeline.diffusion_engine import flashtalk_engine, tiny_engine
-    from pipeline.puppet import PuppetEngine
-
     registry = EngineRegistry()
-    registry.register("puppet", PuppetEngine)
-    registry.register("tiny", tiny_engine)
-    registry.register("flashtalk", flashtalk_engine)
+    registry.register("puppet", _puppet, PuppetOptions)
+    registry.register("tiny", _tiny, TinyOptions)
+    registry.register("flashtalk", _flashtalk, FlashTalkOptions)
     return registry
+
+
+# The factories import their engine when called: a puppet server (or worker process) never
+# imports torch and the model code.
+
+
+def _puppet(options: PuppetOptions, parallel: ParallelGroup | None = None) -> Engine:
+    from pipeline.puppet import puppet_engine
+
+    return puppet_engine(options, parallel)
+
+
+def _tiny(options: TinyOptions, parallel: ParallelGroup | None = None) -> Engine:
+    from pipeline.diffusion_engine import tiny_engine
+
+    return tiny_engine(options, parallel)
+
+
+def _flashtalk(options: FlashTalkOptions, parallel: ParallelGroup | None = None) -> Engine:
+    from pipeline.diffusion_engine import flashtalk_engine
+
+    return flashtalk_engine(options, parallel)
 
 
 @dataclass(frozen=True)

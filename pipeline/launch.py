@@ -1,9 +1,8 @@
 """Start the processes of a parallel group on this host and join them into one process group.
 
-Owns the environment every process it starts gets (``CHILD_ENV``: NVLink multicast off for
-NCCL, symmetric memory and NVSHMEM, because multicast objects can take the host's GPUs out
-of service), the rendezvous (``torch.distributed``'s TCP store on 127.0.0.1 at a free
-port), ``init_rank`` (join the group: NCCL on CUDA, gloo on CPU) and ``run_group`` (spawn N
+Owns putting the environment every process it starts gets (``CHILD_ENV``, from
+``pipeline.rendezvous``: NVLink multicast off) in place, the rendezvous
+(``torch.distributed``'s TCP store on 127.0.0.1 at a free port), ``init_rank`` (join the group: NCCL on CUDA, gloo on CPU) and ``run_group`` (spawn N
 processes that each run a function with their ``ParallelGroup``; rank 0's return value comes
 back, any rank's exception is raised here with its traceback).
 
@@ -19,7 +18,6 @@ import multiprocessing
 import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -30,18 +28,21 @@ import torch
 import torch.distributed as dist
 
 from pipeline.parallel import ParallelGroup
+from pipeline.rendezvous import CHILD_ENV, LOOPBACK_HOST, free_port
+
+__all__ = [
+    "CHILD_ENV",
+    "GroupFailed",
+    "RankReport",
+    "child_environment",
+    "collect_reports",
+    "free_port",
+    "group_devices",
+    "init_rank",
+    "run_group",
+]
 
 logger = logging.getLogger(__name__)
-
-CHILD_ENV = {
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-}
-"""Set in every process this module starts, before it touches NCCL: no NVLink multicast."""
-
-LOOPBACK_HOST = "127.0.0.1"
-"""Where rank 0's TCP store listens (the group never leaves the host)."""
 
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 """How long a collective may wait for the other ranks before the group fails, in seconds."""
@@ -77,13 +78,6 @@ class RankReport:
     def of(cls, rank: int, result: Any) -> RankReport:
         """Rank ``rank``'s report of ``result`` (kept only from rank 0)."""
         return cls(rank, pickle.dumps(result) if rank == 0 else None)
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK_HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def group_devices(world_size: int, device_type: str) -> list[torch.device]:

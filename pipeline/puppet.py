@@ -22,6 +22,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
@@ -35,7 +36,8 @@ from pipeline.avatar_art import (
     FaceLayout,
     draw_default_avatar,
 )
-from pipeline.engine import EngineNotReady
+from pipeline.engine_api import EngineNotReady
+from pipeline.engine_options import PuppetOptions
 from pipeline.media import (
     CHUNK_FRAMES,
     DEFAULT_HEIGHT,
@@ -47,6 +49,9 @@ from pipeline.media import (
     ChunkJob,
     frame_levels_dbfs,
 )
+
+if TYPE_CHECKING:
+    from pipeline.parallel import ParallelGroup
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +252,8 @@ class PuppetEngine:
 
     name = PUPPET_NAME
     description = PUPPET_DESCRIPTION
+    warmup_rtf: float | None = None
+    """The puppet measures no RTF: capacity comes from ``max_sessions_fallback``."""
 
     def __init__(
         self,
@@ -488,6 +495,14 @@ class PuppetEngine:
         opening = _soft_ellipse(ys, xs, open_half_h, open_half_w)  # [h, w]
         region += (np.asarray(MOUTH_INTERIOR, np.float32) - region) * opening[..., None]
         frame[rows, cols] = (region + 0.5).astype(np.uint8)
+
+
+def puppet_engine(options: PuppetOptions, parallel: ParallelGroup | None = None) -> PuppetEngine:
+    """The ``puppet`` engine at ``options``' size. ``parallel`` is ignored: in an engine group
+    every rank draws the same frames (the puppet is deterministic per session seed) and
+    rank 0's are sent."""
+    del parallel  # the puppet has nothing to split across ranks
+    return PuppetEngine(height=options.height, width=options.width)
 
 
 def _cover_and_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:

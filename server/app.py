@@ -22,7 +22,6 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from pipeline.engine import Engine
 from server.auth import ApiKeys, TokenRedactor
-from server.engines import create_engine
 from server.errors import install_problem_handlers
 from server.metrics import Metrics
 from server.request_body import BodyLimitMiddleware, BodyLimits
@@ -76,7 +75,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """Build the app for ``settings``; ``engine`` replaces the configured one (tests)."""
     metrics = Metrics()
     api_keys = ApiKeys(key.get_secret_value() for key in settings.api_keys)
-    runtime = Runtime(settings, engine if engine is not None else create_engine(settings), metrics)
+    runtime = Runtime(settings, metrics, engine)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -5,7 +5,8 @@ second of media serves ``floor(1 / rtf)`` sessions in real time, at least one) a
 ``CapacityPolicy`` (a configured ``max_sessions`` wins; otherwise the engine's measured
 warm-up RTF decides; an engine that measures none gets the configured fallback).
 
-Knows nothing about sessions, HTTP or metrics; reads the engine's ``warmup_rtf`` only.
+Knows nothing about sessions, groups, HTTP or metrics; reads the engine's ``warmup_rtf``
+(``pipeline.engine_api.Engine``) only.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-WARMUP_RTF_ATTRIBUTE = "warmup_rtf"
-"""Attribute an engine sets after ``load()``: compute seconds per second of media, measured
-while warming up (``None`` or absent: not measured, e.g. the puppet)."""
+from pipeline.engine_api import Engine
 
 MIN_SESSIONS = 1
 """A ready server always admits at least one session, even when it is slower than real time
@@ -34,9 +33,9 @@ def capacity_from_rtf(rtf: float | None, fallback: int) -> int:
     return max(MIN_SESSIONS, math.floor(1.0 / rtf))
 
 
-def measured_rtf(engine: object) -> float | None:
+def measured_rtf(engine: Engine) -> float | None:
     """The engine's warm-up RTF, or ``None`` if it measured none."""
-    value = getattr(engine, WARMUP_RTF_ATTRIBUTE, None)
+    value = engine.warmup_rtf
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
@@ -52,7 +51,7 @@ class CapacityPolicy:
     fallback: int
     """Limit when ``max_sessions`` is unset and the engine measured no RTF."""
 
-    def resolve(self, engine: object) -> tuple[int, str]:
+    def resolve(self, engine: Engine) -> tuple[int, str]:
         """The limit for a loaded ``engine`` and a phrase saying where it came from."""
         if self.max_sessions is not None:
             return self.max_sessions, "configured max_sessions"

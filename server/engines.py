@@ -1,8 +1,8 @@
 """Turning settings into the engine and the avatars the server offers.
 
-Owns ``create_engine`` (the engine named by ``settings.engine``, created -- not loaded --
-through ``pipeline.engine.default_registry`` with the options that engine takes),
-``load_avatars`` (the ``default`` avatar: the configured image, or the drawn face) and
+Owns ``engine_options`` (the typed options of the engine named by ``settings.engine``),
+``create_engine`` (that engine created -- not loaded -- in this process through
+``pipeline.engine.default_registry``), ``load_avatars`` (the ``default`` avatar: the configured image, or the drawn face) and
 ``STAND_IN_ENGINES`` (the engines that are not the model, for honest startup logs).
 
 Knows nothing about HTTP, sessions or WebRTC.
@@ -11,12 +11,12 @@ Knows nothing about HTTP, sessions or WebRTC.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
 from pipeline.engine import Engine, default_registry
+from pipeline.engine_options import EngineOptions, FlashTalkOptions, PuppetOptions, TinyOptions
 from pipeline.imaging import load_image
 from pipeline.media import Avatar
 from server.settings import Settings
@@ -30,31 +30,31 @@ STAND_IN_ENGINES = {
 """Engines that are not the FlashTalk model, and what they are instead."""
 
 
-def engine_options(settings: Settings) -> dict[str, Any]:
-    """The keyword arguments ``settings.engine``'s factory takes."""
-    options: dict[str, Any] = {"height": settings.height, "width": settings.width}
-    if settings.engine in ("tiny", "flashtalk"):
-        if settings.steps is not None:
-            options["steps"] = settings.steps
-        if settings.avatar_cache_dir is not None:
-            options["cache_dir"] = settings.avatar_cache_dir
-    if settings.engine == "flashtalk":
-        if settings.model_dir is not None:
-            options["model_dir"] = settings.model_dir
-        if settings.wav2vec_dir is not None:
-            options["wav2vec_dir"] = settings.wav2vec_dir
-        options["gen_height"] = settings.gen_height
-        options["gen_width"] = settings.gen_width
-        options["quantize"] = settings.quantize
-        options["compile"] = settings.compile
-        options["speedups"] = settings.speedups
-        options["random_weights"] = settings.random_weights
-    return options
+def engine_options(settings: Settings) -> EngineOptions:
+    """The typed options of ``settings.engine``."""
+    size = {"height": settings.height, "width": settings.width}
+    if settings.engine == "puppet":
+        return PuppetOptions(**size)
+    if settings.engine == "tiny":
+        return TinyOptions(**size, steps=settings.steps, cache_dir=settings.avatar_cache_dir)
+    return FlashTalkOptions(
+        **size,
+        steps=settings.steps,
+        cache_dir=settings.avatar_cache_dir,
+        model_dir=settings.model_dir,
+        wav2vec_dir=settings.wav2vec_dir,
+        gen_height=settings.gen_height,
+        gen_width=settings.gen_width,
+        quantize=settings.quantize,
+        compile=settings.compile,
+        speedups=settings.speedups,
+        random_weights=settings.random_weights,
+    )
 
 
 def create_engine(settings: Settings) -> Engine:
-    """Create (not load) the configured engine; raises ``UnknownEngine`` with the choices."""
-    return default_registry().create(settings.engine, **engine_options(settings))
+    """Create (not load) the configured engine in this process (no engine group)."""
+    return default_registry().create(settings.engine, engine_options(settings))
 
 
 def load_avatars(settings: Settings) -> dict[str, Avatar]:

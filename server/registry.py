@@ -1,12 +1,13 @@
 """The server's live sessions: slots, ids, tokens, lifecycle, and the streaming session behind each.
 
-Owns ``SessionRegistry`` (create within the capacity -- configured, or ``floor(1 / RTF)`` of
-the loaded engine -- issue each session its token, look up, record the client's connection
-with ``mark_connected``, forward the offer, delete, close all at shutdown; every session is
+Owns ``SessionRegistry`` (create within the capacity of the engine groups -- each session
+placed on a group by ``EngineGroups.acquire`` -- issue each session its token, look up,
+record the client's connection with ``mark_connected``, forward the offer, delete, close all at shutdown; every session is
 released when its lifecycle ends: no-show, idle, maximum duration) and ``ManagedSession``
 (what the HTTP side knows about one session). Every exit path goes through
 ``AvatarSession.close``, which releases the peer connection, tasks, mailbox and engine state;
-its ``on_closed`` callback frees the slot and stops the session's timers.
+its ``on_closed`` callback frees the slot and stops the session's timers. A session whose
+engine group dies gets an ``engine_failed`` error event and is closed.
 
 Knows nothing about HTTP status codes: it raises typed errors that ``server.errors`` maps.
 """
@@ -21,12 +22,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pipeline.engine import EngineNotReady, EngineWorker
+from pipeline.engine import EngineNotReady
 from pipeline.media import Avatar
 from server.auth import SessionTokens
-from server.capacity import CapacityPolicy
+from server.engine_groups import CapacityReached, EngineGroups, Lease
 from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
 from server.metrics import Metrics, RejectReason
+from streaming.events import ErrorCode, ErrorEvent
 from streaming.peer import PeerConfig
 from streaming.push import PushFormat
 from streaming.session import AvatarSession
@@ -46,8 +48,18 @@ class UnknownAvatar(LookupError):
     """No avatar has this name."""
 
 
-class CapacityReached(RuntimeError):
-    """Every session slot is taken."""
+__all__ = [
+    "CapacityReached",
+    "ManagedSession",
+    "SessionRegistry",
+    "UnknownAvatar",
+    "UnknownSession",
+]
+
+GROUP_LOST_GRACE_S = 0.25
+"""Time the ``engine_failed`` error event of a session whose engine group died gets to leave
+on the data channel before the peer connection closes (closing aborts SCTP, dropping unsent
+messages), in seconds."""
 
 
 @dataclass
@@ -66,6 +78,9 @@ class ManagedSession:
 
     media: AvatarSession
     lifecycle: SessionLifecycle = field(repr=False)
+    lease: Lease = field(repr=False)
+    """The session's slot on its engine group."""
+
     audio_sockets: int = 0
     """Audio WebSockets open on this session now (bounded by ``max_audio_sockets``)."""
 
@@ -81,22 +96,19 @@ class SessionRegistry:
     def __init__(
         self,
         *,
-        worker: EngineWorker,
+        engines: EngineGroups,
         avatars: Mapping[str, Avatar],
         session_config: SessionConfig,
         peer_config: PeerConfig,
-        capacity: CapacityPolicy,
         lifecycle: LifecyclePolicy,
         tokens: SessionTokens,
         metrics: Metrics,
         executor: Executor | None = None,
     ) -> None:
-        self._worker = worker
+        self._engines = engines
         self._avatars = dict(avatars)
         self._session_config = session_config
         self.peer_config = peer_config
-        self._capacity_policy = capacity
-        self._capacity: int | None = None
         self._lifecycle_policy = lifecycle
         self.tokens = tokens
         self._metrics = metrics
@@ -114,13 +126,8 @@ class SessionRegistry:
 
     @property
     def capacity(self) -> int | None:
-        """Session slots, or ``None`` while the engine is not ready (the RTF is not known)."""
-        if self._capacity is None and self._worker.is_ready:
-            limit, source = self._capacity_policy.resolve(self._worker.engine)
-            self._capacity = limit
-            self._metrics.sessions_capacity.set(limit)
-            logger.info("capacity: %d concurrent session(s) (%s)", limit, source)
-        return self._capacity
+        """Session slots of the ready engine groups, or ``None`` while none is ready."""
+        return self._engines.capacity
 
     async def create(
         self,
@@ -129,30 +136,26 @@ class SessionRegistry:
         audio_source: AudioSource = AudioSource.MIC,
         push_format: PushFormat | None = None,
     ) -> ManagedSession:
-        """Open a session for ``avatar_name`` and wait until the engine has prepared it.
+        """Open a session for ``avatar_name`` on the least-loaded engine group with a free
+        slot and wait until the engine has prepared it.
 
         ``audio_source`` says where its speech comes from; ``push_format`` bounds a push
         session's audio (``None``: the defaults).
         """
-        capacity = self.capacity
-        if capacity is None:
+        if self.capacity is None:
             self._metrics.rejected(RejectReason.NOT_READY)
-            reason = self._worker.load_error
-            raise EngineNotReady(
-                f"the engine failed to load ({reason})" if reason else "the engine is still loading"
-            )
+            raise EngineNotReady(self._engines.not_ready_reason())
         avatar = self._avatars.get(avatar_name)
         if avatar is None:
             raise UnknownAvatar(
                 f"no avatar named {avatar_name!r}; available: {', '.join(self.avatar_names)}"
             )
-        if len(self._sessions) >= capacity:
-            self._metrics.rejected(RejectReason.CAPACITY)
-            raise CapacityReached(
-                f"every session slot is in use ({capacity} of {capacity}); retry later, or set "
-                "max_sessions (HEADCAST_MAX_SESSIONS) higher if the engine keeps up with more"
-            )
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        try:
+            lease = self._engines.acquire(lambda reason: self._group_lost(session_id, reason))
+        except CapacityReached:
+            self._metrics.rejected(RejectReason.CAPACITY)
+            raise
         token = self.tokens.issue(session_id)  # re-issued once prepared (below)
         lifecycle = SessionLifecycle(
             self._lifecycle_policy,
@@ -160,18 +163,22 @@ class SessionRegistry:
             no_show_s=self.tokens.ttl_s,  # an unconnected session with an expired token is dead
         )
         self._seeds += 1
-        media = AvatarSession(
-            self._worker,
-            avatar,
-            self._session_config,
-            audio_source=audio_source,
-            push_format=push_format,
-            observer=LifecycleObserver(self._metrics, lifecycle),
-            executor=self._executor,
-            seed=self._seeds,
-            on_closed=lambda _media, reason: self._forget(session_id, reason),
-            label=f"session {session_id}",
-        )
+        try:
+            media = AvatarSession(
+                lease.worker,
+                avatar,
+                self._session_config,
+                audio_source=audio_source,
+                push_format=push_format,
+                observer=LifecycleObserver(self._metrics.for_group(lease.group), lifecycle),
+                executor=self._executor,
+                seed=self._seeds,
+                on_closed=lambda _media, reason: self._forget(session_id, reason),
+                label=f"session {session_id}",
+            )
+        except BaseException:
+            lease.release()
+            raise
         managed = ManagedSession(
             id=session_id,
             token=token.value,
@@ -180,6 +187,7 @@ class SessionRegistry:
             expires_at=token.expires_at,
             media=media,
             lifecycle=lifecycle,
+            lease=lease,
         )
         self._sessions[session_id] = managed  # the slot is taken from here on
         self._metrics.sessions_active.set(len(self._sessions))
@@ -193,7 +201,10 @@ class SessionRegistry:
         token = self.tokens.issue(session_id)
         managed.token, managed.expires_at = token.value, token.expires_at
         lifecycle.start()
-        logger.info("session %s created for avatar %r", session_id, avatar_name)
+        logger.info(
+            "session %s created for avatar %r on engine group %s", session_id, avatar_name,
+            lease.group,
+        )  # fmt: skip
         return managed
 
     def get(self, session_id: str) -> ManagedSession:
@@ -247,10 +258,37 @@ class SessionRegistry:
         task.add_done_callback(self._ending.discard)
         task.add_done_callback(_log_failure)
 
+    def _group_lost(self, session_id: str, reason: str) -> None:
+        """The session's engine group died: tell the client (an ``engine_failed`` error
+        event on every transport), then close the session."""
+        managed = self._sessions.get(session_id)
+        if managed is None or managed.media.closed:
+            return
+        managed.media.events.publish(
+            ErrorEvent(
+                code=ErrorCode.ENGINE_FAILED,
+                message=f"the engine serving this session failed ({reason}); the session "
+                "ends: create a new session",
+            )
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._close_after(managed, GROUP_LOST_GRACE_S, f"its engine group failed: {reason}"),
+            name=f"session {session_id}-group-lost",
+        )
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+        task.add_done_callback(_log_failure)
+
+    @staticmethod
+    async def _close_after(managed: ManagedSession, delay_s: float, reason: str) -> None:
+        await asyncio.sleep(delay_s)
+        await managed.media.close(reason)
+
     def _forget(self, session_id: str, reason: str) -> None:
         managed = self._sessions.pop(session_id, None)
         if managed is None:
             return
+        managed.lease.release()
         managed.lifecycle.cancel()
         self._metrics.sessions_active.set(len(self._sessions))
         logger.info("session %s released (%s); %d active", session_id, reason, len(self._sessions))

@@ -1,12 +1,12 @@
 """The app's long-lived services and their start and stop order.
 
 Owns ``Runtime``: the media executor (installed as the loop's default executor, so aiortc's
-encoders use its pre-started threads), the ``EngineWorker`` (the engine loads on its own
-thread; the server answers meanwhile), the avatars, the session tokens' signer, the
-``SessionRegistry`` (with its capacity and lifecycle policies), and ``readiness`` for
-``/readyz`` (which also settles the capacity once the engine is warm). ``start`` and
-``stop`` are called by the app's lifespan; ``stop`` closes every session before it stops
-the engine thread.
+encoders use its pre-started threads), the ``EngineGroups`` (planned from ``gpus`` and
+``gpus_per_session``; each group's engine loads on its own thread or worker processes while
+the server answers), the avatars, the session tokens' signer, the ``SessionRegistry`` (with
+its lifecycle policy), the engine groups' gauges, and ``readiness`` for ``/readyz`` (every
+group's state; the server is ready while one group is). ``start`` and ``stop`` are called
+by the app's lifespan; ``stop`` closes every session before it stops the engine groups.
 
 Knows nothing about routes or HTTP.
 """
@@ -21,10 +21,12 @@ from dataclasses import dataclass
 
 from aiortc import RTCIceServer
 
-from pipeline.engine import Engine, EngineWorker
+from pipeline.engine import Engine
 from server.auth import SessionTokens
 from server.capacity import CapacityPolicy
-from server.engines import load_avatars
+from server.engine_groups import EngineGroups, GroupState, GroupStatus
+from server.engines import engine_options, load_avatars
+from server.group_plan import CPU_DEVICE, GroupPlan, plan_groups, visible_cuda_devices
 from server.lifecycle import LifecyclePolicy
 from server.metrics import Metrics
 from server.registry import SessionRegistry
@@ -53,6 +55,8 @@ class Readiness:
     description: str
     detail: str
     load_seconds: float | None = None
+    groups: tuple[GroupStatus, ...] = ()
+    """Every engine group's state (the server is ready while one group is)."""
 
 
 def peer_config(settings: Settings) -> PeerConfig:
@@ -97,14 +101,33 @@ def capacity_policy(settings: Settings) -> CapacityPolicy:
 class Runtime:
     """The services one app runs; built by ``create_app``, started by its lifespan."""
 
-    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, engine: Engine | None = None) -> None:
+        """``engine`` replaces the configured engine groups by one in-process group (tests)."""
         self.settings = settings
-        self.engine = engine
         self.metrics = metrics
-        self.worker = EngineWorker(engine)
+        self.plans: list[GroupPlan] = (
+            [GroupPlan(0, (CPU_DEVICE,), in_process=True)]
+            if engine is not None
+            else plan_groups(settings, visible_cuda_devices(settings.engine))
+        )
+        self.groups = EngineGroups(
+            self.plans,
+            engine_name=settings.engine,
+            options=engine_options(settings),
+            policy=capacity_policy(settings),
+            restarts=settings.group_restarts,
+            engine=engine,
+            on_failure=self._count_failure,
+            log_level=settings.log_level.upper(),
+        )
         self.tokens = SessionTokens(settings.session_token_ttl_s)
         self.executor: ThreadPoolExecutor | None = None
         self._registry: SessionRegistry | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the first group (what the server runs)."""
+        return self.groups.engine
 
     @property
     def registry(self) -> SessionRegistry:
@@ -113,19 +136,19 @@ class Runtime:
         return self._registry
 
     async def start(self) -> None:
-        """Start the media threads and the engine thread, load the avatars."""
+        """Start the media threads and the engine groups, load the avatars."""
         loop = asyncio.get_running_loop()
         self.executor = start_media_executor(self.settings.media_threads)
         loop.set_default_executor(self.executor)
         self.metrics.bind_loop(loop)
-        self.worker.start()  # the engine loads on its thread from here on
+        self._export_groups()
+        self.groups.start()  # the engines load on their threads / processes from here on
         avatars = await loop.run_in_executor(self.executor, load_avatars, self.settings)
         self._registry = SessionRegistry(
-            worker=self.worker,
+            engines=self.groups,
             avatars=avatars,
             session_config=session_config(self.settings),
             peer_config=peer_config(self.settings),
-            capacity=capacity_policy(self.settings),
             lifecycle=lifecycle_policy(self.settings),
             tokens=self.tokens,
             metrics=self.metrics,
@@ -133,11 +156,10 @@ class Runtime:
         )
 
     async def stop(self) -> None:
-        """Close every session, then stop the engine thread and the media threads."""
+        """Close every session, then stop the engine groups and the media threads."""
         if self._registry is not None:
             await self._registry.close_all("the server is shutting down")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self.worker.shutdown)  # no-op if never started
+        await self.groups.stop()  # no-op for groups never started
         self.metrics.bind_loop(None)
         if self.executor is not None:
             self.executor.shutdown(wait=True)
@@ -146,25 +168,56 @@ class Runtime:
     @property
     def readiness(self) -> Readiness:
         engine = self.engine
-        if self.worker.load_error is not None:
+        statuses = tuple(self.groups.statuses())
+        states = [status.state for status in statuses]
+        ready = states.count(GroupState.READY)
+        of_groups = f": {ready} of {len(states)} engine groups ready" if len(states) > 1 else ""
+        if ready and self._registry is not None:
+            return Readiness(
+                ReadyState.READY,
+                engine.name,
+                engine.description,
+                f"engine {engine.name!r} is ready{of_groups}",
+                max(s.load_seconds or 0.0 for s in statuses if s.state is GroupState.READY),
+                statuses,
+            )
+        if states and all(state is GroupState.FAILED for state in states):
             return Readiness(
                 ReadyState.FAILED,
                 engine.name,
                 engine.description,
-                f"engine {engine.name!r} failed to load: {self.worker.load_error}; "
-                "see the server log, fix the cause and restart",
-            )
-        if not self.worker.is_ready or self._registry is None or self._registry.capacity is None:
-            return Readiness(
-                ReadyState.LOADING,
-                engine.name,
-                engine.description,
-                f"engine {engine.name!r} is loading and warming up",
+                f"engine {engine.name!r}: {self.groups.not_ready_reason()}",
+                groups=statuses,
             )
         return Readiness(
-            ReadyState.READY,
+            ReadyState.LOADING,
             engine.name,
             engine.description,
-            f"engine {engine.name!r} is ready",
-            self.worker.load_seconds,
+            f"engine {engine.name!r} is loading and warming up{of_groups}",
+            groups=statuses,
         )
+
+    # -- metrics of the groups -------------------------------------------------------------------
+
+    def _export_groups(self) -> None:
+        """Every group's series from the start; its gauges read the groups at scrape time."""
+        metrics = self.metrics
+        metrics.sessions_capacity.set_function(lambda: float(self.groups.capacity or 0))
+        for plan in self.plans:
+            label = str(plan.index)
+            metrics.add_group(label)
+            metrics.group_ready.labels(group=label).set_function(
+                lambda i=plan.index: float(self._status(i).state is GroupState.READY)
+            )
+            metrics.group_sessions.labels(group=label).set_function(
+                lambda i=plan.index: float(self._status(i).sessions)
+            )
+            metrics.group_capacity.labels(group=label).set_function(
+                lambda i=plan.index: float(self._status(i).capacity)
+            )
+
+    def _status(self, index: int) -> GroupStatus:
+        return self.groups.statuses()[index]
+
+    def _count_failure(self, index: int) -> None:
+        self.metrics.group_failures.labels(group=str(index)).inc()

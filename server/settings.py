@@ -23,6 +23,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -52,6 +53,8 @@ DEFAULT_HTTP_BODY_TIMEOUT_S = 10.0
 DEFAULT_HTTP_HEADER_TIMEOUT_S = 10.0
 DEFAULT_HTTP_KEEP_ALIVE_S = 5
 DEFAULT_MAX_AUDIO_SOCKETS = 2
+DEFAULT_GROUP_RESTARTS = 2
+"""Restarts of an engine group whose worker died before it stays failed."""
 
 MIN_API_KEY_CHARS = 16
 """Shortest API key accepted: shorter keys are guessable."""
@@ -158,15 +161,35 @@ class Settings(BaseSettings):
     width: int = Field(DEFAULT_WIDTH, gt=0, multiple_of=16)
     """Output video width in pixels."""
 
+    gpus: Annotated[list[int] | None, NoDecode] = None
+    """Device indexes the engine groups use: CUDA device numbers as torch counts them (after
+    ``CUDA_VISIBLE_DEVICES``); comma-separated in the environment (``HEADCAST_GPUS=0,1``).
+    Unset: every visible GPU for ``tiny`` and ``flashtalk``; the puppet, and any engine on a
+    host without CUDA, runs as one engine inside the server process. Where there is no CUDA
+    (or for the puppet) the indexes are CPU worker slots: one worker process per index, so
+    engine groups can be run and tested on any machine."""
+
+    gpus_per_session: int = Field(1, ge=1)
+    """Devices that compute one session's chunks together: the size N of an engine group.
+    The server starts ``len(gpus) // gpus_per_session`` groups, each with its own chunk loop
+    and session slots; with N > 1 each chunk is split across the group's N worker processes
+    (sequence parallelism over NCCL). 1: one group per GPU, the most sessions per host."""
+
+    group_restarts: int = Field(DEFAULT_GROUP_RESTARTS, ge=0)
+    """Times an engine group is restarted after one of its worker processes died (its
+    sessions end with an ``engine_failed`` error event either way); after that the group
+    stays ``failed`` in ``/readyz`` and the other groups go on."""
+
     max_sessions: int | None = Field(None, ge=1)
-    """Sessions served at once; further session requests get 429 with Retry-After. Unset:
-    ``floor(1 / RTF)`` of the engine's warm-up real-time factor (at least 1), so a device
-    that cannot serve two sessions in real time admits one; engines that measure no RTF
-    (the puppet) get ``max_sessions_fallback``."""
+    """Sessions each engine group serves at once (one group unless ``gpus`` makes several);
+    the server's limit is the sum over its ready groups, and further session requests get
+    429 with Retry-After. Unset: ``floor(1 / RTF)`` of each group's warm-up real-time factor
+    (at least 1), so a group that cannot serve two sessions in real time admits one;
+    engines that measure no RTF (the puppet) get ``max_sessions_fallback``."""
 
     max_sessions_fallback: int = Field(DEFAULT_MAX_SESSIONS_FALLBACK, ge=1)
-    """Sessions served at once when ``max_sessions`` is unset and the engine measures no
-    real-time factor."""
+    """Sessions each engine group serves at once when ``max_sessions`` is unset and the
+    engine measures no real-time factor."""
 
     session_token_ttl_s: float = Field(DEFAULT_SESSION_TOKEN_TTL_S, gt=0)
     """Seconds a session token can start its session (the WebRTC offer or the audio
@@ -227,10 +250,41 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     """Log level of the server's loggers."""
 
-    @field_validator("api_keys", "cors_allow_origins", mode="before")
+    @field_validator("api_keys", "cors_allow_origins", "gpus", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_list(value)
+
+    @field_validator("gpus")
+    @classmethod
+    def _devices(cls, gpus: list[int] | None) -> list[int] | None:
+        if gpus is None:
+            return None
+        if not gpus:
+            raise ValueError(
+                "list at least one device index (e.g. [0, 1]), or leave gpus unset to use "
+                "every visible GPU"
+            )
+        if any(index < 0 for index in gpus):
+            raise ValueError("device indexes start at 0; remove the negative ones")
+        repeated = sorted({index for index in gpus if gpus.count(index) > 1})
+        if repeated:
+            raise ValueError(
+                f"device(s) {repeated} listed twice: each device belongs to one group only"
+            )
+        return gpus
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> Settings:
+        size = self.gpus_per_session
+        if self.gpus is not None and len(self.gpus) % size:
+            count = len(self.gpus)
+            raise ValueError(
+                f"gpus lists {count} device(s) but gpus_per_session is {size}: "
+                f"{count % size} device(s) would sit idle; list a multiple of {size} devices "
+                f"or set gpus_per_session to a divisor of {count}"
+            )
+        return self
 
     @field_validator("api_keys")
     @classmethod

@@ -85,6 +85,10 @@ class ErrorCode(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
     """The server failed; see its log."""
 
+    ENGINE_FAILED = "engine_failed"
+    """The engine group serving the session failed (a worker process died); the session
+    ends right after this event: create a new session (other groups keep serving)."""
+
 
 class CommandType(enum.StrEnum):
     """The commands a client may send as ``{"type": ...}``."""

@@ -41,6 +41,7 @@ class FakeEngine:
 
     name = "fake"
     description = "test engine: flat grey frames whose level encodes the chunk index"
+    warmup_rtf: float | None = None
 
     def __init__(
         self,

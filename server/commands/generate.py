@@ -210,11 +210,12 @@ def _create_engine(args: argparse.Namespace) -> Engine:
     """Create the engine from the registry; UsageError for an unknown name or option."""
     name = args.engine or (MODEL_ENGINE if args.model_dir is not None else DEFAULT_ENGINE)
     options = _engine_options(args)
+    registry = default_registry()
     try:
-        return default_registry().create(name, **options)
+        return registry.create(name, registry.options_type(name)(**options))
     except UnknownEngine as exc:
         raise UsageError(str(exc)) from exc
-    except TypeError as exc:  # an option this engine's constructor does not take
+    except TypeError as exc:  # an option this engine's options type does not have
         flags = ", ".join("--" + option.replace("_", "-") for option in options)
         raise UsageError(
             f"engine {name!r} does not accept the options given ({flags}): {exc}. "

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from server.deps import MetricsDep, RuntimeDep
+from server.engine_groups import GroupStatus
 from server.errors import ENGINE_LOADING_RETRY_AFTER_S, Problem
 from server.metrics import CONTENT_TYPE
 from server.runtime import ReadyState
@@ -25,12 +26,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> dict[str, Any]:
-    """200 once the engine is loaded and warm; 503 (a problem) while loading or after a failure."""
+    """200 while an engine group is loaded and warm; 503 (a problem) while every group loads
+    or after every group failed. ``groups`` lists each group's devices, state and sessions."""
     readiness = runtime.readiness
     body: dict[str, Any] = {
         "state": readiness.state.value,
         "engine": readiness.engine,
         "description": readiness.description,
+        "groups": [_group(status) for status in readiness.groups],
     }
     if readiness.state is ReadyState.READY:
         return {**body, "detail": readiness.detail, "load_seconds": readiness.load_seconds}
@@ -47,6 +50,21 @@ async def readyz(runtime: RuntimeDep) -> dict[str, Any]:
         headers=headers,
         extra=body,
     )
+
+
+def _group(status: GroupStatus) -> dict[str, Any]:
+    """One engine group in ``/readyz``: where it runs, its state and its sessions."""
+    return {
+        "index": status.index,
+        "devices": list(status.devices),
+        "state": status.state.value,
+        "sessions": status.sessions,
+        "capacity": status.capacity,
+        "warmup_rtf": status.warmup_rtf,
+        "failures": status.failures,
+        "last_failure": status.last_failure,
+        "detail": status.detail,
+    }
 
 
 @router.get("/metrics")

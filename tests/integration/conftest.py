@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from headcast_client import over_groups, parse_metrics
 from streaming.ice import HostCandidatePolicy
 from tests.conftest import REPO_ROOT
 
@@ -66,16 +67,16 @@ class RunningServer:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def metrics(self) -> dict[str, float]:
-        """One scrape of ``/metrics``: {series as written: value}."""
+    def series(self) -> dict[str, float]:
+        """One scrape of ``/metrics``: {series as written, group labels included: value}."""
         response = httpx.get(f"{self.url}/metrics", timeout=10.0)
         response.raise_for_status()
-        series: dict[str, float] = {}
-        for line in response.text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                series[name] = float(value)
-        return series
+        return parse_metrics(response.text)
+
+    def metrics(self) -> dict[str, float]:
+        """One scrape, summed over the engine groups (``headcast_chunks_total`` counts every
+        group's chunks)."""
+        return over_groups(self.series())
 
     def metric(self, name: str) -> float:
         return self.metrics()[name]
@@ -126,8 +127,10 @@ def _stop(server: RunningServer) -> None:
 
 
 @contextlib.contextmanager
-def run_server(log_dir: Path, **settings: object) -> Iterator[RunningServer]:
-    """A ready puppet server on a free loopback port with ``settings`` (as env variables)."""
+def run_server(
+    log_dir: Path, engine: str = "puppet", **settings: object
+) -> Iterator[RunningServer]:
+    """A ready ``engine`` server on a free loopback port with ``settings`` (as env variables)."""
     env = _server_env(settings)
     last_error: ServerFailed | None = None
     for _attempt in range(PORT_ATTEMPTS):
@@ -135,7 +138,7 @@ def run_server(log_dir: Path, **settings: object) -> Iterator[RunningServer]:
         log_path = log_dir / f"server-{port}.log"
         command = [
             sys.executable, "-m", "server", "serve",
-            "--engine", "puppet", "--host", LOOPBACK, "--port", str(port),
+            "--engine", engine, "--host", LOOPBACK, "--port", str(port),
         ]  # fmt: skip
         with log_path.open("wb") as log:
             process = subprocess.Popen(

@@ -1,7 +1,14 @@
 """Async Python client for headcast: create a session, run WebRTC, push audio, read events."""
 
 from headcast_client.audio import ArrayAudioTrack
-from headcast_client.client import HeadcastClient, HeadcastError, SessionInfo, WebRTCConnection
+from headcast_client.client import (
+    HeadcastClient,
+    HeadcastError,
+    SessionInfo,
+    WebRTCConnection,
+    over_groups,
+    parse_metrics,
+)
 from headcast_client.push import EventQueue, EventTimeout, PushSocket, to_pcm16
 
 __all__ = [
@@ -13,5 +20,7 @@ __all__ = [
     "PushSocket",
     "SessionInfo",
     "WebRTCConnection",
+    "over_groups",
+    "parse_metrics",
     "to_pcm16",
 ]

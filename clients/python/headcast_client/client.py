@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -164,14 +165,7 @@ class HeadcastClient:
 
     async def metrics(self) -> dict[str, float]:
         """``GET /metrics`` parsed into {series (name and labels, as written): value}."""
-        text = (await self._request("GET", "/metrics")).text
-        series: dict[str, float] = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            name, _, value = line.rpartition(" ")
-            series[name] = float(value)
-        return series
+        return parse_metrics((await self._request("GET", "/metrics")).text)
 
     async def create_session(
         self, avatar: str = "default", *, audio_source: str = "mic", sample_rate: int = 16_000
@@ -315,3 +309,29 @@ class HeadcastClient:
             channel=channel,
             events=queue,
         )
+
+
+GROUP_LABEL = re.compile(r'group="[^"]*",?')
+"""The engine-group label of a series as the server writes it."""
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text into {series (name and labels, as written): value}."""
+    series: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        series[name] = float(value)
+    return series
+
+
+def over_groups(series: dict[str, float]) -> dict[str, float]:
+    """``series`` summed over the engine groups: ``headcast_chunks_total{group="1"}`` counts
+    toward ``headcast_chunks_total``, ``headcast_rtf_bucket{group="0",le="1.0"}`` toward
+    ``headcast_rtf_bucket{le="1.0"}``."""
+    total: dict[str, float] = {}
+    for name, value in series.items():
+        key = GROUP_LABEL.sub("", name).replace(",}", "}").replace("{}", "")
+        total[key] = total.get(key, 0.0) + value
+    return total

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
 from pipeline.config import TINY_HEIGHT, TINY_WIDTH
 from pipeline.diffusion_engine import tiny_engine
+from pipeline.engine_options import TinyOptions
 from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig, FlashTalkDiT
 from pipeline.launch import RankReport, child_environment, collect_reports, free_port, init_rank
 from pipeline.media import CHUNK_SAMPLES, SAMPLE_RATE_HZ, Avatar, ChunkJob
@@ -114,7 +115,8 @@ def speech(index: int) -> np.ndarray:
 def stream(parallel: ParallelGroup | None, chunks: int, cache_dir: Path) -> dict[str, list[Any]]:
     """The tiny engine (as the server drives it: load with warm-up, open a session, step):
     per chunk the colour-corrected video, the next motion latents and the frames."""
-    engine = tiny_engine(parallel=parallel, cache_dir=cache_dir, height=TINY_HEIGHT, width=TINY_WIDTH)
+    options = TinyOptions(cache_dir=cache_dir, height=TINY_HEIGHT, width=TINY_WIDTH)
+    engine = tiny_engine(options, parallel)
     engine.load()
     generator = engine.generator
     assert generator is not None

@@ -12,6 +12,7 @@ import pytest
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
 from pipeline.diffusion_engine import WARMUP_CHUNKS, DiffusionEngine, resize_frames
 from pipeline.engine import Chunk, EngineWorker, default_registry
+from pipeline.engine_options import TinyOptions
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, Avatar, ChunkJob
 
 CHUNKS = 3
@@ -27,7 +28,7 @@ def _speech(chunks: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def engine() -> DiffusionEngine:
-    engine = default_registry().create("tiny", height=224, width=128)
+    engine = default_registry().create("tiny", TinyOptions(height=224, width=128))
     assert isinstance(engine, DiffusionEngine)
     assert "noise" in engine.description, "the tiny engine must say its pictures are noise"
     return engine
@@ -100,7 +101,7 @@ def test_the_warm_up_rtf_leaves_out_the_compiling_first_chunk(
         return generator
 
     monkeypatch.setattr("pipeline.tiny.build_tiny_generator", build)
-    engine = default_registry().create("tiny", height=224, width=128)
+    engine = default_registry().create("tiny", TinyOptions(height=224, width=128))
     assert isinstance(engine, DiffusionEngine)
     engine.load()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -24,9 +25,15 @@ from pipeline.engine import (
     SessionClosed,
     SessionHandle,
     UnknownEngine,
+    WrongEngineOptions,
     default_registry,
 )
+from pipeline.engine_options import PuppetOptions, TinyOptions
 from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar, Chunk, ChunkJob
+from tests.conftest import REPO_ROOT
+
+if TYPE_CHECKING:
+    from pipeline.parallel import ParallelGroup
 
 WAIT_S = 10.0
 """Upper bound of every wait in these tests, in seconds (generous: the CPU is shared)."""
@@ -45,6 +52,7 @@ class FakeEngine:
     description = "fake engine for tests: each frame is filled with its chunk's index"
     height = FAKE_SIZE_PX
     width = FAKE_SIZE_PX
+    warmup_rtf: float | None = None
 
     def __init__(
         self,
@@ -422,23 +430,42 @@ def test_registry_lists_puppet_and_names_the_choices_for_unknown_engines() -> No
     assert "'flashtalk-typo'" in message
     for name in registry.names():
         assert name in message
-    engine = registry.create("puppet", height=64, width=48)
+    engine = registry.create("puppet", PuppetOptions(height=64, width=48))
     assert (engine.name, engine.height, engine.width) == ("puppet", 64, 48)
     with pytest.raises(TypeError):
-        registry.create("puppet", heigth=64)  # a misspelt option is not silently ignored
+        PuppetOptions(heigth=64)  # type: ignore[call-arg]  # a misspelt option is an error
+    with pytest.raises(WrongEngineOptions, match=r"'tiny' takes TinyOptions, got PuppetOptions"):
+        registry.create("tiny", PuppetOptions())  # another engine's options are refused
+    assert registry.options_type("tiny") is TinyOptions
+
+
+def test_no_engine_module_imports_the_machinery_that_drives_it() -> None:
+    """The engines import ``pipeline.engine_api``, never ``pipeline.engine`` (no cycle)."""
+    for module in ("pipeline/puppet.py", "pipeline/diffusion_engine.py"):
+        source = (REPO_ROOT / module).read_text(encoding="utf-8")
+        assert "from pipeline.engine import" not in source, module
+
+
+@dataclass(frozen=True)
+class FakeOptions:
+    """The fake engine's (empty) options."""
+
+
+def fake_engine(options: FakeOptions, parallel: ParallelGroup | None = None) -> FakeEngine:
+    return FakeEngine()
 
 
 def test_registry_refuses_a_second_engine_under_the_same_name() -> None:
     registry = EngineRegistry()
-    registry.register("fake", FakeEngine)
+    registry.register("fake", fake_engine, FakeOptions)
     with pytest.raises(ValueError, match="already registered"):
-        registry.register("fake", FakeEngine)
+        registry.register("fake", fake_engine, FakeOptions)
     assert registry.names() == ["fake"]
-    assert isinstance(registry.create("fake"), FakeEngine)
+    assert isinstance(registry.create("fake"), FakeEngine)  # default options
 
 
 def test_the_puppet_runs_through_the_worker(make_worker: Any) -> None:
-    engine = default_registry().create("puppet", height=128, width=96)
+    engine = default_registry().create("puppet", PuppetOptions(height=128, width=96))
     worker = make_worker(engine)
     inbox = Inbox()
     prepared = threading.Event()

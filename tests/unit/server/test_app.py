@@ -200,7 +200,8 @@ def test_metrics_are_per_app_and_named_with_units(client: TestClient) -> None:
         "headcast_chunk_compute_seconds_bucket",
         "headcast_rtf_bucket",
         "headcast_first_frame_seconds_bucket",
-        'headcast_chunk_errors_total{reason="engine_error"}',
+        'headcast_chunk_errors_total{group="0",reason="engine_error"}',
+        'headcast_engine_group_ready{group="0"} 1.0',
         "headcast_process_threads",
         "headcast_event_loop_tasks",
     ):

@@ -69,7 +69,7 @@ def test_the_fallback_must_admit_a_session() -> None:
 def test_the_policy_prefers_the_configured_limit_then_the_measured_rtf() -> None:
     measured = MeasuredEngine(0.3)
     measured.load()
-    unmeasured = FakeEngine(96, 64)  # no warmup_rtf attribute at all, like the puppet
+    unmeasured = FakeEngine(96, 64)  # warmup_rtf None, like the puppet
     assert measured_rtf(measured) == 0.3 and measured_rtf(unmeasured) is None
 
     assert CapacityPolicy(max_sessions=7, fallback=FALLBACK).resolve(measured)[0] == 7

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.diffusion_engine import DiffusionEngine
 from pipeline.engine import default_registry
+from pipeline.engine_options import FlashTalkOptions, PuppetOptions
 from server.engines import create_engine, engine_options
 from server.settings import SettingsError, load_settings
 
@@ -18,7 +19,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"
 def test_every_shipped_profile_loads(profile: Path) -> None:
     settings = load_settings(profile)
     options = engine_options(settings)
-    assert options["height"] == settings.height and options["width"] == settings.width
+    assert options.height == settings.height and options.width == settings.width
+    assert isinstance(options, default_registry().options_type(settings.engine))
 
 
 def test_the_realtime_profile_reaches_the_flashtalk_engine() -> None:
@@ -34,12 +36,12 @@ def test_the_realtime_profile_reaches_the_flashtalk_engine() -> None:
 
 def test_puppet_gets_only_the_size() -> None:
     settings = load_settings(None, engine="puppet", steps=2, quantize="fp8")
-    assert engine_options(settings) == {"height": settings.height, "width": settings.width}
+    assert engine_options(settings) == PuppetOptions(height=settings.height, width=settings.width)
 
 
 def test_tiny_gets_its_steps() -> None:
     engine = default_registry().create(
-        "tiny", **engine_options(load_settings(None, engine="tiny", steps=2))
+        "tiny", engine_options(load_settings(None, engine="tiny", steps=2))
     )
     assert isinstance(engine, DiffusionEngine) and engine.config.steps == 2
 
@@ -59,7 +61,8 @@ def test_the_avatar_cache_folder_reaches_the_diffusion_engines(tmp_path: Path) -
 
 def test_random_weights_reach_the_flashtalk_engine_and_it_says_so() -> None:
     settings = load_settings(None, engine="flashtalk", random_weights=True, quantize="fp8")
-    assert engine_options(settings)["random_weights"] is True
+    options = engine_options(settings)
+    assert isinstance(options, FlashTalkOptions) and options.random_weights
     engine = create_engine(settings)  # created, not loaded
     assert isinstance(engine, DiffusionEngine) and engine.random_weights
     assert "RANDOM full-size weights" in engine.description and "noise" in engine.description

@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
-from server.metrics import Metrics, RejectReason
+from server.metrics import GroupSessionMetrics, Metrics, RejectReason
 from server.settings import Settings
 from streaming.observer import ChunkProblem, NullObserver, SessionObserver
 from tests.conftest import FakeEngine
@@ -39,13 +39,17 @@ EXPECTED_TYPES = {
     "headcast_process_threads": "gauge",
     "headcast_process_resident_memory_bytes": "gauge",
     "headcast_process_open_fds": "gauge",
+    "headcast_engine_group_ready": "gauge",
+    "headcast_engine_group_sessions": "gauge",
+    "headcast_engine_group_capacity": "gauge",
+    "headcast_engine_group_failures": "counter",
 }
 """Metric family -> type, as parsed from the exposition (counters lose their ``_total``)."""
 
 OPENMP_THREADS = 2
 """torch's intra-op threads for the thread-count test: one native thread besides the caller."""
 
-ALLOWED_LABELS = {"reason", "le"}
+ALLOWED_LABELS = {"reason", "le", "group"}
 """The only labels any series may carry: never a session id."""
 
 UNITLESS = {"headcast_rtf"}
@@ -104,7 +108,9 @@ def test_rejections_are_exported_for_every_reason_from_the_start() -> None:
 
 def test_observer_events_land_in_their_metrics() -> None:
     metrics = Metrics()
-    observer: SessionObserver = metrics  # Metrics implements the whole protocol
+    metrics.add_group("0")
+    metrics.add_group("1")
+    observer: SessionObserver = metrics.for_group("1")  # a session on engine group 1
 
     observer.on_interrupt(0.12)
     assert _value(metrics, "headcast_interrupt_seconds_count") == 1
@@ -137,8 +143,11 @@ def test_observer_events_land_in_their_metrics() -> None:
     observer.on_chunk_problem(ChunkProblem.LATE)
     observer.on_first_frame(0.8)
     observer.on_activity()  # feeds the idle timeout, not a metric: must simply not fail
-    assert _value(metrics, "headcast_chunks_total") == 1
-    assert _value(metrics, "headcast_chunk_errors_total", reason="late") == 1
+    assert _value(metrics, "headcast_chunks_total", group="1") == 1
+    assert _value(metrics, "headcast_rtf_count", group="1") == 1
+    assert _value(metrics, "headcast_chunk_compute_seconds_sum", group="1") == pytest.approx(0.4)
+    assert _value(metrics, "headcast_chunk_errors_total", reason="late", group="1") == 1
+    assert _value(metrics, "headcast_chunk_errors_total", reason="late", group="0") == 0
     assert _value(metrics, "headcast_first_frame_seconds_count") == 1
 
 
@@ -149,7 +158,7 @@ def test_metrics_and_the_null_observer_implement_every_observer_method() -> None
         if name.startswith("on_") and callable(getattr(SessionObserver, name))
     }
     assert {"on_interrupt", "on_av_skew", "on_activity"} <= protocol_methods
-    for implementation in (Metrics, NullObserver):
+    for implementation in (GroupSessionMetrics, NullObserver):
         missing = {name for name in protocol_methods if not hasattr(implementation, name)}
         assert not missing, f"{implementation.__name__} lacks {missing}"
 

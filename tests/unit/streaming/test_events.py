@@ -60,6 +60,7 @@ def test_error_codes_are_the_documented_stable_strings() -> None:
         "server_starting",
         "session_ended",
         "internal_error",
+        "engine_failed",
     }
 
 
