@@ -17,10 +17,16 @@ source benchmarks/common.sh
     python3 -c "import torch; print('visible GPUs', torch.cuda.device_count())"
     nvidia-smi topo -m
 } 2>&1 | tee -a "$LOG"
-bench 1gpu-bf16-compiled --compile
+# ONE_GPU_REPORTS=DIR: take the 1-GPU reports (1gpu-bf16-compiled.json, 1gpu-fp8-compiled.json)
+# from an earlier run of this script instead of measuring them again.
+if [[ -n ${ONE_GPU_REPORTS:-} ]]; then
+    cp "$ONE_GPU_REPORTS"/1gpu-*.json /tmp/
+else
+    bench 1gpu-bf16-compiled --compile
+    bench 1gpu-fp8-compiled --quantize fp8 --compile
+fi
 bench 2gpu-bf16-compiled --compile --gpus 2 --check-parallel \
     --scaling-reference /tmp/1gpu-bf16-compiled.json
-bench 1gpu-fp8-compiled --quantize fp8 --compile
 bench 2gpu-fp8-compiled --quantize fp8 --compile --gpus 2 --check-parallel \
     --scaling-reference /tmp/1gpu-fp8-compiled.json
 bench 2gpu-realtime-fp8-4steps-640x368 --quantize fp8 --compile --gpus 2 --height 640 --width 368

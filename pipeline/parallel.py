@@ -113,7 +113,8 @@ def gather_rows(x: torch.Tensor, sizes: tuple[int, ...], dim: int, group_name: s
         raise ValueError(f"this rank holds {local.shape[0]} rows, not one of {sizes}")
     if local.shape[0] < most:
         local = torch.cat([local, local.new_zeros(most - local.shape[0], *local.shape[1:])])
-    gathered = _waited(funcol.all_gather_single(local.contiguous(), 0, group_name))
+    # all_gather_tensor (not all_gather_single, which torch 2.11 lacks): the same gather on dim 0
+    gathered = _waited(funcol.all_gather_tensor(local.contiguous(), 0, group_name))
     if any(size != most for size in sizes):
         gathered = torch.cat(
             [gathered[rank * most : rank * most + size] for rank, size in enumerate(sizes)]
