@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from pipeline.engine import EngineNotReady, EngineWorker
@@ -27,6 +27,7 @@ from server.auth import SessionTokens
 from server.capacity import CapacityPolicy
 from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
 from server.metrics import Metrics, RejectReason
+from server.turn import TurnMinter
 from streaming.peer import PeerConfig
 from streaming.push import PushFormat
 from streaming.session import AvatarSession
@@ -66,6 +67,8 @@ class ManagedSession:
 
     media: AvatarSession
     lifecycle: SessionLifecycle = field(repr=False)
+    peer_config: PeerConfig = field(repr=False)
+    """The session's WebRTC set-up: the static ICE servers plus its own TURN credentials."""
 
     @property
     def connected(self) -> bool:
@@ -88,11 +91,13 @@ class SessionRegistry:
         tokens: SessionTokens,
         metrics: Metrics,
         executor: Executor | None = None,
+        turn: TurnMinter | None = None,
     ) -> None:
         self._worker = worker
         self._avatars = dict(avatars)
         self._session_config = session_config
         self.peer_config = peer_config
+        self._turn = turn
         self._capacity_policy = capacity
         self._capacity: int | None = None
         self._lifecycle_policy = lifecycle
@@ -178,6 +183,7 @@ class SessionRegistry:
             expires_at=token.expires_at,
             media=media,
             lifecycle=lifecycle,
+            peer_config=self.peer_config,  # its own TURN credentials once prepared (below)
         )
         self._sessions[session_id] = managed  # the slot is taken from here on
         self._metrics.sessions_active.set(len(self._sessions))
@@ -190,9 +196,18 @@ class SessionRegistry:
         # took to prepare, the token's start window and the no-show limit are whole.
         token = self.tokens.issue(session_id)
         managed.token, managed.expires_at = token.value, token.expires_at
+        managed.peer_config = self._session_peer_config(session_id)
         lifecycle.start()
         logger.info("session %s created for avatar %r", session_id, avatar_name)
         return managed
+
+    def _session_peer_config(self, session_id: str) -> PeerConfig:
+        """The static ICE servers, plus TURN credentials minted for ``session_id`` (valid
+        for the session's longest life) when a TURN secret is configured."""
+        if self._turn is None:
+            return self.peer_config
+        servers = (*self.peer_config.ice_servers, self._turn.ice_server(session_id))
+        return replace(self.peer_config, ice_servers=servers)
 
     def get(self, session_id: str) -> ManagedSession:
         """The live session ``session_id``; raises ``UnknownSession``."""
@@ -219,7 +234,7 @@ class SessionRegistry:
 
     async def offer(self, managed: ManagedSession, sdp: str) -> str:
         """Answer the session's WebRTC offer and mark it connected; returns the answer SDP."""
-        answer = await managed.media.accept_offer(sdp, self.peer_config)
+        answer = await managed.media.accept_offer(sdp, managed.peer_config)
         self.mark_connected(managed.id)
         return answer
 

@@ -24,6 +24,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -34,6 +35,7 @@ from aiortc.sdp import SessionDescription
 
 from streaming.codecs import VideoCodec, prefer_video_codec
 from streaming.ice import HostCandidatePolicy, host_candidates
+from streaming.turn_check import explain_turn_failure, relay_candidates, turn_urls
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +64,20 @@ class NoIceCandidates(RuntimeError):
     """The server found no local address to offer; a deployment problem, not the client's."""
 
 
+class NoRelayCandidates(NoIceCandidates):
+    """Relay candidates only were asked for and the TURN server gave none; the message says
+    why (a refused or expired credential, no answer)."""
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     """How a session's peer connection is set up and when its peer counts as gone."""
 
     ice_servers: tuple[RTCIceServer, ...] = ()
     """STUN/TURN servers; empty means host candidates only (no external STUN lookup)."""
+
+    relay_only: bool = False
+    """Gather and use relay (TURN) candidates only (``iceTransportPolicy: "relay"``)."""
 
     host_candidates: HostCandidatePolicy = field(default_factory=HostCandidatePolicy)
     """Which local addresses are offered as ICE host candidates (loopback opt-in)."""
@@ -169,7 +179,10 @@ class PeerLink:
         self._on_connected = on_connected
         self._lost = False
         self._closed = False
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=list(config.ice_servers)))
+        policy = RTCIceTransportPolicy.RELAY if config.relay_only else RTCIceTransportPolicy.ALL
+        self._pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=list(config.ice_servers), iceTransportPolicy=policy)
+        )
         self._watch_task: asyncio.Task[None] | None = None
         self._pc.on("connectionstatechange", self._on_connection_state)
 
@@ -230,6 +243,7 @@ class PeerLink:
         with host_candidates(self.config.host_candidates):
             await pc.setLocalDescription(answer)  # gathers every candidate before returning
         local = pc.localDescription
+        await self._check_relay(local.sdp)
         if "a=candidate" not in local.sdp:
             raise NoIceCandidates(
                 "the server found no ICE candidates to offer; on a loopback-only host enable "
@@ -239,6 +253,22 @@ class PeerLink:
             self._watch(), name="headcast-peer-watch"
         )
         return local.sdp
+
+    async def _check_relay(self, sdp: str) -> None:
+        """Raise ``NoRelayCandidates`` (relay only) or warn when TURN gave no relay candidate."""
+        servers = list(self.config.ice_servers)
+        if not turn_urls(servers) or relay_candidates(sdp) > 0:
+            return
+        if self.config.relay_only:
+            raise NoRelayCandidates(
+                "the server uses relay candidates only (ice_relay_only) and got none: "
+                + await explain_turn_failure(servers)
+            )
+        logger.warning(
+            "no relay candidate from the TURN server(s) %s: clients behind symmetric NAT cannot "
+            "connect; set ice_relay_only to see why",
+            ", ".join(url for url, _ in turn_urls(servers)),
+        )
 
     async def close(self) -> None:
         """Close the peer connection and stop watching it. Idempotent."""

@@ -1,7 +1,13 @@
 """Async Python client for headcast: create a session, run WebRTC, push audio, read events."""
 
 from headcast_client.audio import ArrayAudioTrack
-from headcast_client.client import HeadcastClient, HeadcastError, SessionInfo, WebRTCConnection
+from headcast_client.client import (
+    HeadcastClient,
+    HeadcastError,
+    RelayUnavailable,
+    SessionInfo,
+    WebRTCConnection,
+)
 from headcast_client.push import EventQueue, EventTimeout, PushSocket, to_pcm16
 
 __all__ = [
@@ -11,6 +17,7 @@ __all__ = [
     "HeadcastClient",
     "HeadcastError",
     "PushSocket",
+    "RelayUnavailable",
     "SessionInfo",
     "WebRTCConnection",
     "to_pcm16",
