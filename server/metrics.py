@@ -5,7 +5,8 @@ tests can build several apps), the metric objects (namespaced ``headcast_``, uni
 names, no session ids as labels), the ``SessionObserver`` implementation the streaming layer
 reports to (chunks, interrupts, A/V skew, late and dropped frames, queued push audio), the
 session counters the registry and the auth dependencies update (active, capacity, rejected by
-reason), and the process gauges (threads, event-loop tasks) read at scrape time.
+reason), and the process gauges (threads, event-loop tasks; resident memory, open file
+descriptors and CPU time as the standard ``process_*`` series) read at scrape time.
 
 Knows nothing about routes or sessions beyond the observer events and ``RejectReason``.
 """
@@ -17,7 +18,14 @@ import enum
 import threading
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -183,6 +191,7 @@ class Metrics:
         )
         self._runtime = _RuntimeCollector()
         self.registry.register(self._runtime)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, _open_fds, ...
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Report the task count of ``loop`` (the server's loop) from now on."""

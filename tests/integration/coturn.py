@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import LOOPBACK, free_loopback_port
+from tests.integration.processes import terminate
 
 TURNSERVER = "turnserver"
 COTURN_READY_TIMEOUT_S = 15.0
@@ -101,9 +101,4 @@ def run_coturn(log_dir: Path, secret: str) -> Iterator[Coturn]:
             time.sleep(POLL_S)
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(COTURN_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(COTURN_STOP_TIMEOUT_S)
+        terminate(process, COTURN_STOP_TIMEOUT_S)
