@@ -10,24 +10,18 @@ package; without it the TURN tests skip (fail under CI).
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 from tests.integration.conftest import LOOPBACK, free_loopback_port
-from tests.integration.processes import terminate
+from tests.integration.processes import require, running
 
 TURNSERVER = "turnserver"
 COTURN_READY_TIMEOUT_S = 15.0
 COTURN_STOP_TIMEOUT_S = 10.0
-POLL_S = 0.1
 REALM = "headcast.test"
 
 
@@ -46,17 +40,6 @@ class Coturn:
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
-
-
-def require_coturn() -> str:
-    """The ``turnserver`` binary; skip (fail under CI) when Debian's coturn is missing."""
-    binary = shutil.which(TURNSERVER)
-    if binary is not None:
-        return binary
-    message = "turnserver not found: install Debian's coturn (`apt-get install -y coturn`; make test does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _free_udp_and_tcp_port() -> int:
@@ -80,7 +63,7 @@ def _accepts_tcp(port: int) -> bool:
 @contextlib.contextmanager
 def run_coturn(log_dir: Path, secret: str) -> Iterator[Coturn]:
     """coturn on a free loopback port with the TURN REST secret ``secret``."""
-    binary = require_coturn()
+    binary = require(TURNSERVER, "coturn")
     port = _free_udp_and_tcp_port()
     log_path = log_dir / f"coturn-{port}.log"
     command = [
@@ -90,15 +73,11 @@ def run_coturn(log_dir: Path, secret: str) -> Iterator[Coturn]:
         f"--realm={REALM}", "--no-software-attribute",
         f"--pidfile={log_dir / f'coturn-{port}.pid'}", f"--userdb={log_dir / f'coturn-{port}.db'}",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    server = Coturn(port, secret, log_path)
-    try:
-        deadline = time.monotonic() + COTURN_READY_TIMEOUT_S
-        while not _accepts_tcp(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"coturn did not start:\n{server.log_tail()}")
-            time.sleep(POLL_S)
-        yield server
-    finally:
-        terminate(process, COTURN_STOP_TIMEOUT_S)
+    with running(
+        command,
+        log_path,
+        lambda: _accepts_tcp(port),
+        ready_timeout_s=COTURN_READY_TIMEOUT_S,
+        stop_timeout_s=COTURN_STOP_TIMEOUT_S,
+    ):
+        yield Coturn(port, secret, log_path)

@@ -11,10 +11,6 @@ Debian package is missing; ``make test`` installs it.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,24 +21,17 @@ import pytest
 import yaml
 
 from tests.integration.conftest import LOOPBACK, free_loopback_port
-from tests.integration.processes import terminate
+from tests.integration.processes import require, running
 
 SCRAPE_INTERVAL_S = 1
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-POLL_S = 0.2
 JOB = "headcast"
 
 
 def require_binary(name: str) -> str:
     """The path of ``name`` (``prometheus``, ``promtool``); skip, or fail under CI, without it."""
-    binary = shutil.which(name)
-    if binary is not None:
-        return binary
-    message = f"{name} not found: install Debian's prometheus (`apt-get install -y prometheus`; make test does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    return require(name, "prometheus")
 
 
 class QueryFailed(AssertionError):
@@ -96,18 +85,14 @@ def run_prometheus(work_dir: Path, target_port: int, rule_file: Path) -> Iterato
         binary, f"--config.file={config_path}", f"--storage.tsdb.path={work_dir / 'data'}",
         f"--web.listen-address={LOOPBACK}:{port}", "--log.level=warn",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     server = Prometheus(f"http://{LOOPBACK}:{port}", log_path)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{server.url}/-/ready", timeout=2.0).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not start:\n{server.log_tail()}")
-            time.sleep(POLL_S)
+
+    def ready() -> bool:
+        with contextlib.suppress(httpx.TransportError):
+            return httpx.get(f"{server.url}/-/ready", timeout=2.0).status_code == 200
+        return False
+
+    with running(
+        command, log_path, ready, ready_timeout_s=READY_TIMEOUT_S, stop_timeout_s=STOP_TIMEOUT_S
+    ):
         yield server
-    finally:
-        terminate(process, STOP_TIMEOUT_S)
