@@ -4,7 +4,9 @@ Owns ``PeerLink`` (an aiortc ``RTCPeerConnection`` set up as the answerer: the a
 and audio tracks go out, the caller's microphone track comes in, and a data channel the
 client opened with the label ``events`` is handed over; ICE is gathered completely before
 answering, no trickle), ``EventsChannel`` (text in and out on that data channel),
-``PeerConfig`` and ``OfferError``. A peer counts as lost when
+``PeerConfig`` (ICE servers, relay-only, codec, timeouts), ``OfferError`` and
+``NoRelayCandidates`` (relay only, and the TURN server gave no relay: the message says why,
+from ``streaming.turn_check``). A peer counts as lost when
 its connection fails or closes, when it does not connect within ``connect_timeout_s``, or
 when it stops sending RTCP receiver reports for ``peer_timeout_s`` (a client that vanished
 without closing: aiortc's own ICE consent check would take about 30 s).
