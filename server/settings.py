@@ -23,7 +23,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -295,23 +294,6 @@ class Settings(BaseSettings):
             )
         return secret
 
-    @model_validator(mode="after")
-    def _turn_complete(self) -> Settings:
-        if bool(self.turn_urls) != (self.turn_secret is not None):
-            raise ValueError(
-                "turn_urls and turn_secret go together: set both (per-session TURN credentials) "
-                "or neither (fixed credentials can go in ice_servers)"
-            )
-        has_turn = bool(self.turn_urls) or any(
-            url.startswith(TURN_URL_SCHEMES) for server in self.ice_servers for url in server.urls
-        )
-        if self.ice_relay_only and not has_turn:
-            raise ValueError(
-                "ice_relay_only needs a TURN server: set turn_urls and turn_secret, or put a "
-                "turn: URL in ice_servers"
-            )
-        return self
-
     @property
     def offers_loopback(self) -> bool:
         """True when 127.0.0.1 is offered as an ICE candidate."""
@@ -353,6 +335,24 @@ def _read_profile(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_turn(settings: Settings) -> None:
+    """TURN settings that only make sense together (checked once profile, env and flags are
+    merged, since each may hold one of them)."""
+    if bool(settings.turn_urls) != (settings.turn_secret is not None):
+        raise SettingsError(
+            "turn_urls and turn_secret go together: set both (per-session TURN credentials) "
+            "or neither (fixed credentials can go in ice_servers)"
+        )
+    has_turn = bool(settings.turn_urls) or any(
+        url.startswith(TURN_URL_SCHEMES) for server in settings.ice_servers for url in server.urls
+    )
+    if settings.ice_relay_only and not has_turn:
+        raise SettingsError(
+            "ice_relay_only needs a TURN server: set turn_urls and turn_secret, or put a "
+            "turn: URL in ice_servers"
+        )
+
+
 def _describe(error: ValidationError, origin: str, *, from_env: bool = False) -> str:
     lines = [f"invalid settings ({origin}):"]
     for item in error.errors():
@@ -383,7 +383,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise SettingsError(_describe(exc, "environment variables", from_env=True)) from None
     env_values = from_env.model_dump(include=from_env.model_fields_set)
     try:
-        return Settings(**{**profile, **env_values, **given})
+        settings = Settings(**{**profile, **env_values, **given})
     except ValidationError as exc:
         origin = f"{config_file}, environment and flags" if config_file else "environment and flags"
         raise SettingsError(_describe(exc, origin)) from None
+    _check_turn(settings)
+    return settings

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import os
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,13 @@ def test_relay_candidates_are_counted_from_the_sdp() -> None:
         "a=candidate:2 1 udp 16777215 203.0.113.9 49152 typ relay raddr 0.0.0.0 rport 9\r\n"
     )
     assert relay_candidates(sdp) == 1 and relay_candidates("v=0\r\n") == 0
+
+
+def test_turn_settings_may_come_from_different_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"turn_secret: {SECRET}\n", encoding="utf-8")
+    monkeypatch.setenv("HEADCAST_TURN_URLS", TURN_URL)
+    settings = load_settings(profile, ice_relay_only=True)
+    assert settings.turn_urls == [TURN_URL] and settings.ice_relay_only
