@@ -41,6 +41,9 @@ MAX_SOAK_S = 24 * 3600.0
 MIN_CALL_S = 5.0
 """Shortest call; a slot with less time left in its phase stops making calls."""
 
+CALL_SETUP_S = 3.0
+"""Time allowed for creating and connecting a call, on top of ``MIN_CALL_S``, in seconds."""
+
 MAX_CALL_S = 600.0
 INTERRUPT_AT = 0.6
 """Calls are interrupted at this share of their length."""
@@ -186,7 +189,7 @@ class _Soak:
     async def slot(self, slot: int, until: float) -> None:
         """Calls back to back until loop time ``until``."""
         loop = asyncio.get_running_loop()
-        while until - loop.time() >= MIN_CALL_S + CONNECT_TIMEOUT_S / 10:
+        while until - loop.time() >= MIN_CALL_S + CALL_SETUP_S:
             wait = await take_slot(self.client, self.plan.avatar, until - MIN_CALL_S)
             self.refusals += wait.refusals
             if wait.session is None:
