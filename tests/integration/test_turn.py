@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import hashlib
 import hmac
 import time
@@ -59,6 +60,8 @@ MIN_BROWSER_FRAMES = 120
 """At 25 fps the page decodes 125 frames in 5 s."""
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+logger = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,7 @@ async def test_client_and_server_relay_only_through_coturn_at_full_rate(
             mic.stop()
             await client.delete_session(session)
             await connection.close()
+    logger.info("Python client, relay only: %.1f fps through coturn", fps)
     assert fps >= MIN_FPS, f"{fps:.1f} fps through coturn (25 sent)"
 
 
@@ -248,6 +252,7 @@ def test_chromium_relay_only_through_coturn_at_full_rate(
         int(BROWSER_MEASURE_S * 1000),
     )
     assert "error" not in result, result
+    logger.info("Chromium, relay only: %s", result)
     assert result["local"] == ["relay"] and result["remote"] == ["relay"], result
     assert result["pair"] == ["relay", "relay"], result
     assert result["decoded"] >= MIN_BROWSER_FRAMES, result
