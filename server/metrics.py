@@ -6,7 +6,8 @@ names, no session ids as labels), the ``SessionObserver`` implementation the str
 reports to (chunks, interrupts, A/V skew, late and dropped frames, queued push audio), the
 session counters the registry and the auth dependencies update (active, capacity, rejected by
 reason), and the process gauges (threads, event-loop tasks; resident memory, open file
-descriptors and CPU time as the standard ``process_*`` series) read at scrape time.
+descriptors and CPU time as ``headcast_process_*``: prometheus_client's process collector,
+namespaced) read at scrape time.
 
 Knows nothing about routes or sessions beyond the observer events and ``RejectReason``.
 """
@@ -191,7 +192,8 @@ class Metrics:
         )
         self._runtime = _RuntimeCollector()
         self.registry.register(self._runtime)
-        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, _open_fds, ...
+        # headcast_process_resident_memory_bytes, _open_fds, _cpu_seconds_total, ...
+        ProcessCollector(namespace="headcast", registry=self.registry)
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Report the task count of ``loop`` (the server's loop) from now on."""
