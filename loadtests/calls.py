@@ -18,6 +18,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+import numpy as np
+
 from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError, SessionInfo
 from loadtests.driver import (
     HTTP_NOT_FOUND,
@@ -85,13 +87,23 @@ async def _hang_up(client: HeadcastClient, session: SessionInfo, result: Session
             logger.warning("call %d: DELETE failed: %r", result.index, exc)
 
 
+def speech_for(call_s: float) -> np.ndarray:
+    """The synthetic speech a call of ``call_s`` plays (slow to make: once, off the loop)."""
+    return speech_like(call_s + SPEECH_MARGIN_S, MIC_RATE_HZ)
+
+
 async def polite_call(
-    client: HeadcastClient, session: SessionInfo, plan: CallPlan, result: SessionResult
+    client: HeadcastClient,
+    session: SessionInfo,
+    plan: CallPlan,
+    result: SessionResult,
+    speech: np.ndarray,
 ) -> None:
-    """Speak for ``plan.call_s``, interrupt at ``plan.interrupt_at_s``, then hang up."""
+    """Speak ``speech`` (at ``MIC_RATE_HZ``, from ``speech_for``) for ``plan.call_s``,
+    interrupt at ``plan.interrupt_at_s``, then hang up."""
     loop = asyncio.get_running_loop()
     began = loop.time()
-    mic = ArrayAudioTrack(speech_like(plan.call_s + SPEECH_MARGIN_S, MIC_RATE_HZ), MIC_RATE_HZ)
+    mic = ArrayAudioTrack(speech, MIC_RATE_HZ)
     connection = None
     interrupter: asyncio.Task[object] | None = None
     try:

@@ -26,8 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from headcast_client import HeadcastClient
-from loadtests.calls import CallPlan, polite_call, take_slot, vanishing_call
+from loadtests.calls import CallPlan, polite_call, speech_for, take_slot, vanishing_call
 from loadtests.driver import CONNECT_TIMEOUT_S, LoadPlanError, SessionResult, check_target
 from loadtests.resources import Sample, take_sample, write_samples
 from loadtests.verdict import IDLE_AFTER, IDLE_BEFORE, LOAD, Verdict, judge
@@ -164,8 +166,11 @@ class SoakReport:
 class _Soak:
     """One running soak: its client, phase, calls and samples."""
 
-    def __init__(self, plan: SoakPlan, client: HeadcastClient, capacity: int) -> None:
+    def __init__(
+        self, plan: SoakPlan, client: HeadcastClient, capacity: int, speech: np.ndarray
+    ) -> None:
         self.plan = plan
+        self.speech = speech
         self.client = client
         self.capacity = capacity
         self.phase = WARM_UP
@@ -204,7 +209,7 @@ class _Soak:
                 if result.index % self.plan.vanish_every == self.plan.vanish_every - 1:
                     await vanishing_call(self.plan.url, wait.session, call, result)
                 else:
-                    await polite_call(self.client, wait.session, call, result)
+                    await polite_call(self.client, wait.session, call, result, self.speech)
             except Exception as exc:  # a failed call is a finding, not the end of the soak
                 result.outcome, result.detail = "failed", repr(exc)
                 logger.warning("call %d failed: %r", result.index, exc)
@@ -243,7 +248,8 @@ async def run_soak(plan: SoakPlan) -> SoakReport:
     ) as client:
         await client.wait_ready(timeout_s=CONNECT_TIMEOUT_S)
         capacity = plan.sessions or int((await client.metrics())["headcast_sessions_capacity"])
-        soak = _Soak(plan, client, capacity)
+        speech = await asyncio.to_thread(speech_for, plan.call_s)
+        soak = _Soak(plan, client, capacity, speech)
         sampler = asyncio.create_task(soak.sample_forever(), name="soak-sampler")
         try:
             await soak.load(WARM_UP, plan.warmup)
