@@ -63,7 +63,9 @@ SETTLE_S = 2.0
 SAMPLE_TIMEOUT_S = 15.0
 """Longest one resource sample may take (a scrape of /metrics), in seconds."""
 
-IDLE_SAMPLES = 3
+IDLE_SAMPLES = 5
+"""Samples in each idle window, ``IDLE_SAMPLE_GAP_S`` apart; the verdict reads the last."""
+
 IDLE_SAMPLE_GAP_S = 1.0
 DURATION_UNITS_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")

@@ -122,11 +122,11 @@ def _values(samples: list[Sample], phase: str, resource: str) -> list[tuple[floa
 
 
 def _idle_level(samples: list[Sample], phase: str, resource: str) -> tuple[float, float] | None:
-    """(time, median value) of ``resource`` in the idle ``phase``, or None if not sampled."""
+    """(time, value) of ``resource`` at the end of the idle ``phase`` (the most settled: a
+    closing peer may free its last socket a few seconds after its session is released), or
+    None if not sampled."""
     points = _values(samples, phase, resource)
-    if not points:
-        return None
-    return statistics.median(t for t, _ in points), statistics.median(v for _, v in points)
+    return points[-1] if points else None
 
 
 def _slope_per_hour(points: list[tuple[float, float]]) -> float | None:

@@ -110,3 +110,13 @@ def test_a_bad_duration_says_how_to_write_one() -> None:
 def test_soak_plans_outside_the_bounds_are_refused(plan: SoakPlan, message: str) -> None:
     with pytest.raises(LoadPlanError, match=message):
         plan.validate()
+
+
+def test_idle_levels_are_read_once_settled() -> None:
+    """A peer that frees its last socket a second after the drain is not a leak."""
+    series = _series()
+    after = [i for i, s in enumerate(series) if s.phase == "idle-after"]
+    series[after[0]] = replace(series[after[0]], open_fds=13)
+    assert judge(series, _calls(25.0)).passed
+    series[after[-1]] = replace(series[after[-1]], open_fds=13)
+    assert judge(series, _calls(25.0)).failed == ["open_fds back to baseline"]
