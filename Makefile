@@ -21,7 +21,9 @@ PIP := $(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install install-test serve test browser test-tools lint loadtest soak clean
+WEB := clients/web
+
+.PHONY: help install install-test serve test browser web test-tools lint loadtest soak clean
 
 help:
 	@echo "make serve     install and start the server on $(CONFIG) (http://127.0.0.1:8000/)"
@@ -62,6 +64,18 @@ browser:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
+# Node and npm (Debian's, when missing) and the web package's dev tools from the npm registry
+# (tsc for the type-check, a WHEP player for the WHEP browser test) in clients/web/node_modules.
+web: $(WEB)/node_modules/.package-lock.json
+
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package.json $(WEB)/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+		echo "installing Debian nodejs and npm for the web package tests"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	fi
+	npm ci --prefix $(WEB) --no-audit --no-fund
+
 # Debian's coturn (turnserver) and Prometheus (prometheus, promtool) for the TURN and the
 # metrics tests, which start them on loopback themselves. policy-rc.d-less hosts may start
 # the packages' own services; the tests use free ports of their own either way.
@@ -72,7 +86,7 @@ test-tools:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends coturn prometheus; \
 	fi
 
-test: install-test browser test-tools
+test: install-test browser web test-tools
 	$(BIN)/python -m pytest -q
 
 lint: install-test
@@ -89,4 +103,4 @@ soak: install-test
 	$(BIN)/python -m loadtests --url $(URL) --soak $(SOAK_DURATION) --out artifacts/soak
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache artifacts
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache artifacts $(WEB)/node_modules

@@ -361,34 +361,15 @@ class Wav2VecStreamEncoder:
         # 2. Feature-extractor normalisation, in float32 like Wav2Vec2FeatureExtractor.
         values = normed.astype(np.float32)  # [N]
         if self.normalize_input:
-            values = (values - values.mean()) / np.sqrt(values.var() + FEATURE_NORM_EPSILON)
-        return normed, values.astype(np.float32, copy=False)
+            values = zero_mean_unit_variance(values)
+        return normed, values
 
     @torch.no_grad()
     def encode_input(self, input_values: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Model part: normalised samples [N] -> per-frame features [window_frames, layers, C]."""
         values = torch.as_tensor(input_values).to(device=self.device, dtype=self.dtype)  # [N]
-        values = values[None]  # [1, N]
-        model = self.model
-        # 1. Convolutional features at the model's own rate (~50 Hz).
-        conv = model.feature_extractor(values)  # [1, C_conv, T_conv]
-        # 2. Linear resample to one feature per video frame.
-        conv = F.interpolate(
-            conv, size=self.config.window_frames, mode="linear", align_corners=True
-        )
-        conv = conv.transpose(1, 2)  # [1, frames, C_conv]
-        # 3. Feature projection to the transformer width.
-        hidden, _ = model.feature_projection(conv)  # [1, frames, C]
-        # 4. Positional convolution and input layer norm (post-norm encoder).
-        encoder = model.encoder
-        hidden = encoder.layer_norm(hidden + encoder.pos_conv_embed(hidden))  # [1, frames, C]
-        # 5. Every transformer layer's output.
-        outputs = []
-        for layer in encoder.layers:
-            result = layer(hidden)
-            hidden = result[0] if isinstance(result, tuple) else result  # [1, frames, C]
-            outputs.append(hidden[0])
-        return torch.stack(outputs, dim=1)  # [frames, layers, C]
+        states = wav2vec_hidden_states(self.model, values[None], self.config.window_frames)
+        return torch.stack([state[0] for state in states[1:]], dim=1)  # [frames, layers, C]
 
     def per_frame_features(self, window: np.ndarray) -> torch.Tensor:
         """Features of every frame of one window: [window_frames, layers, C]."""
@@ -411,6 +392,44 @@ class Wav2VecStreamEncoder:
         return self.chunk_windows(self.per_frame_features(window))
 
     __call__ = chunk_features
+
+
+def zero_mean_unit_variance(values: np.ndarray) -> np.ndarray:
+    """``Wav2Vec2FeatureExtractor``'s normalisation of one clip: float32 ``[N]``, zero mean
+    and unit variance (``FEATURE_NORM_EPSILON`` added to the variance)."""
+    values = np.asarray(values, dtype=np.float32)
+    normed = (values - values.mean()) / np.sqrt(values.var() + FEATURE_NORM_EPSILON)
+    return normed.astype(np.float32, copy=False)
+
+
+def wav2vec_hidden_states(
+    model: Wav2Vec2Model, values: torch.Tensor, frames: int
+) -> list[torch.Tensor]:
+    """wav2vec2 on normalised samples ``[1, N]`` with its conv features resampled to ``frames``.
+
+    The convolutional features (~50 Hz) are linearly interpolated (``align_corners=True``)
+    to one per video frame *before* the feature projection and the transformer, as both
+    official audio-driven models do. Returns the transformer's input (after the positional
+    convolution and the input layer norm) followed by every layer's output: ``layers + 1``
+    tensors ``[1, frames, C]`` (``transformers``' ``hidden_states``).
+    """
+    # 1. Convolutional features at the model's own rate (~50 Hz).
+    conv = model.feature_extractor(values)  # [1, C_conv, T_conv]
+    # 2. Linear resample to one feature per video frame.
+    conv = F.interpolate(conv, size=frames, mode="linear", align_corners=True)
+    conv = conv.transpose(1, 2)  # [1, frames, C_conv]
+    # 3. Feature projection to the transformer width.
+    hidden, _ = model.feature_projection(conv)  # [1, frames, C]
+    # 4. Positional convolution and input layer norm (post-norm encoder).
+    encoder = model.encoder
+    hidden = encoder.layer_norm(hidden + encoder.pos_conv_embed(hidden))  # [1, frames, C]
+    # 5. Every transformer layer's output.
+    states = [hidden]
+    for layer in encoder.layers:
+        result = layer(hidden)
+        hidden = result[0] if isinstance(result, tuple) else result  # [1, frames, C]
+        states.append(hidden)
+    return states
 
 
 def _as_hf_config(model_config: Wav2Vec2Config | Mapping[str, Any]) -> Wav2Vec2Config:

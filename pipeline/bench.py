@@ -23,7 +23,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNKS = 5
 """Timed chunks (medians are taken over them)."""
+
+STEP_CHOICES = (4, 2)
+"""Sampling steps the FlashTalk schedules are distilled for."""
 
 DEFAULT_WARMUP = 1
 """Chunks run before timing (the first pays for compilation and autotuning)."""
@@ -326,6 +329,8 @@ def run(args: argparse.Namespace) -> BenchReport:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     name = args.preset or ("flashtalk-14b" if device.type == "cuda" else "tiny")
+    if args.steps not in (None, *STEP_CHOICES):
+        raise SystemExit(f"--steps {args.steps}: FlashTalk is distilled for 4 or 2 steps")
     config = preset(name, steps=args.steps, height=args.height, width=args.width, seed=args.seed)
     options = resolve_options(args, device)
     if args.float32_check and options.quantize != "none":
@@ -461,7 +466,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random weights (the default without --model-dir; times are the same)")
     parser.add_argument("--model-dir", type=Path, default=None, help="official checkpoint directory")
     parser.add_argument("--wav2vec-dir", type=Path, default=None, help="wav2vec2 directory")
-    parser.add_argument("--steps", type=int, choices=(4, 2), default=None, help="sampling steps")
+    parser.add_argument("--steps", type=_positive, default=None,
+                        help="sampling steps (flashtalk: 4 or 2; omniavatar: replaces each case's)")
     parser.add_argument("--height", type=int, default=None, help="frame height (multiple of 16)")
     parser.add_argument("--width", type=int, default=None, help="frame width (multiple of 16)")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
@@ -497,11 +503,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "needs 4 bytes per parameter of free device memory)")
 
 
-def command_line(prog: str, args: argparse.Namespace) -> str:
+def command_line(
+    prog: str,
+    args: argparse.Namespace,
+    add: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> str:
     """The command that repeats this run: ``prog`` and every flag that differs from its
-    default (the defaults come from ``add_arguments``)."""
+    default (the defaults come from ``add``, by default ``add_arguments``)."""
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    (add or add_arguments)(parser)
     defaults = vars(parser.parse_args([]))
     parts = [prog]
     for key, default in defaults.items():
@@ -513,6 +523,8 @@ def command_line(prog: str, args: argparse.Namespace) -> str:
             parts.append(flag)
         elif value is False:
             parts.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            parts += [flag, *map(str, value)]
         else:
             parts += [flag, str(value)]
     return " ".join(parts)
@@ -532,13 +544,20 @@ def execute(args: argparse.Namespace, prog: str = "python -m pipeline.bench") ->
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipeline.bench [flags]``."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "python -m pipeline.bench",
+    description: str = __doc__.splitlines()[0],
+    add: Callable[[argparse.ArgumentParser], None] = add_arguments,
+    run_parsed: Callable[[argparse.Namespace], int] = execute,
+) -> int:
+    """``python -m pipeline.bench [flags]`` (another benchmark passes its own flags and run)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    return execute(args)
+    return run_parsed(args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ from pipeline.checkpoint import (
     require_file,
     sharded_safetensors_files,
 )
-from pipeline.rope import apply_rope, rope_cos_sin
+from pipeline.rope import RopeTableCache, apply_rope
 
 logger = logging.getLogger(__name__)
 
@@ -601,21 +601,32 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([args.cos(), args.sin()], dim=1)  # [B, dim]
 
 
-class FlashTalkDiT(nn.Module):
-    """Velocity of the audio-conditioned Wan 2.1 I2V DiT for one batch of latent videos.
+class WanSizes(Protocol):
+    """The sizes ``WanBackbone`` reads from a DiT config."""
 
-    Build it on the meta device and load the official state dict (see :func:`load_dit`).
-    Constant RoPE tables are not in the state dict: they are computed on first use for each
-    (token grid, device) and cached here (they never change, so the cache is not state).
+    in_dim: int
+    dim: int
+    patch_size: tuple[int, int, int]
+    text_dim: int
+    freq_dim: int
+
+    @property
+    def head_dim(self) -> int: ...
+
+
+class WanBackbone(nn.Module):
+    """What every Wan 2.1 DiT here shares: the patch embedding, the text and timestep
+    embeddings, the AdaLN projection (official names), RoPE tables and block compilation.
+
+    Subclasses add ``blocks`` (an ``nn.ModuleList``), their head and their conditioning.
     """
 
-    def __init__(self, config: DiTConfig) -> None:
+    blocks: nn.ModuleList
+
+    def __init__(self, config: WanSizes) -> None:
         super().__init__()
-        self.config = config
-        dim = config.dim
-        self.patch_embedding = nn.Conv3d(
-            config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size
-        )
+        dim, patch = config.dim, config.patch_size
+        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=patch, stride=patch)
         self.text_embedding = nn.Sequential(
             nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
         )
@@ -625,27 +636,13 @@ class FlashTalkDiT(nn.Module):
         self.time_projection = nn.Sequential(
             nn.SiLU(), nn.Linear(dim, BLOCK_MODULATION_TERMS * dim)
         )
-        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.num_layers))
-        self.head = Head(dim, config.patch_volume * config.out_dim, config.eps)
-        self.img_emb = ImageProjection(CLIP_EMBED_DIM, dim)
-        self.audio_proj = AudioProjection(config)
-        self._rope_cache: dict[
-            tuple[tuple[int, int, int], torch.device], tuple[torch.Tensor, torch.Tensor]
-        ] = {}
-
-    def fuse_projections(self) -> None:
-        """Fuse the attention projections that share an input (q/k/v of the self-attention,
-        k/v of the text and of the image context). Call after ``load_state_dict``: the fused
-        model's state dict no longer has the official keys."""
-        for block in self.blocks:
-            if isinstance(block, DiTBlock):
-                block.fuse_projections()
+        self._rope_cache = RopeTableCache(config.head_dim)
 
     def compile_blocks(self, mode: str | None = None) -> None:
         """``torch.compile`` every transformer block in place (regional compilation).
 
         All blocks share one code object and parameters are graph inputs, so one block is
-        compiled and the other 39 reuse it. Compilation happens on the first forward.
+        compiled and the others reuse it. Compilation happens on the first forward.
         """
         for block in self.blocks:
             block.compile(mode=mode, dynamic=False)
@@ -654,14 +651,33 @@ class FlashTalkDiT(nn.Module):
         self, grid: tuple[int, int, int], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE ``cos``/``sin`` ``[L, 1, head_dim / 2]`` (float32) of a grid, cached per device."""
-        if torch.compiler.is_compiling():  # traced into the graph as constants
-            return rope_cos_sin(grid, self.config.head_dim, device=device)
-        key = (grid, device)
-        tables = self._rope_cache.get(key)
-        if tables is None:
-            tables = rope_cos_sin(grid, self.config.head_dim, device=device)
-            self._rope_cache[key] = tables
-        return tables
+        return self._rope_cache(grid, device)
+
+
+class FlashTalkDiT(WanBackbone):
+    """Velocity of the audio-conditioned Wan 2.1 I2V DiT for one batch of latent videos.
+
+    Build it on the meta device and load the official state dict (see :func:`load_dit`).
+    Constant RoPE tables are not in the state dict: they are computed on first use for each
+    (token grid, device) and cached here (they never change, so the cache is not state).
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__(config)
+        self.config = config
+        dim = config.dim
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.num_layers))
+        self.head = Head(dim, config.patch_volume * config.out_dim, config.eps)
+        self.img_emb = ImageProjection(CLIP_EMBED_DIM, dim)
+        self.audio_proj = AudioProjection(config)
+
+    def fuse_projections(self) -> None:
+        """Fuse the attention projections that share an input (q/k/v of the self-attention,
+        k/v of the text and of the image context). Call after ``load_state_dict``: the fused
+        model's state dict no longer has the official keys."""
+        for block in self.blocks:
+            if isinstance(block, DiTBlock):
+                block.fuse_projections()
 
     def _check_inputs(
         self,

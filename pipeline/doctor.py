@@ -175,25 +175,25 @@ def compare(
     return problems
 
 
-def _check_dit(model_dir: Path) -> CheckResult:
-    result = CheckResult("DiT (diffusion_pytorch_model*.safetensors)", model_dir)
-    config = model_dir / DIT_CONFIG
-    if not config.is_file():
-        result.problems.append(f"missing {config}")
-    else:
-        try:
-            json.loads(config.read_text())
-        except json.JSONDecodeError as exc:
-            result.problems.append(f"{config} is not valid JSON: {exc}")
-    index = model_dir / f"{DIT_STEM}.safetensors.index.json"
+def check_shards(
+    component: str,
+    directory: Path,
+    stem: str,
+    expected: dict[str, tuple[int, ...]],
+    allowed_dtypes: set[str],
+) -> CheckResult:
+    """The ``<stem>*.safetensors`` shards of ``directory`` (via their index when present)
+    against ``expected`` shapes and the allowed dtypes, from the headers only."""
+    result = CheckResult(component, directory)
+    index = directory / f"{stem}.safetensors.index.json"
     weight_map: dict[str, str] | None = None
     if index.is_file():
         weight_map = json.loads(index.read_text()).get("weight_map", {})
-        shards = sorted({model_dir / name for name in weight_map.values()})
+        shards = sorted({directory / name for name in weight_map.values()})
     else:
-        shards = sorted(model_dir.glob(f"{DIT_STEM}*.safetensors"))
+        shards = sorted(directory.glob(f"{stem}*.safetensors"))
     if not shards:
-        result.problems.append(f"no {DIT_STEM}*.safetensors files in {model_dir}")
+        result.problems.append(f"no {stem}*.safetensors files in {directory}")
         return result
     found: dict[str, TensorInfo] = {}
     for shard in shards:
@@ -213,26 +213,51 @@ def _check_dit(model_dir: Path) -> CheckResult:
                     f"{index.name}, e.g. {misplaced[0]}"
                 )
         found.update(infos)
-    result.problems += compare(found, load_manifest("flashtalk_dit_14b"), {"bfloat16"})
+    result.problems += compare(found, expected, allowed_dtypes)
     result.notes.append(f"{len(found)} tensors in {len(shards)} shard(s)")
     return result
 
 
-def _check_pth(
+def _check_dit(model_dir: Path) -> CheckResult:
+    result = check_shards(
+        "DiT (diffusion_pytorch_model*.safetensors)", model_dir, DIT_STEM,
+        load_manifest("flashtalk_dit_14b"), {"bfloat16"},
+    )  # fmt: skip
+    config = model_dir / DIT_CONFIG
+    if not config.is_file():
+        result.problems.insert(0, f"missing {config}")
+    else:
+        try:
+            json.loads(config.read_text())
+        except json.JSONDecodeError as exc:
+            result.problems.insert(0, f"{config} is not valid JSON: {exc}")
+    return result
+
+
+def read_pth_for(result: CheckResult) -> dict[str, TensorInfo] | None:
+    """The header of ``result.path`` (a ``torch.save`` file), or None with the problem noted."""
+    path = result.path
+    if not path.is_file():
+        result.problems.append(f"missing {path}")
+        return None
+    try:
+        return read_torch_header(path)
+    except Exception as exc:  # any unreadable file is a finding, not a crash
+        result.problems.append(f"cannot read {path.name}: {exc}")
+        return None
+
+
+def check_pth(
     component: str,
     path: Path,
     manifest: str,
     allowed_dtypes: set[str],
     used_prefix: str | None = None,
 ) -> CheckResult:
+    """A ``torch.save`` checkpoint against a shipped manifest (only ``used_prefix`` keys)."""
     result = CheckResult(component, path)
-    if not path.is_file():
-        result.problems.append(f"missing {path}")
-        return result
-    try:
-        found = read_torch_header(path)
-    except Exception as exc:  # any unreadable file is a finding, not a crash
-        result.problems.append(f"cannot read {path.name}: {exc}")
+    found = read_pth_for(result)
+    if found is None:
         return result
     expected = load_manifest(manifest)
     if used_prefix is not None:
@@ -245,7 +270,8 @@ def _check_pth(
     return result
 
 
-def _check_tokenizer(model_dir: Path) -> CheckResult:
+def check_tokenizer(model_dir: Path) -> CheckResult:
+    """The umt5 tokenizer folder under ``model_dir``."""
     path = model_dir / T5_TOKENIZER_DIR
     result = CheckResult("umt5 tokenizer", path)
     if not path.is_dir():
@@ -255,8 +281,9 @@ def _check_tokenizer(model_dir: Path) -> CheckResult:
     return result
 
 
-def _check_wav2vec(wav2vec_dir: Path) -> CheckResult:
-    result = CheckResult("wav2vec2 (chinese-wav2vec2-base)", wav2vec_dir)
+def check_wav2vec(wav2vec_dir: Path, name: str = "chinese-wav2vec2-base") -> CheckResult:
+    """A wav2vec2 *base* folder (Hugging Face layout): config, preprocessor, weights."""
+    result = CheckResult(f"wav2vec2 ({name})", wav2vec_dir)
     if not wav2vec_dir.is_dir():
         result.problems.append(f"missing directory {wav2vec_dir}")
         return result
@@ -290,14 +317,14 @@ def check_model_dir(model_dir: Path, wav2vec_dir: Path | None = None) -> DoctorR
     else:
         report.results += [
             _check_dit(model_dir),
-            _check_pth("VAE", model_dir / VAE_FILE, "wan21_vae", FLOAT_DTYPES),
-            _check_pth("T5 encoder", model_dir / T5_FILE, "umt5_xxl_encoder", {"bfloat16"}),
-            _check_tokenizer(model_dir),
-            _check_pth(
+            check_pth("VAE", model_dir / VAE_FILE, "wan21_vae", FLOAT_DTYPES),
+            check_pth("T5 encoder", model_dir / T5_FILE, "umt5_xxl_encoder", {"bfloat16"}),
+            check_tokenizer(model_dir),
+            check_pth(
                 "CLIP visual", model_dir / CLIP_FILE, "clip_xlm_roberta_vit_h_14", FLOAT_DTYPES,
                 used_prefix=CLIP_USED_PREFIX,
             ),
         ]
     if wav2vec_dir is not None:
-        report.results.append(_check_wav2vec(wav2vec_dir))
+        report.results.append(check_wav2vec(wav2vec_dir))
     return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -65,17 +66,36 @@ def random_dit(
     block right after it is filled (fusion, quantisation), before the next one exists."""
     with torch.device("meta"):
         dit = FlashTalkDiT(config.dit).to(dtype)
-    for name in FLOAT32_SUBMODULES:
-        getattr(dit, name).float()
-    for index, (name, child) in enumerate(dit.named_children()):
+    return fill_random_blockwise(
+        dit, FLOAT32_SUBMODULES, device=device, seed=seed, prepare_block=prepare_block
+    )
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def fill_random_blockwise(
+    model: ModuleT,
+    float32_submodules: tuple[str, ...],
+    *,
+    device: torch.device,
+    seed: int,
+    prepare_block: Callable[[nn.Module], None],
+) -> ModuleT:
+    """A meta-built DiT (with ``model.blocks``) materialised on ``device`` with random
+    weights: ``float32_submodules`` in float32, the other children first, then each block,
+    ``prepare_block`` running on it before the next one exists."""
+    for name in float32_submodules:
+        getattr(model, name).float()
+    for index, (name, child) in enumerate(model.named_children()):
         if name != "blocks":
             child.to_empty(device=device)
             init_random_(child, seed + index)
-    for index, block in enumerate(dit.blocks):
+    for index, block in enumerate(model.blocks):  # type: ignore[arg-type]
         block.to_empty(device=device)
         init_random_(block, seed + 1000 + index)
         prepare_block(block)
-    return dit.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def random_vae(config: PipelineConfig, *, device: torch.device, dtype: torch.dtype, seed: int) -> WanVAE:

@@ -81,6 +81,31 @@ def rope_cos_sin(
     return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
 
 
+Grid = tuple[int, int, int]
+"""A token grid: (latent frames, patch rows, patch columns)."""
+
+
+class RopeTableCache:
+    """``rope_cos_sin`` tables of each (token grid, device), computed once and kept.
+
+    The tables are constants, so the cache is not model state. Under ``torch.compile`` they
+    are computed inside the traced graph instead (and become its constants).
+    """
+
+    def __init__(self, head_dim: int) -> None:
+        self.head_dim = head_dim
+        self._tables: dict[tuple[Grid, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, grid: Grid, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos``, ``sin`` ``[L, 1, head_dim / 2]`` float32 of ``grid`` on ``device``."""
+        if torch.compiler.is_compiling():
+            return rope_cos_sin(grid, self.head_dim, device=device)
+        key = (grid, device)
+        if key not in self._tables:
+            self._tables[key] = rope_cos_sin(grid, self.head_dim, device=device)
+        return self._tables[key]
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved channel pairs of ``x`` ``[B, L, heads, head_dim]``; computed in float32.
 

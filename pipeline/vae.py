@@ -291,10 +291,11 @@ class WanVAE(nn.Module):
         return (mu.to(STATS_DTYPE) - mean) * std.reciprocal()  # [B, z, T', h, w]
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
         """Normalised latents ``[B, 16, T', h, w]`` -> video ``[B, 3, T, 8h, 8w]`` in [-1, 1].
 
-        ``T = 1 + 4 (T' - 1)``. The video comes back in float32, clamped to [-1, 1].
+        ``T = 1 + 4 (T' - 1)``. The video comes back in float32, clamped to [-1, 1] unless
+        ``clamp`` is False (a tiled decode blends unclamped tiles and clamps the result).
         """
         self._check_latents(latents)
         b, _, t_lat, h, w = latents.shape
@@ -317,7 +318,7 @@ class WanVAE(nn.Module):
             video[:, :, written : written + chunk.shape[2]] = chunk
             written += chunk.shape[2]
         # 3. Clamp to the video range in place.
-        return video.clamp_(*VIDEO_RANGE)
+        return video.clamp_(*VIDEO_RANGE) if clamp else video
 
     def _encode_chunks(self, frames: int) -> Iterator[tuple[int, int]]:
         """Frame ranges of the encode chunks: ``[0, 1)``, then ``[1 + 4i, 5 + 4i)``."""

@@ -24,7 +24,7 @@ from server.auth import ApiKeys, TokenRedactor
 from server.engines import create_engine
 from server.errors import install_problem_handlers
 from server.metrics import Metrics
-from server.routes import audio_ws, control, health, sessions, webrtc
+from server.routes import audio_ws, control, health, sessions, webrtc, whep
 from server.routes.web import mount_static, web_router
 from server.runtime import Runtime
 from server.settings import Settings
@@ -33,10 +33,13 @@ logger = logging.getLogger(__name__)
 
 API_VERSION = "0.1.0"
 
-CORS_METHODS = ("GET", "POST", "DELETE")
+CORS_METHODS = ("GET", "POST", "DELETE", "PATCH")
+"""PATCH: a WHEP player on another origin must see the resource's 405 (no trickle ICE)."""
+
 CORS_REQUEST_HEADERS = ("Authorization", "Content-Type")
-CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate")
-"""Response headers a cross-origin page may read (backing off on 429 / 503, why a 401)."""
+CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate", "Location", "Link")
+"""Response headers a cross-origin page may read (backing off on 429 / 503, why a 401, the
+WHEP resource and its ICE servers)."""
 
 CORS_PREFLIGHT_MAX_AGE_S = 600
 """How long a browser may cache a preflight answer, in seconds."""
@@ -115,6 +118,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(sessions.router)
     app.include_router(webrtc.router)
+    app.include_router(whep.router)
     app.include_router(control.router)
     app.include_router(audio_ws.router)
     app.include_router(health.router)

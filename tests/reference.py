@@ -50,9 +50,13 @@ class Golden:
 _PREFIXES = {"state.": "state", "in.": "inputs", "const.": "consts", "out.": "outputs"}
 
 
-def load_golden(name: str) -> Golden:
-    """Load ``goldens/<name>.safetensors`` (name without extension)."""
-    path = reference_dir() / "goldens" / f"{name}.safetensors"
+OMNIAVATAR = "omniavatar"
+"""Sub-folder of the reference data for the OmniAvatar engine (goldens/, manifests/)."""
+
+
+def load_golden(name: str, folder: str = "") -> Golden:
+    """Load ``[folder/]goldens/<name>.safetensors`` (name without extension)."""
+    path = reference_dir() / folder / "goldens" / f"{name}.safetensors"
     golden = Golden()
     with safe_open(str(path), framework="pt") as handle:
         golden.metadata = dict(handle.metadata() or {})
@@ -64,10 +68,10 @@ def load_golden(name: str) -> Golden:
     return golden
 
 
-def load_manifest(name: str) -> dict[str, list[int]]:
-    """Load ``manifests/<name>.json`` as tensor name -> shape."""
-    data = json.loads((reference_dir() / "manifests" / f"{name}.json").read_text())
-    return {key: list(shape) for key, shape in data["tensors"].items()}
+def load_manifest(name: str, folder: str = "", table: str = "tensors") -> dict[str, list[int]]:
+    """Load ``[folder/]manifests/<name>.json``'s ``table`` as tensor name -> shape."""
+    data = json.loads((reference_dir() / folder / "manifests" / f"{name}.json").read_text())
+    return {key: list(shape) for key, shape in data[table].items()}
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 
 from pipeline import bench
+from pipeline.omniavatar import bench as omni_bench
 
 NAME = "bench"
+ENGINES = ("flashtalk", "omniavatar")
+"""Engines the benchmark times (OmniAvatar: per segment, projected to a whole video)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,13 +26,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "Time every stage of a streaming chunk with CUDA events (host clock on CPU): "
             "medians over the timed chunks after warm-up, load and compile time, peak GPU "
             "memory and RTF (chunk time / 1.12 s). Random weights are valid for timing. "
-            "On CPU it runs the tiny preset."
+            "On CPU it runs the tiny preset. With --engine omniavatar: seconds of compute per "
+            "second of video and per step for the official recipe, the fast preset and the "
+            "streaming candidates, with the FLOP floor."
         ),
     )
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="flashtalk", help="which model to time"
+    )
     bench.add_arguments(parser)
+    omni_bench.add_omni_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; the JSON report goes to ``--json``, the table to stdout."""
+    if args.engine == "omniavatar":
+        return omni_bench.execute(args, prog="headcast bench --engine omniavatar")
     return bench.execute(args, prog="headcast bench")

@@ -38,6 +38,7 @@ from pipeline.media import (
     Chunk,
     ChunkJob,
 )
+from server.commands import generate_omni
 from streaming.audio_file import AudioClip, AudioFileError, read_audio_file
 from streaming.mp4 import Mp4Writer
 
@@ -91,20 +92,28 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"engine name (default: {MODEL_ENGINE} with --model-dir, else {DEFAULT_ENGINE})",
     )
     parser.add_argument(
-        "--steps", type=int, choices=STEP_CHOICES, default=None, help="sampling steps"
-    )
+        "--steps", type=int, default=None,
+        help=f"sampling steps ({MODEL_ENGINE}: {' or '.join(map(str, STEP_CHOICES))}; "
+        f"{generate_omni.ENGINE}: any, official 50)",
+    )  # fmt: skip
     parser.add_argument(
         "--seed",
         type=int,
-        default=DEFAULT_SEED,
-        help=f"session seed: diffusion noise, idle motion (default: the official {DEFAULT_SEED})",
+        default=None,
+        help=f"session seed: diffusion noise, idle motion (default: the official {DEFAULT_SEED}; "
+        f"{generate_omni.ENGINE}: {generate_omni.OFFICIAL_SEED})",
     )
-    parser.add_argument("--model-dir", type=Path, default=None, help="FlashTalk checkpoint dir")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None,
+        help="checkpoint folder (omniavatar: the one holding Wan2.1-T2V-*/, OmniAvatar-*/ and "
+        "wav2vec2-base-960h/)",
+    )  # fmt: skip
     parser.add_argument("--wav2vec-dir", type=Path, default=None, help="wav2vec2 checkpoint dir")
     parser.add_argument("--height", type=int, default=None, help="frame height in pixels")
     parser.add_argument("--width", type=int, default=None, help="frame width in pixels")
     parser.add_argument("--prompt", default=None, help="text prompt for engines that take one")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    generate_omni.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -112,9 +121,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``headcast generate``; returns the process exit status."""
     try:
         inputs = _check_inputs(args)
+        if args.engine == generate_omni.ENGINE:
+            generate_omni.render_mp4(args, inputs.avatar.image, inputs.audio, inputs.out)
+            return EXIT_OK
+        _check_stream_engine_flags(args)
         engine = _create_engine(args)
-        _generate(engine, inputs, seed=args.seed, quiet=args.quiet)
-    except UsageError as exc:
+        seed = DEFAULT_SEED if args.seed is None else args.seed
+        _generate(engine, inputs, seed=seed, quiet=args.quiet)
+    except (UsageError, generate_omni.OmniUsageError) as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
     return EXIT_OK
@@ -160,6 +174,24 @@ def _check_inputs(args: argparse.Namespace) -> _Inputs:
         )
     avatar = Avatar(name=str(args.image.resolve()), image=image, prompt=args.prompt)
     return _Inputs(avatar=avatar, audio=audio, out=out)
+
+
+def _check_stream_engine_flags(args: argparse.Namespace) -> None:
+    """The streaming engines take 4 or 2 steps and none of the OmniAvatar flags."""
+    if args.steps is not None and args.steps not in STEP_CHOICES:
+        raise UsageError(
+            f"--steps {args.steps}: the streaming engines are distilled for "
+            f"{' or '.join(map(str, STEP_CHOICES))} steps. Pass one of those."
+        )
+    given = [
+        flag for flag, dest in generate_omni.ONLY_FLAGS.items()
+        if getattr(args, dest) != generate_omni.flag_default(dest)
+    ]  # fmt: skip
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} apply to --engine {generate_omni.ENGINE} only. Leave them out "
+            f"or pass --engine {generate_omni.ENGINE}."
+        )
 
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """``/`` and ``/static/*``: the demo page and its files, served from ``server/static/``.
 
-Owns only where the page comes from; the page itself lives in ``server/static/``. When that
-folder has no ``index.html``, ``/`` answers with a minimal page that points at the API.
+Owns only where the page comes from; the page itself lives in ``server/static/``. The SDK
+and the widget there (``headcast.js``, ``headcast-widget.js``) are links to their one source
+in ``clients/web/`` (the npm package), so the static files follow links. When that folder
+has no ``index.html``, ``/`` answers with a minimal page that points at the API.
 """
 
 from __future__ import annotations
@@ -41,5 +43,10 @@ def web_router(static_dir: Path = STATIC_DIR) -> APIRouter:
 
 
 def mount_static(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
-    """Serve ``static_dir`` under ``/static`` (checked when files are requested)."""
-    app.mount("/static", StaticFiles(directory=static_dir, check_dir=False), name="static")
+    """Serve ``static_dir`` under ``/static`` (checked when files are requested).
+
+    Links inside it are followed (the SDK lives in ``clients/web/``); request paths still
+    cannot climb out of it.
+    """
+    files = StaticFiles(directory=static_dir, check_dir=False, follow_symlink=True)
+    app.mount("/static", files, name="static")

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.omniavatar.config import omni_size
+from pipeline.omniavatar.loader import OMNI_WEIGHTS_FILE
+from server.cli import main
+from tests.unit.pipeline.omniavatar.test_doctor import _build
 from tests.unit.pipeline.test_doctor import _build_model_dir
+
+SIZE = omni_size("1.3b")
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +39,17 @@ def test_the_cli_prints_the_report_and_exits_1_on_a_mismatch(
     )
     assert bad.returncode == 1
     assert f"missing {tmp_path / 'config.json'}" in bad.stdout
+
+
+def test_the_cli_checks_omniavatar_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _build(tmp_path / "models")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    command = ["doctor", "--engine", "omniavatar", "--size", "1.3b", "--model-dir"]
+    assert main([*command, str(folder)]) == 0
+    report = capsys.readouterr().out
+    assert "Wan 2.1 T2V 1.3b DiT" in report and "all checks passed" in report
+    assert main([*command, str(empty)]) == 1
+    assert f"missing {empty / SIZE.omni_dir / OMNI_WEIGHTS_FILE}" in capsys.readouterr().out

@@ -1,0 +1,263 @@
+"""An OmniAvatar video from a picture and a whole audio clip, segment by segment.
+
+Owns: ``RenderPlan`` (bucket, frames per segment, overlap, audio frames and padding,
+segment count, output frames = audio frames + 1: frame 0 is the reconstructed reference)
+and ``OmniAvatarRenderer.render``, the official segment loop: the reference picture ->
+its bucket -> VAE latent -> ``y`` (latent repeated over T + mask, 0 on latent frame 0 and,
+from segment 1 on, on the overlap's latent frames; the image channels stay the original
+reference); per segment: the audio window, ``lat`` (the reference latent, or the VAE
+re-encoding of the previous segment's last ``overlap`` frames, padded with zeros), one
+noise draw, the denoising loop, the tiled decode; segment 0 yields all its frames, later
+ones drop their first ``overlap``; the last is cut at the output length. The leading
+silence of the recipe is put before the audio here.
+
+A ``Probe`` sees the intermediate tensors under the goldens' names (``encode0.latent``,
+``seg1.lat``...). Knows nothing about files, codecs or progress bars.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.attention import sdpa_backends
+from pipeline.imaging import PIXEL_MAX
+from pipeline.media import SAMPLE_RATE_HZ
+from pipeline.omniavatar.audio import (
+    FIRST_FIXED_FRAMES,
+    OmniAudioEncoder,
+    clip_frames,
+    padded_frames,
+    segment_audio,
+    segment_count,
+)
+from pipeline.omniavatar.denoise import (
+    SegmentInputs,
+    SegmentRun,
+    StepObserver,
+    StepResult,
+)
+from pipeline.omniavatar.dit import OmniAvatarDiT
+from pipeline.omniavatar.recipe import Recipe
+from pipeline.omniavatar.reference_image import Bucket, choose_bucket, reference_video
+from pipeline.omniavatar.tiled_vae import TiledVAE
+
+logger = logging.getLogger(__name__)
+
+PromptSource = Callable[[Sequence[str]], list[torch.Tensor]]
+"""Prompts -> their embeddings, each ``[1, <= text_len, text_dim]`` (rows after the prompt
+zero or absent); one call per render, so a text encoder need be resident only meanwhile."""
+
+NoiseSource = Callable[[int, tuple[int, ...]], torch.Tensor]
+"""(segment index, latent shape) -> that segment's starting noise."""
+
+Probe = Callable[[str, torch.Tensor], None]
+"""Sees intermediate tensors by name (the goldens' names)."""
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """The shape of one render, fixed by the picture's bucket, the audio length and the recipe."""
+
+    bucket: Bucket
+    segment_frames: int
+    """L: video frames each segment generates."""
+    latent_frames: int
+    """T = (L - 1) / 4 + 1."""
+    overlap: int
+    """Frames each later segment re-encodes from its predecessor (and drops from its output)."""
+    overlap_latents: int
+    audio_frames: int
+    """Frames the (silence-prefixed) audio covers at 25 fps."""
+    padded_audio_frames: int
+    """``audio_frames`` rounded up to whole segments."""
+    segments: int
+    output_frames: int
+    """Frames of the finished video (``audio_frames + 1``)."""
+
+    @classmethod
+    def make(cls, recipe: Recipe, image_hw: tuple[int, int], samples: int) -> RenderPlan:
+        """The plan for a ``image_hw`` picture and ``samples`` 16 kHz samples (with silence)."""
+        bucket = choose_bucket(image_hw[0], image_hw[1], recipe.buckets)
+        frames = recipe.segment_frames(bucket)
+        audio = clip_frames(samples)
+        return cls(
+            bucket=bucket,
+            segment_frames=frames,
+            latent_frames=recipe.latent_frames(bucket),
+            overlap=recipe.overlap,
+            overlap_latents=recipe.overlap_latents,
+            audio_frames=audio,
+            padded_audio_frames=padded_frames(audio, frames, recipe.overlap),
+            segments=segment_count(audio, frames, recipe.overlap),
+            output_frames=audio + 1,
+        )
+
+    def first_output_frame(self, segment: int) -> int:
+        """Index in the output video of the first frame ``segment`` adds."""
+        if segment == 0:
+            return 0
+        return self.segment_frames + (segment - 1) * (self.segment_frames - self.overlap)
+
+
+@dataclass
+class SegmentOutput:
+    """The frames one segment adds to the video."""
+
+    index: int
+    first_frame: int
+    """Index of ``frames[0]`` in the output video."""
+    frames: torch.Tensor
+    """``[n, 3, H, W]`` float32 in [0, 1] (the official ``(decode + 1) / 2``)."""
+    seconds: float
+    """Wall time of this segment (sampling + decode + the lead encode)."""
+
+
+def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``[n, 3, H, W]`` in [0, 1] -> ``[n, H, W, 3]`` uint8 (``255 x``, truncated, as the
+    official writer does)."""
+    scaled = (frames.float().clamp(0.0, 1.0) * PIXEL_MAX).to(torch.uint8)  # [n, 3, H, W]
+    return scaled.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def silence_prefixed(speech: np.ndarray, silence_s: float) -> np.ndarray:
+    """``silence_s`` seconds of zeros, then the 16 kHz mono ``speech``: float32 ``[N]``."""
+    silence = np.zeros(round(silence_s * SAMPLE_RATE_HZ), dtype=np.float32)
+    return np.concatenate([silence, np.asarray(speech, dtype=np.float32)])
+
+
+def seeded_noise(seed: int, device: torch.device, dtype: torch.dtype) -> NoiseSource:
+    """One generator for the whole render, one draw per segment in ``dtype`` (the official
+    ``randn_like`` of the bf16 latents on the GPU), returned as float32."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(_segment: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype).float()
+
+    return draw
+
+
+def _step_probe(see: Probe, segment: int) -> StepObserver:
+    """A step observer that shows each step's tensors to ``see`` under the goldens' names."""
+
+    def observe(step: int, latents: torch.Tensor, result: StepResult) -> None:
+        prefix = f"seg{segment}.step{step}"
+        see(f"{prefix}.x_in", latents)
+        for kind, velocity in result.velocities.items():
+            see(f"{prefix}.v_{kind.value}", velocity)
+        see(f"{prefix}.v_guided", result.guided)
+        see(f"{prefix}.x_out", result.latents)
+
+    return observe
+
+
+class OmniAvatarRenderer:
+    """Loaded models + a recipe: renders pictures and clips into frames (no state kept)."""
+
+    def __init__(
+        self,
+        dit: OmniAvatarDiT,
+        vae: TiledVAE,
+        audio: OmniAudioEncoder,
+        prompts: PromptSource,
+        recipe: Recipe,
+        *,
+        batch_passes: bool = False,
+        attention: str = "auto",
+    ) -> None:
+        self.dit = dit
+        self.vae = vae
+        self.audio = audio
+        self.prompts = prompts
+        self.recipe = recipe
+        self.options = recipe.sampler_options(batch_passes=batch_passes)
+        self.attention = attention
+        """SDPA kernel preference while sampling (``pipeline.attention.sdpa_backends``)."""
+        self.device = dit.patch_embedding.weight.device
+
+    def plan(self, image_hw: tuple[int, int], speech_samples: int) -> RenderPlan:
+        """The plan of a render (the recipe's silence is counted in)."""
+        silence = round(self.recipe.silence_s * SAMPLE_RATE_HZ)
+        return RenderPlan.make(self.recipe, image_hw, silence + speech_samples)
+
+    @torch.no_grad()
+    def render(
+        self,
+        image: np.ndarray,
+        speech: np.ndarray,
+        prompt: str,
+        *,
+        noise: NoiseSource | None = None,
+        probe: Probe | None = None,
+    ) -> Iterator[SegmentOutput]:
+        """Yield the video's frames segment by segment.
+
+        Args:
+            image: the reference picture, RGB ``[H, W, 3]`` uint8 (any size).
+            speech: 16 kHz mono float32 ``[N]`` (the recipe's silence is prepended here).
+            prompt: what the video shows (the negative prompt comes from the recipe).
+            noise: the segments' noise (default: the recipe's seed on the DiT's device).
+            probe: sees the intermediate tensors.
+        """
+        recipe, device = self.recipe, self.device
+        see = probe or (lambda _name, _value: None)
+        samples = silence_prefixed(speech, recipe.silence_s)
+        plan = RenderPlan.make(recipe, image.shape[:2], samples.size)
+        noise = noise or seeded_noise(recipe.seed, device, self.dit.dtype)
+        logger.info("OmniAvatar render: %s", plan)
+        # 1. the reference picture: bucket, latent, and y = latent over T + mask
+        reference = reference_video(image, recipe.buckets).to(device)  # [1, 3, 1, H, W]
+        see("encode0.video", reference)
+        lead = self.vae.encode(reference)  # [1, 16, 1, h, w]
+        see("encode0.latent", lead)
+        frames_t = plan.latent_frames
+        mask = torch.ones_like(lead[:, :1]).repeat(1, 1, frames_t, 1, 1)  # [1, 1, T, h, w]
+        mask[:, :, :FIRST_FIXED_FRAMES] = 0
+        y = torch.cat([lead.repeat(1, 1, frames_t, 1, 1), mask], dim=1)  # [1, 17, T, h, w]
+        # 2. prompts and the whole clip's audio features, once
+        context, negative = (c.to(device) for c in self.prompts([prompt, recipe.negative_prompt]))
+        embeddings = self.audio.encode(samples, plan.padded_audio_frames)  # [F, C] float32
+        see("audio.embeddings", embeddings)
+        window: torch.Tensor | None = None
+        tail: torch.Tensor | None = None
+        for index in range(plan.segments):
+            started = time.perf_counter()
+            # 3. this segment's fixed lead latents, mask and audio
+            if index > 0:
+                assert tail is not None
+                see(f"encode{index}.video", tail)
+                lead = self.vae.encode(tail)  # [1, 16, overlap_latents, h, w]
+                see(f"encode{index}.latent", lead)
+                y[:, -1:, : plan.overlap_latents] = 0
+            fixed = lead.shape[2]
+            lat = torch.cat(
+                [lead, lead.new_zeros(*lead.shape[:2], frames_t - fixed, *lead.shape[3:])], dim=2
+            )
+            window = segment_audio(embeddings, index, plan.segment_frames, plan.overlap, window)
+            audio = window[None]  # [1, L, C]
+            for name, value in (("lat", lat), ("y", y), ("audio_emb", audio)):
+                see(f"seg{index}.{name}", value)
+            # 4. denoise, decode
+            inputs = SegmentInputs(
+                lat, fixed, y, audio, context, negative, noise(index, tuple(lat.shape))
+            )
+            with sdpa_backends(self.attention):
+                run = SegmentRun(self.dit, self.options, inputs)
+                latents = run.run(
+                    None if probe is None else _step_probe(see, index)
+                )  # [1, 16, T, h, w]
+            see(f"seg{index}.latents", latents)
+            frames = (self.vae.decode(latents) + 1) / 2  # [1, 3, L, H, W] in [0, 1]
+            see(f"seg{index}.frames", frames.transpose(1, 2))
+            tail = (frames[:, :, -plan.overlap :].clamp(0, 1) * 2 - 1).contiguous()  # next lead
+            # 5. the frames this segment adds, cut at the output length
+            first = plan.first_output_frame(index)
+            skip = 0 if index == 0 else plan.overlap
+            count = min(plan.segment_frames - skip, plan.output_frames - first)
+            new = frames[0, :, skip : skip + count].transpose(0, 1)  # [n, 3, H, W]
+            yield SegmentOutput(index, first, new, time.perf_counter() - started)
