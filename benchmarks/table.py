@@ -24,6 +24,7 @@ CHECK_COLUMNS = {
     "vs own eager": ("velocity_rel_err_vs_eager", "video_rel_err_vs_eager"),
     "vs f32": ("velocity_rel_err_vs_float32", "video_rel_err_vs_float32"),
     "eager vs f32": ("velocity_eager_rel_err_vs_float32", "video_eager_rel_err_vs_float32"),
+    "N GPUs vs 1": ("velocity_rel_err_vs_1gpu", "video_rel_err_vs_1gpu"),
 }
 """Relative errors shown per report (velocity / video), when the run computed them."""
 

@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
 from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError
-from loadtests.speech import speech_like
+from loadtests.speech import PHRASE_S, speech_like
 from streaming.ice import HostCandidatePolicy
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ TEARDOWN_TIMEOUT_S = 10.0
 
 MIC_RATE_HZ = 48_000
 """Sample rate of the synthetic microphone, in Hz."""
+
+SPEECH_CLIP_S = 5 * PHRASE_S
+"""Length of the synthetic speech every microphone plays in a loop, in seconds: made once,
+off the event loop, before any session is created, so a run's start-up costs the same for
+any duration (a whole 300 s clip took 28 s on the loop and the sessions hit the no-show
+timeout). Whole phrases (10 s), so the loop's seam falls in a pause."""
 
 LOOPBACK_HOSTNAMES = frozenset({"localhost"})
 
@@ -202,7 +209,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 async def run_load(plan: LoadPlan) -> LoadReport:
-    """Run ``plan`` (validated first) and report; returns within ``plan.deadline_s``."""
+    """Run ``plan`` (validated first) and report; returns within ``plan.deadline_s``.
+
+    Cancelling it stops the run early: every session hangs up (DELETE) before it returns.
+    """
     plan.validate()
     started = time.monotonic()
     policy = HostCandidatePolicy(loopback_only=True)
@@ -210,13 +220,22 @@ async def run_load(plan: LoadPlan) -> LoadReport:
         plan.url, timeout_s=CONNECT_TIMEOUT_S, host_candidates=policy, api_key=plan.api_key
     ) as client:
         await client.wait_ready(timeout_s=CONNECT_TIMEOUT_S)
+        speech = await asyncio.to_thread(speech_like, SPEECH_CLIP_S, MIC_RATE_HZ)
         before = await client.metrics()
         results = [SessionResult(index) for index in range(plan.sessions)]
         tasks = [
-            asyncio.create_task(_one_session(client, plan, result), name=f"load-session-{result.index}")
+            asyncio.create_task(
+                _one_session(client, plan, result, speech), name=f"load-session-{result.index}"
+            )
             for result in results
         ]
-        done, pending = await asyncio.wait(tasks, timeout=plan.deadline_s)
+        try:
+            _done, pending = await asyncio.wait(tasks, timeout=plan.deadline_s)
+        except asyncio.CancelledError:  # the run is stopped early: every session hangs up
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -229,8 +248,11 @@ async def run_load(plan: LoadPlan) -> LoadReport:
     return LoadReport(plan, results, _server_figures(before, after), time.monotonic() - started)
 
 
-async def _one_session(client: HeadcastClient, plan: LoadPlan, result: SessionResult) -> None:
-    """Create, connect, speak for ``plan.duration_s`` while counting what comes back, hang up."""
+async def _one_session(
+    client: HeadcastClient, plan: LoadPlan, result: SessionResult, speech: np.ndarray
+) -> None:
+    """Create, connect, speak (``speech`` at ``MIC_RATE_HZ``, looped) for ``plan.duration_s``
+    while counting what comes back, hang up."""
     await asyncio.sleep(result.index * plan.ramp_s)
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -242,7 +264,7 @@ async def _one_session(client: HeadcastClient, plan: LoadPlan, result: SessionRe
             result.detail = f"server full (429, Retry-After {exc.headers.get('Retry-After', '?')} s)"
             return
         raise
-    mic = ArrayAudioTrack(speech_like(plan.duration_s + 1.0, MIC_RATE_HZ), MIC_RATE_HZ)
+    mic = ArrayAudioTrack(speech, MIC_RATE_HZ, loop=True)
     connection = None
     try:
         connection = await client.connect_webrtc(session, mic)

@@ -5,8 +5,15 @@ subcommand), the run on a checkpoint or on random full-size weights
 (``pipeline.random_weights``): warm-up chunks, then timed chunks: medians of every stage,
 chunk wall time, RTF = chunk time / 1.12 s, peak memory, load and first-chunk time; FLOP
 counts of a DiT step and a VAE decode (``FlopCounterMode`` on meta tensors), optional
-reference outputs on fixed inputs to compare variants, and the JSON report.
-``python -m pipeline.bench`` runs it without the serving stack.
+reference outputs on fixed inputs to compare variants (``pipeline.bench_checks``), and the
+JSON report. ``python -m pipeline.bench`` runs it without the serving stack.
+
+``--gpus N`` (N > 1) runs the chunk sequence-parallel on N GPUs: N processes, one per GPU
+(``pipeline.launch``: NCCL, NVLink multicast off), each timing its own chunks in lockstep;
+rank 0 reports, with the communication time of a DiT step (``pipeline.bench_parallel``),
+each rank's share of the VAE work, the speed-up against a one-GPU report
+(``--scaling-reference``) and, with ``--check-parallel``, the group's outputs against one
+GPU computing them alone. On a CPU the same runs on gloo processes (tiny preset).
 
 Stage times come from ``FlashTalkGenerator.step``'s timer (CUDA events on the GPU). Must
 not know about the server, sessions or codecs.
@@ -15,10 +22,10 @@ not know about the server, sessions or codecs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -32,8 +39,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.attention import ATTENTION_BACKENDS, sdpa_backends
+from pipeline.attention import ATTENTION_BACKENDS
 from pipeline.avatar_art import draw_default_avatar
+from pipeline.bench_checks import consistency_checks, parallel_check
+from pipeline.bench_parallel import band_flops, comm_probe, scaling
 from pipeline.config import PRESETS, PipelineConfig, preset
 from pipeline.dit import (
     CLIP_EMBED_DIM,
@@ -41,7 +50,9 @@ from pipeline.dit import (
     FlashTalkDiT,
 )
 from pipeline.generator import FlashTalkGenerator
+from pipeline.launch import group_devices, run_group
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE_HZ
+from pipeline.parallel import ParallelGroup
 from pipeline.quantize import QUANTIZE_MODES
 from pipeline.random_weights import RANDOM_PROMPT_TOKENS, random_generator
 from pipeline.speedups import (
@@ -66,12 +77,6 @@ DEFAULT_WARMUP = 1
 AUDIO_TONE_HZ = 220.0
 AUDIO_LEVEL = 0.1
 """Peak level of the synthetic audio (a tone plus noise, so loudness normalisation runs)."""
-
-REFERENCE_TIMESTEP = 1000.0
-"""Timestep of the fixed-input DiT forward used to compare variants."""
-
-REFERENCE_VIDEO_FRAME_STRIDE = 8
-"""Every 8th decoded frame of the fixed-input VAE decode is kept for comparisons."""
 
 GIB = 1024**3
 TERA = 1e12
@@ -111,78 +116,6 @@ def count_flops(config: PipelineConfig) -> dict[str, float]:
     }
 
 
-# -- fixed-input reference outputs ---------------------------------------------------------
-
-
-@torch.no_grad()
-def reference_outputs(
-    generator: FlashTalkGenerator, seed: int, *, eager: bool = False
-) -> dict[str, torch.Tensor]:
-    """One DiT forward and one VAE decode on seeded inputs, on the host in float32.
-
-    ``eager`` runs them without ``torch.compile`` and with PyTorch's own SDPA choice (the
-    official path) on the same weights; a float32 model gets float32-capable attention.
-    """
-    cfg, device, dtype = generator.config, generator.device, generator.dtype
-    rng = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
-        return torch.randn(shape, generator=rng, device=device, dtype=dtype)
-
-    grid = (cfg.latent_frames, cfg.latent_height, cfg.latent_width)
-    x = randn(1, cfg.vae.z_dim, *grid)  # [1, z, T, h, w]
-    y = randn(1, cfg.dit.in_dim - cfg.vae.z_dim, *grid)  # [1, 4 + z, T, h, w]
-    context = randn(1, RANDOM_PROMPT_TOKENS, cfg.dit.text_dim)
-    clip_fea = randn(1, CLIP_IMAGE_TOKENS, CLIP_EMBED_DIM)
-    audio = randn(1, cfg.audio.chunk_frames, cfg.audio.audio_window, cfg.dit.audio_proj_blocks,
-                  cfg.dit.audio_proj_channels)  # fmt: skip
-    latents = randn(1, cfg.vae.z_dim, *grid, dtype=torch.float32)
-    t = torch.full((1,), REFERENCE_TIMESTEP, device=device)
-    float32_model = generator.dit.patch_embedding.weight.dtype == torch.float32
-    backend = ("efficient" if float32_model else "auto") if eager else generator.attention_backend
-    stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
-    with stance, sdpa_backends(backend):
-        velocity = generator.dit(x, t, context, clip_fea, y, audio)  # [1, z, T, h, w] f32
-        video = generator.vae.decode(latents)  # [1, 3, 33, H, W]
-    return {
-        "velocity": velocity.float().cpu(),
-        "video": video[:, :, ::REFERENCE_VIDEO_FRAME_STRIDE].float().cpu(),
-    }
-
-
-def consistency_checks(
-    generator: FlashTalkGenerator, args: argparse.Namespace
-) -> dict[str, float]:
-    """Relative errors of this run's fixed-input outputs against another run's
-    (``--compare-reference``), its own eager bf16 path (``--self-check``) and a float32
-    copy of the same weights (``--float32-check``, last: it converts the models)."""
-    outputs = reference_outputs(generator, args.seed)
-    if args.save_reference is not None:
-        torch.save(outputs, args.save_reference)
-    check: dict[str, float] = {}
-    if args.compare_reference is not None:
-        reference = torch.load(args.compare_reference, weights_only=True)
-        for key, value in outputs.items():
-            check[f"{key}_rel_err"] = relative_error(value, reference[key])
-    if args.self_check or args.float32_check:
-        eager = reference_outputs(generator, args.seed, eager=True)
-        for key, value in outputs.items():
-            check[f"{key}_rel_err_vs_eager"] = relative_error(value, eager[key])
-    if args.float32_check:
-        generator.dit.float()
-        generator.vae.float()
-        exact = reference_outputs(generator, args.seed, eager=True)
-        for key, value in outputs.items():
-            check[f"{key}_rel_err_vs_float32"] = relative_error(value, exact[key])
-            check[f"{key}_eager_rel_err_vs_float32"] = relative_error(eager[key], exact[key])
-    return check
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """‖out − ref‖ / ‖ref‖ (NaN anywhere gives NaN)."""
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
-
-
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -197,10 +130,14 @@ class BenchReport:
     torch: str
     cuda: str | None
     host: str
+    gpus: int
+    """Devices the chunk ran on (sequence-parallel when more than one)."""
     preset: str
     height: int
     width: int
     steps: int
+    quantize: str
+    """DiT block linears: ``none`` (bf16 on a GPU), ``fp8``, ``int8``, ``int4``, ``nf4``."""
     tokens: int
     weights: str
     options: dict[str, Any]
@@ -218,6 +155,8 @@ class BenchReport:
     """Median per stage (CUDA-event time on the GPU)."""
     dit_step_s: float
     """Median over chunks of the mean DiT step."""
+    vae_decode_s: float
+    """Median VAE decode of a chunk's 33 frames (rank 0's, in a group)."""
     chunk_walls_s: list[float]
     peak_memory_gib: float | None
     """Peak allocated device memory while streaming (timed chunks)."""
@@ -227,13 +166,18 @@ class BenchReport:
     flops: dict[str, float]
     achieved_tflops: dict[str, float]
     check: dict[str, float] = field(default_factory=dict)
+    comm: dict[str, float] = field(default_factory=dict)
+    """With --gpus N: seconds of one DiT step's collectives run alone (``comm_step_s``), of
+    one chunk's video gather, and the all-to-all bytes a rank sends per step."""
+    scaling: dict[str, float] = field(default_factory=dict)
+    """With --scaling-reference: speed-up and efficiency (speed-up / gpus) per stage."""
 
     def table(self) -> str:
         """A short human-readable summary (markdown)."""
         lines = [
             (
                 f"## {self.label}: {self.preset} {self.height}x{self.width}, "
-                f"{self.steps} steps, {self.device}, torch {self.torch}"
+                f"{self.steps} steps, {self.gpus} x {self.device}, torch {self.torch}"
             ),
             "| stage | median s |",
             "|---|---|",
@@ -254,6 +198,10 @@ class BenchReport:
                 "achieved TFLOP/s: "
                 + ", ".join(f"{k} {v:.0f}" for k, v in self.achieved_tflops.items())
             )
+        if self.comm:
+            lines.append("communication: " + ", ".join(f"{k} {v:.3g}" for k, v in self.comm.items()))
+        if self.scaling:
+            lines.append("scaling: " + ", ".join(f"{k} {v:.2f}" for k, v in self.scaling.items()))
         if self.check:
             lines.append("check: " + ", ".join(f"{k} {v:.3g}" for k, v in self.check.items()))
         return "\n".join(lines) + "\n"
@@ -324,10 +272,33 @@ def build_generator(
 
 
 def run(args: argparse.Namespace) -> BenchReport:
-    """Build, warm up, time ``args.chunks`` chunks and return the report."""
+    """Build, warm up, time ``args.chunks`` chunks and return the report (``--gpus N``:
+    in N new processes, one per device; rank 0's report)."""
+    if args.gpus == 1:
+        report = measure(None, args)
+    else:
+        device_type = torch.device(
+            args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        ).type
+        devices = group_devices(args.gpus, device_type)
+        report = run_group(args.gpus, measure, (args,), devices=devices)
+    assert report is not None, "rank 0 always reports"
+    return report
+
+
+def _single_device(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> BenchReport | None:
+    """One process's run: alone (``parallel`` None) or as one rank of a group, in lockstep
+    with the others. Rank 0 (or the lone process) returns the report, the others None."""
+    device = _single_device(args) if parallel is None else parallel.device
+    if parallel is not None and device.type == "cpu":  # the ranks share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel.world_size))
     name = args.preset or ("flashtalk-14b" if device.type == "cuda" else "tiny")
     if args.steps not in (None, *STEP_CHOICES):
         raise SystemExit(f"--steps {args.steps}: FlashTalk is distilled for 4 or 2 steps")
@@ -343,9 +314,10 @@ def run(args: argparse.Namespace) -> BenchReport:
             torch.cuda.set_per_process_memory_fraction(args.memory_limit_gib * GIB / total, device)
 
     with torch.no_grad():
-        # 1. weights and speed options
+        # 1. weights and speed options; the group's split
         started = time.perf_counter()
         generator, weights = build_generator(args, config, options, device)
+        generator.use_parallel(parallel)
         _sync(device)
         load_s = time.perf_counter() - started
         load_peak = torch.cuda.max_memory_allocated(device) if on_cuda else None
@@ -378,12 +350,19 @@ def run(args: argparse.Namespace) -> BenchReport:
         peak = torch.cuda.max_memory_allocated(device) if on_cuda else None
         reserved = torch.cuda.max_memory_reserved(device) if on_cuda else None
 
-        # 5. fixed-input outputs, to compare this variant with other paths
+        # 5. a group's communication alone, and its outputs against one device alone
+        comm = comm_probe(generator, parallel) if parallel is not None else {}
         check: dict[str, float] = {}
+        if parallel is not None and args.check_parallel:
+            check.update(parallel_check(generator, parallel, args.seed))
+
+        # 6. fixed-input outputs, to compare this variant with other paths
         wanted = (args.save_reference, args.compare_reference, args.self_check or None,
                   args.float32_check or None)  # fmt: skip
         if any(item is not None for item in wanted):
-            check = consistency_checks(generator, args)
+            check.update(consistency_checks(generator, args))
+    if parallel is not None and not parallel.is_primary:
+        return None
 
     chunk_s = statistics.median(chunk_walls)
     dit_steps = [
@@ -392,6 +371,8 @@ def run(args: argparse.Namespace) -> BenchReport:
     ]
     dit_step_s = statistics.median(dit_steps)
     flops = count_flops(config)
+    if args.gpus > 1:
+        flops.update(band_flops(config, args.gpus))
     stage_medians = {stage: statistics.median(values) for stage, values in stages.items()}
     achieved = {
         "dit_step": flops["dit_step_flops"] / dit_step_s / TERA,
@@ -401,17 +382,19 @@ def run(args: argparse.Namespace) -> BenchReport:
         config.latent_width // config.dit.patch_size[2]
     )
     return BenchReport(
-        label=args.label or _default_label(options, config),
+        label=args.label or _default_label(options, config, args.gpus),
         command=getattr(args, "command_line", None) or command_line("python -m pipeline.bench", args),
         date=datetime.date.today().isoformat(),
         device=torch.cuda.get_device_name(device) if on_cuda else f"CPU ({platform.processor() or platform.machine()})",
         torch=torch.__version__,
         cuda=torch.version.cuda,
         host=platform.node(),
+        gpus=args.gpus,
         preset=config.preset,
         height=config.height,
         width=config.width,
         steps=config.steps,
+        quantize=options.quantize,
         tokens=grid_tokens,
         weights=weights,
         options=asdict(options),
@@ -424,6 +407,7 @@ def run(args: argparse.Namespace) -> BenchReport:
         rtf=chunk_s / CHUNK_SECONDS,
         stages_s=stage_medians,
         dit_step_s=dit_step_s,
+        vae_decode_s=stage_medians["vae_decode_s"],
         chunk_walls_s=chunk_walls,
         peak_memory_gib=None if peak is None else _memory_gib(peak),
         peak_reserved_gib=None if reserved is None else _memory_gib(reserved),
@@ -431,11 +415,29 @@ def run(args: argparse.Namespace) -> BenchReport:
         flops=flops,
         achieved_tflops=achieved,
         check=check,
+        comm=comm,
     )
 
 
-def _default_label(options: SpeedOptions, config: PipelineConfig) -> str:
-    parts = [options.quantize if options.quantize != "none" else "bf16"]
+def _read_scaling_reference(path: Path | None) -> dict[str, Any] | None:
+    """The ``--scaling-reference`` report, read before the run so a bad path fails at once."""
+    if path is None:
+        return None
+    advice = "run `headcast bench --gpus 1 --json PATH` with the same settings first"
+    try:
+        reference: dict[str, Any] = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(
+            f"--scaling-reference {path}: cannot read a bench JSON report there ({exc}); {advice}"
+        ) from None
+    if reference.get("gpus", 1) != 1:
+        raise SystemExit(f"--scaling-reference {path} is a {reference['gpus']}-GPU report; {advice}")
+    return reference
+
+
+def _default_label(options: SpeedOptions, config: PipelineConfig, gpus: int) -> str:
+    parts = [f"{gpus}gpu"] if gpus > 1 else []
+    parts.append(options.quantize if options.quantize != "none" else "bf16")
     parts.append("compiled" if options.compile_mode else "eager")
     parts.append(f"{config.steps}steps")
     return "-".join(parts)
@@ -489,6 +491,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunks", type=_positive, default=DEFAULT_CHUNKS, help="timed chunks")
     parser.add_argument("--warmup", type=_non_negative, default=DEFAULT_WARMUP, help="untimed chunks first")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--gpus", type=_positive, default=1,
+                        help="run the chunk sequence-parallel on this many GPUs (one process "
+                        "each; on a CPU device: gloo processes)")
+    parser.add_argument("--check-parallel", action="store_true",
+                        help="with --gpus N: compare the group's DiT velocity, decoded video and "
+                        "motion latents with one GPU computing them alone (same weights, inputs)")
+    parser.add_argument("--scaling-reference", type=Path, default=None,
+                        help="a --gpus 1 JSON report: add speed-up and efficiency per stage")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and noise")
     parser.add_argument("--label", default=None, help="name of this run in tables")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
@@ -532,10 +542,16 @@ def command_line(
 
 def execute(args: argparse.Namespace, prog: str = "python -m pipeline.bench") -> int:
     """Run the benchmark for parsed ``args``; print the table, write the JSON."""
+    if args.check_parallel and args.gpus == 1:
+        raise SystemExit("--check-parallel compares a group with one GPU: add --gpus N (N > 1)")
     if args.warmup == 0 and args.compile:
         logger.warning("--compile with --warmup 0: the first timed chunk includes compilation")
     args.command_line = command_line(prog, args)
+    reference = _read_scaling_reference(args.scaling_reference)
     report = run(args)
+    if reference is not None:
+        times = {"chunk_s": report.chunk_s, "dit_step_s": report.dit_step_s, **report.stages_s}
+        report.scaling = scaling(times, reference, args.gpus)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")

@@ -3,6 +3,10 @@
 Owns building the generator on the device thread (``load``), warming it up with one chunk,
 measuring its real-time factor, and adapting ``FlashTalkGenerator`` sessions to chunk jobs.
 Frames are resized to the engine's output size when the preset generates another size.
+Created with a ``parallel`` group of N > 1 ranks, the engine is one rank of a
+sequence-parallel group (``pipeline.parallel``): every rank calls ``load``,
+``open_session``, ``step`` and ``close_session`` in lockstep with the same arguments;
+rank 0's chunks carry the frames, the other ranks' chunks carry none.
 Knows nothing about asyncio or WebRTC.
 """
 
@@ -22,6 +26,7 @@ from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PipelineConfig, preset
 from pipeline.generator import FlashTalkGenerator, StreamState
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, Avatar, Chunk, ChunkJob
+from pipeline.parallel import ParallelGroup
 from pipeline.speedups import SpeedOptions, apply_speedups
 
 logger = logging.getLogger(__name__)
@@ -56,6 +61,7 @@ class DiffusionEngine:
         cache_dir: Path | None = None,
         speed: SpeedOptions | None = None,
         random_weights: bool = False,
+        parallel: ParallelGroup | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -63,7 +69,12 @@ class DiffusionEngine:
         self.width = width
         self.model_dir = model_dir
         self.wav2vec_dir = wav2vec_dir
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.parallel = parallel
+        """This process's rank of a sequence-parallel group (None: computes alone)."""
+        if parallel is not None:
+            self.device = str(parallel.device)
+        else:
+            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cache_dir = cache_dir
         self.speed = speed
         self.random_weights = random_weights
@@ -111,6 +122,8 @@ class DiffusionEngine:
                 self.config, self.model_dir, self.wav2vec_dir, device=self.device,
                 cache_dir=self.cache_dir, speed=self.speed,
             )
+        if self.parallel is not None:
+            self.generator.use_parallel(self.parallel)
         logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
         state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
         silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
@@ -153,7 +166,9 @@ class DiffusionEngine:
         """One chunk of the session's stream, resized to the engine's output size."""
         started = time.perf_counter()
         output = self._require_generator().step(state, job.audio)
-        frames = resize_frames(output.frames, self.height, self.width)
+        frames = output.frames
+        if len(frames):  # ranks other than 0 of a group hand back no frames
+            frames = resize_frames(frames, self.height, self.width)
         return Chunk(
             index=job.index,
             frames=frames,
@@ -167,7 +182,8 @@ class DiffusionEngine:
 
 
 def tiny_engine(**options: Any) -> DiffusionEngine:
-    """The ``tiny`` engine: the ``tiny`` preset (steps, seed, height/width of output)."""
+    """The ``tiny`` engine: the ``tiny`` preset (steps, seed, height/width of output;
+    ``parallel``: one rank of a sequence-parallel group)."""
     steps = options.pop("steps", None)
     seed = options.pop("seed", None)
     options.pop("model_dir", None)
@@ -182,7 +198,8 @@ def flashtalk_engine(**options: Any) -> DiffusionEngine:
     ``width``); ``speedups`` is ``fast`` (bf16-exact speed-ups, the default) or ``official``;
     ``quantize`` and ``compile`` choose the DiT's precision and compilation;
     ``random_weights`` builds the full-size model with random weights on the GPU instead of
-    loading the checkpoint (speed and capacity without the weights; the pictures are noise).
+    loading the checkpoint (speed and capacity without the weights; the pictures are noise);
+    ``parallel`` makes the engine one rank of a sequence-parallel group (on its device).
     """
     config = preset(
         "flashtalk-14b",
@@ -191,7 +208,12 @@ def flashtalk_engine(**options: Any) -> DiffusionEngine:
         height=options.pop("gen_height", None) or options.get("height"),
         width=options.pop("gen_width", None) or options.get("width"),
     )
-    device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    parallel = options.get("parallel")
+    device = (
+        str(parallel.device)
+        if parallel is not None
+        else options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     quantize = options.pop("quantize", "none")
     compile_mode = "default" if options.pop("compile", False) else None
     base = SpeedOptions.official() if options.pop("speedups", "fast") == "official" else SpeedOptions.fast(device)

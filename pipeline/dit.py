@@ -41,7 +41,15 @@ from pipeline.checkpoint import (
     require_file,
     sharded_safetensors_files,
 )
+from pipeline.parallel import ParallelGroup
 from pipeline.rope import RopeTableCache, apply_rope
+from pipeline.sequence_parallel import (
+    TokenShard,
+    gather_tokens,
+    local_rows,
+    token_shard,
+    ulysses_attention,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +368,10 @@ class SelfAttention(nn.Module):
         if self.qkv is None:
             self.qkv = _fused_linear(self, ("q", "k", "v"))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shard: TokenShard | None = None
+    ) -> torch.Tensor:
+        """``x`` ``[B, L, dim]``: the whole sequence, or this rank's tokens of ``shard``."""
         heads = (self.num_heads, -1)
         if self.qkv is not None:
             q, k, v = self.qkv(x).chunk(3, dim=-1)  # each [B, L, dim]
@@ -370,7 +381,8 @@ class SelfAttention(nn.Module):
         k = self.norm_k(k).unflatten(-1, heads)  # [B, L, H, D]
         v = v.unflatten(-1, heads)  # [B, L, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return self.o(attention(q, k, v).flatten(2))  # [B, L, dim]
+        out = attention(q, k, v) if shard is None else ulysses_attention(q, k, v, shard)
+        return self.o(out.flatten(2))  # [B, L, dim]
 
 
 class TextImageCrossAttention(nn.Module):
@@ -426,8 +438,16 @@ class AudioCrossAttention(nn.Module):
         self.kv_linear = nn.Linear(audio_dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, audio_tokens: torch.Tensor, frames: int) -> torch.Tensor:
-        """``x`` ``[B, L = frames * S, dim]``; ``audio_tokens`` ``[B * frames, M, audio_dim]``."""
+    def forward(
+        self, x: torch.Tensor, audio_tokens: torch.Tensor, frames: int | TokenShard
+    ) -> torch.Tensor:
+        """``x`` ``[B, L = frames * S, dim]``; ``audio_tokens`` ``[B * frames, M, audio_dim]``.
+
+        With a ``TokenShard`` instead of ``frames``, ``x`` is this rank's ``[B, per_rank,
+        dim]`` tokens and ``audio_tokens`` every frame's (see :meth:`_forward_runs`).
+        """
+        if isinstance(frames, TokenShard):
+            return self._forward_runs(x, audio_tokens, frames)
         batch, length, dim = x.shape
         per_frame = x.reshape(batch * frames, length // frames, dim)  # [B*F, S, dim]
         q = self.q_linear(per_frame).unflatten(-1, (self.num_heads, -1))  # [B*F, S, H, D]
@@ -435,6 +455,28 @@ class AudioCrossAttention(nn.Module):
         k, v = kv.unflatten(-1, (2, self.num_heads, -1)).unbind(2)  # each [B*F, M, H, D]
         out = self.proj(attention(q, k, v).flatten(2))  # [B*F, S, dim]
         return out.reshape(batch, length, dim)
+
+    def _forward_runs(
+        self, x: torch.Tensor, audio_tokens: torch.Tensor, shard: TokenShard
+    ) -> torch.Tensor:
+        """A shard's tokens, run by run, each against its own frames' audio tokens; padded
+        tokens (after the runs) attend to nothing and get zeros before ``proj``."""
+        batch, length, dim = x.shape
+        q = self.q_linear(x).unflatten(-1, (self.num_heads, -1))  # [B, Lr, H, D]
+        kv = self.kv_linear(audio_tokens)  # [B*F, M, 2*dim]: keys, then values
+        k, v = kv.unflatten(-1, (2, self.num_heads, -1)).unbind(2)  # each [B*F, M, H, D]
+        k, v = k.unflatten(0, (batch, -1)), v.unflatten(0, (batch, -1))  # [B, F, M, H, D]
+        pieces = []
+        for start, stop, frame, count in shard.runs:
+            size = (stop - start) // count  # tokens of each of the run's frames
+            per_frame = q[:, start:stop].reshape(batch * count, size, *q.shape[2:])  # [B*n, s, H, D]
+            keys = k[:, frame : frame + count].flatten(0, 1)  # [B*n, M, H, D]
+            values = v[:, frame : frame + count].flatten(0, 1)  # [B*n, M, H, D]
+            out = attention(per_frame, keys, values)  # [B*n, s, H, D]
+            pieces.append(out.reshape(batch, stop - start, dim))
+        if shard.real < length:
+            pieces.append(x.new_zeros(batch, length - shard.real, dim))
+        return self.proj(torch.cat(pieces, dim=1))  # [B, Lr, dim]
 
 
 class DiTBlock(nn.Module):
@@ -477,10 +519,15 @@ class DiTBlock(nn.Module):
         context: torch.Tensor,
         audio_tokens: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        frames: int,
+        frames: int | TokenShard,
     ) -> torch.Tensor:
-        """``x`` ``[B, L, dim]``; ``e0`` ``[B, 6, dim]`` f32; ``context`` ``[B, 257 + T, dim]``."""
+        """``x`` ``[B, L, dim]``; ``e0`` ``[B, 6, dim]`` f32; ``context`` ``[B, 257 + T, dim]``.
+
+        ``frames`` is the sequence's latent frame count, or, sequence-parallel, this rank's
+        ``TokenShard`` (``x`` then holds its ``per_rank`` tokens and ``rope`` their rows).
+        """
         dtype = x.dtype
+        shard = frames if isinstance(frames, TokenShard) else None
         # AdaLN terms, each [B, 1, dim] float32
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
             self.modulation.float() + e0
@@ -488,7 +535,7 @@ class DiTBlock(nn.Module):
 
         # 1. self-attention on the modulated, normalised stream; gated float32 residual
         h = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).to(dtype)  # [B, L, dim]
-        x = (x + self.self_attn(h, *rope) * gate_sa).to(dtype)
+        x = (x + self.self_attn(h, *rope, shard) * gate_sa).to(dtype)
 
         # 2. text + image cross-attention
         x = x + self.cross_attn(self.norm3(x), context)
@@ -660,6 +707,10 @@ class FlashTalkDiT(WanBackbone):
     Build it on the meta device and load the official state dict (see :func:`load_dit`).
     Constant RoPE tables are not in the state dict: they are computed on first use for each
     (token grid, device) and cached here (they never change, so the cache is not state).
+
+    After :meth:`set_parallel` with a group of N > 1 ranks the forward is sequence-parallel
+    (``pipeline.sequence_parallel``): every rank of the group calls it with the same inputs,
+    runs the blocks on its share of the tokens and returns the whole velocity.
     """
 
     def __init__(self, config: DiTConfig) -> None:
@@ -670,6 +721,33 @@ class FlashTalkDiT(WanBackbone):
         self.head = Head(dim, config.patch_volume * config.out_dim, config.eps)
         self.img_emb = ImageProjection(CLIP_EMBED_DIM, dim)
         self.audio_proj = AudioProjection(config)
+        self.parallel: ParallelGroup | None = None
+        """The sequence-parallel group (None: this process computes every token)."""
+        self._shards: dict[tuple[int, int, int], tuple[TokenShard, torch.Tensor, torch.Tensor]] = {}
+
+    def set_parallel(self, parallel: ParallelGroup | None) -> None:
+        """Split every later forward's tokens among ``parallel``'s ranks (None or a group of
+        one: compute them all here). Every rank must then call the forward in lockstep."""
+        self.parallel = parallel if parallel is not None and parallel.is_parallel else None
+        self._shards.clear()
+
+    def token_shard(
+        self, grid: tuple[int, int, int], device: torch.device
+    ) -> tuple[TokenShard, torch.Tensor, torch.Tensor]:
+        """This rank's shard of a grid's tokens and its rows of the RoPE tables, cached."""
+        if self.parallel is None:
+            raise RuntimeError("token_shard needs a parallel group (set_parallel)")
+        cached = self._shards.get(grid)
+        if cached is None:
+            parallel = self.parallel
+            shard = token_shard(
+                math.prod(grid), grid[0], self.config.num_heads,
+                rank=parallel.rank, world=parallel.world_size, group=parallel.group_name,
+            )  # fmt: skip
+            cos, sin = self.rope_tables(grid, device)  # [L, 1, head_dim/2] each
+            cached = (shard, local_rows(cos, shard, 0), local_rows(sin, shard, 0))
+            self._shards[grid] = cached
+        return cached
 
     def fuse_projections(self) -> None:
         """Fuse the attention projections that share an input (q/k/v of the self-attention,
@@ -782,13 +860,22 @@ class FlashTalkDiT(WanBackbone):
         audio_tokens = self.audio_proj(audio.to(dtype)).to(dtype)  # [B, F', M, output_dim]
         audio_tokens = audio_tokens.flatten(0, 1)  # [B*F', M, output_dim]
 
-        # 5. transformer blocks with the grid's RoPE tables
-        rope = self.rope_tables(grid, tokens.device)  # 2 x [L, 1, head_dim/2]
+        # 5. transformer blocks with the grid's RoPE tables (sequence-parallel: this rank's
+        #    tokens and rows of the tables)
+        if self.parallel is None:
+            rope = self.rope_tables(grid, tokens.device)  # 2 x [L, 1, head_dim/2]
+            frames: int | TokenShard = grid[0]
+        else:
+            shard, cos, sin = self.token_shard(grid, tokens.device)
+            rope, frames = (cos, sin), shard  # 2 x [per_rank, 1, head_dim/2]
+            tokens = local_rows(tokens, shard, 1)  # [B, per_rank, dim]
         for block in self.blocks:
-            tokens = block(tokens, e0, context_tokens, audio_tokens, rope, grid[0])  # [B, L, dim]
+            tokens = block(tokens, e0, context_tokens, audio_tokens, rope, frames)  # [B, L, dim]
 
-        # 6. head: float32 velocity per token patch
+        # 6. head: float32 velocity per token patch (sequence-parallel: every rank's tokens)
         out = self.head(tokens, e)  # [B, L, pt*ph*pw*out_dim]
+        if isinstance(frames, TokenShard):
+            out = gather_tokens(out, frames)  # [B, L, pt*ph*pw*out_dim]
 
         # 7. unpatchify
         pt, ph, pw = cfg.patch_size

@@ -159,6 +159,7 @@ class Mailbox:
         self._items: deque[MailboxItem] = deque()
         self._in_flight = 0
         self._lock = threading.Lock()
+        self._closed = False
 
     def _reserve(self) -> None:
         with self._lock:
@@ -175,6 +176,8 @@ class Mailbox:
 
     def _deliver(self, item: MailboxItem) -> None:
         with self._lock:
+            if self._closed:  # nobody will read it: a chunk's frames are tens of MB
+                return
             self._items.append(item)
         try:
             self._notify()
@@ -188,6 +191,12 @@ class Mailbox:
                 return None
             self._in_flight -= 1
             return self._items.popleft()
+
+    def _close(self) -> None:
+        """Drop every undelivered result and refuse later ones (the session closed)."""
+        with self._lock:
+            self._closed = True
+            self._items.clear()
 
     @property
     def in_flight(self) -> int:
@@ -252,6 +261,7 @@ class SessionHandle:
         if self.closed:
             return
         self.closed = True
+        self.mailbox._close()
         if not self._worker._stopped:  # after shutdown the thread already closed every state
             self._worker._put(_CloseJob(self))
 
@@ -392,6 +402,10 @@ class EngineWorker:
             if item is _STOP:
                 break
             self._handle(item)
+            # A job reaches its session (handle -> mailbox -> notify -> the whole session:
+            # tracks, peer connection, frames); while the thread waits for the next job it
+            # must not keep the last one, or a closed session stays in memory until then.
+            del item
         for state in self._states.values():
             self._close_state(state)
         self._states.clear()

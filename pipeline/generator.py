@@ -8,6 +8,14 @@ One loaded model serves every session: nothing per session is stored on the modu
 Per-avatar conditioning (T5 prompt embedding, CLIP features, VAE latents of the reference
 image) is computed by an ``AvatarConditioner`` once per avatar and cached; it never runs per
 chunk. Knows nothing about threads, asyncio or codecs.
+
+With ``use_parallel`` every rank of a group runs ``step`` in lockstep on the same inputs:
+the DiT splits its tokens (``pipeline.sequence_parallel``), the VAE its rows
+(``pipeline.vae_parallel``), and every rank draws the same noise from the same seeded
+generator in the same order, so the sampler's latents are the same on every rank (the
+per-step velocity is gathered on all of them). Colour correction runs on every rank (its
+result feeds the motion re-encode); only rank 0 converts the frames to uint8 and copies
+them to the host.
 """
 
 from __future__ import annotations
@@ -32,8 +40,10 @@ from pipeline.color import match_and_blend_colors
 from pipeline.config import PipelineConfig
 from pipeline.dit import FlashTalkDiT
 from pipeline.imaging import resize_and_centercrop, to_model_range
+from pipeline.parallel import ParallelGroup
 from pipeline.timing import StageTimer, stage_timer
 from pipeline.vae import WanVAE
+from pipeline.vae_parallel import ParallelVAE
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +97,20 @@ class ChunkOutput:
     they are CUDA-event times on the device timeline.
     """
 
-    frames: np.ndarray  # [new_frames, H, W, 3] uint8 RGB
+    frames: np.ndarray  # [new_frames, H, W, 3] uint8 RGB ([0, H, W, 3] on ranks other than 0)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+class VideoCodec(Protocol):
+    """The VAE's two per-chunk calls (the VAE itself, or a ``ParallelVAE`` around it)."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, z, T', h, w]`` -> video ``[B, 3, T, H, W]`` float32 in [-1, 1]."""
+        ...
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Video ``[B, 3, T, H, W]`` in [-1, 1] -> latents ``[B, z, T', h, w]`` float32."""
+        ...
 
 
 class AvatarEncoders(Protocol):
@@ -152,6 +174,25 @@ class FlashTalkGenerator:
         """SDPA kernel preference for the DiT (see ``pipeline.attention.sdpa_backends``)."""
         self.color_correct: ColorCorrection = match_and_blend_colors
         """The colour correction (replaceable by a compiled version of the same function)."""
+        self.parallel: ParallelGroup | None = None
+        """The group this generator's chunks are split among (None: computed here alone)."""
+        self.codec: VideoCodec = vae
+        """Decodes and re-encodes each chunk: the VAE, or a ``ParallelVAE`` in a group."""
+
+    def use_parallel(self, parallel: ParallelGroup | None) -> None:
+        """Split every later chunk among ``parallel``'s ranks (None or a group of one: not).
+
+        Every rank of the group must then call ``prepare`` and ``step`` in lockstep with the
+        same arguments; rank 0's frames are the group's (the others return no frames).
+        """
+        self.parallel = parallel if parallel is not None and parallel.is_parallel else None
+        self.dit.set_parallel(self.parallel)
+        self.codec = self.vae if self.parallel is None else ParallelVAE(self.vae, self.parallel)
+
+    @property
+    def hands_back_frames(self) -> bool:
+        """True unless this is a rank other than 0 of a parallel group."""
+        return self.parallel is None or self.parallel.is_primary
 
     # -- per avatar -----------------------------------------------------------------------
 
@@ -223,7 +264,7 @@ class FlashTalkGenerator:
 
     def _store_cached(self, key: str, conditioning: AvatarConditioning) -> None:
         path = self._cache_path(key)
-        if path is None:
+        if path is None or not self.hands_back_frames:  # one writer per group
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         cpu = conditioning.to("cpu")
@@ -262,8 +303,12 @@ class FlashTalkGenerator:
         video, state.motion = self.generate_chunk(
             state.conditioning, state.motion, features, draw, timer
         )
-        # 3. the new frames as uint8 on the host (the copy waits for the chunk's GPU work)
-        frames = frames_to_uint8(video).contiguous().cpu().numpy()  # [28, H, W, 3]
+        # 3. the new frames as uint8 on the host (the copy waits for the chunk's GPU work);
+        #    in a group only rank 0 hands frames back
+        if self.hands_back_frames:
+            frames = frames_to_uint8(video).contiguous().cpu().numpy()  # [28, H, W, 3]
+        else:
+            frames = np.zeros((0, *video.shape[2:], video.shape[0]), dtype=np.uint8)
         timer.mark("to_host_s")
         state.chunk_index += 1
         return ChunkOutput(frames=frames, timings=timer.read())
@@ -306,12 +351,13 @@ class FlashTalkGenerator:
             latent = sampler.overwrite_motion(latent, motion)
             timer.mark(f"dit_step{i}_s")
         # 3. decode all 33 frames, match colours to the reference image
-        video = self.vae.decode(latent[None].to(self.dtype))  # [1, 3, 33, H, W]
+        video = self.codec.decode(latent[None].to(self.dtype))  # [1, 3, 33, H, W]
         timer.mark("vae_decode_s")
         if cfg.color_correction > 0:
             video = self.color_correct(video, conditioning.reference, cfg.color_correction)
         timer.mark("color_s")
         # 4. the last motion frames become the next chunk's motion latents
-        next_motion = self.vae.encode(video[:, :, -cfg.audio.motion_frames :].to(self.dtype))[0]
+        motion_video = video[:, :, -cfg.audio.motion_frames :].to(self.dtype)  # [1, 3, 5, H, W]
+        next_motion = self.codec.encode(motion_video)[0]  # [z, M, h, w]
         timer.mark("motion_encode_s")
         return video[0, :, cfg.audio.motion_frames :], next_motion  # [3, 28, H, W], [z, M, h, w]

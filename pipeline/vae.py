@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.checkpoint import materialize, read_torch_state
+from pipeline.vae_bands import RowShare, run_band
 from pipeline.vae_blocks import (
     SPATIAL_SCALE,
     TEMPORAL_SCALE,
@@ -267,12 +268,16 @@ class WanVAE(nn.Module):
         return mean, std
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, share: RowShare | None = None) -> torch.Tensor:
         """Video ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents ``[B, 16, T', h, w]``.
 
         ``T = 1 + 4k`` gives ``T' = 1 + k``; ``H`` and ``W`` must be multiples of 8
         (``h = H / 8``). The video is cast to the model's dtype; the latents come back in
         float32 on the model's device, as ``(mu - LATENT_MEAN) / LATENT_STD``.
+
+        With a ``share`` (``pipeline.vae_bands``) this process computes the encoder's stages
+        only on its band of rows; ``share.gather`` joins every rank's band at latent
+        resolution before the middle block, and the whole latents come back.
         """
         self._check_video(video)
         z = self.config.z_dim
@@ -283,19 +288,37 @@ class WanVAE(nn.Module):
         cache = CausalCache()
         mus: list[torch.Tensor] = []
         for start, stop in self._encode_chunks(video.shape[2]):
-            features = self.encoder(video[:, :, start:stop], cache)  # [B, 2z, 1, h, w]
+            if share is None:
+                features = self.encoder(video[:, :, start:stop], cache)  # [B, 2z, 1, h, w]
+            else:
+                features = self._encode_band(video[:, :, start:stop], cache, share)
             mus.append(F.conv3d(features, weight[:z], self.conv1.bias[:z]))  # [B, z, 1, h, w]
         mu = mus[0] if len(mus) == 1 else torch.cat(mus, dim=2)  # [B, z, T', h, w]
         # 3. Normalise in float32.
         mean, std = self._latent_stats()
         return (mu.to(STATS_DTYPE) - mean) * std.reciprocal()  # [B, z, T', h, w]
 
+    def _encode_band(
+        self, video: torch.Tensor, cache: CausalCache, share: RowShare
+    ) -> torch.Tensor:
+        """One encode chunk from this rank's band: ``[B, 3, t, H, W]`` -> ``[B, 2z, 1, h, w]``."""
+        if share.gather is None:
+            raise ValueError("a banded encode needs the share's gather (bands meet at the middle)")
+        band = run_band(self.encoder.row_layers, video, cache, share.plan)  # [B, 4*dim, 1, rows, w]
+        features = self._layout(share.gather(band).contiguous())  # [B, 4*dim, 1, h, w]
+        return self.encoder.finish(features, cache)  # [B, 2z, 1, h, w]
+
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, share: RowShare | None = None, *, clamp: bool = True
+    ) -> torch.Tensor:
         """Normalised latents ``[B, 16, T', h, w]`` -> video ``[B, 3, T, 8h, 8w]`` in [-1, 1].
 
         ``T = 1 + 4 (T' - 1)``. The video comes back in float32, clamped to [-1, 1] unless
         ``clamp`` is False (a tiled decode blends unclamped tiles and clamps the result).
+        With a ``share`` only the share's band of video rows is computed and returned
+        (``[B, 3, T, rows, 8w]``): the decoder's trunk (latent resolution, with the spatial
+        attention) runs on the whole frame, its later stages on the band.
         """
         self._check_latents(latents)
         b, _, t_lat, h, w = latents.shape
@@ -308,13 +331,18 @@ class WanVAE(nn.Module):
         # 2. Decode one latent frame at a time through one causal cache, writing each chunk
         #    into the float32 output.
         frames = 1 + stride_t * (t_lat - 1)
-        out_shape = (b, VIDEO_CHANNELS, frames, h * stride_s, w * stride_s)
+        band = (0, h * stride_s) if share is None else share.plan.output_rows
+        out_shape = (b, VIDEO_CHANNELS, frames, band[1] - band[0], w * stride_s)
         video = torch.empty(out_shape, dtype=STATS_DTYPE, device=x.device)  # [B, 3, T, H, W]
         cache = CausalCache()
         written = 0
         for start in range(0, t_lat, DECODE_CHUNK_LATENTS):
             latent = x[:, :, start : start + DECODE_CHUNK_LATENTS]  # [B, z, 1, h, w]
-            chunk = self.decoder(latent, cache)  # [B, 3, 1 (first) or 4, H, W]
+            if share is None:
+                chunk = self.decoder(latent, cache)  # [B, 3, 1 (first) or 4, H, W]
+            else:
+                trunk = self.decoder.trunk(latent, cache)  # [B, 4*dim, 1, h, w]
+                chunk = run_band(self.decoder.row_layers, trunk, cache, share.plan)
             video[:, :, written : written + chunk.shape[2]] = chunk
             written += chunk.shape[2]
         # 3. Clamp to the video range in place.

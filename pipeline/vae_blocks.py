@@ -379,11 +379,21 @@ class Encoder3d(nn.Module):
             CausalConv3d(mid, out_dim, CAUSAL_KERNEL_T, padding=1),
         )
 
+    @property
+    def row_layers(self) -> list[nn.Module]:
+        """The layers before the middle block, in order (``conv1``, then the stages): no
+        attention, so a band of output rows needs only a band of input rows."""
+        return [self.conv1, *self.downsamples]
+
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         # x: [B, 3, t, H, W]
         x = self.conv1(x, cache)  # 1. [B, dim, t, H, W]
         x = run_causal(self.downsamples, x, cache)  # 2. [B, 4*dim, t', H/8, W/8]
-        x = run_causal(self.middle, x, cache)  # 3. same shape
+        return self.finish(x, cache)  # 3.-4. [B, out_dim, t', H/8, W/8]
+
+    def finish(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """The middle block (spatial attention over the whole frame) and the head."""
+        x = run_causal(self.middle, x, cache)  # 3. [B, 4*dim, t', H/8, W/8]
         return run_causal(self.head, x, cache)  # 4. [B, out_dim, t', H/8, W/8]
 
 
@@ -433,9 +443,19 @@ class Decoder3d(nn.Module):
             CausalConv3d(last, VIDEO_CHANNELS, CAUSAL_KERNEL_T, padding=1),
         )
 
+    @property
+    def row_layers(self) -> list[nn.Module]:
+        """The layers after the middle block, in order (the stages, then the head): no
+        attention, so a band of output rows needs only a band of input rows."""
+        return [*self.upsamples, *self.head]
+
+    def trunk(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """``conv1`` and the middle block (spatial attention over the whole frame)."""
+        x = self.conv1(x, cache)  # 1. [B, 4*dim, t, h, w]
+        return run_causal(self.middle, x, cache)  # 2. same shape
+
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         # x: [B, z_dim, t, h, w]
-        x = self.conv1(x, cache)  # 1. [B, 4*dim, t, h, w]
-        x = run_causal(self.middle, x, cache)  # 2. same shape
+        x = self.trunk(x, cache)  # 1.-2. [B, 4*dim, t, h, w]
         x = run_causal(self.upsamples, x, cache)  # 3. [B, dim, t', 8h, 8w]
         return run_causal(self.head, x, cache)  # 4. [B, 3, t', 8h, 8w]

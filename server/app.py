@@ -2,7 +2,8 @@
 
 Owns ``create_app(settings)``: builds the app (no app exists at import time), its per-app
 ``Metrics``, the credentials it checks (API keys; open local-demo mode without them, which
-the startup log says), the CORS allow-list middleware, the ``Runtime`` whose lifespan starts
+the startup log says), the request-body bounds and the CORS allow-list middleware, the
+``Runtime`` whose lifespan starts
 the engine thread (the engine loads on it while the server already answers) and, on exit,
 closes every session and then the engine; the problem-details error handlers and the
 routers.
@@ -24,6 +25,7 @@ from server.auth import ApiKeys, TokenRedactor
 from server.engines import create_engine
 from server.errors import install_problem_handlers
 from server.metrics import Metrics
+from server.request_body import BodyLimitMiddleware, BodyLimits
 from server.routes import audio_ws, control, health, sessions, webrtc, whep
 from server.routes.web import mount_static, web_router
 from server.runtime import Runtime
@@ -106,6 +108,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.runtime = runtime
     app.state.api_keys = api_keys
+    # Inside CORS (added first = nearer the routes), so a 413 carries the CORS headers too.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limits=BodyLimits(
+            default_bytes=settings.max_request_bytes,
+            routes=(
+                (webrtc.OFFER_PATH, settings.max_offer_bytes),
+                (whep.WHEP_PATH, settings.max_offer_bytes),
+            ),
+        ),
+    )
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -13,8 +13,9 @@ Owns the one place credentials are checked:
   needs an unexpired token; ``CONTROL`` (delete, interrupt, keep-alive) also accepts an
   expired one once the session is connected, so a session lives until its lifecycle ends.
 - ``bearer_credential``: the credential in an ``Authorization: Bearer ...`` header.
-- ``TokenRedactor``: a logging filter that blanks ``token=...`` query values (WebSocket URLs
-  carry the session token; uvicorn logs request paths).
+- ``TokenRedactor``: a logging filter that blanks ``token`` query values, however the name
+  is spelled or percent-encoded (WebSocket URLs carry the session token; uvicorn logs request
+  paths).
 - The typed ``AuthError`` family, which ``server.errors`` maps to 401 / 403 problems.
 
 Never logs or echoes a key or a token. Knows nothing about HTTP routes, the registry or
@@ -34,6 +35,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import unquote_plus
 
 from pipeline.media import MS_PER_S
 
@@ -46,8 +48,19 @@ SIGNING_KEY_BYTES = 32
 TOKEN_SEPARATOR = "."
 """Separates the parts of a token; session ids (URL-safe base64) never contain it."""
 
-TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
-"""A ``token=<value>`` query parameter in a logged URL."""
+MAX_TOKEN_CHARS = 200
+"""Longest token looked at (issued tokens are about 70 characters); longer is invalid."""
+
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,16}\.[A-Za-z0-9_-]{1,64}", re.ASCII)
+"""What an issued token looks like: URL-safe base64 session id, ASCII-digit expiry (unix ms),
+URL-safe base64 signature. Anything else (non-ASCII, Unicode digits, ...) is refused unread."""
+
+QUERY_PARAMETER = re.compile(r"(?P<name>[^?&;=\s\"']+)=(?P<value>[^&;\s\"']*)")
+"""A ``name=value`` query parameter in a logged URL (the name possibly percent-encoded)."""
+
+TOKEN_PARAMETER = "token"
+"""Query parameters whose name ends with this are redacted, however the name is spelled
+(``token``, ``TOKEN``, ``tok%65n`` all reach the route as ``token``)."""
 
 REDACTED = "[redacted]"
 
@@ -193,13 +206,12 @@ class SessionTokens:
         ``connected``: the session already has its connection (offer answered or socket
         open); then a ``CONTROL`` use accepts an expired token.
         """
-        parts = token.split(TOKEN_SEPARATOR)
-        if len(parts) != 3 or not parts[1].isdigit():
+        if len(token) > MAX_TOKEN_CHARS or not TOKEN_SHAPE.fullmatch(token):
             raise InvalidToken(
                 "the session token is not valid: send the token POST /v1/sessions returned, "
                 "unchanged"
             )
-        token_session, expires_ms, signature = parts
+        token_session, expires_ms, signature = token.split(TOKEN_SEPARATOR)
         expected = self._sign(f"{token_session}{TOKEN_SEPARATOR}{expires_ms}")
         if not hmac.compare_digest(_digest(signature), _digest(expected)):
             raise InvalidToken(
@@ -220,9 +232,16 @@ class SessionTokens:
             )
 
 
+def _redact_parameter(match: re.Match[str]) -> str:
+    if not unquote_plus(match["name"]).lower().endswith(TOKEN_PARAMETER):
+        return match[0]
+    return f"{match['name']}={REDACTED}"
+
+
 def redact_tokens(text: str) -> str:
-    """``text`` with every ``token=<value>`` query value replaced by ``[redacted]``."""
-    return TOKEN_QUERY.sub(rf"\g<1>{REDACTED}", text)
+    """``text`` with the value of every ``*token`` query parameter replaced by ``[redacted]``,
+    whatever the spelling of its name (``tok%65n=`` is ``token=``)."""
+    return QUERY_PARAMETER.sub(_redact_parameter, text)
 
 
 class TokenRedactor(logging.Filter):

@@ -6,7 +6,7 @@ Owns how a request reaches the app's ``Runtime``, ``Metrics``, ``SessionRegistry
 
 - ``ApiKeyDep``: ``POST /v1/sessions`` carries a configured API key (when keys are set);
 - ``StartingSessionDep``: the path's session, with its token in ``Authorization: Bearer``,
-  for starting it (the offer);
+  for starting it (the offer; once the session is connected, as for controlling it);
 - ``AuthorizedSessionDep``: the same, for controlling it (delete, interrupt, keep-alive);
 - ``QueryTokenSessionDep``: the path's session with its token in ``?token=`` (WebSockets,
   where browsers cannot set headers), for starting it.
@@ -25,12 +25,10 @@ from server.errors import Problem
 from server.metrics import Metrics, RejectReason
 from server.registry import ManagedSession, SessionRegistry
 from server.runtime import Runtime
+from server.settings import Settings
 
 STARTING_RETRY_AFTER_S = 2
 """Retry-After while the server's runtime starts, in seconds."""
-
-MAX_TOKEN_CHARS = 200
-"""Longest ``?token=`` accepted (tokens are about 70 characters)."""
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -39,6 +37,14 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -136,8 +142,12 @@ def starting_session(
     metrics: MetricsDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> ManagedSession:
-    """The path's session, if the bearer token may start it (unexpired)."""
-    return _session_from_header(registry, metrics, session_id, authorization, TokenUse.START)
+    """The path's session, if the bearer token may start it: unexpired, or any of its own
+    tokens once the session is connected (a push session whose audio socket is open holds
+    its slot, so its token keeps authorising its own offer, as it does every other command).
+    """
+    use = TokenUse.CONTROL if registry.get(session_id).connected else TokenUse.START
+    return _session_from_header(registry, metrics, session_id, authorization, use)
 
 
 StartingSessionDep = Annotated[ManagedSession, Depends(starting_session)]
@@ -160,9 +170,12 @@ def query_token_session(
     session_id: str,
     registry: RegistryDep,
     metrics: MetricsDep,
-    token: Annotated[str | None, Query(max_length=MAX_TOKEN_CHARS)] = None,
+    token: Annotated[str | None, Query()] = None,
 ) -> ManagedSession:
-    """The path's session, if ``?token=`` may start it (WebSocket connects)."""
+    """The path's session, if ``?token=`` may start it (WebSocket connects).
+
+    No length bound here: an overlong token is an invalid token (401), not a malformed query.
+    """
     return session_for_token(registry, metrics, session_id, token, TokenUse.START)
 
 

@@ -197,10 +197,10 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(_request: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=error)
-        return Problem(
+        return Problem(  # the exception's text stays in the log: it may quote the request
             500,
             "internal-error",
-            f"{type(error).__name__}: {error}; see the server log",
+            "the server failed on this request; its log says why",
             title="Internal server error",
         ).response()
 

@@ -5,9 +5,9 @@ tests can build several apps), the metric objects (namespaced ``headcast_``, uni
 names, no session ids as labels), the ``SessionObserver`` implementation the streaming layer
 reports to (chunks, interrupts, A/V skew, late and dropped frames, queued push audio), the
 session counters the registry and the auth dependencies update (active, capacity, rejected by
-reason), and the process gauges (threads, event-loop tasks; resident memory, open file
-descriptors and CPU time as ``headcast_process_*``: prometheus_client's process collector,
-namespaced) read at scrape time.
+reason), and the process gauges read at scrape time (OS threads, event-loop tasks, and the
+standard process ones as ``headcast_process_*``: resident memory, open file descriptors,
+CPU).
 
 Knows nothing about routes or sessions beyond the observer events and ``RejectReason``.
 """
@@ -18,6 +18,7 @@ import asyncio
 import enum
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -86,6 +87,19 @@ class RejectReason(enum.StrEnum):
     """The engine was still loading or failed to load (503)."""
 
 
+PROC_TASKS = Path("/proc/self/task")
+"""One entry per OS thread of this process (Linux)."""
+
+
+def os_thread_count() -> int:
+    """Threads of this process as the OS counts them: Python's and native ones (codec and
+    OpenMP threads). Without ``/proc`` (not Linux), Python's threads only."""
+    try:
+        return sum(1 for _ in PROC_TASKS.iterdir())
+    except OSError:
+        return threading.active_count()
+
+
 class _RuntimeCollector(Collector):
     """Threads in the process and tasks on the server's event loop, read at scrape time."""
 
@@ -95,8 +109,8 @@ class _RuntimeCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
             "headcast_process_threads",
-            "Threads in the server process.",
-            value=threading.active_count(),
+            "Threads in the server process, as the OS counts them (native codec threads too).",
+            value=os_thread_count(),
         )
         loop = self.loop
         if loop is not None and not loop.is_closed():
@@ -192,7 +206,7 @@ class Metrics:
         )
         self._runtime = _RuntimeCollector()
         self.registry.register(self._runtime)
-        # headcast_process_resident_memory_bytes, _open_fds, _cpu_seconds_total, ...
+        # headcast_process_resident_memory_bytes, _open_fds, ...: what a soak test watches.
         ProcessCollector(namespace="headcast", registry=self.registry)
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:

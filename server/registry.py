@@ -70,6 +70,9 @@ class ManagedSession:
     peer_config: PeerConfig = field(repr=False)
     """The session's WebRTC set-up: the static ICE servers plus its own TURN credentials."""
 
+    audio_sockets: int = 0
+    """Audio WebSockets open on this session now (bounded by ``max_audio_sockets``)."""
+
     @property
     def connected(self) -> bool:
         """True once the client connected (offer answered or audio WebSocket open)."""

@@ -46,6 +46,12 @@ DEFAULT_MAX_DURATION_S = 3600.0
 DEFAULT_PEER_TIMEOUT_S = 8.0
 DEFAULT_CONNECT_TIMEOUT_S = 20.0
 DEFAULT_MEDIA_THREADS = 8
+DEFAULT_MAX_REQUEST_BYTES = 16_384
+DEFAULT_MAX_OFFER_BYTES = 262_144
+DEFAULT_HTTP_BODY_TIMEOUT_S = 10.0
+DEFAULT_HTTP_HEADER_TIMEOUT_S = 10.0
+DEFAULT_HTTP_KEEP_ALIVE_S = 5
+DEFAULT_MAX_AUDIO_SOCKETS = 2
 
 MIN_API_KEY_CHARS = 16
 """Shortest API key accepted: shorter keys are guessable."""
@@ -308,6 +314,35 @@ class Settings(BaseSettings):
     push_max_frame_bytes: int = Field(192_000, ge=2, le=4_000_000)
     """Longest binary frame accepted on the audio WebSocket, in bytes (192,000 = 2 s at
     48 kHz); longer frames are refused with ``frame_too_large``."""
+
+    # -- what one client may send (docs/deployment.md) ---------------------------------------
+
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1_024, le=16_777_216)
+    """Largest HTTP request body accepted, in bytes, on every route without a limit of its own
+    (session creation, commands); larger bodies get 413, from the ``Content-Length`` before a
+    byte is read, or as soon as a chunked body crosses it."""
+
+    max_offer_bytes: int = Field(DEFAULT_MAX_OFFER_BYTES, ge=16_384, le=16_777_216)
+    """Largest body of ``POST /v1/sessions/{id}/offer`` (the SDP offer as JSON), in bytes;
+    larger: 413. Real offers are a few kB."""
+
+    http_body_timeout_s: float = Field(DEFAULT_HTTP_BODY_TIMEOUT_S, gt=0, le=300)
+    """Seconds a client has to send a JSON request body once its headers arrived (a body
+    still incomplete then gets 408), and to finish sending a body the server answered
+    without reading it (a 401, a 413: the rest is dropped; then the connection is closed)."""
+
+    http_header_timeout_s: float = Field(DEFAULT_HTTP_HEADER_TIMEOUT_S, gt=0, le=300)
+    """Seconds a client has to send a request's line and headers, from the moment it connects
+    or first sends on a kept-alive connection; a connection that sends nothing, or half a
+    request, is closed then."""
+
+    http_keep_alive_s: int = Field(DEFAULT_HTTP_KEEP_ALIVE_S, ge=1, le=300)
+    """Seconds an idle kept-alive HTTP connection stays open after a response."""
+
+    max_audio_sockets: int = Field(DEFAULT_MAX_AUDIO_SOCKETS, ge=1, le=16)
+    """Audio WebSockets one push session may have open at once (2: a reconnect while the old
+    socket is not yet closed); one more is refused (``too_many_sockets``, close code 4409)
+    until one closes."""
 
 
 def _read_profile(path: Path) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class ErrorCode(enum.StrEnum):
     """A command's ``type`` is not ``audio.end``, ``interrupt`` or ``keep_alive``."""
 
     BAD_AUDIO_FRAME = "bad_audio_frame"
-    """A binary frame is not whole PCM16 samples (an odd number of bytes)."""
+    """A binary frame is not whole PCM16 samples (empty, or an odd number of bytes)."""
 
     FRAME_TOO_LARGE = "frame_too_large"
     """A binary frame is longer than the server's bound; split it."""
@@ -62,6 +62,10 @@ class ErrorCode(enum.StrEnum):
     NOT_PUSH_SESSION = "not_push_session"
     """Pushed audio or ``audio.end`` for a session whose audio source is the microphone (on
     the audio WebSocket: refused at connect, close code 4409)."""
+
+    TOO_MANY_SOCKETS = "too_many_sockets"
+    """The push session already has as many audio WebSockets open as it may have
+    (``max_audio_sockets``; close code 4409)."""
 
     UNAUTHORIZED = "unauthorized"
     """The audio WebSocket's ``?token=`` is missing, invalid or expired (close code 4401)."""

@@ -13,6 +13,8 @@ caller's context) sees the addresses ``policy`` chooses. The choice travels in a
 The hook wraps ``aioice.ice.get_host_addresses`` once, on first use; it raises
 ``IcePolicyUnsupported`` if aioice no longer has that function, rather than failing quietly.
 
+``host_addresses(policy)`` says which addresses that is (empty: this host has none to offer).
+
 Owns only the address policy; knows nothing about sessions, tracks or the server.
 """
 
@@ -103,3 +105,10 @@ def host_candidates(policy: HostCandidatePolicy) -> Iterator[None]:
         yield
     finally:
         _current_policy.reset(token)
+
+
+def host_addresses(policy: HostCandidatePolicy) -> list[str]:
+    """The addresses host candidates would be gathered on under ``policy`` (IPv4 and IPv6):
+    empty means this host cannot offer any, whatever the peer sends."""
+    with host_candidates(policy):
+        return list(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True))

@@ -4,9 +4,10 @@ Owns ``PeerLink`` (an aiortc ``RTCPeerConnection`` set up as the answerer: the a
 and audio tracks go out, the caller's microphone track comes in, and a data channel the
 client opened with the label ``events`` is handed over; ICE is gathered completely before
 answering, no trickle), ``EventsChannel`` (text in and out on that data channel),
-``PeerConfig`` (ICE servers, relay-only, codec, timeouts), ``OfferError`` and
+``PeerConfig`` (ICE servers, relay-only, codec, timeouts), ``OfferError``,
 ``NoRelayCandidates`` (relay only, and the TURN server gave no relay: the message says why,
-from ``streaming.turn_check``). A peer counts as lost when
+from ``streaming.turn_check``) and ``with_directions`` (an offer's media sections made
+explicit about their direction, as aiortc needs). A peer counts as lost when
 its connection fails or closes, when it does not connect within ``connect_timeout_s``, or
 when it stops sending RTCP receiver reports for ``peer_timeout_s`` (a client that vanished
 without closing: aiortc's own ICE consent check would take about 30 s).
@@ -31,12 +32,12 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.exceptions import OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from streaming.codecs import VideoCodec, prefer_video_codec
-from streaming.ice import HostCandidatePolicy, host_candidates
+from streaming.ice import HostCandidatePolicy, host_addresses, host_candidates
 from streaming.turn_check import explain_turn_failure, relay_candidates, turn_urls
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ DEFAULT_PEER_TIMEOUT_S = 8.0
 EVENTS_CHANNEL_LABEL = "events"
 """Label of the data channel that carries session events and commands (the client opens it
 before its offer)."""
+
+SDP_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+"""The SDP direction attributes (RFC 4566 section 6)."""
+
+DEFAULT_DIRECTION = "sendrecv"
+"""The direction of a media section that states none (RFC 4566 section 6)."""
 
 _REMOTE_INBOUND = "remote-inbound-rtp"
 _ENDED_STATES = ("failed", "closed")
@@ -94,16 +101,48 @@ class PeerConfig:
     """Seconds without an RTCP receiver report after which a connected peer is gone."""
 
 
+def with_directions(sdp: str) -> str:
+    """``sdp`` with a direction attribute in every media section.
+
+    A media section without one takes the session-level direction, else ``sendrecv`` (the
+    default, RFC 4566 section 6). aiortc reads media-level directions only and cannot
+    answer a section that has none, so the offer is made explicit before it sees it.
+    """
+    lines = sdp.splitlines()
+    first_media = next((i for i, line in enumerate(lines) if line.startswith("m=")), len(lines))
+    session_direction = next(
+        (line[2:] for line in lines[:first_media] if line[2:] in SDP_DIRECTIONS), None
+    )
+    default = session_direction or DEFAULT_DIRECTION
+    out: list[str] = lines[:first_media]
+    section: list[str] = []
+    for line in [*lines[first_media:], "m="]:  # a sentinel closes the last section
+        if line.startswith("m=") and section:
+            has_direction = any(item[2:] in SDP_DIRECTIONS for item in section[1:])
+            out.extend(section if has_direction else [section[0], f"a={default}", *section[1:]])
+            section = []
+        section.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
 def _parse_offer(sdp: str) -> SessionDescription:
-    """Parse and sanity-check an offer, turning aiortc's parser errors into ``OfferError``."""
+    """Parse and sanity-check an offer, turning aiortc's parser errors into ``OfferError``.
+
+    The parser's own message stays in the log: an answer never carries exception text.
+    """
     if not sdp.strip():
         raise OfferError("the offer SDP is empty; send the localDescription.sdp of your offer")
     try:
-        # aiortc's parser signals malformed input with ValueError, or with an
-        # AssertionError/IndexError/KeyError from its line splitting.
+        # aiortc's parser has no error type of its own: malformed input fails with whatever
+        # its line splitting hits (ValueError, AssertionError, IndexError, KeyError,
+        # StopIteration, ...).
         parsed = SessionDescription.parse(sdp)
-    except (ValueError, AssertionError, IndexError, KeyError) as exc:
-        raise OfferError(f"the offer SDP is malformed ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:
+        logger.info("unparseable offer: %s: %s", type(exc).__name__, exc)
+        raise OfferError(
+            "the offer SDP is malformed; send the unchanged localDescription.sdp of an "
+            "RTCPeerConnection offer"
+        ) from exc
     kinds = [m.kind for m in parsed.media]
     if "video" not in kinds or "audio" not in kinds:
         raise OfferError(
@@ -111,6 +150,9 @@ def _parse_offer(sdp: str) -> SessionDescription:
             f"{kinds or 'none'}); add a sendrecv audio transceiver for the microphone and a "
             "recvonly video transceiver for the avatar"
         )
+    # An offer without candidates is valid: a WHEP player posts its offer before gathering
+    # and the server learns its addresses from the player's connectivity checks
+    # (peer-reflexive candidates). The answer always carries the server's candidates.
     for media in parsed.media:
         if not media.ice.usernameFragment or not media.ice.password:
             raise OfferError("the offer has a media section without ICE credentials")
@@ -208,6 +250,7 @@ class PeerLink:
         Raises ``OfferError`` when the offer is malformed or unusable. Returns the answer SDP
         with every ICE candidate in it.
         """
+        offer_sdp = with_directions(offer_sdp)
         _parse_offer(offer_sdp)
         pc = self._pc
 
@@ -230,23 +273,44 @@ class PeerLink:
         audio_transceiver: RTCRtpTransceiver = pc.addTransceiver(audio, direction="sendrecv")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            if video_transceiver.mid is None or audio_transceiver.mid is None:
+                raise OfferError("the offer's audio or video section could not be matched")
+            if audio_transceiver.receiver.track is None:
+                logger.info("the offer sends no microphone audio; the avatar will idle")
+            answer = await pc.createAnswer()
+            with host_candidates(self.config.host_candidates):
+                await pc.setLocalDescription(answer)  # gathers every candidate before returning
+        except OfferError:
+            raise
         except OperationError as exc:
+            logger.info("offer without a common codec: %s", exc)
             raise OfferError(
-                f"the offer shares no codec with the server ({exc}); the server sends "
+                "the offer shares no codec with the server; the server sends "
                 f"{self.config.video_codec.value.upper()} or H264 video and Opus audio"
             ) from exc
-        except (ValueError, InvalidAccessError, InvalidStateError) as exc:
-            raise OfferError(f"the offer was rejected: {exc}") from exc
-        if video_transceiver.mid is None or audio_transceiver.mid is None:
-            raise OfferError("the offer's audio or video section could not be matched")
-        if audio_transceiver.receiver.track is None:
-            logger.info("the offer sends no microphone audio; the avatar will idle")
-        answer = await pc.createAnswer()
-        with host_candidates(self.config.host_candidates):
-            await pc.setLocalDescription(answer)  # gathers every candidate before returning
+        except Exception as exc:
+            # aiortc has no error type for an offer it cannot answer: a parsed but
+            # inconsistent offer fails deep inside it (ValueError, AttributeError,
+            # StopIteration, ...). The offer is the client's input, so this is the client's
+            # 400; the log keeps the details, the answer never does.
+            logger.warning("the WebRTC stack could not answer an offer", exc_info=exc)
+            raise OfferError(
+                "the offer was rejected: send the unchanged localDescription.sdp of an "
+                "RTCPeerConnection offer with a sendrecv audio and a recvonly video transceiver"
+            ) from exc
         local = pc.localDescription
+        active = [m for m in SessionDescription.parse(local.sdp).media if m.port != 0]
+        if not active:
+            raise OfferError("the offer leaves no media section to answer (every one rejected)")
         await self._check_relay(local.sdp)
-        if "a=candidate" not in local.sdp:
+        if not any(m.ice_candidates for m in active):
+            if self.config.ice_servers or host_addresses(self.config.host_candidates):
+                # This host has addresses: the offer's ICE description left aiortc nothing
+                # to gather for (e.g. candidates missing from the bundle's first section).
+                raise OfferError(
+                    "the offer's ICE description cannot be answered: send the complete "
+                    "localDescription.sdp, with its candidates, once gathering is complete"
+                )
             raise NoIceCandidates(
                 "the server found no ICE candidates to offer; on a loopback-only host enable "
                 "loopback candidates (HEADCAST_ICE_LOOPBACK=true) or configure ice_servers"
@@ -281,7 +345,10 @@ class PeerLink:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        await self._pc.close()
+        try:
+            await self._pc.close()
+        except Exception:  # aiortc cannot close a half-negotiated connection cleanly
+            logger.warning("closing a peer connection failed part-way", exc_info=True)
 
     # -- liveness -------------------------------------------------------------------------
 

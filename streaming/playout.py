@@ -249,9 +249,16 @@ class ChunkPlayout:
         )
 
     def stop(self) -> None:
-        """End both tracks (close)."""
+        """End both tracks and let go of the frames held (close).
+
+        A closed session's objects wait for the cycle collector (callbacks refer back to
+        it); its frames must not: the last frame is a view of a whole chunk, and the idle
+        loop holds a chunk of planes.
+        """
         self.video_track.stop()
         self.audio_track.stop()
+        self._last_frame = None
+        self.idle_loop.release()
 
     # -- what the tracks report (on the event loop) ---------------------------------------------
 

@@ -92,6 +92,12 @@ class PushDecoder:
 
     def check(self, data: bytes) -> None:
         """Raise ``ProtocolError`` if ``data`` is not an acceptable frame."""
+        if len(data) < PCM16_BYTES:
+            raise ProtocolError(
+                ErrorCode.BAD_AUDIO_FRAME,
+                f"a binary frame must hold at least one PCM16 sample ({PCM16_BYTES} bytes), got "
+                f"{len(data)}; send 16-bit little-endian mono samples",
+            )
         if len(data) > self.format.max_frame_bytes:
             raise ProtocolError(
                 ErrorCode.FRAME_TOO_LARGE,

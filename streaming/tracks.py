@@ -186,6 +186,7 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
 
     def stop(self) -> None:
         if self.readyState == "live":
+            self.drop_queued()  # unsent frames (up to a chunk: 14 MB of video) go now
             self._queue.put_nowait(None)
         super().stop()
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from pipeline.media import CHUNK_FRAMES, Avatar, Chunk, ChunkJob
+from streaming.ice import HostCandidatePolicy, host_candidates
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATE_TIMEOUT_S = 30.0
@@ -102,3 +104,18 @@ def artifacts_dir() -> Path:
     path = REPO_ROOT / "artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+async def client_offer(*, video: bool = True) -> str:
+    """A real aiortc offer as a client sends it: sendrecv audio (and recvonly video), ICE
+    gathered on 127.0.0.1."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("audio", direction="sendrecv")
+        if video:
+            pc.addTransceiver("video", direction="recvonly")
+        with host_candidates(HostCandidatePolicy(loopback_only=True)):
+            await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await pc.close()

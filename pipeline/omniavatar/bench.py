@@ -33,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import bench as flashtalk_bench
+from pipeline.bench_checks import relative_error
 from pipeline.attention import sdpa_backends
 from pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
 from pipeline.omniavatar.audio import clip_frames, segment_count
@@ -309,7 +310,7 @@ def self_check(
             .step(0, inputs.noise)
             .guided
         )
-    return {"guided_velocity_rel_err_vs_eager": flashtalk_bench.relative_error(fast, eager)}
+    return {"guided_velocity_rel_err_vs_eager": relative_error(fast, eager)}
 
 
 @torch.no_grad()

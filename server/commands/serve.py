@@ -1,7 +1,10 @@
 """``headcast serve``: run the HTTP/WebRTC server.
 
 Owns the subcommand's flags and turning them into ``Settings`` (profile < env < flags), the
-startup log lines (which engine, honestly; the demo page's URL), and running uvicorn.
+startup log lines (which engine, honestly; the demo page's URL), the C allocator's policy
+(``server.allocator``), and running uvicorn with
+the connection limits of the settings (request-head and keep-alive timeouts, WebSocket
+message size).
 Knows nothing about routes or sessions.
 """
 
@@ -13,13 +16,20 @@ from pathlib import Path
 
 import uvicorn
 
+from server.allocator import tune_allocator
 from server.app import create_app
 from server.engines import STAND_IN_ENGINES
+from server.http_protocol import header_timeout_protocol
 from server.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 NAME = "serve"
+
+WS_MESSAGE_SLACK_BYTES = 65_536
+"""Room above ``push_max_frame_bytes`` in the largest WebSocket message uvicorn takes, in
+bytes: a frame a little too large is still read and refused in words (``frame_too_large``);
+a larger one closes the socket (1009) before it is buffered."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level.upper())
+    tune_allocator()  # before the media threads start: they allocate video buffers all day
     stand_in = STAND_IN_ENGINES.get(settings.engine)
     if stand_in is not None:
         logger.warning(
@@ -93,5 +104,10 @@ def run(args: argparse.Namespace) -> int:
         log_config=None,  # keep the logging configured by the CLI
         log_level=settings.log_level,
         lifespan="on",
+        http=header_timeout_protocol(
+            settings.http_header_timeout_s, settings.http_body_timeout_s
+        ),
+        timeout_keep_alive=settings.http_keep_alive_s,
+        ws_max_size=settings.push_max_frame_bytes + WS_MESSAGE_SLACK_BYTES,
     )
     return 0

@@ -1,11 +1,12 @@
 """``WS /v1/sessions/{id}/audio?token=...``: chatbot mode -- pushed audio in, session events out.
 
 Owns the audio WebSocket of a push session: the token check at connect (a refused socket
-gets an ``error`` event and close code 4000 + the HTTP status), then one reader (binary
-frames -> the session's push intake, answered with ``audio.queued`` or an ``error``; text
-frames -> the session's commands) and one writer (the session's events and those replies,
-in order, through a bounded queue). When the session ends the socket gets
-``error {session_ended}`` and is closed. Also owns ``PushFormatDep``: the push bounds from
+gets an ``error`` event and close code 4000 + the HTTP status; 4409 also when the session
+already has ``max_audio_sockets`` sockets open), then one reader (binary frames -> the
+session's push intake, answered with ``audio.queued`` or an ``error``; text frames -> the
+session's commands) and one writer (the session's events and those replies, in order,
+through a bounded queue; a client that lets it overflow is dropped, with one warning).
+When the session ends the socket gets ``error {session_ended}`` and is closed. Also owns ``PushFormatDep``: the push bounds from
 the settings, for session creation.
 
 Knows nothing about how audio becomes frames (``streaming.session``) or how tokens are made
@@ -37,17 +38,15 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/sessions", tags=["audio"])
 
-MAX_TOKEN_CHARS = 200
-"""Longest ``?token=`` accepted, in characters."""
 
 MAX_PENDING_MESSAGES = 512
 """Messages waiting to be written to one socket; a client that does not read its socket
-for that long is disconnected (close code 1008) instead of growing the queue."""
+for that long is dropped (its input is no longer read, nothing more is queued for it, one
+warning says so) instead of growing the queue."""
 
 CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
-"""WebSocket close codes (RFC 6455): normal closure; policy violation; server error."""
+"""WebSocket close codes (RFC 6455): normal closure; server error."""
 
 WRITER_DRAIN_TIMEOUT_S = 5.0
 """Longest wait for queued messages and the close frame to go out when the server closes."""
@@ -58,6 +57,10 @@ CLOSE_REASON_MAX_CHARS = 120
 
 class NotPushSession(RuntimeError):
     """The audio WebSocket was opened for a session whose audio source is the microphone."""
+
+
+class TooManySockets(RuntimeError):
+    """The push session already has as many audio WebSockets open as it may have."""
 
 
 def push_format(request: Request) -> PushFormat:
@@ -95,6 +98,13 @@ def authorize_socket(websocket: WebSocket, session_id: str, token: str | None) -
             f"session {session_id} takes its audio from the WebRTC microphone; create the "
             'session with "audio_source": "push" to push audio over this socket'
         )
+    limit: int = websocket.app.state.settings.max_audio_sockets
+    if managed.audio_sockets >= limit:
+        raise TooManySockets(
+            f"session {session_id} already has {managed.audio_sockets} audio socket(s) open, "
+            f"the most it may have ({limit}); close one (or let it time out) before opening "
+            "another"
+        )
     registry.mark_connected(session_id)
     return managed
 
@@ -112,21 +122,23 @@ CLOSE_CODE_HTTP_OFFSET = 4000
 """A refused socket is closed with 4000 + the HTTP status (4401, 4403, 4404, 4409, 4503)."""
 
 
-def _refusal(error: Exception) -> tuple[int, str]:
-    """(HTTP status, what to do) for a refused socket."""
+def _refusal(error: Exception) -> tuple[int, ErrorCode, str]:
+    """(HTTP status, ``error`` code, what to do) for a refused socket."""
     if isinstance(error, NotPushSession):
-        return 409, str(error)
+        return 409, ErrorCode.NOT_PUSH_SESSION, str(error)
+    if isinstance(error, TooManySockets):
+        return 409, ErrorCode.TOO_MANY_SOCKETS, str(error)
     problem = error if isinstance(error, Problem) else problem_for(error)
     if problem is None or problem.status not in REFUSAL_CODES:
         raise error
-    return problem.status, problem.detail
+    return problem.status, REFUSAL_CODES[problem.status], problem.detail
 
 
 @router.websocket("/{session_id}/audio")
 async def audio_socket(
     websocket: WebSocket,
     session_id: str,
-    token: Annotated[str | None, Query(max_length=MAX_TOKEN_CHARS)] = None,
+    token: Annotated[str | None, Query()] = None,
 ) -> None:
     """Push PCM16 audio and commands; receive the session's events (docs/protocol.md).
 
@@ -135,19 +147,23 @@ async def audio_socket(
     """
     try:
         managed = authorize_socket(websocket, session_id, token)
-    except (AuthError, UnknownSession, NotPushSession, Problem) as exc:
-        status, detail = _refusal(exc)
+    except (AuthError, UnknownSession, NotPushSession, TooManySockets, Problem) as exc:
+        status, code, detail = _refusal(exc)
         logger.info("audio socket for session %s refused (%d): %s", session_id, status, detail)
         await websocket.accept()
-        event = ErrorEvent(code=REFUSAL_CODES[status], message=detail)
+        event = ErrorEvent(code=code, message=detail)
         try:
             await websocket.send_text(event.to_json())
-            await websocket.close(CLOSE_CODE_HTTP_OFFSET + status, REFUSAL_CODES[status].value)
+            await websocket.close(CLOSE_CODE_HTTP_OFFSET + status, code.value)
         except (WebSocketDisconnect, OSError) as gone:
             logger.debug("a refused audio socket left first: %s", gone)
         return
-    await websocket.accept()
-    await PushSocket(websocket, managed.media).run()
+    managed.audio_sockets += 1  # counted from here, so a concurrent connect sees it
+    try:
+        await websocket.accept()
+        await PushSocket(websocket, managed.media).run()
+    finally:
+        managed.audio_sockets -= 1
 
 
 class PushSocket:
@@ -159,6 +175,8 @@ class PushSocket:
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue(MAX_PENDING_MESSAGES)
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
+        self._stalled = asyncio.Event()
+        """Set once the outbox overflowed: the client does not read; the socket is dropped."""
 
     async def run(self) -> None:
         """Serve the socket; returns once it is closed."""
@@ -166,10 +184,14 @@ class PushSocket:
         writer = asyncio.create_task(self._write(), name="audio-socket-writer")
         reader = asyncio.create_task(self._read(), name="audio-socket-reader")
         ended = asyncio.create_task(self._media.wait_closed(), name="audio-socket-session")
+        stalled = asyncio.create_task(self._stalled.wait(), name="audio-socket-stalled")
+        tasks = (reader, ended, writer, stalled)
         try:
-            await asyncio.wait({reader, ended, writer}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             server_closes = True
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            if stalled.done():  # the writer is stuck on a client that does not read
+                server_closes = False
+            elif reader.done() and not reader.cancelled() and reader.exception() is not None:
                 logger.error("audio socket reader failed", exc_info=reader.exception())
                 self._enqueue(
                     ErrorEvent(
@@ -193,19 +215,24 @@ class PushSocket:
                 await asyncio.wait({writer}, timeout=WRITER_DRAIN_TIMEOUT_S)
         finally:
             unsubscribe()
-            for task in (reader, ended, writer):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, ended, writer, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _enqueue(self, event: Event) -> None:
         self._send(event.to_json())
 
     def _send(self, text: str) -> None:
+        if self._stalled.is_set():
+            return  # the socket is being dropped: nothing more is queued, nothing logged
         try:
             self._outbox.put_nowait(text)
         except asyncio.QueueFull:
-            logger.warning("an audio socket does not read its events; disconnecting it")
-            self._finish(CLOSE_POLICY, "events not read")
+            logger.warning(
+                "an audio socket has not read its last %d messages; dropping it",
+                MAX_PENDING_MESSAGES,
+            )
+            self._stalled.set()
 
     def _finish(self, code: int, reason: str) -> None:
         """Ask the writer to close the socket after what is queued."""
@@ -232,7 +259,7 @@ class PushSocket:
 
     async def _read(self) -> None:
         websocket = self._websocket
-        while True:
+        while not self._stalled.is_set():
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return

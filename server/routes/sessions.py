@@ -1,7 +1,8 @@
 """``/v1/sessions``: create a session (a slot, an id and a token), keep it alive, delete it.
 
 Owns the request and response bodies of session creation and the routes. Creating needs an
-API key when keys are configured; the other routes need the session's token (``server.deps``).
+API key when keys are configured, checked before the JSON body is read
+(``server.request_body``); the other routes need the session's token (``server.deps``).
 Knows nothing about WebRTC (``webrtc.py``) or how sessions run (``server.registry``).
 """
 
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME
-from server.deps import ApiKeyDep, AuthorizedSessionDep, RegistryDep
+from server.deps import ApiKeyDep, AuthorizedSessionDep, RegistryDep, SettingsDep
+from server.request_body import json_request_body, read_json
 from server.routes.audio_ws import PushFormatDep
 from streaming.session_config import AudioSource
 
@@ -72,18 +74,35 @@ class SessionCreated(BaseModel):
     """Path of the audio WebSocket (``?token=<token>`` appended); ``None`` for mic sessions."""
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionCreated)
+async def session_request(
+    http_request: Request, _api_key: ApiKeyDep, settings: SettingsDep
+) -> SessionRequest:
+    """The creation request's JSON body, read only once the API key passed (an empty JSON
+    body asks for the defaults)."""
+    body = await read_json(
+        http_request, SessionRequest, timeout_s=settings.http_body_timeout_s, optional=True
+    )
+    return body or SessionRequest()
+
+
+SessionRequestDep = Annotated[SessionRequest, Depends(session_request)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionCreated,
+    openapi_extra=json_request_body(SessionRequest, required=False),
+)
 async def create_session(
-    _api_key: ApiKeyDep,
-    registry: RegistryDep,
-    push: PushFormatDep,
-    body: SessionRequest | None = None,
+    request: SessionRequestDep, registry: RegistryDep, push: PushFormatDep
 ) -> SessionCreated:
     """Take a session slot for ``avatar``; 429 with Retry-After when every slot is taken.
 
-    With API keys configured, needs ``Authorization: Bearer <API key>`` (401 otherwise).
+    With API keys configured, needs ``Authorization: Bearer <API key>`` (401 otherwise),
+    checked before the body is read. The body is JSON (``Content-Type: application/json``,
+    415 otherwise, so a page on another origin cannot create sessions without passing CORS).
     """
-    request = body or SessionRequest()
     managed = await registry.create(
         request.avatar,
         audio_source=request.audio_source,

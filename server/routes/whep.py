@@ -23,6 +23,7 @@ nothing about media; the registry answers the offer as it does for ``/offer``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from aiortc import RTCIceServer
@@ -45,6 +46,9 @@ RESOURCE_NAME = "peer"
 """Last path segment of the WHEP resource: one player per session."""
 
 RESOURCE_PATH = f"{ENDPOINT_PATH}/{RESOURCE_NAME}"
+
+WHEP_PATH = re.compile(r"/v1/sessions/[^/]+/whep")
+"""Path of the WHEP endpoint: its SDP body has the offer's size limit (``max_offer_bytes``)."""
 RESOURCE_METHODS = "DELETE"
 """What the WHEP resource answers besides 405 (no PATCH: no trickle ICE, no ICE restart)."""
 

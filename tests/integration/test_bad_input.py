@@ -19,12 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from headcast_client import HeadcastClient, HeadcastError
 from pipeline.media import CHUNK_SECONDS
-from streaming.ice import host_candidates
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, client_offer
 from tests.integration.conftest import LOOPBACK_ONLY, SHARED_SERVER_SETTINGS, RunningServer
 
 logger = logging.getLogger(__name__)
@@ -106,22 +104,11 @@ def _assert_problem(error: HeadcastError | httpx.Response, status: int, slug: st
     assert body["status"] == status and body["type"].endswith(slug), body
 
 
-async def _audio_only_offer() -> str:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        pc.addTransceiver("audio", direction="sendrecv")
-        with host_candidates(LOOPBACK_ONLY):
-            await pc.setLocalDescription(await pc.createOffer())
-        return str(pc.localDescription.sdp)
-    finally:
-        await pc.close()
-
-
 async def test_malformed_sdp_is_400(headcast_server: RunningServer, baseline: Baseline) -> None:
     async with HeadcastClient(headcast_server.url) as client:
         session = await client.create_session()
         try:
-            for sdp in ("garbage", "v=0\r\nm=audio x\r\n", await _audio_only_offer()):
+            for sdp in ("garbage", "v=0\r\nm=audio x\r\n", await client_offer(video=False)):
                 with pytest.raises(HeadcastError) as info:
                     await client.post_offer(session, sdp)
                 _assert_problem(info.value, 400, "bad-offer")

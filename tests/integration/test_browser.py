@@ -328,3 +328,32 @@ def test_widget_embeds_the_avatar_in_another_page(chrome: WebDriver, headcast_se
         10.0,
         chrome,
     )
+
+
+NO_CORS_POSTS = """
+const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+Promise.all([
+  fetch(url, {method: 'POST', mode: 'no-cors'}),
+  fetch(url, {method: 'POST', mode: 'no-cors', body: '{"avatar": "default"}'}),
+  fetch(url, {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'}, body: '{}'}),
+]).then((answers) => done(answers.map((a) => a.type)), (error) => done(String(error)));
+"""
+"""The three POSTs a page on any origin may send without a CORS preflight (no body, a text
+body, an explicit text/plain body); the answers are opaque to the page."""
+
+
+def test_a_page_on_another_origin_cannot_create_sessions(
+    chrome: WebDriver, headcast_server: RunningServer
+) -> None:
+    """Open mode, no CORS allow-list: a no-cors POST from another origin reaches the server
+    (no preflight), which refuses it with 415 since it is not JSON (issue 16)."""
+    other_origin = headcast_server.url.replace("127.0.0.1", "localhost")  # another origin
+    log_before = headcast_server.log_path.read_text(encoding="utf-8", errors="replace")
+    chrome.set_script_timeout(10)
+    chrome.get(f"{other_origin}/healthz")
+    answers = chrome.execute_async_script(NO_CORS_POSTS, f"{headcast_server.url}/v1/sessions")
+    assert answers == ["opaque"] * 3, answers  # the requests went out and were answered
+    assert headcast_server.metric("headcast_sessions_active") == 0
+    log = headcast_server.log_path.read_text(encoding="utf-8", errors="replace")[len(log_before) :]
+    refused = [line for line in log.splitlines() if '"POST /v1/sessions HTTP/1.1" 415' in line]
+    assert len(refused) == 3, log[-2000:]

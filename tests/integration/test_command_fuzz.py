@@ -148,7 +148,7 @@ def _expected(message: Message) -> str | None:
     nothing."""
     if isinstance(message, LargeFrame | bytes):
         size = message.size if isinstance(message, LargeFrame) else len(message)
-        return "error" if size > MAX_FRAME_BYTES or size % 2 else "pcm"
+        return "error" if size > MAX_FRAME_BYTES or size % 2 or size == 0 else "pcm"
     try:
         body = json.loads(message)
     except ValueError:

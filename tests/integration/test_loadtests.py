@@ -3,6 +3,7 @@ ends sessions early, and the bounds it refuses to go past."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -19,6 +20,12 @@ MAX_GAP_S = 0.5
 """Longest allowed pause between two received frames (a stall)."""
 SHORT_LIFE_S = 3.0
 """``max_duration_s`` of a server that ends every session early."""
+LONG_DURATION_S = 300.0
+"""The run the issue could not start (``--duration 300``)."""
+STARTUP_LIMIT_S = 15.0
+"""From starting a run to the server's first video frame: a session connects in about 2 s
+(30 s is the no-show timeout)."""
+POLL_S = 0.2
 
 
 @pytest.mark.slow
@@ -57,6 +64,30 @@ async def test_a_stream_the_server_ends_early_is_a_failure(tmp_path: Path) -> No
     assert result.ended_early_s is not None and result.ended_early_s < 2 * SHORT_LIFE_S, summary
     assert "the server ended the stream" in result.detail
     assert result.frames > 0, summary
+
+
+@pytest.mark.slow
+async def test_a_long_run_starts_streaming_as_fast_as_a_short_one(
+    headcast_server: RunningServer,
+) -> None:
+    """A 300 s run's sessions stream within seconds (issue 16: its speech, made whole on
+    the event loop, took 28 s and the sessions hit the no-show timeout); stopped early, it
+    hangs up."""
+    loop = asyncio.get_running_loop()
+    first_frames = "headcast_first_frame_seconds_count"
+    before = await asyncio.to_thread(headcast_server.metric, first_frames)
+    run = asyncio.create_task(run_load(LoadPlan(headcast_server.url, 1, LONG_DURATION_S)))
+    started = loop.time()
+    try:
+        while await asyncio.to_thread(headcast_server.metric, first_frames) == before:
+            assert not run.done(), f"the run ended: {run.result().summary_lines()}"
+            took = loop.time() - started
+            assert took < STARTUP_LIMIT_S, f"no video after {took:.0f} s of a long run"
+            await asyncio.sleep(POLL_S)
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+    assert await asyncio.to_thread(headcast_server.metric, "headcast_sessions_active") == 0
 
 
 @pytest.mark.parametrize(

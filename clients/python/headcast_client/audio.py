@@ -1,7 +1,7 @@
 """Audio sources for the client: a WebRTC audio track that plays a numpy array in real time.
 
 Owns ``ArrayAudioTrack`` (20 ms s16 mono frames at 48 kHz from a float32 signal, paced to
-wall time, then silence or the end of the track) -- used by tests and load drivers to act as
+wall time, then the signal again, silence or the end of the track) -- used by tests and load drivers to act as
 a microphone. Knows nothing about sessions or the server.
 """
 
@@ -27,7 +27,9 @@ class ArrayAudioTrack(MediaStreamTrack):
     """Plays ``samples`` (float32 in [-1, 1] at ``sample_rate``) as a live microphone would.
 
     Frames are released at wall-clock pace from the first ``recv``. After the signal, the
-    track sends silence when ``then_silence`` (a mic that stays open), else it ends.
+    track plays it again from the start when ``loop`` (a speaker who goes on for as long as
+    the track is read, from a clip of bounded size), else sends silence when
+    ``then_silence`` (a mic that stays open), else it ends.
     """
 
     kind = "audio"
@@ -38,6 +40,7 @@ class ArrayAudioTrack(MediaStreamTrack):
         sample_rate: int = TRACK_SAMPLE_RATE_HZ,
         *,
         then_silence: bool = True,
+        loop: bool = False,
     ) -> None:
         super().__init__()
         if samples.ndim != 1:
@@ -46,6 +49,7 @@ class ArrayAudioTrack(MediaStreamTrack):
             samples = _resample_linear(samples, sample_rate, TRACK_SAMPLE_RATE_HZ)
         self._pcm = (np.clip(samples, -1.0, 1.0) * INT16_FULL_SCALE).astype(np.int16)
         self._then_silence = then_silence
+        self._loop = loop and samples.size > 0
         self._index = 0
         self._start: float | None = None
         self._time_base = fractions.Fraction(1, TRACK_SAMPLE_RATE_HZ)
@@ -65,7 +69,11 @@ class ArrayAudioTrack(MediaStreamTrack):
         if delay > 0:
             await asyncio.sleep(delay)
         begin = self._index * FRAME_SAMPLES
-        chunk = self._pcm[begin : begin + FRAME_SAMPLES]
+        if self._loop:
+            positions = np.arange(begin, begin + FRAME_SAMPLES) % self._pcm.size
+            chunk = self._pcm[positions]
+        else:
+            chunk = self._pcm[begin : begin + FRAME_SAMPLES]
         if chunk.size < FRAME_SAMPLES:
             if not self._then_silence and chunk.size == 0:
                 self.stop()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.bench import count_flops
+from pipeline.bench_parallel import band_flops
 from pipeline.checkpoint import materialize
 from pipeline.config import preset
 from pipeline.dit import DiTConfig, FlashTalkDiT
@@ -78,6 +79,10 @@ def test_headcast_bench_on_tiny_writes_every_stage(tmp_path: Path, capsys) -> No
     # the chunk's wall time covers its stages (the host clock times them on CPU)
     assert report["chunk_s"] >= 0.9 * sum(report["stages_s"].values())
     assert report["preset"] == "tiny" and report["steps"] == 4
+    assert report["gpus"] == 1 and report["quantize"] == "none"
+    assert (report["height"], report["width"]) == (64, 32)
+    assert report["vae_decode_s"] == report["stages_s"]["vae_decode_s"]
+    assert report["comm"] == {} and report["scaling"] == {}
     assert report["options"]["fuse_projections"] is True
     assert report["command"].startswith("headcast bench --preset tiny --fuse")
     assert report["flops"]["dit_step_flops"] > 0 and report["flops"]["vae_decode_flops"] > 0
@@ -86,6 +91,39 @@ def test_headcast_bench_on_tiny_writes_every_stage(tmp_path: Path, capsys) -> No
     # the run's path and its own eager path are the same model here: identical outputs
     assert report["check"]["velocity_rel_err_vs_eager"] < 1e-6
     assert report["check"]["video_rel_err_vs_eager"] < 1e-6
+
+
+def test_headcast_bench_on_two_gloo_ranks_checks_the_group_and_its_scaling(tmp_path: Path) -> None:
+    single, group = tmp_path / "single.json", tmp_path / "group.json"
+    common = ["bench", "--preset", "tiny", "--chunks", "1", "--warmup", "0"]
+    assert headcast([*common, "--json", str(single)]) == 0
+    status = headcast(
+        [*common, "--gpus", "2", "--check-parallel", "--scaling-reference", str(single),
+         "--json", str(group)]
+    )  # fmt: skip
+    assert status == 0
+    report = json.loads(group.read_text())
+    assert report["gpus"] == 2 and report["label"].startswith("2gpu-")
+    assert tuple(report["stages_s"]) == STAGES
+    assert report["vae_decode_s"] > 0.0 and report["dit_step_s"] > 0.0
+    # the group's outputs against rank 0 alone on the same weights and inputs
+    for output in ("velocity", "video", "motion"):
+        assert report["check"][f"{output}_rel_err_vs_1gpu"] < 1e-5
+    assert report["comm"]["comm_step_s"] > 0.0 and report["comm"]["video_gather_s"] > 0.0
+    # 2 layers x (q, k, v out + attention back) x 36 of 72 tokens x 128 channels, float32
+    assert report["comm"]["all_to_all_bytes_per_step"] == 2 * 4 * 36 * 128 * 4
+    speedup = report["scaling"]["chunk_speedup"]
+    assert report["scaling"]["chunk_efficiency"] == pytest.approx(speedup / 2)
+    # 8 latent rows in bands of 4: the halo covers the whole tiny frame, so no rank saves work
+    assert 0.5 <= report["flops"]["vae_decode_rank_share"] <= 1.0
+
+
+def test_full_size_vae_work_per_rank_is_a_little_over_half_on_two_ranks() -> None:
+    flops = band_flops(preset("flashtalk-14b"), 2)
+    assert flops["vae_decode_flops"] / 1e12 == pytest.approx(97.1, rel=1e-3)
+    # each rank decodes its 384 of 768 rows plus a halo (and the latent-size trunk entire)
+    assert 0.5 < flops["vae_decode_rank_share"] < 0.56
+    assert 0.5 < flops["motion_encode_rank_share"] < 0.62
 
 
 def test_full_size_dit_step_is_471_tflop() -> None:

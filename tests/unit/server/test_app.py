@@ -218,3 +218,35 @@ def test_root_serves_the_page_or_a_fallback(client: TestClient, tmp_path: Path) 
     with TestClient(bare) as bare_client:
         fallback = bare_client.get("/")
     assert fallback.status_code == 200 and "readyz" in fallback.text
+
+
+def test_json_routes_take_json_only_and_bounded_bodies() -> None:
+    app = create_app(_settings(max_request_bytes=2048), engine=FakeEngine(96, 64))
+    with TestClient(app) as client:
+        _wait_ready(client)
+        for headers, content in (
+            ({}, b""),  # a no-cors fetch without a body
+            ({"Content-Type": "text/plain"}, b'{"avatar": "default"}'),
+            ({"Content-Type": "application/x-www-form-urlencoded"}, b"avatar=default"),
+        ):
+            response = client.post("/v1/sessions", headers=headers, content=content)
+            _assert_problem(response, 415, "unsupported-media-type")
+        json_type = {"Content-Type": "application/json; charset=utf-8"}
+        _assert_problem(
+            client.post("/v1/sessions", headers=json_type, content=b'{"avatar": '),
+            422,
+            "invalid-request",
+        )
+        too_big = b'{"avatar": "' + b"a" * 4096 + b'"}'
+        _assert_problem(
+            client.post("/v1/sessions", headers=json_type, content=too_big), 413, "body-too-large"
+        )
+        chunked = iter([too_big[:1500], too_big[1500:]])  # no Content-Length: streamed
+        _assert_problem(
+            client.post("/v1/sessions", headers=json_type, content=chunked),
+            413,
+            "body-too-large",
+        )
+        assert _metric(client, "headcast_sessions_active") == 0
+        created = client.post("/v1/sessions", headers=json_type, content=b"")
+        assert created.status_code == 201, created.text  # an empty JSON body: the defaults

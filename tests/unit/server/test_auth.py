@@ -298,3 +298,28 @@ def test_tokens_in_logged_urls_are_redacted() -> None:
     assert token not in message
     assert message.endswith('/v1/sessions/abc/audio?token=[redacted]&rate=16000" [accepted]')
     assert redact_tokens("/x?a=1&session_token=s3cret") == "/x?a=1&session_token=[redacted]"
+
+
+def test_malformed_tokens_are_invalid_tokens_not_errors() -> None:
+    """Non-ASCII, Unicode digits or an overlong token: refused like any garbled token."""
+    tokens = SessionTokens(60.0)
+    real = tokens.issue("abc", now_s=NOW_S).value
+    session, expires_ms, signature = real.split(".")
+    for bad in (
+        "é" + real,  # an accented letter before a real token (latin-1 from a header)
+        f"{session}.²³.{signature}",  # superscript digits: str.isdigit() says yes
+        f"{session}.{expires_ms}.{signature}é",
+        f"{session}.١٢٣.{signature}",  # Arabic-Indic digits
+        real + "A" * 300,  # overlong
+        "a.b.c.d",
+    ):
+        with pytest.raises(InvalidToken):
+            tokens.verify(bad, "abc", TokenUse.START, connected=False, now_s=NOW_S)
+    tokens.verify(real, "abc", TokenUse.START, connected=False, now_s=NOW_S)
+
+
+def test_every_spelling_of_the_token_parameter_is_redacted() -> None:
+    for query in ("tok%65n", "TOKEN", "%74oken", "to%6Ben", "token"):
+        line = f'127.0.0.1:5000 - "WebSocket /v1/sessions/abc/audio?{query}=s3cret.1.sig&x=1"'
+        assert redact_tokens(line).endswith(f"?{query}=[redacted]&x=1\""), query
+    assert redact_tokens("/x?tokenizer=1&a=b") == "/x?tokenizer=1&a=b"

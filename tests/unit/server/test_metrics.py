@@ -6,9 +6,12 @@ unit suffix, a session id smuggled into a label or an event that changes nothing
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,8 +37,13 @@ EXPECTED_TYPES = {
     "headcast_frames_dropped": "counter",
     "headcast_audio_queued_seconds": "histogram",
     "headcast_process_threads": "gauge",
+    "headcast_process_resident_memory_bytes": "gauge",
+    "headcast_process_open_fds": "gauge",
 }
 """Metric family -> type, as parsed from the exposition (counters lose their ``_total``)."""
+
+OPENMP_THREADS = 2
+"""torch's intra-op threads for the thread-count test: one native thread besides the caller."""
 
 ALLOWED_LABELS = {"reason", "le"}
 """The only labels any series may carry: never a session id."""
@@ -67,6 +75,19 @@ def test_every_metric_has_its_type_unit_and_no_session_labels() -> None:
             assert set(sample.labels) <= ALLOWED_LABELS, sample
             if family.type == "counter" and not sample.name.endswith("_created"):
                 assert sample.name.endswith("_total"), sample.name
+
+
+def test_the_thread_gauge_counts_os_threads_not_only_pythons() -> None:
+    """Native threads (here: torch's OpenMP pool, as codecs' are in the server) count too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(OPENMP_THREADS)
+    try:
+        (torch.ones(256, 256) @ torch.ones(256, 256)).sum()  # starts the pool's threads
+        os_threads = len(os.listdir(f"/proc/{os.getpid()}/task"))
+        assert os_threads > threading.active_count(), "no native thread to count"
+        assert _value(Metrics(), "headcast_process_threads") == os_threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_rejections_are_exported_for_every_reason_from_the_start() -> None:

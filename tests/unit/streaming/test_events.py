@@ -53,6 +53,7 @@ def test_error_codes_are_the_documented_stable_strings() -> None:
         "frame_too_large",
         "audio_buffer_full",
         "not_push_session",
+        "too_many_sockets",
         "unauthorized",
         "forbidden",
         "unknown_session",

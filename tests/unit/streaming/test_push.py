@@ -84,6 +84,10 @@ def test_bad_frames_are_refused_with_their_codes() -> None:
         decoder.check(b"\x00" * 1002)
     assert large.value.code is ErrorCode.FRAME_TOO_LARGE and "split" in large.value.message
     decoder.check(b"\x00" * 1000)
+    with pytest.raises(ProtocolError) as empty:
+        decoder.check(b"")
+    assert empty.value.code is ErrorCode.BAD_AUDIO_FRAME and "at least one" in empty.value.message
+    decoder.check(b"\x00\x00")
 
 
 # -- UtteranceLedger ---------------------------------------------------------------------------
