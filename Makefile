@@ -1,7 +1,8 @@
 # headcast — set up, serve, test.
 #
 #   make serve   create .venv, install headcast, start the server (puppet engine, CPU)
-#   make test    the same install plus the test extra and Debian Chromium, then the suite
+#   make test    the same install plus the test extra, Debian Chromium, coturn and Prometheus,
+#                then the suite
 #
 # Idempotent: stamp files in .venv/ skip work already done; a second run goes straight to
 # the command.
@@ -22,13 +23,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 WEB := clients/web
 
-.PHONY: help install install-test serve test browser web lint loadtest clean
+.PHONY: help install install-test serve test browser web test-tools lint loadtest soak clean
 
 help:
 	@echo "make serve     install and start the server on $(CONFIG) (http://127.0.0.1:8000/)"
 	@echo "make test      install everything (incl. Debian chromium) and run the test suite"
 	@echo "make lint      check the import contract (server -> streaming -> pipeline)"
 	@echo "make loadtest  open sessions against a running server and report fps / RTF"
+	@echo "make soak      keep a running server at capacity for SOAK_DURATION and judge its resources"
 	@echo "make clean     remove .venv and build leftovers"
 
 $(BIN)/python:
@@ -74,7 +76,17 @@ $(WEB)/node_modules/.package-lock.json: $(WEB)/package.json $(WEB)/package-lock.
 	fi
 	npm ci --prefix $(WEB) --no-audit --no-fund
 
-test: install-test browser web
+# Debian's coturn (turnserver) and Prometheus (prometheus, promtool) for the TURN and the
+# metrics tests, which start them on loopback themselves. policy-rc.d-less hosts may start
+# the packages' own services; the tests use free ports of their own either way.
+test-tools:
+	@if ! command -v turnserver >/dev/null || ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+		echo "installing Debian coturn and prometheus for the TURN and metrics tests"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends coturn prometheus; \
+	fi
+
+test: install-test browser web test-tools
 	$(BIN)/python -m pytest -q
 
 lint: install-test
@@ -85,6 +97,10 @@ SESSIONS ?= 2
 DURATION ?= 20
 loadtest: install-test
 	$(BIN)/python -m loadtests --url $(URL) --sessions $(SESSIONS) --duration $(DURATION)
+
+SOAK_DURATION ?= 1h
+soak: install-test
+	$(BIN)/python -m loadtests --url $(URL) --soak $(SOAK_DURATION) --out artifacts/soak
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache artifacts $(WEB)/node_modules

@@ -1,7 +1,9 @@
-"""``python -m loadtests``: run the load driver from the command line and report.
+"""``python -m loadtests``: run the load driver (or, with ``--soak DURATION``, the soak) and report.
 
 Exit status: 0 when every session streamed (and reached ``--min-fps`` if given), 1 when one
 failed or fell short, 2 for a plan outside the bounds. ``--json FILE`` also writes the report.
+With ``--soak``: 0 when the verdict passes, 1 when it fails; the series and the summary go
+to ``--out`` (see ``loadtests.soak``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadtests.driver import MAX_DURATION_S, MAX_SESSIONS, LoadPlan, LoadPlanError, run_load
+from loadtests.soak import SoakPlan, parse_duration, run_soak
 
 logger = logging.getLogger("loadtests")
 
@@ -40,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--avatar", default="default", help="avatar name to ask for")
     parser.add_argument("--min-fps", type=float, help="fail unless every session received this many fps")
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    soak = parser.add_argument_group("soak (keeps the server at capacity, judges its resources)")
+    soak.add_argument("--soak", metavar="DURATION", help="run a soak this long (90s, 2m, 1h)")
+    soak.add_argument("--out", type=Path, default=Path("artifacts/soak"), help="folder for series.csv and summary.*")
+    soak.add_argument("--call", type=float, default=20.0, help="seconds each soak call streams")
+    soak.add_argument("--vanish-every", type=int, default=4, help="every n-th call of a slot vanishes")
+    soak.add_argument("--sample", type=float, default=5.0, help="seconds between resource samples")
+    soak.add_argument("--warmup", type=float, help="seconds of warm-up (default 10 %% of the soak, 30 s .. 5 min)")
+    soak.add_argument("--soak-sessions", type=int, help="calls at once (default: the server's capacity)")
     parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
@@ -54,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("aioice", "aiortc", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.soak is not None:
+        return _soak(args)
     plan = LoadPlan(
         args.url,
         args.sessions,
@@ -79,6 +92,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%d session(s) failed%s", len(failed), below)
         return EXIT_SHORT
     return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    try:
+        plan = SoakPlan(
+            args.url,
+            parse_duration(args.soak),
+            args.out,
+            sessions=args.soak_sessions,
+            call_s=args.call,
+            vanish_every=args.vanish_every,
+            sample_s=args.sample,
+            warmup_s=args.warmup,
+            avatar=args.avatar,
+            api_key=args.api_key or None,
+        )
+        plan.validate()
+    except (ValueError, LoadPlanError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    report = asyncio.run(run_soak(plan))
+    for line in report.summary_lines():
+        logger.info("%s", line)
+    logger.info("series and summary in %s; plot: python -m loadtests.plot %s", plan.out_dir, plan.out_dir / "series.csv")
+    return 0 if report.verdict.passed else EXIT_SHORT
 
 
 if __name__ == "__main__":

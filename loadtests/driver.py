@@ -77,14 +77,7 @@ class LoadPlan:
 
     def validate(self) -> None:
         """Raise ``LoadPlanError`` unless the target is loopback and the counts are bounded."""
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise LoadPlanError(f"--url must be http(s)://HOST:PORT, got {self.url!r}")
-        if not _is_loopback(parts.hostname):
-            raise LoadPlanError(
-                f"refusing to load {parts.hostname!r}: the load driver targets this machine "
-                "only (127.0.0.0/8, ::1 or localhost)"
-            )
+        check_target(self.url)
         if not 1 <= self.sessions <= MAX_SESSIONS:
             raise LoadPlanError(f"--sessions must be 1..{MAX_SESSIONS}, got {self.sessions}")
         if not 0 < self.duration_s <= MAX_DURATION_S:
@@ -101,7 +94,19 @@ class LoadPlan:
         return ramp + CONNECT_TIMEOUT_S + self.duration_s + TEARDOWN_TIMEOUT_S
 
 
-def _is_loopback(hostname: str) -> bool:
+def check_target(url: str) -> None:
+    """Raise ``LoadPlanError`` unless ``url`` is http(s) on this machine (loopback)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LoadPlanError(f"--url must be http(s)://HOST:PORT, got {url!r}")
+    if not is_loopback(parts.hostname):
+        raise LoadPlanError(
+            f"refusing to load {parts.hostname!r}: the load driver targets this machine "
+            "only (127.0.0.0/8, ::1 or localhost)"
+        )
+
+
+def is_loopback(hostname: str) -> bool:
     if hostname.lower() in LOOPBACK_HOSTNAMES:
         return True
     try:
@@ -266,13 +271,8 @@ async def _one_session(
         connected = loop.time()
         result.connect_s = connected - began
         deadline = connected + plan.duration_s
-        frame_times = await _count_media(connection.video, connection.audio, deadline, result)
-        if frame_times:
-            result.first_frame_s = frame_times[0] - connected
-        if len(frame_times) > 1 and frame_times[-1] > frame_times[0]:
-            result.fps = (len(frame_times) - 1) / (frame_times[-1] - frame_times[0])
-            result.max_gap_s = max(b - a for a, b in zip(frame_times, frame_times[1:]))
-        result.frames = len(frame_times)
+        frame_times = await count_media(connection.video, connection.audio, deadline, result)
+        record_frames(result, frame_times, connected)
         if not frame_times:
             result.outcome, result.detail = "failed", "connected but received no video frame"
         elif result.ended_early_s is not None:
@@ -297,7 +297,18 @@ async def _one_session(
             logger.warning("session %d: hanging up failed: %r", result.index, exc)
 
 
-async def _count_media(video: Any, audio: Any, deadline: float, result: SessionResult) -> list[float]:
+def record_frames(result: SessionResult, frame_times: list[float], connected: float) -> None:
+    """Fill ``result``'s frame count, rate, longest gap and first-frame delay from the
+    arrival times (loop time) of its video frames; ``connected`` is when the peer connected."""
+    if frame_times:
+        result.first_frame_s = frame_times[0] - connected
+    if len(frame_times) > 1 and frame_times[-1] > frame_times[0]:
+        result.fps = (len(frame_times) - 1) / (frame_times[-1] - frame_times[0])
+        result.max_gap_s = max(b - a for a, b in zip(frame_times, frame_times[1:]))
+    result.frames = len(frame_times)
+
+
+async def count_media(video: Any, audio: Any, deadline: float, result: SessionResult) -> list[float]:
     """Receive both tracks until ``deadline`` (loop time); return the video frames' arrival times."""
     loop = asyncio.get_running_loop()
     frame_times: list[float] = []

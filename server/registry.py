@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from pipeline.engine import EngineNotReady
@@ -29,6 +29,7 @@ from server.engine_groups import CapacityReached, EngineGroups, Lease
 from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
 from server.metrics import Metrics, RejectReason
 from streaming.events import ErrorCode, ErrorEvent
+from server.turn import TurnMinter
 from streaming.peer import PeerConfig
 from streaming.push import PushFormat
 from streaming.session import AvatarSession
@@ -80,6 +81,8 @@ class ManagedSession:
     lifecycle: SessionLifecycle = field(repr=False)
     lease: Lease = field(repr=False)
     """The session's slot on its engine group."""
+    peer_config: PeerConfig = field(repr=False)
+    """The session's WebRTC set-up: the static ICE servers plus its own TURN credentials."""
 
     audio_sockets: int = 0
     """Audio WebSockets open on this session now (bounded by ``max_audio_sockets``)."""
@@ -104,11 +107,13 @@ class SessionRegistry:
         tokens: SessionTokens,
         metrics: Metrics,
         executor: Executor | None = None,
+        turn: TurnMinter | None = None,
     ) -> None:
         self._engines = engines
         self._avatars = dict(avatars)
         self._session_config = session_config
         self.peer_config = peer_config
+        self._turn = turn
         self._lifecycle_policy = lifecycle
         self.tokens = tokens
         self._metrics = metrics
@@ -188,6 +193,7 @@ class SessionRegistry:
             media=media,
             lifecycle=lifecycle,
             lease=lease,
+            peer_config=self.peer_config,  # its own TURN credentials once prepared (below)
         )
         self._sessions[session_id] = managed  # the slot is taken from here on
         self._metrics.sessions_active.set(len(self._sessions))
@@ -200,12 +206,21 @@ class SessionRegistry:
         # took to prepare, the token's start window and the no-show limit are whole.
         token = self.tokens.issue(session_id)
         managed.token, managed.expires_at = token.value, token.expires_at
+        managed.peer_config = self._session_peer_config(session_id)
         lifecycle.start()
         logger.info(
             "session %s created for avatar %r on engine group %s", session_id, avatar_name,
             lease.group,
         )  # fmt: skip
         return managed
+
+    def _session_peer_config(self, session_id: str) -> PeerConfig:
+        """The static ICE servers, plus TURN credentials minted for ``session_id`` (valid
+        for the session's longest life) when a TURN secret is configured."""
+        if self._turn is None:
+            return self.peer_config
+        servers = (*self.peer_config.ice_servers, self._turn.ice_server(session_id))
+        return replace(self.peer_config, ice_servers=servers)
 
     def get(self, session_id: str) -> ManagedSession:
         """The live session ``session_id``; raises ``UnknownSession``."""
@@ -232,7 +247,7 @@ class SessionRegistry:
 
     async def offer(self, managed: ManagedSession, sdp: str) -> str:
         """Answer the session's WebRTC offer and mark it connected; returns the answer SDP."""
-        answer = await managed.media.accept_offer(sdp, self.peer_config)
+        answer = await managed.media.accept_offer(sdp, managed.peer_config)
         self.mark_connected(managed.id)
         return answer
 

@@ -31,6 +31,7 @@ from server.lifecycle import LifecyclePolicy
 from server.metrics import Metrics
 from server.registry import SessionRegistry
 from server.settings import Settings
+from server.turn import TurnMinter
 from streaming.codecs import VideoCodec
 from streaming.executor import start_media_executor
 from streaming.ice import HostCandidatePolicy
@@ -66,12 +67,24 @@ def peer_config(settings: Settings) -> PeerConfig:
             RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
             for s in settings.ice_servers
         ),
+        relay_only=settings.ice_relay_only,
         host_candidates=HostCandidatePolicy(
             include_loopback=settings.offers_loopback, loopback_only=settings.ice_loopback_only
         ),
         video_codec=VideoCodec(settings.video_codec),
         connect_timeout_s=settings.connect_timeout_s,
         peer_timeout_s=settings.peer_timeout_s,
+    )
+
+
+def turn_minter(settings: Settings) -> TurnMinter | None:
+    """Per-session TURN credentials of ``settings``, valid for a session's longest life."""
+    if not settings.turn_urls or settings.turn_secret is None:
+        return None
+    return TurnMinter(
+        tuple(settings.turn_urls),
+        settings.turn_secret.get_secret_value(),
+        lifetime_s=settings.max_duration_s,
     )
 
 
@@ -149,6 +162,7 @@ class Runtime:
             avatars=avatars,
             session_config=session_config(self.settings),
             peer_config=peer_config(self.settings),
+            turn=turn_minter(self.settings),
             lifecycle=lifecycle_policy(self.settings),
             tokens=self.tokens,
             metrics=self.metrics,

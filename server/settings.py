@@ -59,13 +59,17 @@ DEFAULT_GROUP_RESTARTS = 2
 MIN_API_KEY_CHARS = 16
 """Shortest API key accepted: shorter keys are guessable."""
 
-SECRET_FIELDS = frozenset({"api_keys"})
+SECRET_FIELDS = frozenset({"api_keys", "turn_secret"})
 """Fields whose values never appear in error messages or logs."""
 
 LIST_SEPARATOR = ","
 """Separates the items of a list setting given as one string (``HEADCAST_API_KEYS=a,b``)."""
 
 CORS_ANY_ORIGIN = "*"
+
+TURN_URL_SCHEMES = ("turn:", "turns:")
+MIN_TURN_SECRET_CHARS = 16
+"""Shortest TURN shared secret accepted: shorter ones are guessable."""
 
 
 def _split_list(value: object) -> object:
@@ -220,6 +224,22 @@ class Settings(BaseSettings):
     ice_servers: list[IceServer] = Field(default_factory=list)
     """STUN/TURN servers for clients and the server (empty: host candidates only)."""
 
+    turn_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """TURN server URLs (``turn:turn.example.com:3478?transport=udp``,
+    ``turns:turn.example.com:5349?transport=tcp``; comma-separated in the environment) that
+    every session gets with credentials minted for it from ``turn_secret``, valid for the
+    session's longest life (``max_duration_s``). The server's own peer uses them too."""
+
+    turn_secret: SecretStr | None = None
+    """Shared secret of the TURN server (coturn ``use-auth-secret`` with
+    ``static-auth-secret``), at least 16 characters; needed with ``turn_urls``."""
+
+    ice_relay_only: bool = False
+    """The server's peer uses relay (TURN) candidates only, like a browser's
+    ``iceTransportPolicy: "relay"``: its own addresses stay hidden, and a deployment can be
+    checked to work through the TURN server alone. Needs ``turn_urls`` or a TURN server in
+    ``ice_servers``."""
+
     ice_loopback: bool = False
     """Also offer 127.0.0.1 as an ICE candidate (needed on a loopback-only host; only a
     client on this machine can use it)."""
@@ -250,7 +270,7 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     """Log level of the server's loggers."""
 
-    @field_validator("api_keys", "cors_allow_origins", "gpus", mode="before")
+    @field_validator("api_keys", "cors_allow_origins", "gpus", "turn_urls", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_list(value)
@@ -312,6 +332,27 @@ class Settings(BaseSettings):
                     f"trailing slash (e.g. https://app.example.com), or {CORS_ANY_ORIGIN!r}"
                 )
         return origins
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _turn_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(TURN_URL_SCHEMES):
+                raise ValueError(
+                    f"{url!r} is not a TURN URL: write turn:HOST:PORT?transport=udp or "
+                    "turns:HOST:5349?transport=tcp (STUN servers go in ice_servers)"
+                )
+        return urls
+
+    @field_validator("turn_secret")
+    @classmethod
+    def _turn_secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value()) < MIN_TURN_SECRET_CHARS:
+            raise ValueError(
+                f"turn_secret is shorter than {MIN_TURN_SECRET_CHARS} characters; generate one "
+                "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return secret
 
     @property
     def offers_loopback(self) -> bool:
@@ -383,6 +424,24 @@ def _read_profile(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_turn(settings: Settings) -> None:
+    """TURN settings that only make sense together (checked once profile, env and flags are
+    merged, since each may hold one of them)."""
+    if bool(settings.turn_urls) != (settings.turn_secret is not None):
+        raise SettingsError(
+            "turn_urls and turn_secret go together: set both (per-session TURN credentials) "
+            "or neither (fixed credentials can go in ice_servers)"
+        )
+    has_turn = bool(settings.turn_urls) or any(
+        url.startswith(TURN_URL_SCHEMES) for server in settings.ice_servers for url in server.urls
+    )
+    if settings.ice_relay_only and not has_turn:
+        raise SettingsError(
+            "ice_relay_only needs a TURN server: set turn_urls and turn_secret, or put a "
+            "turn: URL in ice_servers"
+        )
+
+
 def _describe(error: ValidationError, origin: str, *, from_env: bool = False) -> str:
     lines = [f"invalid settings ({origin}):"]
     for item in error.errors():
@@ -413,7 +472,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise SettingsError(_describe(exc, "environment variables", from_env=True)) from None
     env_values = from_env.model_dump(include=from_env.model_fields_set)
     try:
-        return Settings(**{**profile, **env_values, **given})
+        settings = Settings(**{**profile, **env_values, **given})
     except ValidationError as exc:
         origin = f"{config_file}, environment and flags" if config_file else "environment and flags"
         raise SettingsError(_describe(exc, origin)) from None
+    _check_turn(settings)
+    return settings

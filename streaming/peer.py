@@ -4,7 +4,9 @@ Owns ``PeerLink`` (an aiortc ``RTCPeerConnection`` set up as the answerer: the a
 and audio tracks go out, the caller's microphone track comes in, and a data channel the
 client opened with the label ``events`` is handed over; ICE is gathered completely before
 answering, no trickle), ``EventsChannel`` (text in and out on that data channel),
-``PeerConfig``, ``OfferError`` and ``with_directions`` (an offer's media sections made
+``PeerConfig`` (ICE servers, relay-only, codec, timeouts), ``OfferError``,
+``NoRelayCandidates`` (relay only, and the TURN server gave no relay: the message says why,
+from ``streaming.turn_check``) and ``with_directions`` (an offer's media sections made
 explicit about their direction, as aiortc needs). A peer counts as lost when
 its connection fails or closes, when it does not connect within ``connect_timeout_s``, or
 when it stops sending RTCP receiver reports for ``peer_timeout_s`` (a client that vanished
@@ -25,6 +27,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -35,6 +38,7 @@ from aiortc.sdp import SessionDescription
 
 from streaming.codecs import VideoCodec, prefer_video_codec
 from streaming.ice import HostCandidatePolicy, host_addresses, host_candidates
+from streaming.turn_check import explain_turn_failure, relay_candidates, turn_urls
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +73,20 @@ class NoIceCandidates(RuntimeError):
     """The server found no local address to offer; a deployment problem, not the client's."""
 
 
+class NoRelayCandidates(NoIceCandidates):
+    """Relay candidates only were asked for and the TURN server gave none; the message says
+    why (a refused or expired credential, no answer)."""
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     """How a session's peer connection is set up and when its peer counts as gone."""
 
     ice_servers: tuple[RTCIceServer, ...] = ()
     """STUN/TURN servers; empty means host candidates only (no external STUN lookup)."""
+
+    relay_only: bool = False
+    """Gather and use relay (TURN) candidates only (``iceTransportPolicy: "relay"``)."""
 
     host_candidates: HostCandidatePolicy = field(default_factory=HostCandidatePolicy)
     """Which local addresses are offered as ICE host candidates (loopback opt-in)."""
@@ -211,7 +223,10 @@ class PeerLink:
         self._on_connected = on_connected
         self._lost = False
         self._closed = False
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=list(config.ice_servers)))
+        policy = RTCIceTransportPolicy.RELAY if config.relay_only else RTCIceTransportPolicy.ALL
+        self._pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=list(config.ice_servers), iceTransportPolicy=policy)
+        )
         self._watch_task: asyncio.Task[None] | None = None
         self._pc.on("connectionstatechange", self._on_connection_state)
 
@@ -287,6 +302,7 @@ class PeerLink:
         active = [m for m in SessionDescription.parse(local.sdp).media if m.port != 0]
         if not active:
             raise OfferError("the offer leaves no media section to answer (every one rejected)")
+        await self._check_relay(local.sdp)
         if not any(m.ice_candidates for m in active):
             if self.config.ice_servers or host_addresses(self.config.host_candidates):
                 # This host has addresses: the offer's ICE description left aiortc nothing
@@ -303,6 +319,22 @@ class PeerLink:
             self._watch(), name="headcast-peer-watch"
         )
         return local.sdp
+
+    async def _check_relay(self, sdp: str) -> None:
+        """Raise ``NoRelayCandidates`` (relay only) or warn when TURN gave no relay candidate."""
+        servers = list(self.config.ice_servers)
+        if not turn_urls(servers) or relay_candidates(sdp) > 0:
+            return
+        if self.config.relay_only:
+            raise NoRelayCandidates(
+                "the server uses relay candidates only (ice_relay_only) and got none: "
+                + await explain_turn_failure(servers)
+            )
+        logger.warning(
+            "no relay candidate from the TURN server(s) %s: clients behind symmetric NAT cannot "
+            "connect; set ice_relay_only to see why",
+            ", ".join(url for url, _ in turn_urls(servers)),
+        )
 
     async def close(self) -> None:
         """Close the peer connection and stop watching it. Idempotent."""

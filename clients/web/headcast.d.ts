@@ -61,6 +61,8 @@ export type HeadcastErrorCode =
   | "bad-audio"
   | "socket-closed"
   | "session-ended"
+  | "turn-refused"
+  | "turn-unreachable"
   | "closed";
 
 /** An error with a sentence meant for the person using the page. */
@@ -180,6 +182,8 @@ export declare function createSession(
 
 export interface ConnectOptions {
   onConnectionStateChange?: (state: RTCPeerConnectionState) => void;
+  /** "relay": TURN relay candidates only (fails with "turn-refused" / "turn-unreachable"). */
+  iceTransportPolicy?: RTCIceTransportPolicy;
 }
 
 /** Connect: a mic session sends `micStream`; a push session receives only. */

@@ -512,11 +512,19 @@ export async function createSession(
  *
  * @param {Session} session from createSession
  * @param {MediaStream} [micStream] audio to animate the avatar with (mic sessions)
- * @param {{onConnectionStateChange?: (state: RTCPeerConnectionState) => void}} [options]
+ * @param {{onConnectionStateChange?: (state: RTCPeerConnectionState) => void,
+ *   iceTransportPolicy?: RTCIceTransportPolicy}} [options] `iceTransportPolicy: "relay"`
+ *   sends everything through the session's TURN server (a deployment check, or to hide the
+ *   caller's addresses); the call then fails with code "turn-refused" or "turn-unreachable"
+ *   when the TURN server gives no relay.
  * @returns {Promise<{pc: RTCPeerConnection, videoStream: MediaStream}>} `videoStream` holds
  *   the remote video track and the remote audio track, ready for a <video> element.
  */
-export async function connect(session, micStream, { onConnectionStateChange } = {}) {
+export async function connect(
+  session,
+  micStream,
+  { onConnectionStateChange, iceTransportPolicy = "all" } = {},
+) {
   if (session.closed) throw new HeadcastError("This session is closed; start a new call.");
   const micTrack = micStream?.getAudioTracks()[0];
   if (!session.isPush && !micTrack) {
@@ -524,8 +532,11 @@ export async function connect(session, micStream, { onConnectionStateChange } = 
       code: "no-audio-track",
     });
   }
-  const pc = new RTCPeerConnection({ iceServers: session.iceServers });
+  const pc = new RTCPeerConnection({ iceServers: session.iceServers, iceTransportPolicy });
   session.pc = pc;
+  /** @type {RTCPeerConnectionIceErrorEvent[]} */
+  const turnErrors = [];
+  pc.addEventListener("icecandidateerror", (event) => turnErrors.push(event));
   const videoStream = new MediaStream();
   pc.ontrack = (event) => videoStream.addTrack(event.track);
   if (onConnectionStateChange) {
@@ -544,6 +555,9 @@ export async function connect(session, micStream, { onConnectionStateChange } = 
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringComplete(pc, ICE_GATHERING_TIMEOUT_MS);
+    if (iceTransportPolicy === "relay" && !/ typ relay/.test(pc.localDescription.sdp)) {
+      throw relayError(turnErrors);
+    }
     const answer = await request(
       session.baseUrl,
       `/v1/sessions/${encodeURIComponent(session.id)}/offer`,
@@ -707,6 +721,24 @@ export function parsePrometheus(text) {
     if (!Number.isNaN(value)) series.set(line.slice(0, cut), value);
   }
   return series;
+}
+
+/** The error of a relay-only call that got no relay candidate, from the TURN errors seen. */
+function relayError(turnErrors) {
+  const refused = turnErrors.find((e) => e.errorCode === 401);
+  if (refused) {
+    return new HeadcastError(
+      `The relay (TURN) server ${refused.url} refused the session's credentials ` +
+        "(401): they expired or the server's TURN secret does not match; start a new call.",
+      { code: "turn-refused" },
+    );
+  }
+  const other = turnErrors[0];
+  const why = other ? ` (${other.url}: ${other.errorCode} ${other.errorText})` : "";
+  return new HeadcastError(
+    `The relay (TURN) server could not be reached${why}; check the network or try again.`,
+    { code: "turn-unreachable" },
+  );
 }
 
 /** Resolve when `pc` has gathered every ICE candidate, or after `timeoutMs`. */

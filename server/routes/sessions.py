@@ -129,7 +129,7 @@ async def create_session(
                 username=server.username,
                 credential=server.credential,
             )
-            for server in registry.peer_config.ice_servers
+            for server in managed.peer_config.ice_servers
         ],
     )
 

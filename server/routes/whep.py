@@ -146,7 +146,7 @@ async def whep_offer(
         media_type=SDP_MEDIA_TYPE,
         headers={"Location": f"{router.prefix}/{managed.id}/whep/{RESOURCE_NAME}"},
     )
-    for link in ice_server_links(registry.peer_config.ice_servers):
+    for link in ice_server_links(managed.peer_config.ice_servers):  # its TURN credentials too
         response.headers.append("Link", link)
     return response
 

@@ -4,6 +4,7 @@ from headcast_client.audio import ArrayAudioTrack
 from headcast_client.client import (
     HeadcastClient,
     HeadcastError,
+    RelayUnavailable,
     SessionInfo,
     WebRTCConnection,
     over_groups,
@@ -18,6 +19,7 @@ __all__ = [
     "HeadcastClient",
     "HeadcastError",
     "PushSocket",
+    "RelayUnavailable",
     "SessionInfo",
     "WebRTCConnection",
     "over_groups",

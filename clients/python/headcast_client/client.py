@@ -26,6 +26,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
 )
@@ -33,6 +34,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from headcast_client.push import EventQueue, PushSocket
 from streaming.ice import HostCandidatePolicy, host_candidates
+from streaming.turn_check import explain_turn_failure, relay_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,11 @@ class HeadcastError(RuntimeError):
         self.headers = headers
         detail = problem.get("detail") or problem.get("title") or "no detail"
         super().__init__(f"HTTP {status}: {detail}")
+
+
+class RelayUnavailable(ConnectionError):
+    """Relay candidates only were asked for and the TURN server gave none; the message says
+    why (a refused or expired credential, no answer from the server)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,9 @@ class HeadcastClient:
     ``host_candidates`` chooses the client's own ICE addresses (e.g. loopback only, for a
     client and server on one loopback-only host). ``api_key`` is sent as a bearer token
     when creating sessions (a server with ``api_keys`` configured asks for one); the
-    session's own token authorises everything after that.
+    session's own token authorises everything after that. ``relay_only`` uses TURN relay
+    candidates only (a browser's ``iceTransportPolicy: "relay"``): the call works through the
+    session's TURN server or fails with ``RelayUnavailable`` saying why.
     """
 
     def __init__(
@@ -114,8 +123,10 @@ class HeadcastClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         host_candidates: HostCandidatePolicy | None = None,
         api_key: str | None = None,
+        relay_only: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.relay_only = relay_only
         self.timeout_s = timeout_s
         self._api_key = api_key
         self._host_candidates = host_candidates or HostCandidatePolicy()
@@ -237,8 +248,12 @@ class HeadcastClient:
         the ``events`` data channel (events in ``connection.events``, commands with
         ``connection.command``); it is open when this returns.
         """
+        policy = RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
         pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[RTCIceServer(**server) for server in session.ice_servers])
+            RTCConfiguration(
+                iceServers=[RTCIceServer(**server) for server in session.ice_servers],
+                iceTransportPolicy=policy,
+            )
         )
         try:
             return await asyncio.wait_for(
@@ -297,6 +312,11 @@ class HeadcastClient:
         offer = await pc.createOffer()
         with host_candidates(self._host_candidates):
             await pc.setLocalDescription(offer)  # gathers every candidate (no trickle)
+        if self.relay_only and relay_candidates(pc.localDescription.sdp) == 0:
+            servers = [RTCIceServer(**server) for server in session.ice_servers]
+            raise RelayUnavailable(
+                "no relay candidate to offer (relay_only): " + await explain_turn_failure(servers)
+            )
         answer = await self.post_offer(session, pc.localDescription.sdp)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await connected
