@@ -2,7 +2,8 @@
 
 Owns building the generator on the device thread (``load``), warming it up with one chunk,
 measuring its real-time factor, and adapting ``FlashTalkGenerator`` sessions to chunk jobs.
-Frames are resized to the engine's output size when the preset generates another size.
+Frames are resized to the engine's output size (on the device, before the copy to the host)
+when the preset generates another size.
 Created with a ``parallel`` group of N > 1 ranks, the engine is one rank of a
 sequence-parallel group (``pipeline.parallel``): every rank calls ``load``,
 ``open_session``, ``step`` and ``close_session`` in lockstep with the same arguments;
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PipelineConfig, preset
@@ -35,15 +35,6 @@ logger = logging.getLogger(__name__)
 WARMUP_CHUNKS = 2
 """Chunks generated at load time so the first session does not pay for warm-up. The first
 pays for ``torch.compile`` and cuDNN autotuning; the last one's time is the measured RTF."""
-
-
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[T, h, w, 3] uint8 -> [T, height, width, 3] uint8 (bilinear); unchanged if equal."""
-    if frames.shape[1:3] == (height, width):
-        return frames
-    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T, 3, h, w]
-    resized = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 class DiffusionEngine:
@@ -125,6 +116,7 @@ class DiffusionEngine:
             )
         if self.parallel is not None:
             self.generator.use_parallel(self.parallel)
+        self.generator.output_size = (self.height, self.width)  # resized on the device
         logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
         state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
         silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
@@ -167,12 +159,9 @@ class DiffusionEngine:
         """One chunk of the session's stream, resized to the engine's output size."""
         started = time.perf_counter()
         output = self._require_generator().step(state, job.audio)
-        frames = output.frames
-        if len(frames):  # ranks other than 0 of a group hand back no frames
-            frames = resize_frames(frames, self.height, self.width)
         return Chunk(
             index=job.index,
-            frames=frames,
+            frames=output.frames,  # at the output size (resized on the device)
             audio=job.audio,
             compute_seconds=time.perf_counter() - started,
             stats=output.timings,

@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 
 from pipeline import sampler
 from pipeline.attention import sdpa_backends
@@ -132,6 +133,16 @@ def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
     )
 
 
+def resize_video(video: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """[3, T, h, w] -> [3, T, H, W] (bilinear, on the video's device); unchanged when ``size``
+    is ``None`` or already the video's size."""
+    if size is None or tuple(video.shape[2:]) == tuple(size):
+        return video
+    frames = video.float().transpose(0, 1)  # [T, 3, h, w]
+    resized = F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
+    return resized.transpose(0, 1)  # [3, T, H, W]
+
+
 def first_frame_mask(latent_frames: int, height: int, width: int) -> torch.Tensor:
     """The 4-channel mask that marks the first video frame as given: [1, 4, T_lat, h, w]."""
     mask = torch.zeros(1, MASK_CHANNELS, latent_frames, height, width)
@@ -170,6 +181,9 @@ class FlashTalkGenerator:
             for t in self._timesteps[:-1]
         ]
         self._avatars: OrderedDict[str, AvatarConditioning] = OrderedDict()
+        self.output_size: tuple[int, int] | None = None
+        """(height, width) the frames ``step`` hands back are resized to, on the device
+        (``None``: the generated size). Set by the engine when it serves another size."""
         self.attention_backend = "auto"
         """SDPA kernel preference for the DiT (see ``pipeline.attention.sdpa_backends``)."""
         self.color_correct: ColorCorrection = match_and_blend_colors
@@ -303,12 +317,14 @@ class FlashTalkGenerator:
         video, state.motion = self.generate_chunk(
             state.conditioning, state.motion, features, draw, timer
         )
-        # 3. the new frames as uint8 on the host (the copy waits for the chunk's GPU work);
-        #    in a group only rank 0 hands frames back
+        # 3. the new frames at the output size as uint8 on the host (the copy waits for the
+        #    chunk's GPU work); in a group only rank 0 hands frames back
         if self.hands_back_frames:
-            frames = frames_to_uint8(video).contiguous().cpu().numpy()  # [28, H, W, 3]
+            video = resize_video(video, self.output_size)  # [3, 28, H_out, W_out]
+            frames = frames_to_uint8(video).contiguous().cpu().numpy()  # [28, H_out, W_out, 3]
         else:
-            frames = np.zeros((0, *video.shape[2:], video.shape[0]), dtype=np.uint8)
+            height, width = self.output_size or video.shape[2:]
+            frames = np.zeros((0, height, width, video.shape[0]), dtype=np.uint8)
         timer.mark("to_host_s")
         state.chunk_index += 1
         return ChunkOutput(frames=frames, timings=timer.read())

@@ -28,8 +28,8 @@ from server.auth import SessionTokens
 from server.engine_groups import CapacityReached, EngineGroups, Lease
 from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
 from server.metrics import Metrics, RejectReason
-from streaming.events import ErrorCode, ErrorEvent
 from server.turn import TurnMinter
+from streaming.events import ErrorCode, ErrorEvent
 from streaming.peer import PeerConfig
 from streaming.push import PushFormat
 from streaming.session import AvatarSession

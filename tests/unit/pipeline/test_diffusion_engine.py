@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
-from pipeline.diffusion_engine import WARMUP_CHUNKS, DiffusionEngine, resize_frames
+from pipeline.diffusion_engine import WARMUP_CHUNKS, DiffusionEngine
 from pipeline.engine import Chunk, EngineWorker, default_registry
 from pipeline.engine_options import TinyOptions
+from pipeline.generator import resize_video
 from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, Avatar, ChunkJob
 
 CHUNKS = 3
@@ -68,11 +70,16 @@ def test_chunks_through_the_engine_thread_equal_direct_steps(engine: DiffusionEn
         assert np.array_equal(a.audio, b.audio)
 
 
-def test_resize_frames_keeps_equal_sizes_and_scales_others() -> None:
-    frames = np.random.default_rng(0).integers(0, 255, (2, 8, 4, 3), dtype=np.uint8)
-    assert resize_frames(frames, 8, 4) is frames
-    scaled = resize_frames(frames, 16, 8)
-    assert scaled.shape == (2, 16, 8, 3) and scaled.dtype == np.uint8
+def test_resize_video_keeps_equal_sizes_and_scales_others() -> None:
+    video = torch.rand(3, 2, 8, 4) * 2 - 1  # [3, T, h, w] in [-1, 1]
+    assert resize_video(video, None) is video
+    assert resize_video(video, (8, 4)) is video
+    scaled = resize_video(video, (16, 8))
+    assert scaled.shape == (3, 2, 16, 8)
+    # bilinear (align_corners=False) keeps a constant picture constant and stays in range
+    flat = resize_video(torch.full((3, 1, 8, 4), 0.25), (16, 8))
+    assert torch.allclose(flat, torch.full_like(flat, 0.25))
+    assert scaled.min() >= -1 and scaled.max() <= 1
 
 
 class _CompilingGenerator:
