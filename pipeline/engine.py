@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pipeline.engine_api import (
@@ -486,7 +486,11 @@ class EngineWorker:
         else:
             started = time.perf_counter()
             try:
-                chunk = self.engine.step(state, item.job)
+                job = item.job
+                if job.reseed is not None:  # the session played its idle loop meanwhile
+                    self.engine.reseed(state, job.reseed)
+                    job = replace(job, reseed=None)
+                chunk = self.engine.step(state, job)
                 elapsed = time.perf_counter() - started
                 result = Chunk(
                     index=chunk.index,
