@@ -1,0 +1,189 @@
+"""When a session takes engine time: the idle mode and the decision taken at every chunk.
+
+Owns ``IdleMode`` -- ``generate`` (every chunk goes through the engine, silence included:
+the session holds a generation slot all its life) or ``loop`` (a silent session plays its
+idle loop and takes no engine time) -- and ``GenerationGate``, the rule the take loop asks
+at every chunk boundary. In ``loop`` mode:
+
+- holding a slot: ``GENERATE`` while there is speech to take, or while the session has no
+  rest chunk yet (it generates silence until ``REST_CHUNKS`` silent chunks in a row gave its
+  idle loop a resting pose); once the audio is silent, ``IDLE``, and the slot goes back as
+  soon as the engine delivered the last chunk submitted (``drained``) -- already after the
+  take of an utterance's last chunk when the speech input expects no more;
+- not holding one: speech asks for a slot (``GenerationSlot.request``: first come, first
+  served); granted, ``GENERATE``, re-seeded from the frames on screen (the engine continues
+  from the idle loop, not from its own last chunk); not granted, ``WAIT`` (the speech stays
+  queued while the idle loop plays) until granted, or until it waited ``speech_wait_max_s``:
+  ``DROP`` (the session drops that speech and says so);
+- a new session asks once for a slot to make its rest chunk; if none frees up within the
+  bound it holds the avatar picture until it first speaks.
+
+A wait is counted in whole chunks: a session starts generating only at a chunk boundary.
+Pure rules over a ``GenerationSlot``: knows nothing about audio, engines, tracks or asyncio.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from streaming.generation_slot import GenerationSlot
+
+REST_CHUNKS = 2
+"""Silent chunks generated in a row before the idle loop has a rest chunk: the first lets
+the mouth close, the second (silence after silence) is captured as the loop."""
+
+
+class IdleMode(enum.StrEnum):
+    """What a session does with its engine time while nobody speaks."""
+
+    GENERATE = "generate"
+    """Every chunk goes through the engine, silence included (natural idle motion, and the
+    next speech continues from the engine's own last chunk); a session costs a slot always."""
+
+    LOOP = "loop"
+    """A silent session plays its latest rest chunk as a loop and takes no engine time; its
+    speech waits for a free generation slot, and the engine re-seeds from the loop's frames."""
+
+
+class TakeStep(enum.Enum):
+    """What the take loop does with one chunk."""
+
+    GENERATE = "generate"
+    """Take the chunk's audio and submit it to the engine."""
+
+    IDLE = "idle"
+    """Take the chunk's (silent) audio; the idle loop plays."""
+
+    WAIT = "wait"
+    """Take nothing: the speech waits for a slot while the idle loop plays."""
+
+    DROP = "drop"
+    """The speech waited past the bound: drop what is queued; the idle loop plays."""
+
+
+@dataclass(frozen=True)
+class TakeDecision:
+    """The gate's answer for one chunk."""
+
+    step: TakeStep
+    reseed_after: int | None = None
+    """``GENERATE`` only: re-seed the engine from the frames on screen first; the number of
+    chunks that played without the engine since its last chunk of this session."""
+
+    waited_s: float | None = None
+    """Set when speech got a slot (``GENERATE``, 0.0 if at once) or was dropped (``DROP``):
+    how long it waited, from the first chunk boundary that found it."""
+
+
+class GenerationGate:
+    """Decides, chunk by chunk, whether a session's audio goes through the engine."""
+
+    def __init__(
+        self, mode: IdleMode, slot: GenerationSlot, *, speech_wait_max_s: float
+    ) -> None:
+        if speech_wait_max_s <= 0:
+            raise ValueError(f"speech_wait_max_s must be positive, got {speech_wait_max_s}")
+        self.mode = mode
+        self._slot = slot
+        self._wait_max_s = speech_wait_max_s
+        self._asked_at: float | None = None
+        """When the pending request for a slot was made (None: not waiting)."""
+        self._speech_since: float | None = None
+        """When the speech now waiting was first found (None: no speech waits)."""
+        self._rest_asked = False
+        self._releasing = False
+        self._silent_run = 0
+        self.has_rest = False
+        """True once ``REST_CHUNKS`` silent chunks in a row were generated."""
+        self._last_submitted: int | None = None
+        self._reseed_next = False
+
+    @property
+    def releasing(self) -> bool:
+        """True while the slot waits for the engine's last chunk before it goes back."""
+        return self._releasing
+
+    def decide(self, index: int, now: float, *, speech: bool) -> TakeDecision:
+        """The step for chunk ``index``, taken at wall time ``now``; ``speech``: the audio
+        the chunk would take is speech (not silence)."""
+        if self.mode is IdleMode.GENERATE:
+            self._slot.request()  # held all along: a generating session is a busy slot
+            return TakeDecision(TakeStep.GENERATE)
+        if speech and self._speech_since is None and not self._slot.held:
+            self._speech_since = now
+        if not self._slot.held and self._asked_at is None:
+            first_rest = not self.has_rest and not self._rest_asked
+            if not (speech or first_rest):
+                return TakeDecision(TakeStep.IDLE)
+            self._rest_asked = True
+            self._asked_at = now
+            self._slot.request()
+        if self._slot.held:
+            return self._with_slot(index, now, speech)
+        return self._waiting(now, speech)
+
+    def _with_slot(self, index: int, now: float, speech: bool) -> TakeDecision:
+        waited = None if self._speech_since is None else now - self._speech_since
+        self._asked_at = self._speech_since = None
+        if speech or not self.has_rest:
+            self._releasing = False
+            return self._generate(index, waited)
+        self._releasing = True
+        return TakeDecision(TakeStep.IDLE)
+
+    def _waiting(self, now: float, speech: bool) -> TakeDecision:
+        assert self._asked_at is not None
+        if self._speech_since is not None and not speech:  # cleared (an interrupt)
+            self._leave_queue()
+            return TakeDecision(TakeStep.IDLE)
+        if self._speech_since is not None:
+            waited = now - self._speech_since
+            if waited >= self._wait_max_s:
+                self._leave_queue()
+                return TakeDecision(TakeStep.DROP, waited_s=waited)
+            return TakeDecision(TakeStep.WAIT)
+        if now - self._asked_at >= self._wait_max_s:  # no slot for the rest chunk: hold on
+            self._leave_queue()
+        return TakeDecision(TakeStep.IDLE)
+
+    def _generate(self, index: int, waited: float | None) -> TakeDecision:
+        reseed_after = None
+        if index > 0 and (self._reseed_next or self._last_submitted != index - 1):
+            since = 0 if self._last_submitted is None else self._last_submitted + 1
+            reseed_after = index - since
+        self._reseed_next = False
+        self._last_submitted = index
+        return TakeDecision(TakeStep.GENERATE, reseed_after=reseed_after, waited_s=waited)
+
+    def _leave_queue(self) -> None:
+        self._asked_at = self._speech_since = None
+        self._slot.release()
+
+    def generated(self, *, silent: bool, more_speech: bool) -> None:
+        """The chunk just decided ``GENERATE`` was taken: ``silent`` audio or not; whether
+        the speech input ``more_speech`` (audio queued, an utterance open)."""
+        if self.mode is IdleMode.GENERATE:
+            return
+        self._silent_run = self._silent_run + 1 if silent else 0
+        if self._silent_run >= REST_CHUNKS:
+            self.has_rest = True
+        if self.has_rest and not more_speech:
+            self._releasing = True  # back once the engine delivered this chunk
+
+    def drained(self) -> None:
+        """The engine holds no chunk of this session: a slot being given back goes now."""
+        if self._releasing:
+            self._releasing = False
+            self._slot.release()
+
+    def interrupted(self) -> None:
+        """An interrupt cut the output: the next chunk generated re-seeds from the screen."""
+        if self.mode is IdleMode.LOOP:
+            self._reseed_next = True
+
+    def close(self) -> None:
+        """The session ends: give the slot back, or leave the queue."""
+        self._asked_at = self._speech_since = None
+        self._releasing = False
+        self._slot.release()
