@@ -3,7 +3,8 @@
 Owns ``SlotPool`` (``total`` slots, the sessions holding one, and the queue of sessions
 waiting for one) and ``SessionSlot``, a session's place in it, which implements
 ``streaming.generation_slot.GenerationSlot``: ``request`` holds a free slot at once when
-nobody waits, else joins the back of the queue; ``release`` gives the slot to the session
+nobody waits, else joins the back of the queue; ``try_request`` only takes a free slot nobody
+waits for (it never queues: what a session does with it must not delay anyone's speech); ``release`` gives the slot to the session
 at the head of the queue (or leaves the queue). A session that gives a slot back and asks
 again goes to the back: no session can keep the others waiting for longer than it speaks,
 and none waits behind a later one.
@@ -32,6 +33,10 @@ class SessionSlot:
 
     def request(self) -> bool:
         self._pool._request(self)
+        return self._held
+
+    def try_request(self) -> bool:
+        self._pool._try(self)
         return self._held
 
     def release(self) -> None:
@@ -74,6 +79,11 @@ class SlotPool:
             return
         self._queue.append(slot)
         self._grant()
+
+    def _try(self, slot: SessionSlot) -> None:
+        if not slot.held and not self._queue and len(self._holders) < self.total:
+            self._holders.add(slot)
+            slot._held = True
 
     def _release(self, slot: SessionSlot) -> None:
         if slot.held:

@@ -15,8 +15,10 @@ at every chunk boundary. In ``loop`` mode:
   from the idle loop, not from its own last chunk); not granted, ``WAIT`` (the speech stays
   queued while the idle loop plays) until granted, or until it waited ``speech_wait_max_s``:
   ``DROP`` (the session drops that speech and says so);
-- a new session asks once for a slot to make its rest chunk; if none frees up within the
-  bound it holds the avatar picture until it first speaks.
+- a session without a rest chunk yet takes a slot for it only when one is free and nobody
+  waits (``GenerationSlot.try_request``): making the idle loop never delays speech; until
+  then the loop is the avatar picture held, and after its first speech a session keeps its
+  slot until it has made one.
 
 A wait is counted in whole chunks: a session starts generating only at a chunk boundary.
 Pure rules over a ``GenerationSlot``: knows nothing about audio, engines, tracks or asyncio.
@@ -87,11 +89,8 @@ class GenerationGate:
         self.mode = mode
         self._slot = slot
         self._wait_max_s = speech_wait_max_s
-        self._asked_at: float | None = None
-        """When the pending request for a slot was made (None: not waiting)."""
         self._speech_since: float | None = None
         """When the speech now waiting was first found (None: no speech waits)."""
-        self._rest_asked = False
         self._releasing = False
         self._silent_run = 0
         self.has_rest = False
@@ -110,41 +109,31 @@ class GenerationGate:
         if self.mode is IdleMode.GENERATE:
             self._slot.request()  # held all along: a generating session is a busy slot
             return TakeDecision(TakeStep.GENERATE)
-        if speech and self._speech_since is None and not self._slot.held:
-            self._speech_since = now
-        if not self._slot.held and self._asked_at is None:
-            first_rest = not self.has_rest and not self._rest_asked
-            if not (speech or first_rest):
-                return TakeDecision(TakeStep.IDLE)
-            self._rest_asked = True
-            self._asked_at = now
-            self._slot.request()
         if self._slot.held:
             return self._with_slot(index, now, speech)
-        return self._waiting(now, speech)
-
-    def _with_slot(self, index: int, now: float, speech: bool) -> TakeDecision:
-        waited = None if self._speech_since is None else now - self._speech_since
-        self._asked_at = self._speech_since = None
-        if speech or not self.has_rest:
-            self._releasing = False
-            return self._generate(index, waited)
-        self._releasing = True
-        return TakeDecision(TakeStep.IDLE)
-
-    def _waiting(self, now: float, speech: bool) -> TakeDecision:
-        assert self._asked_at is not None
-        if self._speech_since is not None and not speech:  # cleared (an interrupt)
-            self._leave_queue()
-            return TakeDecision(TakeStep.IDLE)
-        if self._speech_since is not None:
+        if speech:
+            if self._speech_since is None:
+                self._speech_since = now
+            if self._slot.request():
+                return self._with_slot(index, now, speech)
             waited = now - self._speech_since
             if waited >= self._wait_max_s:
                 self._leave_queue()
                 return TakeDecision(TakeStep.DROP, waited_s=waited)
             return TakeDecision(TakeStep.WAIT)
-        if now - self._asked_at >= self._wait_max_s:  # no slot for the rest chunk: hold on
+        if self._speech_since is not None:  # the waiting speech was cleared (an interrupt)
             self._leave_queue()
+        if not self.has_rest and self._slot.try_request():  # a free slot nobody waits for
+            return self._with_slot(index, now, speech)
+        return TakeDecision(TakeStep.IDLE)
+
+    def _with_slot(self, index: int, now: float, speech: bool) -> TakeDecision:
+        waited = None if self._speech_since is None else now - self._speech_since
+        self._speech_since = None
+        if speech or not self.has_rest:
+            self._releasing = False
+            return self._generate(index, waited)
+        self._releasing = True
         return TakeDecision(TakeStep.IDLE)
 
     def _generate(self, index: int, waited: float | None) -> TakeDecision:
@@ -157,7 +146,7 @@ class GenerationGate:
         return TakeDecision(TakeStep.GENERATE, reseed_after=reseed_after, waited_s=waited)
 
     def _leave_queue(self) -> None:
-        self._asked_at = self._speech_since = None
+        self._speech_since = None
         self._slot.release()
 
     def generated(self, *, silent: bool, more_speech: bool) -> None:
@@ -184,6 +173,6 @@ class GenerationGate:
 
     def close(self) -> None:
         """The session ends: give the slot back, or leave the queue."""
-        self._asked_at = self._speech_since = None
+        self._speech_since = None
         self._releasing = False
         self._slot.release()

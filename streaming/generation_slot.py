@@ -25,6 +25,11 @@ class GenerationSlot(Protocol):
         Returns True if the session holds a slot now."""
         ...
 
+    def try_request(self) -> bool:
+        """Take a slot only if one is free and nobody waits; never queue. Returns True if
+        the session holds a slot now (for work that must not delay anyone's speech)."""
+        ...
+
     @property
     def held(self) -> bool:
         """True while the session holds a slot (granted, not yet released)."""
@@ -44,6 +49,9 @@ class OwnSlot:
     def request(self) -> bool:
         self._held = True
         return True
+
+    def try_request(self) -> bool:
+        return self.request()
 
     @property
     def held(self) -> bool:

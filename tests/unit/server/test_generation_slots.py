@@ -2,8 +2,9 @@
 
 A free slot is held at once; a busy pool queues the sessions in the order they asked and
 hands each released slot to the head of the queue; a session that gives its slot back and
-asks again goes to the back (no session keeps the others out); leaving the queue, asking
-twice and releasing twice change nothing; a pool that grows grants at once, one that
+asks again goes to the back (no session keeps the others out); ``try_request`` never queues
+and never overtakes a waiting session; leaving the queue, asking twice and releasing twice
+change nothing; a pool that grows grants at once, one that
 shrinks takes nothing away.
 """
 
@@ -77,3 +78,15 @@ def test_several_slots_and_resizing() -> None:
     assert _holders(slots) == [2]
     with pytest.raises(ValueError, match="0 or more"):
         pool.resize(-1)
+
+
+def test_try_request_takes_only_a_free_slot_nobody_waits_for() -> None:
+    pool = SlotPool(1)
+    a, b, c = pool.slot(), pool.slot(), pool.slot()
+    assert a.try_request() and a.try_request()
+    assert not b.try_request() and pool.waiting == 0, "it never queues"
+    assert not c.request()
+    a.release()
+    assert c.held and not b.held
+    c.release()
+    assert b.try_request()

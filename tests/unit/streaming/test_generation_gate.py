@@ -2,8 +2,8 @@
 
 Pure rules over a real one-slot pool (``server.generation_slots``), chunk by chunk: a
 ``generate`` session generates every chunk and holds its slot; a ``loop`` session generates
-its rest chunks, then only its speech, re-seeding after the loop, gives the slot back once
-drained, waits for a busy slot (counted from the first chunk that found the speech) and
+its rest chunks (only with a slot nobody waits for), then only its speech, re-seeding after
+the loop, gives the slot back once drained, waits for a busy slot (counted from the first chunk that found the speech) and
 drops the speech past the bound; an interrupt makes the next chunk re-seed.
 """
 
@@ -97,8 +97,8 @@ def test_speech_waiting_past_the_bound_is_dropped_and_the_queue_left() -> None:
     other = pool.slot()
     assert other.request()
     gate = _loop_gate(pool)
-    first = gate.decide(0, 0.0, speech=False)  # the rest chunks wait too...
-    assert first.step is TakeStep.IDLE and pool.waiting == 1
+    first = gate.decide(0, 0.0, speech=False)  # no free slot for the rest chunks: no queue
+    assert first.step is TakeStep.IDLE and pool.waiting == 0
     steps = [gate.decide(index, index * CHUNK_SECONDS, speech=True) for index in range(1, 5)]
     wait, drop = TakeStep.WAIT, TakeStep.DROP
     assert [d.step for d in steps] == [wait, wait, wait, drop]
@@ -129,3 +129,34 @@ def test_an_interrupt_makes_the_next_generated_chunk_re_seed() -> None:
     assert _take(gate, 2, speech=True, more=True).reseed_after is None, "right after chunk 1"
     gate.interrupted()
     assert _take(gate, 3, speech=True).reseed_after == 0
+
+
+def test_rest_chunks_take_only_a_slot_nobody_waits_for() -> None:
+    pool = SlotPool(1)
+    speaker, waiter = pool.slot(), pool.slot()
+    gate = _loop_gate(pool)
+    assert speaker.request()
+    assert not waiter.request()
+    assert _take(gate, 0, speech=False).step is TakeStep.IDLE
+    speaker.release()  # the slot goes to the waiting session, not to the rest chunks
+    assert waiter.held
+    assert _take(gate, 1, speech=False).step is TakeStep.IDLE
+    waiter.release()
+    steps = [_take(gate, index, speech=False) for index in range(2, 6)]
+    assert [d.step for d in steps] == [TakeStep.GENERATE] * REST_CHUNKS + [TakeStep.IDLE] * 2
+    assert gate.has_rest and pool.busy == 0
+
+
+def test_after_its_first_speech_a_session_without_a_rest_chunk_makes_one() -> None:
+    pool = SlotPool(1)
+    other = pool.slot()
+    gate = _loop_gate(pool)
+    assert other.request()
+    assert _take(gate, 0, speech=False).step is TakeStep.IDLE  # busy: no rest chunk yet
+    other.release()
+    other.request()
+    assert _take(gate, 1, speech=True).step is TakeStep.WAIT
+    other.release()
+    steps = [_take(gate, index, speech=index == 2) for index in range(2, 7)]
+    assert [d.step for d in steps] == [TakeStep.GENERATE] * (1 + REST_CHUNKS) + [TakeStep.IDLE] * 2
+    assert pool.busy == 0
