@@ -2,6 +2,8 @@
 
 Exit status: 0 when every session streamed (and reached ``--min-fps`` if given), 1 when one
 failed or fell short, 2 for a plan outside the bounds. ``--json FILE`` also writes the report.
+``--duty-cycle F`` runs push sessions that speak F of the time, in bursts of ``--burst``
+seconds (``loadtests.duty_cycle``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtests.driver import MAX_DURATION_S, MAX_SESSIONS, LoadPlan, LoadPlanError, run_load
+from loadtests.duty_cycle import Spread
+from loadtests.driver import (
+    DEFAULT_BURST_S,
+    MAX_DURATION_S,
+    MAX_SESSIONS,
+    LoadPlan,
+    LoadPlanError,
+    run_load,
+)
 
 logger = logging.getLogger("loadtests")
 
@@ -41,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-fps", type=float, help="fail unless every session received this many fps")
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
     parser.add_argument(
+        "--duty-cycle",
+        type=float,
+        help="share of the time each session speaks, in (0, 1]: push (chatbot) sessions that "
+        "speak in bursts; reports speech waits and chunks generated vs played (default: "
+        "microphone sessions speaking all the time)",
+    )
+    parser.add_argument(
+        "--burst", type=float, default=DEFAULT_BURST_S, help="seconds of speech per burst"
+    )
+    parser.add_argument(
+        "--spread",
+        choices=[s.value for s in Spread],
+        default=Spread.RANDOM.value,
+        help="bursts at random times like independent callers (seeded), or spread evenly",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random burst times")
+    parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
         help=f"API key for creating sessions, when the server has api_keys configured "
@@ -61,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ramp_s=args.ramp,
         avatar=args.avatar,
         api_key=args.api_key or None,
+        duty_cycle=args.duty_cycle,
+        burst_s=args.burst,
+        spread=Spread(args.spread),
+        seed=args.seed,
     )
     try:
         plan.validate()

@@ -5,20 +5,20 @@ the session holds a generation slot all its life) or ``loop`` (a silent session 
 idle loop and takes no engine time) -- and ``GenerationGate``, the rule the take loop asks
 at every chunk boundary. In ``loop`` mode:
 
-- holding a slot: ``GENERATE`` while there is speech to take, or while the session has no
-  rest chunk yet (it generates silence until ``REST_CHUNKS`` silent chunks in a row gave its
-  idle loop a resting pose); once the audio is silent, ``IDLE``, and the slot goes back as
-  soon as the engine delivered the last chunk submitted (``drained``) -- already after the
-  take of an utterance's last chunk when the speech input expects no more;
+- holding a slot: ``GENERATE`` while there is speech to take; once the audio is silent,
+  ``IDLE``, and the slot goes back as soon as the engine delivered the last chunk submitted
+  (``drained``) -- already after the take of an utterance's last chunk when the speech
+  input expects no more;
 - not holding one: speech asks for a slot (``GenerationSlot.request``: first come, first
   served); granted, ``GENERATE``, re-seeded from the frames on screen (the engine continues
   from the idle loop, not from its own last chunk); not granted, ``WAIT`` (the speech stays
-  queued while the idle loop plays) until granted, or until it waited ``speech_wait_max_s``:
-  ``DROP`` (the session drops that speech and says so);
-- a session without a rest chunk yet takes a slot for it only when one is free and nobody
-  waits (``GenerationSlot.try_request``): making the idle loop never delays speech; until
-  then the loop is the avatar picture held, and after its first speech a session keeps its
-  slot until it has made one.
+  queued while the idle loop plays) until granted, or until the next chunk boundary would
+  be more than ``speech_wait_max_s`` after the first that found it: ``DROP`` (the session
+  drops that speech and says so). So a wait is at most the bound;
+- the idle loop: a session without a rest chunk makes one -- a chunk of silence generated
+  right after rest (the session's start, or its idle loop: the avatar picture held until
+  it has one), ``LOOP_CHUNKS`` of engine time once -- only with a slot free that nobody
+  waits for (``GenerationSlot.try_request``), so it never delays anyone's speech.
 
 A wait is counted in whole chunks: a session starts generating only at a chunk boundary.
 Pure rules over a ``GenerationSlot``: knows nothing about audio, engines, tracks or asyncio.
@@ -29,11 +29,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from pipeline.media import CHUNK_SECONDS
 from streaming.generation_slot import GenerationSlot
 
-REST_CHUNKS = 2
-"""Silent chunks generated in a row before the idle loop has a rest chunk: the first lets
-the mouth close, the second (silence after silence) is captured as the loop."""
+LOOP_CHUNKS = 1
+"""Chunks a session generates for its idle loop, once: silence right after rest."""
+
+BOUNDARY_JITTER_S = 0.05
+"""Slack on the spacing of chunk boundaries (the take loop wakes a few ms late at times), in
+seconds: a wait of exactly the bound is still within it."""
 
 
 class IdleMode(enum.StrEnum):
@@ -92,9 +96,11 @@ class GenerationGate:
         self._speech_since: float | None = None
         """When the speech now waiting was first found (None: no speech waits)."""
         self._releasing = False
-        self._silent_run = 0
+        self._after_rest = True
+        """What played before the next chunk was rest: the session's start, its idle loop,
+        or a silent chunk generated after rest."""
         self.has_rest = False
-        """True once ``REST_CHUNKS`` silent chunks in a row were generated."""
+        """True once the session generated a rest chunk (silence right after rest)."""
         self._last_submitted: int | None = None
         self._reseed_next = False
 
@@ -117,24 +123,33 @@ class GenerationGate:
             if self._slot.request():
                 return self._with_slot(index, now, speech)
             waited = now - self._speech_since
-            if waited >= self._wait_max_s:
-                self._leave_queue()
-                return TakeDecision(TakeStep.DROP, waited_s=waited)
-            return TakeDecision(TakeStep.WAIT)
+            if waited + CHUNK_SECONDS > self._wait_max_s + BOUNDARY_JITTER_S:
+                self._leave_queue()  # the next boundary would be past the bound
+                return self._loop(TakeStep.DROP, waited)
+            return self._loop(TakeStep.WAIT)
         if self._speech_since is not None:  # the waiting speech was cleared (an interrupt)
             self._leave_queue()
-        if not self.has_rest and self._slot.try_request():  # a free slot nobody waits for
+        if self._rest_next() and self._slot.try_request():  # a free slot nobody waits for
             return self._with_slot(index, now, speech)
-        return TakeDecision(TakeStep.IDLE)
+        return self._loop()
 
     def _with_slot(self, index: int, now: float, speech: bool) -> TakeDecision:
         waited = None if self._speech_since is None else now - self._speech_since
         self._speech_since = None
-        if speech or not self.has_rest:
+        if speech or self._rest_next():
             self._releasing = False
             return self._generate(index, waited)
         self._releasing = True
-        return TakeDecision(TakeStep.IDLE)
+        return self._loop()
+
+    def _rest_next(self) -> bool:
+        """True if a silent chunk generated now would be the session's rest chunk."""
+        return not self.has_rest and self._after_rest
+
+    def _loop(self, step: TakeStep = TakeStep.IDLE, waited: float | None = None) -> TakeDecision:
+        """The idle loop plays this chunk (rest on screen)."""
+        self._after_rest = True
+        return TakeDecision(step, waited_s=waited)
 
     def _generate(self, index: int, waited: float | None) -> TakeDecision:
         reseed_after = None
@@ -154,10 +169,10 @@ class GenerationGate:
         the speech input ``more_speech`` (audio queued, an utterance open)."""
         if self.mode is IdleMode.GENERATE:
             return
-        self._silent_run = self._silent_run + 1 if silent else 0
-        if self._silent_run >= REST_CHUNKS:
+        if silent and self._after_rest:
             self.has_rest = True
-        if self.has_rest and not more_speech:
+        self._after_rest = silent
+        if not more_speech and not self._rest_next():
             self._releasing = True  # back once the engine delivered this chunk
 
     def drained(self) -> None:

@@ -2,7 +2,8 @@
 ``idle_mode: loop`` is silent.
 
 Owns ``IdleLoop``: it keeps the latest *rest chunk* -- 28 frames the engine generated from
-silence after silence, so the mouth rests and the head still moves -- as encoder-ready
+silence after silence (or from silence at the session's start), so the mouth rests and the
+head still moves -- as encoder-ready
 yuv420p planes, and builds filler chunks from it (the frames played forwards then backwards,
 so the loop has no seam, with silent audio) in microseconds per frame, with no engine work,
 and fades the engine's next chunk in from the loop frame on screen (``ease_in``). Until a

@@ -124,7 +124,8 @@ class ChunkPlayout:
         self._upsampler = Upsampler()
         self._upsampler_epoch = 0
         """The interrupt epoch the upsampler's filter history belongs to."""
-        self._previous_silent = False
+        self._previous_silent = True
+        """The chunk before was silent or filler: rest (a session starts at rest)."""
         self._last_frame: np.ndarray | None = None  # [H, W, 3] uint8: the last frame queued
         self._fed_tail: deque[av.VideoFrame] = deque(maxlen=RESEED_FRAMES)
         """The last video frames fed to the track, oldest first (what a re-seed starts from)."""
@@ -182,6 +183,7 @@ class ChunkPlayout:
             return False  # interrupted again while building: the emit loop starts over
         self._feed(media, filler=True)
         state.went_out(index, filler=True)
+        self._previous_silent = True  # the loop is at rest
         return True
 
     def _filler(
@@ -223,7 +225,7 @@ class ChunkPlayout:
         self.idle_loop.prepare()
         silent = is_rest_audio(audio)
         if rest_candidate and silent and self._previous_silent:
-            self.idle_loop.capture(media)  # silence after silence: the mouth is at rest
+            self.idle_loop.capture(media)  # silence after rest: the mouth is at rest
         self._previous_silent = silent
         if ease:  # the first chunk after filler: no pose jump from the loop to the engine
             media = self.idle_loop.ease_in(media)

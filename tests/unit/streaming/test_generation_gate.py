@@ -2,7 +2,7 @@
 
 Pure rules over a real one-slot pool (``server.generation_slots``), chunk by chunk: a
 ``generate`` session generates every chunk and holds its slot; a ``loop`` session generates
-its rest chunks (only with a slot nobody waits for), then only its speech, re-seeding after
+its rest chunk (only with a free slot nobody waits for), then only its speech, re-seeding after
 the loop, gives the slot back once drained, waits for a busy slot (counted from the first chunk that found the speech) and
 drops the speech past the bound; an interrupt makes the next chunk re-seed.
 """
@@ -14,7 +14,7 @@ import pytest
 from pipeline.media import CHUNK_SECONDS
 from server.generation_slots import SlotPool
 from streaming.generation_gate import (
-    REST_CHUNKS,
+    LOOP_CHUNKS,
     GenerationGate,
     IdleMode,
     TakeDecision,
@@ -56,8 +56,8 @@ def test_a_loop_session_generates_its_rest_chunks_then_only_its_speech() -> None
         _take(gate, index, speech=index in speech, more=index == 5) for index in range(10)
     ]
     generated = [index for index, d in enumerate(steps) if d.step is TakeStep.GENERATE]
-    assert generated == [*range(REST_CHUNKS), 5, 6]
-    assert steps[5].reseed_after == 5 - REST_CHUNKS, "re-seeded after the loop's chunks"
+    assert generated == [*range(LOOP_CHUNKS), 5, 6]
+    assert steps[5].reseed_after == 5 - LOOP_CHUNKS, "re-seeded after the loop's chunks"
     assert steps[5].waited_s == 0.0 and steps[6].reseed_after is None
     assert pool.busy == 0, "silent again and drained: the slot went back"
 
@@ -65,7 +65,7 @@ def test_a_loop_session_generates_its_rest_chunks_then_only_its_speech() -> None
 def test_the_slot_goes_back_only_once_the_engine_delivered() -> None:
     pool = SlotPool(1)
     gate = _loop_gate(pool)
-    for index in range(REST_CHUNKS):
+    for index in range(LOOP_CHUNKS):
         _take(gate, index, speech=False)
     decision = gate.decide(2, 2 * CHUNK_SECONDS, speech=True)
     gate.generated(silent=False, more_speech=False)  # the utterance's last chunk
@@ -80,7 +80,7 @@ def test_speech_waits_for_a_busy_slot_then_generates_re_seeded() -> None:
     pool = SlotPool(1)
     other = pool.slot()
     gate = _loop_gate(pool)
-    for index in range(REST_CHUNKS):
+    for index in range(LOOP_CHUNKS):
         _take(gate, index, speech=False)
     assert other.request()
     steps = [_take(gate, index, speech=True) for index in (2, 3)]
@@ -89,7 +89,7 @@ def test_speech_waits_for_a_busy_slot_then_generates_re_seeded() -> None:
     decision = _take(gate, 4, speech=True)
     assert decision.step is TakeStep.GENERATE
     assert decision.waited_s == pytest.approx(2 * CHUNK_SECONDS)
-    assert decision.reseed_after == 4 - REST_CHUNKS
+    assert decision.reseed_after == 4 - LOOP_CHUNKS
 
 
 def test_speech_waiting_past_the_bound_is_dropped_and_the_queue_left() -> None:
@@ -99,12 +99,13 @@ def test_speech_waiting_past_the_bound_is_dropped_and_the_queue_left() -> None:
     gate = _loop_gate(pool)
     first = gate.decide(0, 0.0, speech=False)  # no free slot for the rest chunks: no queue
     assert first.step is TakeStep.IDLE and pool.waiting == 0
-    steps = [gate.decide(index, index * CHUNK_SECONDS, speech=True) for index in range(1, 5)]
+    steps = [gate.decide(index, index * CHUNK_SECONDS, speech=True) for index in range(1, 4)]
     wait, drop = TakeStep.WAIT, TakeStep.DROP
-    assert [d.step for d in steps] == [wait, wait, wait, drop]
-    assert steps[-1].waited_s == pytest.approx(3 * CHUNK_SECONDS)  # from chunk 1 to chunk 4
+    # found at chunk 1; at chunk 3 the next boundary (3 chunks, 3.36 s) would pass the bound
+    assert [d.step for d in steps] == [wait, wait, drop]
+    assert steps[-1].waited_s == pytest.approx(2 * CHUNK_SECONDS)
     assert pool.waiting == 0, "the dropped speech left the queue"
-    assert gate.decide(5, 5 * CHUNK_SECONDS, speech=True).step is wait, "new speech asks anew"
+    assert gate.decide(4, 4 * CHUNK_SECONDS, speech=True).step is wait, "new speech asks anew"
     assert pool.waiting == 1
 
 
@@ -112,7 +113,7 @@ def test_speech_cleared_while_waiting_leaves_the_queue() -> None:
     pool = SlotPool(1)
     other = pool.slot()
     gate = _loop_gate(pool)
-    for index in range(REST_CHUNKS):
+    for index in range(LOOP_CHUNKS):
         _take(gate, index, speech=False)
     other.request()
     assert _take(gate, 2, speech=True).step is TakeStep.WAIT
@@ -124,11 +125,12 @@ def test_speech_cleared_while_waiting_leaves_the_queue() -> None:
 def test_an_interrupt_makes_the_next_generated_chunk_re_seed() -> None:
     pool = SlotPool(1)
     gate = _loop_gate(pool)
-    for index in range(REST_CHUNKS):
+    for index in range(LOOP_CHUNKS):
         _take(gate, index, speech=False)
-    assert _take(gate, 2, speech=True, more=True).reseed_after is None, "right after chunk 1"
+    index = LOOP_CHUNKS
+    assert _take(gate, index, speech=True, more=True).reseed_after is None, "right after"
     gate.interrupted()
-    assert _take(gate, 3, speech=True).reseed_after == 0
+    assert _take(gate, index + 1, speech=True).reseed_after == 0
 
 
 def test_rest_chunks_take_only_a_slot_nobody_waits_for() -> None:
@@ -143,7 +145,10 @@ def test_rest_chunks_take_only_a_slot_nobody_waits_for() -> None:
     assert _take(gate, 1, speech=False).step is TakeStep.IDLE
     waiter.release()
     steps = [_take(gate, index, speech=False) for index in range(2, 6)]
-    assert [d.step for d in steps] == [TakeStep.GENERATE] * REST_CHUNKS + [TakeStep.IDLE] * 2
+    generate, idle = TakeStep.GENERATE, TakeStep.IDLE
+    assert [d.step for d in steps] == [generate] * LOOP_CHUNKS + [idle] * (
+        4 - LOOP_CHUNKS
+    )
     assert gate.has_rest and pool.busy == 0
 
 
@@ -158,5 +163,8 @@ def test_after_its_first_speech_a_session_without_a_rest_chunk_makes_one() -> No
     assert _take(gate, 1, speech=True).step is TakeStep.WAIT
     other.release()
     steps = [_take(gate, index, speech=index == 2) for index in range(2, 7)]
-    assert [d.step for d in steps] == [TakeStep.GENERATE] * (1 + REST_CHUNKS) + [TakeStep.IDLE] * 2
-    assert pool.busy == 0
+    generate, idle = TakeStep.GENERATE, TakeStep.IDLE
+    # the slot goes back after the speech; the loop (the avatar held) plays a chunk, then a
+    # free slot makes the rest chunk: silence right after rest
+    assert [d.step for d in steps] == [generate, idle, generate, idle, idle]
+    assert steps[2].reseed_after == 1 and gate.has_rest and pool.busy == 0

@@ -22,7 +22,7 @@ import pytest
 from pipeline.engine import EngineWorker
 from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, RESEED_FRAMES, Avatar
 from server.generation_slots import SessionSlot, SlotPool
-from streaming.generation_gate import REST_CHUNKS, IdleMode
+from streaming.generation_gate import LOOP_CHUNKS, IdleMode
 from streaming.observer import NullObserver
 from streaming.session import AvatarSession
 from streaming.session_config import AudioSource, SessionConfig
@@ -128,13 +128,13 @@ async def test_a_silent_session_plays_its_rest_chunk_and_takes_no_engine_time(
     await loop.until("five chunks sent", lambda: len(loop.greys) >= 5 * CHUNK_FRAMES)
     await loop.close()
 
-    assert [job.index for job in loop.state.jobs] == list(range(REST_CHUNKS))
+    assert [job.index for job in loop.state.jobs] == list(range(LOOP_CHUNKS))
     assert busy == 0, "the slot went back after the rest chunks"
     stats = loop.stats()
-    assert all(stats[k]["compute_ms"] is not None for k in range(REST_CHUNKS))
+    assert all(stats[k]["compute_ms"] is not None for k in range(LOOP_CHUNKS))
     assert all(stats[k]["problem"] == "loop" and stats[k]["compute_ms"] is None for k in (2, 3, 4))
-    loop_frames = loop.greys[REST_CHUNKS * CHUNK_FRAMES : 5 * CHUNK_FRAMES]
-    assert all(abs(g - grey_level(REST_CHUNKS - 1)) <= GREY_TOLERANCE for g in loop_frames)
+    loop_frames = loop.greys[LOOP_CHUNKS * CHUNK_FRAMES : 5 * CHUNK_FRAMES]
+    assert all(abs(g - grey_level(LOOP_CHUNKS - 1)) <= GREY_TOLERANCE for g in loop_frames)
 
 
 async def test_speech_takes_the_slot_re_seeds_from_the_loop_and_gives_it_back(
@@ -157,15 +157,15 @@ async def test_speech_takes_the_slot_re_seeds_from_the_loop_and_gives_it_back(
 
     first = speech_chunks[0]
     assert len(speech_chunks) == 2 and speech_chunks == [first, first + 1]
-    assert [j.index for j in loop.state.jobs] == [*range(REST_CHUNKS), first, first + 1]
+    assert [j.index for j in loop.state.jobs] == [*range(LOOP_CHUNKS), first, first + 1]
     (before, reseed), = loop.state.reseeds
-    assert before == REST_CHUNKS, "the re-seed came right before the first speech chunk"
+    assert before == LOOP_CHUNKS, "the re-seed came right before the first speech chunk"
     assert reseed.frames.shape == (RESEED_FRAMES, HEIGHT, WIDTH, 3)
-    loop_grey = grey_level(REST_CHUNKS - 1)
+    loop_grey = grey_level(LOOP_CHUNKS - 1)
     assert np.all(np.abs(reseed.frames.astype(int) - loop_grey) <= GREY_TOLERANCE), (
         "the engine re-seeds from the loop frames on screen"
     )
-    assert reseed.silent_samples == (first - REST_CHUNKS) * CHUNK_SAMPLES
+    assert reseed.silent_samples == (first - LOOP_CHUNKS) * CHUNK_SAMPLES
     stats = loop.stats()
     assert stats[first]["compute_ms"] is not None and stats[first + 1]["compute_ms"] is not None
     assert stats[last + 1]["problem"] == "loop"
@@ -183,7 +183,7 @@ async def test_speech_waits_for_a_busy_slot_and_is_dropped_past_the_bound(
     observer = WaitRecorder()
     loop = await _loop_session(start_worker(engine), engine, pool.slot(), observer)
     loop.session.start()
-    await loop.until("rest chunks made", lambda: REST_CHUNKS in loop.stats())
+    await loop.until("rest chunks made", lambda: LOOP_CHUNKS in loop.stats())
     other = pool.slot()
     assert other.request(), "another session speaks: the only slot is busy"
     # 1. speech that gets the slot after a wait
@@ -209,12 +209,12 @@ async def test_speech_waits_for_a_busy_slot_and_is_dropped_past_the_bound(
     await loop.until("next speech", lambda: len(loop.of_type("speech.started")) == 2)
     await loop.close()
 
-    assert 1000 <= started["wait_ms"] <= (WAIT_MAX_S + 1.2) * 1000, started
+    assert 1000 <= started["wait_ms"] <= WAIT_MAX_S * 1000, started
     assert observer.waits[0] * 1000 == pytest.approx(started["wait_ms"], abs=1)
     (error,) = loop.of_type("error")
     assert error["code"] == "speech_wait_timeout" and "dropped" in error["message"]
     assert observer.dropped == 1 and queued_after_drop == 0
     speech_jobs = [job for job in loop.state.jobs if np.any(job.audio)]
     assert len(speech_jobs) == 2, "the dropped speech never reached the engine"
-    assert dropped_at == REST_CHUNKS + 1
+    assert dropped_at == LOOP_CHUNKS + 1
     assert loop.of_type("speech.started")[1]["wait_ms"] == 0
