@@ -354,9 +354,9 @@ class PuppetEngine:
 
     def reseed(self, state: PuppetState, reseed: Reseed) -> None:
         """Continue from the frames shown: the idle clock moves to the first moment (within
-        ``RESEED_SEARCH_S``) whose head positions match theirs, the mouth level is read back
-        from the last one, and the next blink is scheduled afresh. ``silent_samples`` changes
-        nothing: the puppet keeps no audio history."""
+        ``RESEED_SEARCH_S``) whose head positions match theirs, the mouth level and a blink
+        under way are read back from the last one, and the next blink is scheduled afresh.
+        ``silent_samples`` changes nothing: the puppet keeps no audio history."""
         frames = reseed.frames  # [5, H, W, 3]
         if frames.shape[1:3] != (self.height, self.width):
             raise ValueError(
@@ -368,7 +368,8 @@ class PuppetEngine:
         state.frame_count = last + 1
         level = min(mouth_open_metric(frames[-1], self.height, self.width), 1.0)
         state.mouth_level = level if level >= MOUTH_CLOSED_BELOW else 0.0
-        state.blink_start = None
+        phase = self._blink_phase_of(frames[-1], state, *shown[-1])
+        state.blink_start = None if phase is None else last - phase  # a blink goes on
         pause = state.rng.uniform(*BLINK_INTERVAL_S)
         state.next_blink_frame = state.frame_count + round(pause * self.fps)
 
@@ -506,6 +507,36 @@ class PuppetEngine:
                 if error < best_error:
                     best, best_error = (dy, dx), error
         return best
+
+    def _blink_phase_of(
+        self, frame: np.ndarray, state: PuppetState, dy: int, dx: int
+    ) -> int | None:
+        """The blink frame (index into ``BLINK_CLOSURE``) ``frame`` shows, or ``None`` when
+        its eyes are open: the eye region compared with each closure drawn at (dy, dx)."""
+        rows, cols = self._eye_box(dy, dx)
+        seen = frame[rows, cols].astype(np.int16)  # [h, w, 3]
+        rendered = state.prepared.background.copy()  # [H, W, 3]
+        self._paste_head(rendered, state.prepared, dy, dx)
+        best: int | None = None
+        best_error = math.inf
+        for phase, closure in [(None, 0.0), *enumerate(BLINK_CLOSURE)]:
+            candidate = rendered.copy()
+            self._draw_eyelids(candidate, state, closure, dy, dx)
+            error = float(np.mean(np.abs(seen - candidate[rows, cols])))
+            if error < best_error:
+                best, best_error = phase, error
+        return best
+
+    def _eye_box(self, dy: int, dx: int) -> tuple[slice, slice]:
+        """Rows and columns around both eyes at head offset (dy, dx)."""
+        layout = self.layout
+        half_h = math.ceil(EYELID_SCALE * layout.eye_half_height) + 1
+        half_w = math.ceil(EYELID_SCALE * layout.eye_half_width) + 1
+        left, right = layout.eye_centres_x
+        return (
+            slice(layout.eye_centre_y + dy - half_h, layout.eye_centre_y + dy + half_h + 1),
+            slice(left + dx - half_w, right + dx + half_w + 1),
+        )
 
     def _idle_clock_matching(self, state: PuppetState, shown: list[tuple[int, int]]) -> int:
         """The first idle-clock frame ``t`` from the session's clock on whose last

@@ -5,8 +5,8 @@
   played ends the audio ring, and the next chunk continues from them: two sessions with
   different histories re-seeded from the same frames after a ring's worth of silence
   generate the same chunk, which a session continuing from its own last chunk does not;
-- puppet: the head position and the mouth are read back from the frames, so the next frame
-  continues from the last one shown;
+- puppet: the head position, the mouth and a blink under way are read back from the frames,
+  so the next frame continues from the last one shown;
 - the device thread applies a job's re-seed right before its step, and a failing re-seed
   fails that chunk as a value.
 
@@ -142,6 +142,15 @@ def test_the_puppet_continues_from_the_last_frame_shown() -> None:
     assert change(following[0], resumed[0]) <= ordinary
     assert change(shown[-1], unseeded[0]) > change(shown[-1], resumed[0])
     assert later.mouth_level == 0.0
+
+    # frames that end in the middle of a blink: the blink goes on
+    clock = puppet.open_session(avatar, SEED)
+    blinking = next(t for t in range(4, len(frames)) if puppet._blink_closure(clock, t) > 0)
+    blinking += 1  # the blink's second frame (eyes shut)
+    puppet.reseed(later, Reseed(frames[blinking - 4 : blinking + 1].copy(), 0))
+    assert later.blink_start is not None
+    resumed = puppet.step(later, ChunkJob(9, silence)).frames
+    assert change(frames[blinking], resumed[0]) <= ordinary
     with pytest.raises(ValueError, match="puppet's size"):
         puppet.reseed(later, Reseed(np.zeros((RESEED_FRAMES, 8, 8, 3), np.uint8), 0))
 
