@@ -1,6 +1,6 @@
 # Shared set-up of the device scripts that run the whole server: sourced, never run alone.
-# Installs the carried serving stack (.whl/, benchmarks/README.md) into /tmp/site, puts the
-# repo and the Python client on PYTHONPATH, records the GPU and versions, and defines
+# benchmarks/setup.sh installs the carried serving stack (.whl/, benchmarks/README.md) and
+# records the GPU and versions; this defines
 #   start_server PROFILE [FLAGS...]   headcast serve in the background (env HEADCAST_* apply),
 #                                     log in $OUT/server.log, pid in $SERVER
 #   wait_ready                        until /readyz is 200 (READY_LIMIT_S), else exit 1
@@ -8,18 +8,7 @@
 #   summarise_gpu NAME                median SM clock and power while busy, peak memory
 #   stop_server                       /metrics to $OUT/metrics.txt, SIGTERM, the log's key lines
 set -u
-: "${OUT:?OUT must be set (the device tool sets it)}"
-if [[ -z ${SKIP_WHEELS:-} ]]; then  # SKIP_WHEELS=1: a machine with the stack installed
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-fi
-export PYTHONPATH=/tmp/site:$PWD:$PWD/clients/python PYTHONUNBUFFERED=1
-LOG=$OUT/log.txt
-{
-    date -u +%Y-%m-%dT%H:%M:%SZ
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-} 2>&1 | tee -a "$LOG"
+source benchmarks/setup.sh
 
 PORT=${PORT:-8000}
 URL=http://127.0.0.1:$PORT

@@ -24,7 +24,13 @@ from urllib.parse import urlsplit
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
-from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError, over_groups
+from headcast_client import (
+    ArrayAudioTrack,
+    HeadcastClient,
+    HeadcastError,
+    SessionInfo,
+    over_groups,
+)
 from loadtests.duty_cycle import (
     FrameLog,
     SpeechFigures,
@@ -379,14 +385,9 @@ async def _one_session(
         return
     loop = asyncio.get_running_loop()
     began = loop.time()
-    try:
-        session = await client.create_session(plan.avatar)
-    except HeadcastError as exc:
-        if exc.status == HTTP_TOO_MANY_REQUESTS:
-            result.outcome = "rejected"
-            result.detail = f"server full (429, Retry-After {exc.headers.get('Retry-After', '?')} s)"
-            return
-        raise
+    session = await _create(client, plan, result, "mic")
+    if session is None:
+        return
     mic = ArrayAudioTrack(speech, MIC_RATE_HZ, loop=True)
     connection = None
     try:
@@ -420,6 +421,20 @@ async def _one_session(
             logger.warning("session %d: hanging up failed: %r", result.index, exc)
 
 
+async def _create(
+    client: HeadcastClient, plan: LoadPlan, result: SessionResult, audio_source: str
+) -> SessionInfo | None:
+    """A new session; ``None`` (``result`` says so) when the server is full (429)."""
+    try:
+        return await client.create_session(plan.avatar, audio_source=audio_source)
+    except HeadcastError as exc:
+        if exc.status == HTTP_TOO_MANY_REQUESTS:
+            result.outcome = "rejected"
+            result.detail = f"server full (429, Retry-After {exc.headers.get('Retry-After', '?')} s)"
+            return None
+        raise
+
+
 async def _one_speaking_session(
     client: HeadcastClient, plan: LoadPlan, result: SessionResult, burst: np.ndarray
 ) -> None:
@@ -429,14 +444,9 @@ async def _one_speaking_session(
     assert plan.duty_cycle is not None
     loop = asyncio.get_running_loop()
     began = loop.time()
-    try:
-        session = await client.create_session(plan.avatar, audio_source="push")
-    except HeadcastError as exc:
-        if exc.status == HTTP_TOO_MANY_REQUESTS:
-            result.outcome = "rejected"
-            result.detail = f"server full (429, Retry-After {exc.headers.get('Retry-After', '?')} s)"
-            return
-        raise
+    session = await _create(client, plan, result, "push")
+    if session is None:
+        return
     figures, frames = SpeechFigures(), FrameLog()
     result.speech = figures
     connection = None

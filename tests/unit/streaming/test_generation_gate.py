@@ -37,6 +37,15 @@ def _loop_gate(pool: SlotPool) -> GenerationGate:
     return GenerationGate(IdleMode.LOOP, pool.slot(), speech_wait_max_s=WAIT_MAX_S)
 
 
+def _rested_gate(pool: SlotPool) -> GenerationGate:
+    """A loop-mode gate past its rest chunk (the loop plays), its slot given back."""
+    gate = _loop_gate(pool)
+    for index in range(LOOP_CHUNKS):
+        _take(gate, index, speech=False)
+    assert gate.has_rest and pool.busy == 0
+    return gate
+
+
 def test_generate_mode_generates_every_chunk_and_keeps_its_slot() -> None:
     pool = SlotPool(1)
     gate = GenerationGate(IdleMode.GENERATE, pool.slot(), speech_wait_max_s=WAIT_MAX_S)
@@ -64,9 +73,7 @@ def test_a_loop_session_generates_its_rest_chunks_then_only_its_speech() -> None
 
 def test_the_slot_goes_back_only_once_the_engine_delivered() -> None:
     pool = SlotPool(1)
-    gate = _loop_gate(pool)
-    for index in range(LOOP_CHUNKS):
-        _take(gate, index, speech=False)
+    gate = _rested_gate(pool)
     decision = gate.decide(2, 2 * CHUNK_SECONDS, speech=True)
     gate.generated(silent=False, more_speech=False)  # the utterance's last chunk
     assert decision.step is TakeStep.GENERATE and gate.releasing and pool.busy == 1
@@ -79,9 +86,7 @@ def test_the_slot_goes_back_only_once_the_engine_delivered() -> None:
 def test_speech_waits_for_a_busy_slot_then_generates_re_seeded() -> None:
     pool = SlotPool(1)
     other = pool.slot()
-    gate = _loop_gate(pool)
-    for index in range(LOOP_CHUNKS):
-        _take(gate, index, speech=False)
+    gate = _rested_gate(pool)
     assert other.request()
     steps = [_take(gate, index, speech=True) for index in (2, 3)]
     assert [d.step for d in steps] == [TakeStep.WAIT, TakeStep.WAIT]
@@ -112,9 +117,7 @@ def test_speech_waiting_past_the_bound_is_dropped_and_the_queue_left() -> None:
 def test_speech_cleared_while_waiting_leaves_the_queue() -> None:
     pool = SlotPool(1)
     other = pool.slot()
-    gate = _loop_gate(pool)
-    for index in range(LOOP_CHUNKS):
-        _take(gate, index, speech=False)
+    gate = _rested_gate(pool)
     other.request()
     assert _take(gate, 2, speech=True).step is TakeStep.WAIT
     assert pool.waiting == 1
@@ -124,9 +127,7 @@ def test_speech_cleared_while_waiting_leaves_the_queue() -> None:
 
 def test_an_interrupt_makes_the_next_generated_chunk_re_seed() -> None:
     pool = SlotPool(1)
-    gate = _loop_gate(pool)
-    for index in range(LOOP_CHUNKS):
-        _take(gate, index, speech=False)
+    gate = _rested_gate(pool)
     index = LOOP_CHUNKS
     assert _take(gate, index, speech=True, more=True).reseed_after is None, "right after"
     gate.interrupted()

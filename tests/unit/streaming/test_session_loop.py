@@ -93,6 +93,18 @@ class LoopSession:
         await self.session.close("test over")
 
 
+async def _started(
+    start_worker: Callable[[FakeEngine], EngineWorker],
+) -> tuple[LoopSession, SlotPool, WaitRecorder]:
+    """A started loop session on a fake engine with a one-slot pool of its own."""
+    pool = SlotPool(1)
+    engine = FakeEngine(HEIGHT, WIDTH)
+    observer = WaitRecorder()
+    loop = await _loop_session(start_worker(engine), engine, pool.slot(), observer)
+    loop.session.start()
+    return loop, pool, observer
+
+
 async def _loop_session(
     worker: EngineWorker, engine: FakeEngine, slot: SessionSlot, observer: WaitRecorder
 ) -> LoopSession:
@@ -119,10 +131,7 @@ def _speech(chunks: int) -> np.ndarray:
 async def test_a_silent_session_plays_its_rest_chunk_and_takes_no_engine_time(
     start_worker: Callable[[FakeEngine], EngineWorker],
 ) -> None:
-    pool = SlotPool(1)
-    engine = FakeEngine(HEIGHT, WIDTH)
-    loop = await _loop_session(start_worker(engine), engine, pool.slot(), WaitRecorder())
-    loop.session.start()
+    loop, pool, _observer = await _started(start_worker)
     await loop.until("six chunks out", lambda: len(loop.stats()) >= 6)
     busy = pool.busy
     await loop.until("five chunks sent", lambda: len(loop.greys) >= 5 * CHUNK_FRAMES)
@@ -140,11 +149,7 @@ async def test_a_silent_session_plays_its_rest_chunk_and_takes_no_engine_time(
 async def test_speech_takes_the_slot_re_seeds_from_the_loop_and_gives_it_back(
     start_worker: Callable[[FakeEngine], EngineWorker],
 ) -> None:
-    pool = SlotPool(1)
-    engine = FakeEngine(HEIGHT, WIDTH)
-    observer = WaitRecorder()
-    loop = await _loop_session(start_worker(engine), engine, pool.slot(), observer)
-    loop.session.start()
+    loop, pool, observer = await _started(start_worker)
     await loop.until("chunk 3 out", lambda: 3 in loop.stats())
     loop.session.push_audio(_speech(2))
     loop.session.end_of_speech()
@@ -178,11 +183,7 @@ async def test_speech_takes_the_slot_re_seeds_from_the_loop_and_gives_it_back(
 async def test_speech_waits_for_a_busy_slot_and_is_dropped_past_the_bound(
     start_worker: Callable[[FakeEngine], EngineWorker],
 ) -> None:
-    pool = SlotPool(1)
-    engine = FakeEngine(HEIGHT, WIDTH)
-    observer = WaitRecorder()
-    loop = await _loop_session(start_worker(engine), engine, pool.slot(), observer)
-    loop.session.start()
+    loop, pool, observer = await _started(start_worker)
     await loop.until("rest chunks made", lambda: LOOP_CHUNKS in loop.stats())
     other = pool.slot()
     assert other.request(), "another session speaks: the only slot is busy"
