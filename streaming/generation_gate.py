@@ -5,8 +5,9 @@ the session holds a generation slot all its life) or ``loop`` (a silent session 
 idle loop and takes no engine time) -- and ``GenerationGate``, the rule the take loop asks
 at every chunk boundary. In ``loop`` mode:
 
-- holding a slot: ``GENERATE`` while there is speech to take; once the audio is silent,
-  ``IDLE``, and the slot goes back as soon as the engine delivered the last chunk submitted
+- holding a slot: ``GENERATE`` while there is speech to take or an utterance is under way
+  (a gap in pushed speech is generated, not looped); once the audio is silent and no
+  utterance open, ``IDLE``, and the slot goes back as soon as the engine delivered the last chunk submitted
   (``drained``) -- already after the take of an utterance's last chunk when the speech
   input expects no more;
 - not holding one: speech asks for a slot (``GenerationSlot.request``: first come, first
@@ -109,14 +110,18 @@ class GenerationGate:
         """True while the slot waits for the engine's last chunk before it goes back."""
         return self._releasing
 
-    def decide(self, index: int, now: float, *, speech: bool) -> TakeDecision:
+    def decide(
+        self, index: int, now: float, *, speech: bool, open_utterance: bool = False
+    ) -> TakeDecision:
         """The step for chunk ``index``, taken at wall time ``now``; ``speech``: the audio
-        the chunk would take is speech (not silence)."""
+        the chunk would take is speech (not silence); ``open_utterance``: an utterance is
+        under way (more of it is coming even if this chunk's audio is not there yet): a
+        session that holds its slot keeps it and generates the gap."""
         if self.mode is IdleMode.GENERATE:
             self._slot.request()  # held all along: a generating session is a busy slot
             return TakeDecision(TakeStep.GENERATE)
         if self._slot.held:
-            return self._with_slot(index, now, speech)
+            return self._with_slot(index, now, speech or open_utterance)
         if speech:
             if self._speech_since is None:
                 self._speech_since = now

@@ -150,7 +150,10 @@ class ChunkScheduler:
         while True:
             await self._clock.sleep_until(self._take_time(index))
             now = self._clock.now()
-            decision = self.gate.decide(index, now, speech=self._speech.pending_speech())
+            speech = self._speech
+            decision = self.gate.decide(
+                index, now, speech=speech.pending_speech(), open_utterance=speech.more_speech()
+            )
             match decision.step:
                 case TakeStep.GENERATE:
                     if not await self._generate(index, decision):

@@ -169,3 +169,15 @@ def test_after_its_first_speech_a_session_without_a_rest_chunk_makes_one() -> No
     # free slot makes the rest chunk: silence right after rest
     assert [d.step for d in steps] == [generate, idle, generate, idle, idle]
     assert steps[2].reseed_after == 1 and gate.has_rest and pool.busy == 0
+
+
+def test_a_gap_inside_an_utterance_keeps_the_slot() -> None:
+    pool = SlotPool(1)
+    gate = _rested_gate(pool)
+    assert _take(gate, 1, speech=True, more=True).step is TakeStep.GENERATE
+    gap = gate.decide(2, 2 * CHUNK_SECONDS, speech=False, open_utterance=True)
+    assert gap.step is TakeStep.GENERATE and gap.reseed_after is None
+    gate.generated(silent=True, more_speech=True)
+    assert pool.busy == 1 and not gate.releasing
+    assert _take(gate, 3, speech=True).step is TakeStep.GENERATE
+    assert _take(gate, 4, speech=False).step is TakeStep.IDLE and pool.busy == 0
