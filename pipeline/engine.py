@@ -2,7 +2,8 @@
 
 Owns the registry of engines by name (each with its typed options; the ``Engine`` protocol
 and the errors live in ``pipeline.engine_api`` and are re-exported here), the job queue into
-the device thread and the bounded per-session mailboxes out of it. Errors raised by an
+the device thread (a job that carries a ``Reseed`` re-seeds its session right before its
+step) and the bounded per-session mailboxes out of it. Errors raised by an
 engine travel to the session that caused them as values (``ChunkFailure``); other sessions
 keep running.
 
