@@ -1,18 +1,9 @@
 # Shared set-up of the device scripts: sourced, never run alone.
-# Installs the carried wheels (.whl/: pyloudnorm, optimum-quanto, bitsandbytes) into
-# /tmp/site, puts the repo on PYTHONPATH, records the GPU and versions, and defines
-# `bench LABEL ARGS...`, which runs `python3 -m pipeline.bench` with a time limit and
-# appends its one-line JSON report to $OUT/reports.jsonl and its table to $OUT/summary.md.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-: "${OUT:?OUT must be set (the device tool sets it)}"
-LOG=$OUT/log.txt
-{
-    date -u +%Y-%m-%dT%H:%M:%SZ
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
-} 2>&1 | tee -a "$LOG"
+# benchmarks/setup.sh installs the carried wheels (.whl/: pyloudnorm, optimum-quanto,
+# bitsandbytes) and records the GPU and versions; this defines `bench LABEL ARGS...`, which
+# runs `python3 -m pipeline.bench` with a time limit and appends its one-line JSON report to
+# $OUT/reports.jsonl and its table to $OUT/summary.md.
+source benchmarks/setup.sh
 
 # Seconds after the script's start by which every step must have ended.
 DEADLINE=${DEADLINE:-570}

@@ -4,6 +4,8 @@ Exit status: 0 when every session streamed (and reached ``--min-fps`` if given),
 failed or fell short, 2 for a plan outside the bounds. ``--json FILE`` also writes the report.
 With ``--soak``: 0 when the verdict passes, 1 when it fails; the series and the summary go
 to ``--out`` (see ``loadtests.soak``).
+``--duty-cycle F`` runs push sessions that speak F of the time, in bursts of ``--burst``
+seconds (``loadtests.duty_cycle``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtests.driver import MAX_DURATION_S, MAX_SESSIONS, LoadPlan, LoadPlanError, run_load
+from loadtests.duty_cycle import Spread
+from loadtests.driver import (
+    DEFAULT_BURST_S,
+    MAX_DURATION_S,
+    MAX_SESSIONS,
+    LoadPlan,
+    LoadPlanError,
+    run_load,
+)
 from loadtests.soak import SoakPlan, parse_duration, run_soak
 
 logger = logging.getLogger("loadtests")
@@ -52,6 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--warmup", type=float, help="seconds of warm-up (default 10 %% of the soak, 30 s .. 5 min)")
     soak.add_argument("--soak-sessions", type=int, help="calls at once (default: the server's capacity)")
     parser.add_argument(
+        "--duty-cycle",
+        type=float,
+        help="share of the time each session speaks, in (0, 1]: push (chatbot) sessions that "
+        "speak in bursts; reports speech waits and chunks generated vs played (default: "
+        "microphone sessions speaking all the time)",
+    )
+    parser.add_argument(
+        "--burst", type=float, default=DEFAULT_BURST_S, help="seconds of speech per burst"
+    )
+    parser.add_argument(
+        "--spread",
+        choices=[s.value for s in Spread],
+        default=Spread.RANDOM.value,
+        help="bursts at random times like independent callers (seeded), or spread evenly",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random burst times")
+    parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
         help=f"API key for creating sessions, when the server has api_keys configured "
@@ -74,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ramp_s=args.ramp,
         avatar=args.avatar,
         api_key=args.api_key or None,
+        duty_cycle=args.duty_cycle,
+        burst_s=args.burst,
+        spread=Spread(args.spread),
+        seed=args.seed,
     )
     try:
         plan.validate()

@@ -1,12 +1,13 @@
 """The ``tiny`` and ``flashtalk`` engines: the diffusion generator behind the Engine protocol.
 
 Owns building the generator on the device thread (``load``), warming it up with one chunk,
-measuring its real-time factor, and adapting ``FlashTalkGenerator`` sessions to chunk jobs.
-Frames are resized to the engine's output size (on the device, before the copy to the host)
-when the preset generates another size.
+measuring its real-time factor, and adapting ``FlashTalkGenerator`` sessions to chunk jobs
+and re-seeds. Frames are resized to the engine's output size when the preset generates
+another size (on the device, before the copy to the host; a re-seed's frames back to the
+generated size).
 Created with a ``parallel`` group of N > 1 ranks, the engine is one rank of a
 sequence-parallel group (``pipeline.parallel``): every rank calls ``load``,
-``open_session``, ``step`` and ``close_session`` in lockstep with the same arguments;
+``open_session``, ``step``, ``reseed`` and ``close_session`` in lockstep with the same arguments;
 rank 0's chunks carry the frames, the other ranks' chunks carry none.
 Knows nothing about asyncio or WebRTC.
 """
@@ -21,12 +22,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PipelineConfig, preset
 from pipeline.engine_options import FlashTalkOptions, TinyOptions
 from pipeline.generator import FlashTalkGenerator, StreamState
-from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, Avatar, Chunk, ChunkJob
+from pipeline.media import (
+    CHUNK_SAMPLES,
+    CHUNK_SECONDS,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    Avatar,
+    Chunk,
+    ChunkJob,
+    Reseed,
+)
 from pipeline.parallel import ParallelGroup
 from pipeline.speedups import SpeedOptions, apply_speedups
 
@@ -35,6 +46,16 @@ logger = logging.getLogger(__name__)
 WARMUP_CHUNKS = 2
 """Chunks generated at load time so the first session does not pay for warm-up. The first
 pays for ``torch.compile`` and cuDNN autotuning; the last one's time is the measured RTF."""
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[T, h, w, 3] uint8 -> [T, height, width, 3] uint8 (bilinear, on the CPU); unchanged if
+    equal. For the few frames of a re-seed; chunks are resized on the device."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T, 3, h, w]
+    resized = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 class DiffusionEngine:
@@ -166,6 +187,13 @@ class DiffusionEngine:
             compute_seconds=time.perf_counter() - started,
             stats=output.timings,
         )
+
+    def reseed(self, state: Any, reseed: Reseed) -> None:
+        """Motion latents from the VAE encode of the frames shown (resized to the generated
+        size), the silence that played into the audio ring."""
+        config = self.config
+        frames = resize_frames(reseed.frames, config.height, config.width)  # [5, h, w, 3]
+        self._require_generator().reseed(state, frames, reseed.silent_samples)
 
     def close_session(self, state: Any) -> None:
         """Nothing to free: the state's tensors go with the state."""

@@ -2,7 +2,8 @@
 
 Owns the registry of engines by name (each with its typed options; the ``Engine`` protocol
 and the errors live in ``pipeline.engine_api`` and are re-exported here), the job queue into
-the device thread and the bounded per-session mailboxes out of it. Errors raised by an
+the device thread (a job that carries a ``Reseed`` re-seeds its session right before its
+step) and the bounded per-session mailboxes out of it. Errors raised by an
 engine travel to the session that caused them as values (``ChunkFailure``); other sessions
 keep running.
 
@@ -19,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pipeline.engine_api import (
@@ -486,7 +487,11 @@ class EngineWorker:
         else:
             started = time.perf_counter()
             try:
-                chunk = self.engine.step(state, item.job)
+                job = item.job
+                if job.reseed is not None:  # the session played its idle loop meanwhile
+                    self.engine.reseed(state, job.reseed)
+                    job = replace(job, reseed=None)
+                chunk = self.engine.step(state, job)
                 elapsed = time.perf_counter() - started
                 result = Chunk(
                     index=chunk.index,

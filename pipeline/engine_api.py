@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from pipeline.media import Avatar, Chunk, ChunkJob
+from pipeline.media import Avatar, Chunk, ChunkJob, Reseed
 
 if TYPE_CHECKING:
     from pipeline.parallel import ParallelGroup
@@ -82,6 +82,13 @@ class Engine(Protocol):
 
     def step(self, state: Any, job: ChunkJob) -> Chunk:
         """Turn one chunk of audio into 28 frames, advancing ``state``."""
+        ...
+
+    def reseed(self, state: Any, reseed: Reseed) -> None:
+        """Make ``state`` continue from ``reseed.frames`` (the last frames the session showed,
+        at the engine's output size) after ``reseed.silent_samples`` of silence: the next
+        ``step`` then continues from the picture on screen. Called before a chunk whose job
+        carries a ``Reseed`` (``idle_mode: loop``, when speech resumes after the idle loop)."""
         ...
 
     def close_session(self, state: Any) -> None:

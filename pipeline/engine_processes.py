@@ -3,7 +3,7 @@
 Owns ``ProcessGroupEngine``: an ``Engine`` for the server's ``EngineWorker`` thread that, in
 ``load``, starts one worker process per device (``python -m pipeline.group_worker``, with
 NVLink multicast switched off in its environment), hands each its ``GroupSpec`` over a Unix
-socket pair, and then forwards ``open_session`` / ``step`` / ``close_session`` to rank 0 and
+socket pair, and then forwards ``open_session`` / ``step`` / ``reseed`` / ``close_session`` to rank 0 and
 waits for its reply. Because it sits behind the ordinary ``EngineWorker``, sessions keep the
 same ``SessionHandle`` (submit, ``drop_pending``, mailbox) whether their group is a thread or
 processes: streaming never sees ranks.
@@ -46,12 +46,13 @@ from pipeline.group_messages import (
     Loaded,
     OpenRequest,
     Request,
+    ReseedRequest,
     StepRequest,
     StopRequest,
     recv_message,
     send_message,
 )
-from pipeline.media import Avatar, Chunk, ChunkJob
+from pipeline.media import Avatar, Chunk, ChunkJob, Reseed
 from pipeline.rendezvous import CHILD_ENV, free_port
 
 logger = logging.getLogger(__name__)
@@ -195,11 +196,15 @@ class ProcessGroupEngine:
 
     def step(self, state: RemoteSession, job: ChunkJob) -> Chunk:
         started = time.perf_counter()
-        reply = self._call(StepRequest(state.session, job))
+        # A job's re-seed went ahead as its own request (``reseed``): its frames cross once.
+        reply = self._call(StepRequest(state.session, replace(job, reseed=None)))
         if reply.chunk is None:
             raise EngineError(f"{self.label} answered a step without a chunk")
         # What the session waits for: the ranks' compute plus the trip of the frames.
         return replace(reply.chunk, compute_seconds=time.perf_counter() - started)
+
+    def reseed(self, state: RemoteSession, reseed: Reseed) -> None:
+        self._call(ReseedRequest(state.session, reseed))
 
     def close_session(self, state: RemoteSession) -> None:
         if self.failure is None:

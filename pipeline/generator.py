@@ -301,6 +301,29 @@ class FlashTalkGenerator:
         )
 
     @torch.no_grad()
+    def reseed(self, state: StreamState, frames: np.ndarray, silent_samples: int) -> None:
+        """Continue ``state`` from ``frames`` after ``silent_samples`` of silence.
+
+        ``frames`` is ``[motion_frames, H, W, 3]`` uint8 RGB at the generated size: the
+        last frames the viewer saw (a session's idle loop played while the engine made
+        nothing for it). Their VAE encode becomes the motion latents, exactly as a chunk's
+        own last frames are re-encoded in ``generate_chunk``; the silence that played goes
+        into the audio ring, so the next chunk's audio features see what was heard.
+        """
+        cfg = self.config
+        expected = (cfg.audio.motion_frames, cfg.height, cfg.width, 3)
+        if frames.shape != expected:
+            raise ValueError(f"re-seed frames must be {list(expected)} uint8, got {frames.shape}")
+        # 1. uint8 RGB -> [-1, 1] video, the inverse of frames_to_uint8
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)  # [M, H, W, 3]
+        video = pixels.permute(3, 0, 1, 2)[None].float() / 255.0 * 2.0 - 1.0  # [1, 3, M, H, W]
+        # 2. the motion latents the next chunk starts from
+        state.motion = self.codec.encode(video.to(self.dtype))[0]  # [z, M', h, w]
+        # 3. the silence that played, as the ring's newest samples
+        heard = min(silent_samples, state.ring.capacity)
+        state.ring.push(np.zeros(heard, dtype=np.float32))
+
+    @torch.no_grad()
     def step(self, state: StreamState, audio: np.ndarray) -> ChunkOutput:
         """One chunk: 17,920 new samples (float32, 16 kHz) -> 28 new frames; advances state."""
         timer = stage_timer(self.device)

@@ -2,7 +2,7 @@
 
 Owns ``GroupSpec`` (what a worker process is told when it starts), the requests rank 0 takes
 from the server and hands on to the other ranks (``OpenRequest``, ``StepRequest``,
-``CloseRequest``, ``StopRequest``; ``Heartbeat`` between ranks only), the replies rank 0
+``ReseedRequest``, ``CloseRequest``, ``StopRequest``; ``Heartbeat`` between ranks only), the replies rank 0
 sends back (``Loaded``, ``Done``, ``Failed``) and ``send_message`` / ``recv_message``:
 pickle protocol 5 with out-of-band buffers over a ``multiprocessing`` connection (a Unix
 socket pair), so a chunk's frames (28.9 MB at 768x448) cross as one raw write and one raw
@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from pipeline.engine_options import EngineOptions
-from pipeline.media import Avatar, Chunk, ChunkJob
+from pipeline.media import Avatar, Chunk, ChunkJob, Reseed
 
 PICKLE_PROTOCOL = 5
 """The pickle protocol with out-of-band buffers (PEP 574)."""
@@ -76,6 +76,15 @@ class StepRequest:
 
 
 @dataclass(frozen=True)
+class ReseedRequest:
+    """Re-seed session ``session``'s motion state from the frames it showed (before its
+    next step; ``idle_mode: loop``)."""
+
+    session: int
+    reseed: Reseed
+
+
+@dataclass(frozen=True)
 class CloseRequest:
     """Release the state of session ``session``."""
 
@@ -93,7 +102,7 @@ class Heartbeat:
     only; keeps an idle group inside the control group's timeout)."""
 
 
-Request = OpenRequest | StepRequest | CloseRequest | StopRequest | Heartbeat
+Request = OpenRequest | StepRequest | ReseedRequest | CloseRequest | StopRequest | Heartbeat
 
 
 # -- replies: rank 0 -> the server ----------------------------------------------------------------

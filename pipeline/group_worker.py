@@ -41,6 +41,7 @@ from pipeline.group_messages import (
     OpenRequest,
     Reply,
     Request,
+    ReseedRequest,
     StepRequest,
     StopRequest,
     contiguous,
@@ -225,7 +226,9 @@ def _next_request(rank: _Rank) -> Request:
     except (EOFError, OSError):
         logger.warning("the server closed the connection; stopping the group")
         return StopRequest()
-    if not isinstance(request, OpenRequest | StepRequest | CloseRequest | StopRequest):
+    if not isinstance(
+        request, OpenRequest | StepRequest | ReseedRequest | CloseRequest | StopRequest
+    ):
         raise TypeError(f"unexpected request {type(request).__name__} from the server")
     return request
 
@@ -256,6 +259,12 @@ def _apply(rank: _Rank, request: Request) -> tuple[Any, str | None]:
             if state is None:
                 return None, f"session {request.session} is not open on rank {rank.spec.rank}"
             return engine.step(state, request.job), None
+        if isinstance(request, ReseedRequest):
+            state = rank.states.get(request.session)
+            if state is None:
+                return None, f"session {request.session} is not open on rank {rank.spec.rank}"
+            engine.reseed(state, request.reseed)
+            return None, None
         if isinstance(request, CloseRequest):
             _forget(rank, request.session)
             return None, None

@@ -37,6 +37,12 @@ DEFAULT_HEIGHT = 768
 DEFAULT_WIDTH = 448
 """Default output frame width in pixels."""
 
+RESEED_FRAMES = 5
+"""Frames on screen a re-seed carries: FlashTalk's motion frames (the last 5 frames of a
+chunk condition the next one)."""
+
+RGB_CHANNELS = 3
+
 MS_PER_S = 1000
 """Milliseconds per second (events and the API report media durations in whole ms)."""
 
@@ -73,11 +79,39 @@ class Avatar:
 
 
 @dataclass(frozen=True)
+class Reseed:
+    """What a session showed while the engine was not generating for it (``idle_mode:
+    loop``): the engine re-seeds its motion state from it before the next chunk, so that
+    chunk continues from the picture on screen instead of from the engine's last chunk."""
+
+    frames: np.ndarray  # [RESEED_FRAMES, H, W, 3] uint8 RGB, the last frames shown, oldest first
+    silent_samples: int
+    """Media samples (16 kHz) that played as silence since the engine's last chunk of this
+    session: the engine's audio history should hold them as silence."""
+
+    def __post_init__(self) -> None:
+        frames = self.frames
+        if frames.ndim != 4 or frames.shape[0] != RESEED_FRAMES or frames.shape[3] != RGB_CHANNELS:
+            raise ValueError(
+                f"a re-seed carries [{RESEED_FRAMES}, H, W, {RGB_CHANNELS}] frames, "
+                f"got {frames.shape}"
+            )
+        if frames.dtype != np.uint8:
+            raise ValueError(f"re-seed frames must be uint8 RGB, got {frames.dtype}")
+        if self.silent_samples < 0:
+            raise ValueError(f"silent_samples must be >= 0, got {self.silent_samples}")
+
+
+@dataclass(frozen=True)
 class ChunkJob:
-    """One chunk of audio to turn into frames: media index ``index``, 17,920 samples."""
+    """One chunk of audio to turn into frames: media index ``index``, 17,920 samples.
+
+    ``reseed``: the engine re-seeds the session's motion state from it first (the session
+    played its idle loop since its last chunk)."""
 
     index: int
     audio: np.ndarray  # [CHUNK_SAMPLES] float32 in [-1, 1] at 16 kHz
+    reseed: Reseed | None = None
 
     def __post_init__(self) -> None:
         if self.audio.shape != (CHUNK_SAMPLES,):

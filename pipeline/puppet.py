@@ -1,9 +1,10 @@
 """The ``puppet`` engine: a CPU stand-in that animates the avatar image from audio energy.
 
 Owns the puppet's per-session state, the mapping from each 40 ms frame's audio energy to a
-mouth opening, the idle motion (head sway, breathing bob, blinks), the "puppet" corner label
-and ``mouth_open_metric``, which measures the mouth opening back from a (possibly lossy
-decoded) frame. No weights and no torch (numpy and PIL only, so a puppet-only server starts
+mouth opening, the idle motion (head sway, breathing bob, blinks), the "puppet" corner label,
+``mouth_open_metric``, which measures the mouth opening back from a (possibly lossy
+decoded) frame, and the re-seed: reading the head's position and the mouth back from frames
+shown so the next chunk continues from them. No weights and no torch (numpy and PIL only, so a puppet-only server starts
 fast); real time on a couple of CPU cores with several sessions. It is a demo and
 integration target, not the FlashTalk model, and says so.
 
@@ -47,6 +48,7 @@ from pipeline.media import (
     Avatar,
     Chunk,
     ChunkJob,
+    Reseed,
     frame_levels_dbfs,
 )
 
@@ -107,6 +109,14 @@ FIRST_BLINK_S = (0.4, 2.5)
 """Range of the random delay of a session's first blink, in seconds."""
 EYELID_SCALE = 1.2
 """The eyelid covers the layout's eye ellipse scaled by this."""
+
+# -- re-seed ------------------------------------------------------------------------------------
+
+RESEED_SEARCH_S = 30.0
+"""How far ahead of the session's idle clock a re-seed looks for the moment whose head
+positions match the frames shown, in seconds (sway and bob repeat within it)."""
+RESEED_SUBSAMPLE = 4
+"""A re-seed compares every 4th pixel of the head region (both axes) with each candidate."""
 
 # -- label and caches -------------------------------------------------------------------------
 
@@ -342,6 +352,27 @@ class PuppetEngine:
             stats={"mouth_level_mean": float(levels.mean())},
         )
 
+    def reseed(self, state: PuppetState, reseed: Reseed) -> None:
+        """Continue from the frames shown: the idle clock moves to the first moment (within
+        ``RESEED_SEARCH_S``) whose head positions match theirs, the mouth level and a blink
+        under way are read back from the last one, and the next blink is scheduled afresh.
+        ``silent_samples`` changes nothing: the puppet keeps no audio history."""
+        frames = reseed.frames  # [5, H, W, 3]
+        if frames.shape[1:3] != (self.height, self.width):
+            raise ValueError(
+                f"re-seed frames must be {self.height}x{self.width} (the puppet's size), got "
+                f"{frames.shape[2]}x{frames.shape[1]}"
+            )
+        shown = [self._head_offset_of(frame, state.prepared) for frame in frames]
+        last = self._idle_clock_matching(state, shown)
+        state.frame_count = last + 1
+        level = min(mouth_open_metric(frames[-1], self.height, self.width), 1.0)
+        state.mouth_level = level if level >= MOUTH_CLOSED_BELOW else 0.0
+        phase = self._blink_phase_of(frames[-1], state, *shown[-1])
+        state.blink_start = None if phase is None else last - phase  # a blink goes on
+        pause = state.rng.uniform(*BLINK_INTERVAL_S)
+        state.next_blink_frame = state.frame_count + round(pause * self.fps)
+
     def close_session(self, state: PuppetState) -> None:
         """Nothing to release: the state holds no resources; the avatar cache stays warm."""
 
@@ -437,10 +468,17 @@ class PuppetEngine:
         """Put the head region, shifted by (dy, dx), into ``frame`` in place (one copy)."""
         if dy == 0 and dx == 0:
             return
+        rows, cols, _weights = self._head
+        frame[rows, cols] = self._moved_head(prepared, dy, dx)
+
+    def _moved_head(self, prepared: _Prepared, dy: int, dx: int) -> np.ndarray:
+        """The head region [h, w, 3] uint8 shifted by (dy, dx), edges blended (cached)."""
         rows, cols, weights = self._head
+        background = prepared.background  # [H, W, 3]
+        if dy == 0 and dx == 0:
+            return background[rows, cols]
         moved_head = prepared.moved_heads.get((dy, dx))
         if moved_head is None:
-            background = prepared.background  # [H, W, 3]
             still = background[rows, cols].astype(np.uint16)  # [h, w, 3]
             moved = background[
                 rows.start - dy : rows.stop - dy, cols.start - dx : cols.stop - dx
@@ -448,7 +486,74 @@ class PuppetEngine:
             blended = moved * weights + still * (BLEND_ONE - weights) + BLEND_ONE // 2
             moved_head = (blended >> BLEND_SHIFT).astype(np.uint8)  # [h, w, 3]
             prepared.moved_heads[(dy, dx)] = moved_head
-        frame[rows, cols] = moved_head
+        return moved_head
+
+    # -- re-seed -----------------------------------------------------------------------------
+
+    def _head_offset_of(self, frame: np.ndarray, prepared: _Prepared) -> tuple[int, int]:
+        """The idle offset (dy, dx) whose head region is closest to ``frame``'s (mean absolute
+        difference on a subsampled grid; the mouth and eyelids differ alike for every
+        candidate, the head's outline only at the right offset)."""
+        rows, cols, _weights = self._head
+        step = RESEED_SUBSAMPLE
+        seen = frame[rows, cols][::step, ::step].astype(np.int16)  # [h/4, w/4, 3]
+        bob, sway = _bob_px(self.layout), _sway_px(self.layout)
+        best: tuple[int, int] = (0, 0)
+        best_error = math.inf
+        for dy in range(-bob, bob + 1):
+            for dx in range(-sway, sway + 1):
+                head = self._moved_head(prepared, dy, dx)[::step, ::step]  # [h/4, w/4, 3]
+                error = float(np.mean(np.abs(seen - head)))
+                if error < best_error:
+                    best, best_error = (dy, dx), error
+        return best
+
+    def _blink_phase_of(
+        self, frame: np.ndarray, state: PuppetState, dy: int, dx: int
+    ) -> int | None:
+        """The blink frame (index into ``BLINK_CLOSURE``) ``frame`` shows, or ``None`` when
+        its eyes are open: the eye region compared with each closure drawn at (dy, dx)."""
+        rows, cols = self._eye_box(dy, dx)
+        seen = frame[rows, cols].astype(np.int16)  # [h, w, 3]
+        rendered = state.prepared.background.copy()  # [H, W, 3]
+        self._paste_head(rendered, state.prepared, dy, dx)
+        best: int | None = None
+        best_error = math.inf
+        for phase, closure in [(None, 0.0), *enumerate(BLINK_CLOSURE)]:
+            candidate = rendered.copy()
+            self._draw_eyelids(candidate, state, closure, dy, dx)
+            error = float(np.mean(np.abs(seen - candidate[rows, cols])))
+            if error < best_error:
+                best, best_error = phase, error
+        return best
+
+    def _eye_box(self, dy: int, dx: int) -> tuple[slice, slice]:
+        """Rows and columns around both eyes at head offset (dy, dx)."""
+        layout = self.layout
+        half_h = math.ceil(EYELID_SCALE * layout.eye_half_height) + 1
+        half_w = math.ceil(EYELID_SCALE * layout.eye_half_width) + 1
+        left, right = layout.eye_centres_x
+        return (
+            slice(layout.eye_centre_y + dy - half_h, layout.eye_centre_y + dy + half_h + 1),
+            slice(left + dx - half_w, right + dx + half_w + 1),
+        )
+
+    def _idle_clock_matching(self, state: PuppetState, shown: list[tuple[int, int]]) -> int:
+        """The first idle-clock frame ``t`` from the session's clock on whose last
+        ``len(shown)`` head offsets (frames ``t - n + 1 .. t``) are closest to ``shown``."""
+        count = len(shown)
+        first = state.frame_count + count - 1
+        best, best_error = first, math.inf
+        for t in range(first, first + round(RESEED_SEARCH_S * self.fps)):
+            error = 0
+            for back, (dy, dx) in enumerate(reversed(shown)):
+                ty, tx = self._idle_offset(state, t - back)
+                error += abs(ty - dy) + abs(tx - dx)
+            if error < best_error:
+                best, best_error = t, error
+                if error == 0:
+                    break
+        return best
 
     def _draw_eyelids(
         self, frame: np.ndarray, state: PuppetState, closure: float, dy: int, dx: int

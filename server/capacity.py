@@ -1,9 +1,15 @@
-"""How many sessions the server admits at once.
+"""How much an engine group takes on: its generation slots and its connected sessions.
 
 Owns ``capacity_from_rtf`` (the pure rule: a device that needs ``rtf`` seconds of compute per
-second of media serves ``floor(1 / rtf)`` sessions in real time, at least one) and
-``CapacityPolicy`` (a configured ``max_sessions`` wins; otherwise the engine's measured
-warm-up RTF decides; an engine that measures none gets the configured fallback).
+second of media generates ``floor(1 / rtf)`` chunks in real time, at least one),
+``GroupCapacity`` (a group's generation slots and session limit, and where they came from)
+and ``CapacityPolicy``, which settles them for a loaded engine:
+
+- generation slots: ``generation_slots`` if configured; in ``idle_mode: generate`` a
+  configured ``max_sessions`` (every session generates all the time, so that is what it
+  always meant); else ``floor(1 / RTF)`` of the engine's warm-up; an engine that measures
+  none gets the fallback;
+- sessions: ``max_sessions`` if configured, else the generation slots.
 
 Knows nothing about sessions, groups, HTTP or metrics; reads the engine's ``warmup_rtf``
 (``pipeline.engine_api.Engine``) only.
@@ -22,7 +28,7 @@ MIN_SESSIONS = 1
 
 
 def capacity_from_rtf(rtf: float | None, fallback: int) -> int:
-    """``floor(1 / rtf)`` sessions, at least ``MIN_SESSIONS``; ``fallback`` if ``rtf`` is unknown.
+    """``floor(1 / rtf)``, at least ``MIN_SESSIONS``; ``fallback`` if ``rtf`` is unknown.
 
     ``rtf`` is unknown when ``None``, not finite or not positive.
     """
@@ -42,21 +48,57 @@ def measured_rtf(engine: Engine) -> float | None:
 
 
 @dataclass(frozen=True)
+class GroupCapacity:
+    """What one ready engine group takes on."""
+
+    slots: int
+    """Generation slots: chunks the group generates in real time at once."""
+
+    sessions: int
+    """Connected sessions the group admits (more get 429)."""
+
+    source: str
+    """Where the figures came from, for the log."""
+
+
+@dataclass(frozen=True)
 class CapacityPolicy:
-    """Where the session limit comes from."""
+    """Where a group's generation slots and session limit come from."""
 
     max_sessions: int | None
-    """Configured limit; ``None``: derive it from the engine's measured RTF."""
+    """Configured session limit; ``None``: the generation slots."""
 
     fallback: int
-    """Limit when ``max_sessions`` is unset and the engine measured no RTF."""
+    """Generation slots when nothing is configured and the engine measured no RTF."""
 
-    def resolve(self, engine: Engine) -> tuple[int, str]:
-        """The limit for a loaded ``engine`` and a phrase saying where it came from."""
-        if self.max_sessions is not None:
+    generation_slots: int | None = None
+    """Configured generation slots; ``None``: see ``resolve``."""
+
+    loop: bool = False
+    """``idle_mode: loop``: sessions may outnumber the slots (a silent session holds none)."""
+
+    def __post_init__(self) -> None:
+        slots, sessions = self.generation_slots, self.max_sessions
+        if not self.loop and slots is not None and sessions is not None and sessions > slots:
+            raise ValueError(
+                f"max_sessions ({sessions}) exceeds generation_slots ({slots}) in idle_mode "
+                "generate, where every session generates all the time"
+            )
+
+    def resolve(self, engine: Engine) -> GroupCapacity:
+        """The capacity of a group whose loaded engine is ``engine``."""
+        slots, source = self._slots(engine)
+        if self.max_sessions is None:
+            return GroupCapacity(slots, slots, f"{source}; as many sessions")
+        return GroupCapacity(slots, self.max_sessions, f"{source}; configured max_sessions")
+
+    def _slots(self, engine: Engine) -> tuple[int, str]:
+        if self.generation_slots is not None:
+            return self.generation_slots, "configured generation_slots"
+        if not self.loop and self.max_sessions is not None:
             return self.max_sessions, "configured max_sessions"
         rtf = measured_rtf(engine)
-        limit = capacity_from_rtf(rtf, self.fallback)
+        slots = capacity_from_rtf(rtf, self.fallback)
         if rtf is None or not math.isfinite(rtf) or rtf <= 0:
-            return limit, "max_sessions_fallback (the engine measured no RTF)"
-        return limit, f"floor(1 / measured RTF {rtf:.3f})"
+            return slots, "max_sessions_fallback (the engine measured no RTF)"
+        return slots, f"floor(1 / measured RTF {rtf:.3f})"

@@ -3,10 +3,11 @@ group that dies.
 
 Owns ``EngineGroups``: one ``EngineWorker`` per ``GroupPlan`` (in the server process for a
 single one-device group, else a ``ProcessGroupEngine`` of worker processes behind it), each
-group's session slots (``CapacityPolicy`` applied to the group's own warm-up RTF, settled
-once per start of the group), placement (``acquire``: the least-loaded ready group with a
-free slot, as a ``Lease`` the session releases when it ends), ``capacity`` (the sum of the
-ready groups' slots), ``statuses`` for ``/readyz`` and ``/metrics``, and the failure path: a
+group's capacity (``CapacityPolicy`` applied to the group's own warm-up RTF, settled once
+per start of the group: its generation slots, a ``SlotPool``, and its session limit),
+placement (``acquire``: the least-loaded ready group with room for a session, as a
+``Lease`` -- the worker and the session's ``SessionSlot`` in its group's pool -- that the
+session releases when it ends), ``capacity`` (the sum of the ready groups' session limits), ``statuses`` for ``/readyz`` and ``/metrics``, and the failure path: a
 group whose worker process died calls every lease's ``on_lost(reason)`` (the registry ends
 those sessions with an error event), shuts the dead incarnation down and starts it again, at
 most ``restarts`` times; then it stays failed and the other groups go on. A group that fails
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING
 from pipeline.engine import Engine, EngineNotReady, EngineWorker, default_registry
 from pipeline.engine_options import EngineOptions
 from pipeline.engine_processes import ProcessGroupEngine
-from server.capacity import CapacityPolicy
+from server.capacity import CapacityPolicy, GroupCapacity
+from server.generation_slots import SessionSlot, SlotPool
 from server.group_plan import CPU_DEVICE, GroupPlan
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 class CapacityReached(RuntimeError):
-    """Every session slot of every ready group is taken."""
+    """Every ready group has as many sessions as it admits."""
 
 
 class GroupState(enum.StrEnum):
@@ -66,7 +68,16 @@ class GroupStatus:
     """Sessions placed on the group now."""
 
     capacity: int
-    """Session slots (0 unless ready)."""
+    """Sessions the group admits (0 unless ready)."""
+
+    generation_slots: int
+    """Chunks the group generates in real time at once (0 unless ready)."""
+
+    generation_busy: int
+    """Generation slots held by sessions now."""
+
+    speech_waiting: int
+    """Sessions waiting for a generation slot now."""
 
     warmup_rtf: float | None
     """Compute seconds per second of media measured at the group's warm-up."""
@@ -94,8 +105,11 @@ class _Group:
     """Bumped at every (re)start: a failure report of an older incarnation is stale."""
 
     leases: set[Lease] = field(default_factory=set)
-    slots: int | None = None
-    """Session slots of the current incarnation, settled once it is ready."""
+    capacity: GroupCapacity | None = None
+    """Slots and session limit of the current incarnation, settled once it is ready."""
+
+    pool: SlotPool = field(default_factory=SlotPool)
+    """The group's generation slots (sized when ``capacity`` is settled)."""
 
     failures: int = 0
     restarting: bool = False
@@ -108,11 +122,14 @@ class _Group:
 
 
 class Lease:
-    """A session's place on a group: the worker it talks to, until ``release``."""
+    """A session's place on a group: the worker it talks to and its generation slot, until
+    ``release``."""
 
     def __init__(self, group: _Group, on_lost: Callable[[str], None]) -> None:
         self._group = group
         self.worker = group.worker
+        self.slot: SessionSlot = group.pool.slot()
+        """The session's place in the group's generation slots."""
         self.on_lost = on_lost
         """Called on the event loop if the group dies under the session, with the cause."""
 
@@ -122,8 +139,9 @@ class Lease:
         return self._group.label
 
     def release(self) -> None:
-        """Free the slot (idempotent)."""
+        """Free the session's place and its generation slot (idempotent)."""
         self._group.leases.discard(self)
+        self.slot.release()
 
 
 class EngineGroups:
@@ -199,29 +217,32 @@ class EngineGroups:
 
     @property
     def capacity(self) -> int | None:
-        """Session slots of the ready groups, or ``None`` while none is ready."""
+        """Sessions the ready groups admit, or ``None`` while none is ready."""
         ready = [g for g in self._groups if self._state(g) is GroupState.READY]
         if not ready:
             return None
-        return sum(self._slots(g) for g in ready)
+        return sum(self._capacity(g).sessions for g in ready)
 
     def acquire(self, on_lost: Callable[[str], None]) -> Lease:
-        """A slot on the least-loaded ready group with one free.
+        """A place on the least-loaded ready group with room for one more session.
 
         Raises ``EngineNotReady`` when no group is ready and ``CapacityReached`` when every
-        slot is taken.
+        group is full.
         """
         ready = [g for g in self._groups if self._state(g) is GroupState.READY]
         if not ready:
             raise EngineNotReady(self.not_ready_reason())
-        free = [g for g in ready if len(g.leases) < self._slots(g)]
+        free = [g for g in ready if len(g.leases) < self._capacity(g).sessions]
         if not free:
-            capacity = sum(self._slots(g) for g in ready)
+            capacity = sum(self._capacity(g).sessions for g in ready)
             raise CapacityReached(
                 f"every session slot is in use ({capacity} of {capacity}); retry later, or set "
-                "max_sessions (HEADCAST_MAX_SESSIONS) higher if the engine keeps up with more"
+                "max_sessions (HEADCAST_MAX_SESSIONS) higher if the engine keeps up with more "
+                "(with idle_mode: loop, silent sessions take no engine time)"
             )
-        group = min(free, key=lambda g: (len(g.leases) / self._slots(g), g.plan.index))
+        group = min(
+            free, key=lambda g: (len(g.leases) / self._capacity(g).sessions, g.plan.index)
+        )
         lease = Lease(group, on_lost)
         group.leases.add(lease)
         return lease
@@ -240,13 +261,17 @@ class EngineGroups:
         result = []
         for group in self._groups:
             state = self._state(group)
+            ready = state is GroupState.READY
             result.append(
                 GroupStatus(
                     index=group.plan.index,
                     devices=group.plan.devices,
                     state=state,
                     sessions=len(group.leases),
-                    capacity=self._slots(group) if state is GroupState.READY else 0,
+                    capacity=self._capacity(group).sessions if ready else 0,
+                    generation_slots=self._capacity(group).slots if ready else 0,
+                    generation_busy=group.pool.busy,
+                    speech_waiting=group.pool.waiting,
                     warmup_rtf=group.engine.warmup_rtf if state is GroupState.READY else None,
                     failures=group.failures,
                     last_failure=group.last_failure,
@@ -281,13 +306,17 @@ class EngineGroups:
             return "loading and warming up"
         return "ready"
 
-    def _slots(self, group: _Group) -> int:
-        """The group's session slots, settled the first time it is seen ready."""
-        if group.slots is None:
-            limit, source = self._policy.resolve(group.engine)
-            group.slots = limit
-            logger.info("group %s: %d session slot(s) (%s)", group.label, limit, source)
-        return group.slots
+    def _capacity(self, group: _Group) -> GroupCapacity:
+        """The group's slots and session limit, settled the first time it is seen ready."""
+        if group.capacity is None:
+            capacity = self._policy.resolve(group.engine)
+            group.capacity = capacity
+            group.pool.resize(capacity.slots)
+            logger.info(
+                "group %s: %d generation slot(s), %d session(s) (%s)",
+                group.label, capacity.slots, capacity.sessions, capacity.source,
+            )  # fmt: skip
+        return group.capacity
 
     # -- failures ------------------------------------------------------------------------------
 
@@ -323,7 +352,7 @@ class EngineGroups:
             return
         group.failures += 1
         group.last_failure = reason
-        group.slots = None
+        group.capacity = None
         lost = list(group.leases)
         logger.error(
             "group %s failed: %s; ending its %d session(s)", group.label, reason, len(lost)

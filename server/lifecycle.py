@@ -166,6 +166,12 @@ class LifecycleObserver:
     def on_audio_queued(self, queued_s: float) -> None:
         self._inner.on_audio_queued(queued_s)
 
+    def on_speech_wait(self, seconds: float) -> None:
+        self._inner.on_speech_wait(seconds)
+
+    def on_speech_dropped(self) -> None:
+        self._inner.on_speech_dropped()
+
     def on_activity(self) -> None:
         self._lifecycle.activity()
         self._inner.on_activity()

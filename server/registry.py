@@ -176,6 +176,7 @@ class SessionRegistry:
                 audio_source=audio_source,
                 push_format=push_format,
                 observer=LifecycleObserver(self._metrics.for_group(lease.group), lifecycle),
+                slot=lease.slot,
                 executor=self._executor,
                 seed=self._seeds,
                 on_closed=lambda _media, reason: self._forget(session_id, reason),

@@ -34,6 +34,7 @@ from server.settings import Settings
 from server.turn import TurnMinter
 from streaming.codecs import VideoCodec
 from streaming.executor import start_media_executor
+from streaming.generation_gate import IdleMode
 from streaming.ice import HostCandidatePolicy
 from streaming.peer import PeerConfig
 from streaming.session_config import SessionConfig
@@ -91,7 +92,11 @@ def turn_minter(settings: Settings) -> TurnMinter | None:
 def session_config(settings: Settings) -> SessionConfig:
     """The media timing side of ``settings``."""
     return SessionConfig(
-        height=settings.height, width=settings.width, latency_budget_s=settings.latency_budget_s
+        height=settings.height,
+        width=settings.width,
+        latency_budget_s=settings.latency_budget_s,
+        idle_mode=IdleMode(settings.idle_mode),
+        speech_wait_max_s=settings.speech_wait_max_s,
     )
 
 
@@ -107,7 +112,10 @@ def lifecycle_policy(settings: Settings) -> LifecyclePolicy:
 def capacity_policy(settings: Settings) -> CapacityPolicy:
     """Where the session limit of ``settings`` comes from."""
     return CapacityPolicy(
-        max_sessions=settings.max_sessions, fallback=settings.max_sessions_fallback
+        max_sessions=settings.max_sessions,
+        fallback=settings.max_sessions_fallback,
+        generation_slots=settings.generation_slots,
+        loop=settings.idle_mode == IdleMode.LOOP,
     )
 
 
@@ -228,6 +236,12 @@ class Runtime:
             )
             metrics.group_capacity.labels(group=label).set_function(
                 lambda i=plan.index: float(self._status(i).capacity)
+            )
+            metrics.generation_slots.labels(group=label).set_function(
+                lambda i=plan.index: float(self._status(i).generation_slots)
+            )
+            metrics.generation_slots_busy.labels(group=label).set_function(
+                lambda i=plan.index: float(self._status(i).generation_busy)
             )
 
     def _status(self, index: int) -> GroupStatus:

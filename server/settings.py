@@ -28,8 +28,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH
+from streaming.session_config import DEFAULT_SPEECH_WAIT_MAX_S
 
 EngineName = Literal["puppet", "tiny", "flashtalk"]
+IdleModeName = Literal["generate", "loop"]
 VideoCodecName = Literal["vp8", "h264"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -55,6 +57,8 @@ DEFAULT_HTTP_KEEP_ALIVE_S = 5
 DEFAULT_MAX_AUDIO_SOCKETS = 2
 DEFAULT_GROUP_RESTARTS = 2
 """Restarts of an engine group whose worker died before it stays failed."""
+MAX_SPEECH_WAIT_S = 60.0
+"""Upper bound of ``speech_wait_max_s``: speech held longer than this is stale."""
 
 MIN_API_KEY_CHARS = 16
 """Shortest API key accepted: shorter keys are guessable."""
@@ -185,15 +189,37 @@ class Settings(BaseSettings):
     stays ``failed`` in ``/readyz`` and the other groups go on."""
 
     max_sessions: int | None = Field(None, ge=1)
-    """Sessions each engine group serves at once (one group unless ``gpus`` makes several);
-    the server's limit is the sum over its ready groups, and further session requests get
-    429 with Retry-After. Unset: ``floor(1 / RTF)`` of each group's warm-up real-time factor
-    (at least 1), so a group that cannot serve two sessions in real time admits one;
-    engines that measure no RTF (the puppet) get ``max_sessions_fallback``."""
+    """Connected sessions each engine group serves at once (one group unless ``gpus`` makes
+    several); the server's limit is the sum over its ready groups, and further session
+    requests get 429 with Retry-After. Unset: the group's ``generation_slots``. In
+    ``idle_mode: generate`` every session generates all the time, so this is at most
+    ``generation_slots`` (and, when only this is set, it sets them: the slots are what it
+    always meant); in ``loop`` it may exceed them (docs/idle.md says how far)."""
 
     max_sessions_fallback: int = Field(DEFAULT_MAX_SESSIONS_FALLBACK, ge=1)
-    """Sessions each engine group serves at once when ``max_sessions`` is unset and the
-    engine measures no real-time factor."""
+    """Generation slots of each engine group when neither ``generation_slots`` nor (in
+    ``generate`` mode) ``max_sessions`` is set and the engine measures no real-time factor
+    (the puppet)."""
+
+    idle_mode: IdleModeName = "generate"
+    """What a silent session costs. ``generate``: every 1.12 s chunk goes through the engine,
+    silence included (natural idle motion, a whole generation slot per session, always).
+    ``loop``: a silent session plays its latest rest chunk as a loop and takes no engine
+    time; when it speaks it takes a free generation slot (or waits for one) and the engine
+    re-seeds from the frames on screen. docs/idle.md compares the two."""
+
+    generation_slots: int | None = Field(None, ge=1)
+    """Chunks each engine group generates in real time at once: how many sessions may speak
+    (``loop``) or be connected (``generate``) at the same time. Unset: ``floor(1 / RTF)`` of
+    the group's warm-up real-time factor (at least 1), or ``max_sessions`` in ``generate``
+    mode when that is set; engines that measure no RTF (the puppet) get
+    ``max_sessions_fallback``."""
+
+    speech_wait_max_s: float = Field(DEFAULT_SPEECH_WAIT_MAX_S, gt=0, le=MAX_SPEECH_WAIT_S)
+    """``loop`` mode: the longest a session's speech waits for a free generation slot, in
+    seconds; past it the speech is dropped and the session gets an ``error`` event
+    (``speech_wait_timeout``). Waits show in ``speech.started`` (``wait_ms``) and in
+    ``headcast_speech_wait_seconds``."""
 
     session_token_ttl_s: float = Field(DEFAULT_SESSION_TOKEN_TTL_S, gt=0)
     """Seconds a session token can start its session (the WebRTC offer or the audio
@@ -293,6 +319,17 @@ class Settings(BaseSettings):
                 f"device(s) {repeated} listed twice: each device belongs to one group only"
             )
         return gpus
+
+    @model_validator(mode="after")
+    def _sessions_within_slots(self) -> Settings:
+        slots, sessions = self.generation_slots, self.max_sessions
+        if self.idle_mode == "generate" and slots and sessions and sessions > slots:
+            raise ValueError(
+                f"max_sessions ({sessions}) exceeds generation_slots ({slots}) in idle_mode "
+                "generate, where every connected session generates all the time; lower "
+                "max_sessions, or set idle_mode: loop so silent sessions take no slot"
+            )
+        return self
 
     @model_validator(mode="after")
     def _whole_groups(self) -> Settings:

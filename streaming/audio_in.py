@@ -85,6 +85,19 @@ class AudioIntake:
         self._buffered -= filled
         return out, filled
 
+    def peek(self, count: int) -> np.ndarray:
+        """The next ``count`` samples ``take`` would return (padded with silence), left in
+        the intake. ``[count]`` float32."""
+        out = np.zeros(count, dtype=np.float32)
+        filled = 0
+        for block in self._blocks:
+            if filled >= count:
+                break
+            n = min(count - filled, block.size)
+            out[filled : filled + n] = block[:n]
+            filled += n
+        return out
+
     def clear(self) -> None:
         """Drop everything buffered (interrupt, close)."""
         self._blocks.clear()

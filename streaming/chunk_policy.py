@@ -6,6 +6,8 @@ rule the emit loop follows for the chunk at the output cursor (``InterruptState.
 
 - not taken yet -> ``Wait`` for the next take;
 - taken before the last interrupt -> ``Filler`` (idle-loop frames and silence);
+- taken for the idle loop (``idle_mode: loop``: silence, or speech waiting for a slot, was
+  not submitted) -> ``Filler`` too;
 - never submitted, the session's mailbox was full -> ``Held`` (``ENGINE_BUSY``);
 - the engine failed -> ``Held`` (``ENGINE_ERROR``); unusable frames or audio -> ``Held``
   (``BAD_OUTPUT``);
@@ -27,12 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.engine import ChunkFailure, MailboxItem
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Chunk
+from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, RGB_CHANNELS, Chunk
 from streaming.idle import is_rest_audio
 from streaming.interrupt_state import InterruptState
 from streaming.observer import ChunkProblem
 
-RGB_CHANNELS = 3
+INTERRUPTED_PROBLEM = "interrupted"
+"""``chunk.stats`` problem of a chunk replaced by idle-loop filler after an interrupt."""
+
+LOOP_PROBLEM = "loop"
+"""``chunk.stats`` problem of a chunk a silent session (``idle_mode: loop``) played from its
+idle loop without the engine."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class Filler:
     """Send chunk ``index`` as idle-loop frames and silence."""
 
     index: int
+    problem: str = INTERRUPTED_PROBLEM
+    """Why (``chunk.stats``): ``INTERRUPTED_PROBLEM`` or ``LOOP_PROBLEM``."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class ChunkBook:
         """The index of the next chunk to take."""
         self._audio: dict[int, np.ndarray] = {}
         self._busy: set[int] = set()
+        self._loop: set[int] = set()
         self._results: dict[int, MailboxItem] = {}
 
     def taken(self, index: int, audio: np.ndarray, *, submitted: bool) -> None:
@@ -99,6 +109,11 @@ class ChunkBook:
         self._audio[index] = audio
         if not submitted:
             self._busy.add(index)
+        self.next_take = index + 1
+
+    def looped(self, index: int) -> None:
+        """Chunk ``index`` plays from the idle loop: no engine job (``idle_mode: loop``)."""
+        self._loop.add(index)
         self.next_take = index + 1
 
     def arrived(self, item: MailboxItem, next_out: int) -> bool:
@@ -111,14 +126,13 @@ class ChunkBook:
     def forget_from(self, first: int) -> None:
         """Drop what is known of chunks ``first`` and later (an interrupt's cut)."""
         for index in range(first, self.next_take):
-            self._audio.pop(index, None)
-            self._busy.discard(index)
-            self._results.pop(index, None)
+            self._forget(index)
 
     def clear(self) -> None:
         """Drop everything (close)."""
         self._audio.clear()
         self._busy.clear()
+        self._loop.clear()
         self._results.clear()
 
     def next_step(
@@ -133,6 +147,9 @@ class ChunkBook:
         if state.is_filler(index):
             self._forget(index)
             return Filler(index)
+        if index in self._loop:
+            self._forget(index)
+            return Filler(index, LOOP_PROBLEM)
         if index in self._busy:
             return self._held(
                 index, ChunkProblem.ENGINE_BUSY, "was not submitted (the engine was busy)"
@@ -160,4 +177,5 @@ class ChunkBook:
     def _forget(self, index: int) -> None:
         self._audio.pop(index, None)
         self._busy.discard(index)
+        self._loop.discard(index)
         self._results.pop(index, None)

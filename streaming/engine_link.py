@@ -4,7 +4,7 @@ Owns ``EngineLink``: it opens the session on the ``EngineWorker`` (the engine pr
 avatar on its device thread), turns the thread's two callbacks into event-loop calls -- the
 preparation's outcome into a future (``wait_prepared``), a result in the mailbox into
 ``on_result()`` -- and passes chunk jobs and results through (``submit``, ``results``,
-``drop_pending``, ``close``). The device thread never touches asyncio objects directly:
+``in_flight``, ``drop_pending``, ``close``). The device thread never touches asyncio objects directly:
 everything it reports goes through ``call_soon_threadsafe``.
 
 Knows nothing about media time, tracks, audio sources or what a result is used for.
@@ -69,6 +69,12 @@ class EngineLink:
         """The results waiting in the mailbox, in arrival order (never blocks)."""
         while (item := self._handle.mailbox.get_nowait()) is not None:
             yield item
+
+    @property
+    def in_flight(self) -> int:
+        """Chunks submitted whose results were not taken out yet (queued, running or in the
+        mailbox)."""
+        return self._handle.mailbox.in_flight
 
     def drop_pending(self) -> None:
         """Drop the jobs the engine has not started (an interrupt)."""

@@ -89,6 +89,11 @@ class ErrorCode(enum.StrEnum):
     """The engine group serving the session failed (a worker process died); the session
     ends right after this event: create a new session (other groups keep serving)."""
 
+    SPEECH_WAIT_TIMEOUT = "speech_wait_timeout"
+    """``idle_mode: loop``: the speech waited ``speech_wait_max_s`` for a generation slot
+    (every slot of the session's engine group was busy with other sessions' speech) and was
+    dropped: the audio queued then is gone, the session goes on; send the next utterance."""
+
 
 class CommandType(enum.StrEnum):
     """The commands a client may send as ``{"type": ...}``."""
@@ -147,6 +152,9 @@ class SpeechStarted(Event):
     """The first sample of an utterance is being played (sent with its first frame)."""
 
     type: ClassVar[EventType] = EventType.SPEECH_STARTED
+    wait_ms: int = 0
+    """How long the utterance waited for a generation slot before the engine took it, in
+    milliseconds (``idle_mode: loop``, every slot busy; 0 otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +195,8 @@ class ChunkStats(Event):
 
     problem: str | None = None
     """Why the chunk went out idle (``late``, ``engine_error``, ``engine_busy``,
-    ``bad_output``, ``interrupted``), or ``None`` for an engine chunk."""
+    ``bad_output``, ``interrupted``, or ``loop``: a silent session in ``idle_mode: loop``
+    played its idle loop), or ``None`` for an engine chunk."""
 
 
 @dataclass(frozen=True)

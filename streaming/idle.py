@@ -1,15 +1,18 @@
-"""The session's cached idle loop: what plays between an interrupt and the engine's next chunks.
+"""The session's cached idle loop: what plays after an interrupt, and while a session in
+``idle_mode: loop`` is silent.
 
 Owns ``IdleLoop``: it keeps the latest *rest chunk* -- 28 frames the engine generated from
-silence after silence, so the mouth rests and the head still moves -- as encoder-ready
+silence after silence (or from silence at the session's start), so the mouth rests and the
+head still moves -- as encoder-ready
 yuv420p planes, and builds filler chunks from it (the frames played forwards then backwards,
 so the loop has no seam, with silent audio) in microseconds per frame, with no engine work,
 and fades the engine's next chunk in from the loop frame on screen (``ease_in``). Until a
 rest chunk exists the avatar image is held. ``is_rest_audio`` says whether a chunk's
-driving audio is silent enough to count.
+driving audio is silent enough to count; ``fade_from`` fades a chunk in from a given picture.
 
-Steady-state idle is not made here: silent chunks go through the engine like speech
-(docs/idle.md says why and what it costs). Knows nothing about sessions, engines or tracks.
+In ``idle_mode: generate`` steady-state idle is not made here: silent chunks go through the
+engine like speech; in ``loop`` mode the loop plays whenever the session is silent
+(docs/idle.md says what each costs). Knows nothing about sessions, engines or tracks.
 ``capture``, ``prepare`` and ``filler`` run in the session's conversion executor, one at a
 time; an interrupt takes its first few ``video`` frames on the event loop. What they share
 is a list swapped whole and a position counter, so a race costs at most a frame out of
@@ -128,19 +131,7 @@ class IdleLoop:
         start = self._last_played
         if start is None:
             return media
-        video = list(media.video)
-        for i, frame in enumerate(video[:frames]):
-            planes = frame.to_ndarray()  # [H*3/2, W] yuv420p
-            if planes.shape != start.shape:
-                return media  # another size (the loop predates a reconfiguration): no fade
-            weight = (i + 1) / (frames + 1)
-            mixed = start + weight * (planes.astype(np.float32) - start)
-            eased = av.VideoFrame.from_ndarray(
-                np.rint(mixed).astype(np.uint8), format=ENCODER_PIXEL_FORMAT
-            )
-            eased.pts, eased.time_base = frame.pts, frame.time_base
-            video[i] = eased
-        return ChunkMedia(index=media.index, video=video, audio=media.audio)
+        return fade_from(start, media, frames)
 
     def _next_plane(self) -> np.ndarray:
         count = len(self._planes)
@@ -158,3 +149,23 @@ class IdleLoop:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(self._fallback_rgb), format="rgb24")
         frame = frame.reformat(width=self.width, height=self.height, format=ENCODER_PIXEL_FORMAT)
         return frame.to_ndarray()
+
+
+def fade_from(start: np.ndarray, media: ChunkMedia, frames: int = EASE_IN_FRAMES) -> ChunkMedia:
+    """``media`` with its first ``frames`` video frames faded in from ``start`` (yuv420p
+    planes ``[H*3/2, W]``): frame ``i`` is ``(i + 1) / (frames + 1)`` of its own picture.
+    Used both ways: from the loop into the engine's chunk, and from the engine's last frame
+    into the loop (``idle_mode: loop``). A ``start`` of another size fades nothing."""
+    video = list(media.video)
+    for i, frame in enumerate(video[:frames]):
+        planes = frame.to_ndarray()  # [H*3/2, W] yuv420p
+        if planes.shape != start.shape:
+            return media  # another size (the loop predates a reconfiguration): no fade
+        weight = (i + 1) / (frames + 1)
+        mixed = start + weight * (planes.astype(np.float32) - start)
+        eased = av.VideoFrame.from_ndarray(
+            np.rint(mixed).astype(np.uint8), format=ENCODER_PIXEL_FORMAT
+        )
+        eased.pts, eased.time_base = frame.pts, frame.time_base
+        video[i] = eased
+    return ChunkMedia(index=media.index, video=video, audio=media.audio)

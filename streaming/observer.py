@@ -2,7 +2,8 @@
 
 Owns the ``SessionObserver`` protocol (chunk delivered, chunk replaced by an idle chunk and
 why, first frame sent, interrupt latency, audio/video playout skew, late and dropped frames,
-pushed audio waiting, client activity) and ``NullObserver``. The server implements the
+pushed audio waiting, speech waiting for a generation slot or dropped after the wait, client
+activity) and ``NullObserver``. The server implements the
 protocol with its Prometheus metrics and its idle timeout; the streaming layer never imports
 the server.
 """
@@ -66,6 +67,15 @@ class SessionObserver(Protocol):
         """After a push, ``queued_s`` seconds of pushed audio wait to be played."""
         ...
 
+    def on_speech_wait(self, seconds: float) -> None:
+        """Speech got a generation slot after waiting ``seconds`` (0 when one was free;
+        ``idle_mode: loop``)."""
+        ...
+
+    def on_speech_dropped(self) -> None:
+        """Speech waited ``speech_wait_max_s`` for a generation slot and was dropped."""
+        ...
+
     def on_activity(self) -> None:
         """The client did something (an audio frame, a command, a keep-alive)."""
         ...
@@ -96,6 +106,12 @@ class NullObserver:
         return None
 
     def on_audio_queued(self, queued_s: float) -> None:
+        return None
+
+    def on_speech_wait(self, seconds: float) -> None:
+        return None
+
+    def on_speech_dropped(self) -> None:
         return None
 
     def on_activity(self) -> None:

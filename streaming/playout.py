@@ -9,13 +9,15 @@ off the event loop and queued on both tracks at or after the cursors:
   a silent chunk after a silent one becomes the ``IdleLoop``'s rest chunk), faded in from
   the loop when filler went out just before (``InterruptState.ease_next``);
 - ``play_held``: the last frame on screen held, with the chunk's audio;
-- ``play_filler``: idle-loop frames and silence.
+- ``play_filler``: idle-loop frames and silence, faded in from the engine's last frame when
+  it follows an engine chunk (``idle_mode: loop``: a session falling silent).
 
 A conversion an interrupt made stale (``InterruptState.epoch``) is not queued. ``cut``
 takes every unsent frame and packet off the tracks and rewinds the cursors to the first of
 them; ``queue_idle_head`` then puts the first idle frames out at once, on the loop. It also
 reports what the tracks send: late frames, the send timing (``SendTiming``), and each video
-frame to ``on_frame_sent`` (the session announces readiness and speech from it).
+frame to ``on_frame_sent`` (the session announces readiness and speech from it); and it
+hands back the last frames it fed (``shown_frames``), what an engine re-seeds from.
 
 Knows nothing about engines, mailboxes, audio sources or transports: it is told what to play.
 """
@@ -24,13 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import av
 import numpy as np
 
-from pipeline.media import CHUNK_FRAMES, SAMPLES_PER_FRAME
+from pipeline.media import CHUNK_FRAMES, RESEED_FRAMES, SAMPLES_PER_FRAME
 from streaming.clock import (
     AUDIO_PACKET_SAMPLES,
     CHUNK_AUDIO_PACKETS,
@@ -40,7 +44,7 @@ from streaming.clock import (
     audio_pts,
     video_pts,
 )
-from streaming.idle import IdleLoop, is_rest_audio
+from streaming.idle import IdleLoop, fade_from, is_rest_audio
 from streaming.interrupt_state import InterruptState
 from streaming.observer import SessionObserver
 from streaming.resample import Upsampler
@@ -120,8 +124,13 @@ class ChunkPlayout:
         self._upsampler = Upsampler()
         self._upsampler_epoch = 0
         """The interrupt epoch the upsampler's filter history belongs to."""
-        self._previous_silent = False
+        self._previous_silent = True
+        """The chunk before was silent or filler: rest (a session starts at rest)."""
         self._last_frame: np.ndarray | None = None  # [H, W, 3] uint8: the last frame queued
+        self._fed_tail: deque[av.VideoFrame] = deque(maxlen=RESEED_FRAMES)
+        """The last video frames fed to the track, oldest first (what a re-seed starts from)."""
+        self._fed_filler = True
+        """The last media fed was idle-loop filler (else an engine or held chunk)."""
 
     def start(self, origin: float) -> None:
         """Media time 0 is due at wall time ``origin``."""
@@ -165,14 +174,38 @@ class ChunkPlayout:
         Returns False if an interrupt made it stale while it was built."""
         state = self._state
         epoch = state.epoch
+        tail = self._fed_tail
+        fade = None if self._fed_filler or not tail else tail[-1]
         media = await self._loop.run_in_executor(
-            self._executor, self.idle_loop.filler, index, self._video_next, self._audio_next
+            self._executor, self._filler, index, self._video_next, self._audio_next, fade
         )
         if not state.is_current(epoch):
             return False  # interrupted again while building: the emit loop starts over
-        self._feed(media)
+        self._feed(media, filler=True)
         state.went_out(index, filler=True)
+        self._previous_silent = True  # the loop is at rest
         return True
+
+    def _filler(
+        self, index: int, video_from: int, audio_from: int, fade: av.VideoFrame | None
+    ) -> ChunkMedia:
+        # Runs in the executor: the loop's frames, faded in from the engine's last frame.
+        media = self.idle_loop.filler(index, video_from, audio_from)
+        return media if fade is None else fade_from(fade.to_ndarray(), media)
+
+    async def shown_frames(self) -> np.ndarray:
+        """The last ``RESEED_FRAMES`` video frames fed, oldest first, as ``[5, H, W, 3]``
+        uint8 RGB (converted off the loop); fewer fed so far repeat the oldest, none is the
+        avatar held."""
+        tail = list(self._fed_tail)
+        return await self._loop.run_in_executor(self._executor, self._to_rgb, tail)
+
+    def _to_rgb(self, tail: list[av.VideoFrame]) -> np.ndarray:
+        if not tail:
+            tail = self.idle_loop.video([0])  # the avatar image, or the loop's first frame
+        rgb = [frame.to_ndarray(format="rgb24") for frame in tail]  # each [H, W, 3]
+        rgb = [rgb[0]] * (RESEED_FRAMES - len(rgb)) + rgb
+        return np.stack(rgb)  # [5, H, W, 3]
 
     def _convert(
         self,
@@ -192,14 +225,15 @@ class ChunkPlayout:
         self.idle_loop.prepare()
         silent = is_rest_audio(audio)
         if rest_candidate and silent and self._previous_silent:
-            self.idle_loop.capture(media)  # silence after silence: the mouth is at rest
+            self.idle_loop.capture(media)  # silence after rest: the mouth is at rest
         self._previous_silent = silent
         if ease:  # the first chunk after filler: no pose jump from the loop to the engine
             media = self.idle_loop.ease_in(media)
         return media
 
-    def _feed(self, media: ChunkMedia) -> None:
-        """Queue the frames and packets at or after the feed cursors; advance the cursors."""
+    def _feed(self, media: ChunkMedia, *, filler: bool = False) -> None:
+        """Queue the frames and packets at or after the feed cursors; advance the cursors.
+        ``filler``: the media comes from the idle loop."""
         timeline = self._timeline
         assert timeline is not None, "the playout is not started"
         first_video, first_audio = video_pts(self._video_next), audio_pts(self._audio_next)
@@ -209,6 +243,8 @@ class ChunkPlayout:
         self.audio_track.feed([TimedFrame(f, timeline.audio_due(frame_pts(f))) for f in audio])
         if video:
             self._video_next = frame_pts(video[-1]) // VIDEO_TICKS_PER_FRAME + 1
+            self._fed_tail.extend(video[-RESEED_FRAMES:])
+            self._fed_filler = filler
         if audio:
             self._audio_next = frame_pts(audio[-1]) // AUDIO_PACKET_SAMPLES + 1
 
@@ -245,7 +281,8 @@ class ChunkPlayout:
                 index=index,
                 video=self.idle_loop.video(list(frames)),
                 audio=self.idle_loop.silence(list(packets)),
-            )
+            ),
+            filler=True,
         )
 
     def stop(self) -> None:
@@ -258,6 +295,7 @@ class ChunkPlayout:
         self.video_track.stop()
         self.audio_track.stop()
         self._last_frame = None
+        self._fed_tail.clear()
         self.idle_loop.release()
 
     # -- what the tracks report (on the event loop) ---------------------------------------------

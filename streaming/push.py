@@ -154,6 +154,9 @@ class SpeechMark:
     """Media position of the utterance's first sample (equal to ``media_sample`` for a
     start), so an end mark knows the utterance's duration."""
 
+    wait_ms: int = 0
+    """For a start mark: how long the utterance waited for a generation slot, in ms."""
+
     @property
     def duration_ms(self) -> int:
         """For an end mark: the utterance's media duration, in milliseconds."""

@@ -3,17 +3,24 @@
 Owns ``ChunkScheduler``, the session's two loops on the media clock. For chunk ``k``
 (C = 1.12 s, media started at ``t0``, ``B`` = the latency budget):
 
-- the take loop, at ``t0 + k·C + jitter``, takes chunk ``k``'s 17,920 samples from the
-  speech input (padded with silence, so an idle caller still gets a live, breathing avatar)
-  and submits ``ChunkJob(k)`` through the ``EngineLink``; when the session's mailbox is full
-  the chunk is marked busy instead of blocking;
+- the take loop, at ``t0 + k·C + jitter``, asks the ``GenerationGate`` whether chunk ``k``
+  goes through the engine. In ``idle_mode: generate`` it always does: the loop takes the
+  chunk's 17,920 samples from the speech input (padded with silence, so an idle caller
+  still gets a live, breathing avatar) and submits ``ChunkJob(k)`` through the
+  ``EngineLink``; when the session's mailbox is full the chunk is marked busy instead of
+  blocking. In ``loop`` mode a silent chunk, or speech waiting for a generation slot, plays
+  from the idle loop instead, and the first chunk generated after the loop carries a
+  ``Reseed`` with the frames the playout fed last; speech that waited past the bound is
+  dropped with an ``error`` event (``speech_wait_timeout``); the slot goes back once the
+  engine delivered the session's last chunk;
 - the emit loop sends the chunks out strictly in order, each the way ``ChunkBook.next_step``
   says (the late / busy / error policy, ``streaming.chunk_policy``), through the
   ``ChunkPlayout``, by ``t0 + B + k·C - margin``; an engine failure, a late result or a full
   mailbox costs that one chunk (the last frame held, with its own audio), never the session.
 
 It counts the chunks the engine generated and those replaced and why (reported to the
-observer), publishes ``chunk.stats`` for every chunk that went out, and carries out the
+observer, with every speech wait for a slot), publishes ``chunk.stats`` for every chunk
+that went out, and carries out the
 scheduling half of an interrupt (``interrupt``): drop the engine's jobs not started, cut the
 playout, forget what was taken after the cut, and rewind the shared ``InterruptState`` so the
 chunks already taken go out as idle-loop filler.
@@ -29,11 +36,23 @@ import logging
 from collections.abc import Callable
 
 from pipeline.engine import EngineWorker, MailboxFull, SessionClosed
-from pipeline.media import CHUNK_FRAMES, CHUNK_SECONDS, MS_PER_S, Avatar, Chunk, ChunkJob
+from pipeline.media import (
+    CHUNK_FRAMES,
+    CHUNK_SAMPLES,
+    CHUNK_SECONDS,
+    MS_PER_S,
+    Avatar,
+    Chunk,
+    ChunkJob,
+    Reseed,
+)
 from streaming.chunk_policy import ChunkBook, Filler, Generated, Held, Wait
 from streaming.clock import WallClock
 from streaming.engine_link import EngineLink
-from streaming.events import ChunkStats, EventBus
+from streaming.events import ChunkStats, ErrorCode, ErrorEvent, EventBus
+from streaming.generation_gate import GenerationGate, TakeDecision, TakeStep
+from streaming.generation_slot import GenerationSlot, OwnSlot
+from streaming.idle import is_rest_audio
 from streaming.interrupt_state import InterruptState
 from streaming.observer import ChunkProblem, SessionObserver
 from streaming.playout import ChunkPlayout
@@ -42,8 +61,10 @@ from streaming.speech_input import SpeechInput
 
 logger = logging.getLogger(__name__)
 
-INTERRUPTED_PROBLEM = "interrupted"
-"""``chunk.stats`` problem of a chunk replaced by idle-loop filler after an interrupt."""
+RESEED_WAIT_S = 0.25
+"""Longest the take loop waits for the chunk before a re-seeded one to go out (so the
+frames it re-seeds from are the ones right before it), in seconds; then it re-seeds from
+what went out so far."""
 
 HELD_LOG_LEVEL = {
     ChunkProblem.ENGINE_ERROR: logging.ERROR,
@@ -70,6 +91,7 @@ class ChunkScheduler:
         observer: SessionObserver,
         clock: WallClock,
         on_engine_stopped: Callable[[str], None],
+        slot: GenerationSlot | None = None,
         seed: int = 0,
         label: str = "session",
     ) -> None:
@@ -83,7 +105,11 @@ class ChunkScheduler:
         self._on_engine_stopped = on_engine_stopped
         self._label = label
         self._wake = asyncio.Event()
+        self._went_out = asyncio.Event()
         self._book = ChunkBook()
+        self.gate = GenerationGate(
+            config.idle_mode, slot or OwnSlot(), speech_wait_max_s=config.speech_wait_max_s
+        )
         self._started_at: float | None = None
         self.engine = EngineLink(
             worker,
@@ -109,34 +135,105 @@ class ChunkScheduler:
         self._playout.start(now + self._config.latency_budget_s)
 
     def close(self) -> None:
-        """Release the engine state and forget every chunk (the loops are stopped)."""
+        """Release the engine state, the generation slot, and forget every chunk (the loops
+        are stopped)."""
         self.engine.close()
+        self.gate.close()
         self._book.clear()
 
     # -- taking -------------------------------------------------------------------------------
 
     async def take_loop(self) -> None:
-        """Every chunk period, take 17,920 samples and submit them as chunk job ``k``."""
+        """Every chunk period, ask the gate, then take chunk ``k`` and submit it as chunk job
+        ``k`` -- or let the idle loop play it."""
         index = 0
         while True:
             await self._clock.sleep_until(self._take_time(index))
-            audio, received = self._speech.take(index)
-            submitted = True
-            try:
-                self.engine.submit(ChunkJob(index=index, audio=audio))
-            except MailboxFull as exc:
-                logger.warning(
-                    "%s: chunk %d not submitted, engine busy (%s)", self._label, index, exc
-                )
-                submitted = False
-            except SessionClosed as exc:
-                logger.info("%s: the engine stopped taking jobs (%s)", self._label, exc)
-                self._on_engine_stopped("the engine stopped")
-                return
-            self._book.taken(index, audio, submitted=submitted)
-            logger.debug("%s: took chunk %d (%d received samples)", self._label, index, received)
+            now = self._clock.now()
+            speech = self._speech
+            decision = self.gate.decide(
+                index, now, speech=speech.pending_speech(), open_utterance=speech.more_speech()
+            )
+            match decision.step:
+                case TakeStep.GENERATE:
+                    if not await self._generate(index, decision):
+                        return
+                case TakeStep.IDLE:
+                    self._speech.take(index)  # silence: heard as the loop's silence
+                    self._book.looped(index)
+                case TakeStep.WAIT:
+                    self._book.looped(index)  # the speech stays queued for its slot
+                case TakeStep.DROP:
+                    self._drop_speech(decision)
+                    self._book.looped(index)
+            self._release_if_drained()
             self._wake.set()
             index += 1
+
+    async def _generate(self, index: int, decision: TakeDecision) -> bool:
+        """Take chunk ``index`` and submit it; False if the engine stopped taking jobs."""
+        reseed = None
+        if decision.reseed_after is not None:
+            reseed = await self._reseed(index, decision.reseed_after)
+        wait_ms = 0
+        if decision.waited_s is not None:
+            wait_ms = round(decision.waited_s * MS_PER_S)
+            self._observer.on_speech_wait(decision.waited_s)
+        audio, received = self._speech.take(index, wait_ms=wait_ms)
+        self.gate.generated(silent=is_rest_audio(audio), more_speech=self._speech.more_speech())
+        submitted = True
+        try:
+            self.engine.submit(ChunkJob(index=index, audio=audio, reseed=reseed))
+        except MailboxFull as exc:
+            logger.warning("%s: chunk %d not submitted, engine busy (%s)", self._label, index, exc)
+            submitted = False
+        except SessionClosed as exc:
+            logger.info("%s: the engine stopped taking jobs (%s)", self._label, exc)
+            self._on_engine_stopped("the engine stopped")
+            return False
+        self._book.taken(index, audio, submitted=submitted)
+        logger.debug("%s: took chunk %d (%d received samples)", self._label, index, received)
+        return True
+
+    async def _reseed(self, index: int, chunks_without_engine: int) -> Reseed:
+        """The frames on screen before chunk ``index``: once the chunk before it went out
+        (at most ``RESEED_WAIT_S``), the last frames the playout fed."""
+        deadline = self._clock.now() + RESEED_WAIT_S
+        while self._state.next_out < index and self._clock.now() < deadline:
+            self._went_out.clear()
+            try:
+                await asyncio.wait_for(self._went_out.wait(), RESEED_WAIT_S)
+            except TimeoutError:
+                break
+        frames = await self._playout.shown_frames()
+        logger.debug(
+            "%s: chunk %d re-seeds the engine after %d chunk(s) of idle loop",
+            self._label, index, chunks_without_engine,
+        )  # fmt: skip
+        return Reseed(frames=frames, silent_samples=chunks_without_engine * CHUNK_SAMPLES)
+
+    def _drop_speech(self, decision: TakeDecision) -> None:
+        """The speech waited past the bound: drop what is queued, say so."""
+        waited = decision.waited_s or 0.0
+        self._speech.clear()
+        self._observer.on_speech_dropped()
+        logger.warning(
+            "%s: speech waited %.1f s for a generation slot; dropped", self._label, waited
+        )
+        self._events.publish(
+            ErrorEvent(
+                code=ErrorCode.SPEECH_WAIT_TIMEOUT,
+                message=f"every generation slot stayed busy for {waited:.1f} s "
+                f"(speech_wait_max_s is {self._config.speech_wait_max_s:g} s), so the speech "
+                "queued then was dropped; the session goes on: send the next utterance, or "
+                "ask the operator for more generation slots",
+            )
+        )
+
+    def _release_if_drained(self) -> None:
+        """Give the slot back once the engine holds no chunk of this session."""
+        if self.gate.releasing and self.engine.in_flight == 0:
+            self.gate.drained()
 
     def _take_time(self, index: int) -> float:
         assert self._started_at is not None, "the scheduler is not started"
@@ -154,17 +251,20 @@ class ChunkScheduler:
             for item in self.engine.results():
                 if not self._book.arrived(item, self._state.next_out):
                     logger.debug("%s: chunk %d arrived after it went out", self._label, item.index)
+            self._release_if_drained()
             step = self._book.next_step(self._state, self._clock.now(), self._deadline)
             match step:
                 case Wait(until=until):
                     await self._wait_for_wake(until)
-                case Filler(index=index):
+                    continue
+                case Filler(index=index, problem=problem):
                     if await self._playout.play_filler(index):
-                        self._publish_stats(index, None, INTERRUPTED_PROBLEM)
+                        self._publish_stats(index, None, problem)
                 case Held():
                     await self._send_held(step)
                 case Generated(chunk=chunk):
                     await self._send_generated(chunk)
+            self._went_out.set()
 
     async def _send_generated(self, chunk: Chunk) -> None:
         self.chunks_generated += 1
@@ -226,6 +326,7 @@ class ChunkScheduler:
         taken so far as filler from the cut on. Returns the media sample of the cut, or
         ``None`` before media started."""
         self.engine.drop_pending()
+        self.gate.interrupted()
         if self._started_at is None:
             return None
         cut = self._playout.cut(commanded_at)

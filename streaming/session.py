@@ -1,26 +1,29 @@
-"""One live avatar session: the facade that wires its parts, its transports and its close.
+"""One live avatar session: the facade that wires its parts, its transport and its close.
 
 Owns ``AvatarSession``, shaped after LiveKit's avatar ``VideoGenerator``: speech goes in,
 paired frames and audio come out on two WebRTC tracks, on one media clock. The work is done
-by three parts, each in its own module, sharing one ``InterruptState``
+by parts, each in its own module, sharing one ``InterruptState``
 (``streaming.interrupt_state``):
 
 - ``SpeechInput`` (``streaming.speech_input``): the audio source, fixed at creation -- the
   caller's WebRTC microphone (``mic``) or pushed audio (``push``, chatbot TTS) -- the
   intake, and where utterances land on the media timeline;
-- ``ChunkScheduler`` (``streaming.scheduler``): takes a chunk of audio every 1.12 s, submits
-  it to the engine and sends every chunk out in order, as generated or replaced by an idle
-  chunk when it is late, failed or could not be submitted (``streaming.chunk_policy``);
+- ``ChunkScheduler`` (``streaming.scheduler``): takes a chunk of audio every 1.12 s, asks the
+  ``GenerationGate`` whether it goes through the engine (``idle_mode``, the generation slot
+  given at creation), submits it and sends every chunk out in order, as generated or
+  replaced by an idle chunk (``streaming.chunk_policy``);
 - ``ChunkPlayout`` (``streaming.playout``): converts chunks and feeds the tracks, cuts them
-  on an interrupt, plays the idle-loop filler and fades the engine back in.
+  on an interrupt, plays the idle-loop filler and fades the engine back in;
+- ``SessionTransport`` (``streaming.session_transport``): the WebRTC offer, the inbound
+  audio and the ``events`` data channel.
 
-The session itself answers the WebRTC offer (``accept_offer``; media starts when the peer
-connects, or with ``start``), takes commands from any transport (``handle_text``), publishes
-its events (``session.ready``, ``speech.started`` / ``speech.ended``, ``interrupted``,
-``chunk.stats``) to its ``events`` bus, orders an ``interrupt`` across the parts, and
-``close()`` releases everything. Settings and errors live in ``streaming.session_config``.
-Knows nothing about HTTP, tokens or metrics backends (it reports to a ``SessionObserver``),
-nor how chunks are scheduled, converted or paced (its parts do that).
+The session itself takes commands from any transport (``handle_text``), publishes its
+events (``session.ready``, ``speech.started`` / ``speech.ended``, ``interrupted``,
+``chunk.stats``, ``error``) to its ``events`` bus, starts the media (when the peer connects,
+or with ``start``), orders an ``interrupt`` across the parts, and ``close()`` releases
+everything. Settings and errors live in ``streaming.session_config``. Knows nothing about
+HTTP, tokens or metrics backends (it reports to a ``SessionObserver``), nor how chunks are
+scheduled, converted, paced or carried (its parts do that).
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
-from aiortc import RTCDataChannel
-from aiortc.mediastreams import MediaStreamTrack
 
 from pipeline.engine import EngineWorker
 from pipeline.media import SAMPLES_PER_FRAME, Avatar
@@ -40,7 +41,6 @@ from streaming.clock import LoopClock, WallClock
 from streaming.events import (
     CommandType,
     ErrorCode,
-    Event,
     EventBus,
     Interrupted,
     Listener,
@@ -48,21 +48,22 @@ from streaming.events import (
     SessionReady,
     parse_command,
 )
+from streaming.generation_slot import GenerationSlot
 from streaming.interrupt_state import InterruptState
 from streaming.observer import NullObserver, SessionObserver
-from streaming.peer import EventsChannel, PeerConfig, PeerLink
+from streaming.peer import PeerConfig
 from streaming.playout import ChunkPlayout
 from streaming.push import PushFormat
 from streaming.scheduler import ChunkScheduler
 from streaming.session_config import (
     DEFAULT_PREPARE_TIMEOUT_S,
-    AlreadyConnected,
     AudioSource,
     SessionConfig,
     SessionEnded,
     SessionError,
 )
 from streaming.session_tasks import SessionTasks
+from streaming.session_transport import SessionTransport
 from streaming.speech_input import SpeechInput
 
 logger = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ class AvatarSession:
 
     The engine starts preparing the avatar at once (``wait_prepared`` awaits it). The audio
     source is ``audio_source`` (``push_format`` bounds a push session's audio; defaults
-    apply if it is ``None``). ``on_closed(session, reason)`` is called once, after
-    everything is released.
+    apply if it is ``None``). ``slot`` is the session's place in its engine group's
+    generation slots (``None``: a slot of its own). ``on_closed(session, reason)`` is called
+    once, after everything is released.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class AvatarSession:
         audio_source: AudioSource = AudioSource.MIC,
         push_format: PushFormat | None = None,
         observer: SessionObserver | None = None,
+        slot: GenerationSlot | None = None,
         clock: WallClock | None = None,
         executor: Executor | None = None,
         seed: int = 0,
@@ -131,14 +134,26 @@ class AvatarSession:
             observer=self._observer,
             clock=self._clock,
             on_engine_stopped=self._spawn_close,
+            slot=slot,
             seed=seed,
             label=label,
         )
         self.audio_source = audio_source
         self.video_track = self.playout.video_track
         self.audio_track = self.playout.audio_track
-        self._peer: PeerLink | None = None
         self._tasks = SessionTasks(label, on_failure=self._spawn_close)
+        self.transport = SessionTransport(
+            video=self.video_track,
+            audio=self.audio_track,
+            speech=self.speech,
+            tasks=self._tasks,
+            handle_text=self.handle_text,
+            subscribe_events=self.subscribe_events,
+            is_closing=lambda: self._closing,
+            on_lost=self._spawn_close,
+            on_connected=self._peer_connected,
+            label=label,
+        )
         self._close_task: asyncio.Task[None] | None = None
         self._offer_at: float | None = None
         self._ready = False
@@ -167,11 +182,6 @@ class AvatarSession:
     def queued_ms(self) -> int:
         """Received audio waiting to be taken into a chunk, in milliseconds."""
         return self.speech.queued_ms
-
-    @property
-    def chunks_emitted(self) -> int:
-        """Chunks handed to the tracks so far (generated or idle)."""
-        return self._state.next_out
 
     @property
     def chunks_generated(self) -> int:
@@ -253,7 +263,7 @@ class AvatarSession:
         if self._closing:
             raise SessionEnded(f"{self.label} is closed")
 
-    # -- transport ------------------------------------------------------------------------------
+    # -- transport and media ----------------------------------------------------------------
 
     async def accept_offer(self, offer_sdp: str, peer_config: PeerConfig) -> str:
         """Answer a WebRTC offer; returns the answer SDP. The media starts when the peer
@@ -263,56 +273,9 @@ class AvatarSession:
         the offer is unusable (the session then accepts a corrected offer).
         """
         self._check_open()
-        if self._peer is not None:
-            raise AlreadyConnected(f"{self.label} already has a peer connection")
-        self._offer_at = self._clock.now()
-        peer = PeerLink(peer_config, on_lost=self._spawn_close, on_connected=self._peer_connected)
-        self._peer = peer
-        try:
-            answer = await peer.answer(
-                offer_sdp,
-                video=self.video_track,
-                audio=self.audio_track,
-                on_inbound_audio=self.attach_inbound_audio,
-                on_events_channel=self.attach_events_channel,
-            )
-        except BaseException as exc:
-            self._peer = None
-            await peer.close()
-            if self._closing and isinstance(exc, Exception):  # deleted while negotiating
-                raise SessionEnded(f"{self.label} closed while answering the offer") from exc
-            raise
-        if self._closing:  # closed while negotiating
-            raise SessionEnded(f"{self.label} closed while answering the offer")
-        return answer
-
-    def attach_inbound_audio(self, track: MediaStreamTrack) -> None:
-        """Read a WebRTC audio track until it ends: the speech of a mic session; read and
-        dropped in a push session."""
-        what = "inbound-audio" if self.audio_source is AudioSource.MIC else "inbound-audio-ignored"
-        self._tasks.spawn(self.speech.read_track(track), what)
-
-    def attach_events_channel(self, channel: RTCDataChannel) -> None:
-        """Send this session's events on ``channel`` and take its commands."""
-
-        def on_text(text: str) -> None:
-            try:
-                self.handle_text(text)
-            except ProtocolError as exc:
-                events.send(exc.event().to_json())
-            except SessionEnded as exc:
-                events.send(ProtocolError(ErrorCode.SESSION_ENDED, str(exc)).event().to_json())
-
-        binary_reply = ProtocolError(
-            ErrorCode.BAD_COMMAND,
-            "the events channel takes JSON text commands; push audio over the audio WebSocket",
-        ).event()
-        events = EventsChannel(channel, on_text, binary_reply=binary_reply.to_json())
-
-        def forward(event: Event) -> None:
-            events.send(event.to_json())
-
-        events.on_close(self.subscribe_events(forward))
+        if not self.transport.has_peer:
+            self._offer_at = self._clock.now()
+        return await self.transport.accept_offer(offer_sdp, peer_config)
 
     def _peer_connected(self) -> None:
         """Start the media clock once the peer can receive (ICE and DTLS are up)."""
@@ -361,8 +324,7 @@ class AvatarSession:
         self.close_reason = reason
         await self._tasks.cancel_all()
         self.playout.stop()
-        if self._peer is not None:
-            await self._peer.close()
+        await self.transport.close()
         self.scheduler.close()
         self.speech.intake.clear()
         problems = self.scheduler.chunk_problems
@@ -370,7 +332,7 @@ class AvatarSession:
             "%s closed (%s) after %d chunks (%d generated, problems: %s)",
             self.label,
             reason,
-            self.chunks_emitted,
+            self._state.next_out,
             self.chunks_generated,
             {p.value: n for p, n in problems.items() if n} or "none",
         )

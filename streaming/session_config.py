@@ -1,7 +1,8 @@
 """A session's settings and errors: ``SessionConfig``, ``AudioSource`` and ``SessionError``.
 
 Owns the timing and size settings of one live session (latency budget, intake jitter, emit
-margin, audio buffer, engine mailbox), their defaults and checks, where a session's speech
+margin, audio buffer, engine mailbox, idle mode and the bound on speech waiting for a
+generation slot), their defaults and checks, where a session's speech
 comes from, and the errors a session raises. Shared by the session's parts and the server,
 which builds a ``SessionConfig`` from its settings and maps the errors to HTTP problems.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from pipeline.engine import DEFAULT_MAILBOX_SIZE
 from pipeline.media import CHUNK_SECONDS
+from streaming.generation_gate import IdleMode
 
 DEFAULT_INTAKE_JITTER_S = 0.060
 """How long after a chunk boundary its audio is taken, in seconds: room for network jitter,
@@ -24,6 +26,10 @@ convert 28 frames and queue them."""
 
 DEFAULT_MAX_BUFFERED_AUDIO_S = 2 * CHUNK_SECONDS
 """Most received audio the intake holds before dropping the oldest, in seconds."""
+
+DEFAULT_SPEECH_WAIT_MAX_S = 5.0
+"""Longest a session's speech waits for a generation slot (``idle_mode: loop``) before it
+is dropped, in seconds."""
 
 DEFAULT_PREPARE_TIMEOUT_S = 60.0
 """How long the engine may take to prepare a session's avatar, in seconds."""
@@ -81,6 +87,13 @@ class SessionConfig:
     mailbox_size: int = DEFAULT_MAILBOX_SIZE
     """Chunks the session may have in flight in the engine at once."""
 
+    idle_mode: IdleMode = IdleMode.GENERATE
+    """``generate``: silent chunks go through the engine too; ``loop``: a silent session
+    plays its idle loop and takes no engine time (``streaming.generation_gate``)."""
+
+    speech_wait_max_s: float = DEFAULT_SPEECH_WAIT_MAX_S
+    """Longest speech waits for a generation slot before it is dropped (``loop``), in s."""
+
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"video size must be positive, got {self.width}x{self.height}")
@@ -90,7 +103,17 @@ class SessionConfig:
                 f"({self.intake_jitter_s}) plus emit margin ({self.emit_margin_s}) to leave "
                 "the engine any compute time"
             )
+        if self.speech_wait_max_s <= 0:
+            raise ValueError(f"speech_wait_max_s must be positive, got {self.speech_wait_max_s}")
         if self.max_buffered_audio_s < CHUNK_SECONDS:
             raise ValueError(
                 f"max_buffered_audio_s must hold at least one chunk ({CHUNK_SECONDS} s)"
             )
+
+    @property
+    def mic_buffer_s(self) -> float:
+        """Microphone audio the intake holds, in seconds: in ``loop`` mode also the speech
+        that waits for a generation slot."""
+        if self.idle_mode is IdleMode.LOOP:
+            return self.max_buffered_audio_s + self.speech_wait_max_s
+        return self.max_buffered_audio_s

@@ -5,8 +5,8 @@ microphone (``mic``) or audio the application pushes (``push``, chatbot TTS: PCM
 through a ``PushDecoder``, bounded, with an ``UtteranceLedger``) -- the ``AudioIntake`` both
 fill, the 17,920 samples each chunk takes (``take``), and the utterance boundaries those
 takes place on the media timeline (from the ledger, or from ``VoiceActivity`` for a mic).
-It publishes ``speech.started`` / ``speech.ended`` when the playout reports those media
-times played (``played_until``), and says how much of the utterance playing was heard when
+It publishes ``speech.started`` (with how long the utterance waited for a generation slot)
+/ ``speech.ended`` when the playout reports those media times played (``played_until``), and says how much of the utterance playing was heard when
 an interrupt cuts it (``cut``).
 
 Knows nothing about chunk jobs, engines, tracks, conversion or transports: the scheduler
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import replace
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -24,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pipeline.media import CHUNK_SAMPLES, MS_PER_S, SAMPLE_RATE_HZ
 from streaming.audio_in import AudioIntake, receive_track
 from streaming.events import ErrorCode, EventBus, ProtocolError, SpeechEnded, SpeechStarted
+from streaming.idle import is_rest_audio
 from streaming.observer import SessionObserver
 from streaming.push import PushDecoder, PushFormat, SpeechMark, UtteranceLedger
 from streaming.session_config import AudioSource, SessionConfig
@@ -57,7 +59,7 @@ class SpeechInput:
         self._decoder: PushDecoder | None = None
         self._ledger: UtteranceLedger | None = None
         if self.push_format is None:
-            self.intake = AudioIntake(round(config.max_buffered_audio_s * SAMPLE_RATE_HZ))
+            self.intake = AudioIntake(round(config.mic_buffer_s * SAMPLE_RATE_HZ))
         else:
             self._decoder = PushDecoder(self.push_format)
             self._ledger = UtteranceLedger()
@@ -147,19 +149,41 @@ class SpeechInput:
 
     # -- chunks out -----------------------------------------------------------------------------
 
-    def take(self, index: int) -> tuple[np.ndarray, int]:
+    def pending_speech(self) -> bool:
+        """True if the samples the next ``take`` would take hold speech (any 40 ms frame
+        above the rest level), without taking them."""
+        ledger = self._ledger
+        count = CHUNK_SAMPLES if ledger is None else ledger.take_limit(self.intake.buffered)
+        audio = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
+        audio[:count] = self.intake.peek(count)
+        return not is_rest_audio(audio)
+
+    def more_speech(self) -> bool:
+        """True while more speech is expected: queued speech, an utterance being pushed
+        (no ``audio.end`` yet), or a microphone utterance still open."""
+        if self._ledger is not None and self._ledger.in_utterance:
+            return True
+        if self._ledger is None and self._voice.speaking:
+            return True
+        return self.pending_speech()
+
+    def take(self, index: int, *, wait_ms: int = 0) -> tuple[np.ndarray, int]:
         """Chunk ``index``'s 17,920 samples and how many of them are received audio; places
-        the utterance boundaries they carry on the media timeline."""
+        the utterance boundaries they carry on the media timeline (a start with
+        ``wait_ms``: how long the speech waited for a generation slot)."""
         ledger = self._ledger
         if ledger is None:  # the microphone: whatever arrived, padded with silence
             audio, received = self.intake.take(CHUNK_SAMPLES)
-            self._marks.extend(self._voice.on_take(index * CHUNK_SAMPLES, audio))
-            return audio, received
-        limit = ledger.take_limit(self.intake.buffered)
-        part, received = self.intake.take(limit)
-        audio = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
-        audio[:limit] = part
-        self._marks.extend(ledger.on_take(index, received))
+            marks = self._voice.on_take(index * CHUNK_SAMPLES, audio)
+        else:
+            limit = ledger.take_limit(self.intake.buffered)
+            part, received = self.intake.take(limit)
+            audio = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
+            audio[:limit] = part
+            marks = ledger.on_take(index, received)
+        if wait_ms:
+            marks = [replace(m, wait_ms=wait_ms) if m.started else m for m in marks]
+        self._marks.extend(marks)
         return audio, received
 
     def played_until(self, end_sample: int) -> None:
@@ -168,7 +192,8 @@ class SpeechInput:
             self._play(self._marks.popleft())
 
     def clear(self) -> None:
-        """Drop the audio not taken yet and any open utterance (an interrupt)."""
+        """Drop the audio not taken yet and any open utterance (an interrupt, or speech
+        dropped after waiting too long for a generation slot)."""
         self.intake.clear()
         self._voice.reset()
         if self._ledger is not None and self._decoder is not None:
@@ -189,7 +214,7 @@ class SpeechInput:
     def _play(self, mark: SpeechMark) -> None:
         if mark.started:
             self._speaking_from = mark.media_sample
-            self._events.publish(SpeechStarted())
+            self._events.publish(SpeechStarted(wait_ms=mark.wait_ms))
         else:
             self._speaking_from = None
             self._events.publish(SpeechEnded(duration_ms=mark.duration_ms))

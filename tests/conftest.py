@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from pipeline.media import CHUNK_FRAMES, Avatar, Chunk, ChunkJob
+from pipeline.media import CHUNK_FRAMES, Avatar, Chunk, ChunkJob, Reseed
 from streaming.ice import HostCandidatePolicy, host_candidates
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +34,8 @@ def grey_level(index: int) -> int:
 class FakeState:
     avatar: str
     jobs: list[ChunkJob] = field(default_factory=list)
+    reseeds: list[tuple[int, Reseed]] = field(default_factory=list)
+    """(jobs stepped before it, the re-seed), in order."""
 
 
 class FakeEngine:
@@ -88,6 +90,9 @@ class FakeEngine:
             (CHUNK_FRAMES, self.height, self.width, 3), grey_level(job.index), dtype=np.uint8
         )
         return Chunk(index=job.index, frames=frames, audio=job.audio, compute_seconds=0.01)
+
+    def reseed(self, state: FakeState, reseed: Reseed) -> None:
+        state.reseeds.append((len(state.jobs), reseed))
 
     def close_session(self, state: FakeState) -> None:
         self.closed.append(state)

@@ -17,12 +17,19 @@ export type AudioSource = "mic" | "push";
 export type PushSampleRate = 16000 | 24000 | 48000;
 
 /** Why a chunk went out idle instead of generated (`chunk.stats`). */
-export type ChunkProblem = "late" | "engine_error" | "engine_busy" | "bad_output" | "interrupted";
+export type ChunkProblem =
+  | "late"
+  | "engine_error"
+  | "engine_busy"
+  | "bad_output"
+  | "interrupted"
+  | "loop";
 
 /** The server's events, by type (docs/protocol.md), plus the client's own `closed`. */
 export interface HeadcastEventMap {
   "session.ready": { type: "session.ready" };
-  "speech.started": { type: "speech.started" };
+  /** `wait_ms`: how long the utterance waited for a generation slot (`idle_mode: loop`). */
+  "speech.started": { type: "speech.started"; wait_ms: number };
   "speech.ended": { type: "speech.ended"; duration_ms: number };
   interrupted: { type: "interrupted"; played_ms: number };
   "chunk.stats": {

@@ -100,6 +100,9 @@ async def test_a_long_run_starts_streaming_as_fast_as_a_short_one(
         (LoadPlan("http://127.0.0.1:8000", 17, 1.0), "--sessions must be 1..16"),
         (LoadPlan("http://localhost:8000", 1, 601.0), "--duration must be"),
         (LoadPlan("http://[::1]:8000", 1, 1.0, ramp_s=11.0), "--ramp must be"),
+        (LoadPlan("http://127.0.0.1:8000", 1, 1.0, duty_cycle=0.0), "--duty-cycle must be"),
+        (LoadPlan("http://127.0.0.1:8000", 1, 1.0, duty_cycle=1.5), "--duty-cycle must be"),
+        (LoadPlan("http://127.0.0.1:8000", 1, 1.0, burst_s=9.0), "--burst must be"),
     ],
 )
 def test_plans_outside_the_bounds_are_refused(plan: LoadPlan, message: str) -> None:

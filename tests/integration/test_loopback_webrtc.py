@@ -239,6 +239,6 @@ async def test_live_session_streams_lip_synced_video_and_audio(
     assert headcast_server.metric("headcast_chunks_total") >= RECEIVE_MEDIA_SECONDS / 1.12 - 1
     # the caller's phrases are announced as the avatar speaks them (mic voice activity)
     speech = [e for e in received.events if str(e["type"]).startswith("speech.")]
-    assert speech[:2] and speech[0] == {"type": "speech.started"}, received.events
+    assert speech[:2] and speech[0] == {"type": "speech.started", "wait_ms": 0}, received.events
     ended = [e for e in speech if e["type"] == "speech.ended"]
     assert ended and all(0 < int(e["duration_ms"]) < SPEECH_SECONDS * 1000 for e in ended), speech

@@ -104,7 +104,7 @@ async def test_pushed_wav_plays_with_speech_events_matching_its_duration(
             drain.cancel()
         await asyncio.gather(*drains, return_exceptions=True)
 
-    assert started == {"type": "speech.started"}
+    assert started == {"type": "speech.started", "wait_ms": 0}
     queued = [e for e in seen if e["type"] == "audio.queued"]
     assert len(queued) == len(frames), f"one audio.queued per frame; saw {queued}"
     assert all(isinstance(e["queued_ms"], int) and e["queued_ms"] >= 0 for e in queued)

@@ -25,7 +25,7 @@ from pipeline.diffusion_engine import tiny_engine
 from pipeline.engine_options import TinyOptions
 from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig, FlashTalkDiT
 from pipeline.launch import RankReport, child_environment, collect_reports, free_port, init_rank
-from pipeline.media import CHUNK_SAMPLES, SAMPLE_RATE_HZ, Avatar, ChunkJob
+from pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, SAMPLE_RATE_HZ, Avatar, ChunkJob, Reseed
 from pipeline.parallel import ParallelGroup
 from pipeline.tiny import random_init
 from pipeline.vae import VAEConfig, WanVAE
@@ -111,10 +111,19 @@ def speech(index: int) -> np.ndarray:
     return (0.4 * gate * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
 
 
+def shown_frames() -> np.ndarray:
+    """Frames a session showed (seeded noise, the same on every rank, as the server's
+    ``ReseedRequest`` hands every rank the same): [5, H, W, 3] uint8."""
+    rng = np.random.default_rng(SEED)
+    return rng.integers(0, 256, size=(RESEED_FRAMES, TINY_HEIGHT, TINY_WIDTH, 3), dtype=np.uint8)
+
+
 @torch.no_grad()
 def stream(parallel: ParallelGroup | None, chunks: int, cache_dir: Path) -> dict[str, list[Any]]:
     """The tiny engine (as the server drives it: load with warm-up, open a session, step):
-    per chunk the colour-corrected video, the next motion latents and the frames."""
+    per chunk the colour-corrected video, the next motion latents and the frames. Before the
+    last chunk the session is re-seeded from ``shown_frames`` after a chunk of silence
+    (``idle_mode: loop``): the row-banded encode of frames that did not come from the VAE."""
     options = TinyOptions(cache_dir=cache_dir, height=TINY_HEIGHT, width=TINY_WIDTH)
     engine = tiny_engine(options, parallel)
     engine.load()
@@ -134,6 +143,9 @@ def stream(parallel: ParallelGroup | None, chunks: int, cache_dir: Path) -> dict
     state = engine.open_session(avatar, SEED)
     motions, frames = [], []
     for index in range(chunks):
+        if index == chunks - 1:
+            engine.reseed(state, Reseed(shown_frames(), CHUNK_SAMPLES))
+            motions.append(state.motion.clone())
         chunk = engine.step(state, ChunkJob(index, speech(index)))
         motions.append(state.motion.clone())
         frames.append(chunk.frames)

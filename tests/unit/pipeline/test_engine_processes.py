@@ -4,7 +4,8 @@ Real processes, real sockets, real gloo: a group of one CPU worker and a group o
 ranks run the puppet behind the ordinary ``EngineWorker`` and hand back exactly the frames
 the in-process puppet draws; a rank killed with SIGKILL fails its group with the cause named
 and every later chunk fails as a value; a bad option fails loading with the engine's own
-message; a stopped group's processes leave by themselves. Every wait is bounded.
+message; a stopped group's processes leave by themselves; a re-seed runs on every rank in
+lockstep. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ from pipeline.engine import (
 )
 from pipeline.engine_options import PuppetOptions
 from pipeline.engine_processes import ProcessGroupEngine, describe_exit
-from pipeline.media import CHUNK_SAMPLES, Avatar, Chunk, ChunkJob
+from pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, Avatar, Chunk, ChunkJob, Reseed
 from pipeline.puppet import PuppetEngine
 from tests.unit.pipeline.test_engine import Inbox
 
@@ -170,3 +172,43 @@ def test_a_load_error_names_the_engine_s_complaint(
 def test_exit_causes_read_as_sentences() -> None:
     assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
     assert describe_exit(3) == "exited with status 3"
+
+
+def test_a_re_seed_runs_on_every_rank_in_lockstep(
+    groups: list[tuple[EngineWorker, ProcessGroupEngine]],
+) -> None:
+    """A job's re-seed crosses to the ranks as its own request, runs on each, and the chunk
+    after it equals the in-process puppet's after the same re-seed; a re-seed that fails
+    (frames of another size) fails that chunk only, and the group goes on."""
+    worker, engine = _start(["cpu", "cpu"])
+    groups.append((worker, engine))
+    worker.wait_ready(LOAD_WAIT_S)
+    avatar = PuppetEngine(height=HEIGHT, width=WIDTH).default_avatar()
+    shown = _reference(avatar, [_speech(0)])[0][10:15]  # [5, H, W, 3]
+    reseed = Reseed(shown.copy(), 2 * CHUNK_SAMPLES)
+    wrong_size = Reseed(np.zeros((RESEED_FRAMES, 4, 4, 3), np.uint8), 0)
+    jobs = [
+        _speech(0),
+        replace(_speech(1), reseed=reseed),
+        replace(_speech(2), reseed=wrong_size),
+        _speech(3),
+    ]
+    inbox = Inbox()
+    handle = _open(worker, avatar, inbox)
+    for job in jobs:
+        handle.submit(job)
+    got = inbox.collect(handle, len(jobs), timeout=WAIT_S)
+    puppet = PuppetEngine(height=HEIGHT, width=WIDTH)
+    puppet.load()
+    state = puppet.open_session(avatar, SEED)
+    expected = [puppet.step(state, _speech(0)).frames]
+    puppet.reseed(state, reseed)
+    expected.append(puppet.step(state, _speech(1)).frames)
+    expected.append(puppet.step(state, _speech(3)).frames)  # chunk 2 failed on every rank
+
+    assert isinstance(got[2], ChunkFailure) and "puppet's size" in got[2].message, got[2]
+    for chunk, frames in zip([got[0], got[1], got[3]], expected, strict=True):
+        assert isinstance(chunk, Chunk), chunk
+        np.testing.assert_array_equal(chunk.frames, frames)
+    assert engine.failure is None
+    handle.close()

@@ -72,11 +72,30 @@ def test_the_policy_prefers_the_configured_limit_then_the_measured_rtf() -> None
     unmeasured = FakeEngine(96, 64)  # warmup_rtf None, like the puppet
     assert measured_rtf(measured) == 0.3 and measured_rtf(unmeasured) is None
 
-    assert CapacityPolicy(max_sessions=7, fallback=FALLBACK).resolve(measured)[0] == 7
-    limit, source = CapacityPolicy(max_sessions=None, fallback=FALLBACK).resolve(measured)
-    assert limit == 3 and "0.300" in source
-    limit, source = CapacityPolicy(max_sessions=None, fallback=FALLBACK).resolve(unmeasured)
-    assert limit == FALLBACK and "fallback" in source
+    assert CapacityPolicy(max_sessions=7, fallback=FALLBACK).resolve(measured).sessions == 7
+    derived = CapacityPolicy(max_sessions=None, fallback=FALLBACK).resolve(measured)
+    assert derived.sessions == derived.slots == 3 and "0.300" in derived.source
+    fallback = CapacityPolicy(max_sessions=None, fallback=FALLBACK).resolve(unmeasured)
+    assert fallback.sessions == fallback.slots == FALLBACK and "fallback" in fallback.source
+
+
+def test_generation_slots_and_sessions_part_in_loop_mode_only() -> None:
+    measured = MeasuredEngine(0.3)
+    measured.load()
+    # generate: a configured max_sessions is the slots too (each session generates always)
+    generate = CapacityPolicy(max_sessions=7, fallback=FALLBACK).resolve(measured)
+    assert (generate.slots, generate.sessions) == (7, 7)
+    # loop: the slots stay what the engine measured, the sessions may be more
+    loop = CapacityPolicy(max_sessions=7, fallback=FALLBACK, loop=True).resolve(measured)
+    assert (loop.slots, loop.sessions) == (3, 7) and "0.300" in loop.source
+    configured = CapacityPolicy(
+        max_sessions=7, fallback=FALLBACK, generation_slots=1, loop=True
+    ).resolve(measured)
+    assert (configured.slots, configured.sessions) == (1, 7)
+    alone = CapacityPolicy(max_sessions=None, fallback=FALLBACK, generation_slots=2)
+    assert (alone.resolve(measured).slots, alone.resolve(measured).sessions) == (2, 2)
+    with pytest.raises(ValueError, match="exceeds generation_slots"):
+        CapacityPolicy(max_sessions=3, fallback=FALLBACK, generation_slots=2)
 
 
 def _metrics(client: TestClient) -> dict[str, float]:

@@ -2,9 +2,10 @@
 
 Real puppet worker processes on the CPU (no torch: each starts in about a second): sessions
 go to the least-loaded group with a free slot; capacity is the sum of the ready groups'
-slots; a group whose worker is killed ends its sessions through their leases, counts the
-failure and, with no restarts left, stays failed while the other group serves; groups that
-cannot load make the server's not-ready reason name each cause.
+slots (in loop mode each group hands out its own generation slots to its sessions); a group
+whose worker is killed ends its sessions through their leases, counts the failure and, with
+no restarts left, stays failed while the other group serves; groups that cannot load make
+the server's not-ready reason name each cause.
 """
 
 from __future__ import annotations
@@ -82,6 +83,34 @@ async def test_sessions_go_to_the_least_loaded_group_with_a_free_slot(
     leases[1].release()  # idempotent
     assert groups.acquire(lambda _reason: None).group == "1"
     assert [s.sessions for s in groups.statuses()] == [2, 2]
+
+
+async def test_in_loop_mode_each_group_has_its_own_generation_slots(
+    started: list[EngineGroups],
+) -> None:
+    groups = EngineGroups(
+        TWO_GROUPS,
+        engine_name="puppet",
+        options=PuppetOptions(height=96, width=64),
+        policy=CapacityPolicy(max_sessions=3, fallback=1, generation_slots=1, loop=True),
+        restarts=0,
+    )
+    started.append(groups)
+    groups.start()
+    await _until("both groups ready", lambda: _ready(groups))
+    assert groups.capacity == 6, "sessions, not slots, make the capacity"
+    leases = [groups.acquire(lambda _reason: None) for _ in range(4)]  # two on each group
+    assert [lease.group for lease in leases] == ["0", "1", "0", "1"]
+    assert leases[0].slot.request() and leases[1].slot.request()
+    assert not leases[2].slot.request(), "group 0's one slot is busy"
+    statuses = groups.statuses()
+    assert [(s.generation_slots, s.generation_busy, s.speech_waiting) for s in statuses] == [
+        (1, 1, 1),
+        (1, 1, 0),
+    ]
+    leases[0].release()  # the session ends: its slot goes to the one waiting in its group
+    assert leases[2].slot.held and not leases[3].slot.held
+    assert [s.sessions for s in groups.statuses()] == [1, 2]
 
 
 async def test_a_dead_group_ends_its_sessions_and_the_other_serves_on(

@@ -26,7 +26,8 @@ from streaming.events import (
 
 def test_events_encode_as_compact_json_with_the_type_first() -> None:
     assert SessionReady().to_json() == '{"type":"session.ready"}'
-    assert SpeechStarted().to_dict() == {"type": "speech.started"}
+    assert SpeechStarted().to_dict() == {"type": "speech.started", "wait_ms": 0}
+    assert SpeechStarted(wait_ms=1120).to_dict() == {"type": "speech.started", "wait_ms": 1120}
     assert SpeechEnded(duration_ms=2500).to_dict() == {"type": "speech.ended", "duration_ms": 2500}
     assert Interrupted(played_ms=320).to_dict() == {"type": "interrupted", "played_ms": 320}
     assert AudioQueued(queued_ms=100).to_dict() == {"type": "audio.queued", "queued_ms": 100}
@@ -61,6 +62,7 @@ def test_error_codes_are_the_documented_stable_strings() -> None:
         "session_ended",
         "internal_error",
         "engine_failed",
+        "speech_wait_timeout",
     }
 
 

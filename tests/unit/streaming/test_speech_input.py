@@ -53,7 +53,7 @@ def test_a_mics_utterance_is_announced_when_its_media_time_is_played() -> None:
     speech.played_until(quiet)
     assert heard == []
     speech.played_until(quiet + SAMPLES_PER_FRAME)
-    assert heard == [{"type": "speech.started"}]
+    assert heard == [{"type": "speech.started", "wait_ms": 0}]
     speech.played_until(2 * CHUNK_SAMPLES)
     assert heard[1:] == [{"type": "speech.ended", "duration_ms": 15 * 40}]
 
@@ -66,9 +66,9 @@ def test_a_cut_announces_what_played_before_it_and_reports_the_time_heard() -> N
     speech.take(1)  # the end, at CHUNK_SAMPLES + 8,000
     played_ms = speech.cut(SAMPLE_RATE_HZ)  # one second in
     assert played_ms == 1_000
-    assert heard == [{"type": "speech.started"}]
+    assert heard == [{"type": "speech.started", "wait_ms": 0}]
     speech.played_until(4 * CHUNK_SAMPLES)
-    assert heard == [{"type": "speech.started"}], "the cut utterance never ends"
+    assert heard == [{"type": "speech.started", "wait_ms": 0}], "the cut utterance never ends"
     assert speech.cut(4 * CHUNK_SAMPLES) == 0, "nothing is playing after the cut"
 
 
