@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,20 @@ import torch
 from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PipelineConfig, preset
 from pipeline.engine_options import FlashTalkOptions, TinyOptions
-from pipeline.generator import FlashTalkGenerator, StreamState
-from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, Avatar, Chunk, ChunkJob
+from pipeline.generator import FlashTalkGenerator, StreamState, conditioning_assets
+from pipeline.media import (
+    CHUNK_SAMPLES,
+    CHUNK_SECONDS,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    Avatar,
+    Chunk,
+    ChunkJob,
+    PreparationStep,
+)
 from pipeline.parallel import ParallelGroup
 from pipeline.speedups import SpeedOptions, apply_speedups
+from pipeline.stepwise import relay
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +162,26 @@ class DiffusionEngine:
             raise RuntimeError(f"the {self.name} engine is not loaded")
         return self.generator
 
+    @property
+    def avatar_cache_evictions(self) -> int:
+        """Avatars' conditioning dropped from the device cache since the engine loaded."""
+        return 0 if self.generator is None else self.generator.avatars.evictions
+
+    def prepare_avatar(self, avatar: Avatar) -> Iterator[PreparationStep]:
+        """Compute ``avatar``'s conditioning in short steps of device work (CLIP, T5, one
+        causal VAE chunk each); the last step hands over its host copy as the assets (empty
+        on ranks other than 0 of a group, whose copy nobody reads)."""
+        steps = self._require_generator().condition_steps(avatar.image, avatar.prompt)
+        conditioning = yield from relay(steps, PreparationStep)
+        hand_over = self._require_generator().hands_back_frames
+        yield PreparationStep(1.0, conditioning_assets(conditioning) if hand_over else {})
+
     def open_session(self, avatar: Avatar, seed: int) -> StreamState:
-        """Prepare (or reuse the cached) conditioning of ``avatar`` and a seeded stream."""
-        return self._require_generator().prepare(avatar.image, avatar.prompt, seed=seed)
+        """A seeded stream on ``avatar``'s conditioning: cached on the device, or from its
+        assets, or computed now."""
+        return self._require_generator().prepare(
+            avatar.image, avatar.prompt, seed=seed, assets=avatar.assets
+        )
 
     def step(self, state: Any, job: ChunkJob) -> Chunk:
         """One chunk of the session's stream, resized to the engine's output size."""
