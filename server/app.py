@@ -24,7 +24,7 @@ from pipeline.engine import Engine
 from server.auth import ApiKeys, TokenRedactor
 from server.errors import install_problem_handlers
 from server.metrics import Metrics
-from server.request_body import FORM_OVERHEAD_BYTES, BodyLimitMiddleware, BodyLimits
+from server.request_body import BodyLimitMiddleware, BodyLimits
 from server.routes import audio_ws, avatars, control, health, sessions, webrtc, whep
 from server.routes.web import mount_static, web_router
 from server.runtime import Runtime
@@ -115,7 +115,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             routes=(
                 (webrtc.OFFER_PATH, settings.max_offer_bytes),
                 (whep.WHEP_PATH, settings.max_offer_bytes),
-                (avatars.AVATARS_PATH, settings.avatar_max_bytes + FORM_OVERHEAD_BYTES),
+                (avatars.AVATARS_PATH, settings.avatar_max_bytes),
             ),
         ),
     )

@@ -46,10 +46,6 @@ FORM_FIELD_MAX_BYTES = 4_096
 FORM_MAX_FIELDS = 8
 """Most text fields an upload form may have."""
 
-FORM_OVERHEAD_BYTES = 65_536
-"""What an upload's body may carry besides its file (boundaries, part headers, text
-fields): a route's body limit is its file limit plus this."""
-
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 

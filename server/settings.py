@@ -267,8 +267,9 @@ class Settings(BaseSettings):
     a prepared avatar is not prepared again."""
 
     avatar_max_bytes: int = Field(DEFAULT_AVATAR_MAX_BYTES, ge=1_024, le=100_000_000)
-    """Largest photo ``POST /v1/avatars`` takes, in bytes; a larger upload gets 413 before it
-    is read."""
+    """Largest upload ``POST /v1/avatars`` takes (the photo and its form fields), in bytes; a
+    larger one gets 413, from its ``Content-Length`` before a byte is read, or as soon as it
+    crosses the limit."""
 
     avatar_max_pixels: int = Field(DEFAULT_AVATAR_MAX_PIXELS, ge=65_536, le=PIL_BOMB_PIXELS)
     """Most pixels (width x height) of an avatar photo; more gets 413, from the file's header,
