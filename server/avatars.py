@@ -145,12 +145,13 @@ class AvatarCatalog:
 
     async def start(self) -> None:
         """Read the store, queue what is unfinished, start the preparation task."""
-        records = await self._run(self._store.load_all)
-        for record in records:
+        found = await self._run(self._load_store)
+        for record, unfinished in found:
             self._records[record.id] = record
-            if self._needs_preparation(record):
+            if unfinished:
                 record.status, record.progress = AvatarStatus.PENDING, 0.0
                 self._queue.put_nowait(record.id)
+        records = [record for record, _ in found]
         queued = self._queue.qsize()
         logger.info(
             "avatars: %d in %s (%d to prepare)", len(records), self._store.root, queued
@@ -168,6 +169,10 @@ class AvatarCatalog:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    def _load_store(self) -> list[tuple[AvatarRecord, bool]]:
+        """Every stored avatar, and whether it needs (more) preparation (worker thread)."""
+        return [(record, self._needs_preparation(record)) for record in self._store.load_all()]
 
     def _needs_preparation(self, record: AvatarRecord) -> bool:
         if record.status is AvatarStatus.FAILED:

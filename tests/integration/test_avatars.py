@@ -47,7 +47,11 @@ WIDTH, HEIGHT = 448, 768
 VIDEO_FPS = 25
 MIN_FPS = 24.0
 FPS_WINDOW_FRAMES = 3 * VIDEO_FPS + 1
-"""Frames spanning 3 s of video: the window in which the other photos are prepared."""
+"""Frames spanning at least 3 s of video: the window in which the other photos are prepared
+(it lasts until they all are)."""
+
+MAX_WINDOW_FRAMES = 60 * VIDEO_FPS
+"""The window's bound: a minute of video."""
 
 FRAME_TIMEOUT_S = 30.0
 AVATAR_WAIT_S = 60.0
@@ -104,6 +108,20 @@ async def frame_rate(connection: WebRTCConnection, frames: int) -> tuple[float, 
     return (len(times) - 1) / (times[-1] - times[0]), last.to_ndarray(format="rgb24")
 
 
+async def frame_rate_until(
+    connection: WebRTCConnection, work: asyncio.Task[Any]
+) -> tuple[float, np.ndarray, int]:
+    """Receive frames until ``work`` is done (at least ``FPS_WINDOW_FRAMES``, at most
+    ``MAX_WINDOW_FRAMES``): their rate, the last frame, and how many."""
+    times = []
+    last: Any = None
+    while len(times) < MAX_WINDOW_FRAMES and not (work.done() and len(times) >= FPS_WINDOW_FRAMES):
+        last = await asyncio.wait_for(connection.video.recv(), FRAME_TIMEOUT_S)
+        times.append(time.monotonic())
+    assert work.done(), f"the avatars were not prepared within {len(times)} frames"
+    return (len(times) - 1) / (times[-1] - times[0]), last.to_ndarray(format="rgb24"), len(times)
+
+
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
     grey_a, grey_b = a.astype(np.float64).mean(axis=2), b.astype(np.float64).mean(axis=2)
     return float(np.corrcoef(grey_a.ravel(), grey_b.ravel())[0, 1])
@@ -150,24 +168,24 @@ async def test_an_uploaded_face_streams_and_preparing_others_keeps_25_fps(
                 (sideways_with_exif(), "image/jpeg"),
                 (CAT_JPEG, "image/jpeg"),
             ]
-            window_start = time.time()
-            others = [
-                await client.create_avatar(photo, content_type=kind) for photo, kind in photos
-            ]
-            fps, frame = await frame_rate(connection, FPS_WINDOW_FRAMES)
-            window_end = time.time()
+
+            async def add_all() -> list[AvatarInfo]:
+                added = [
+                    await client.create_avatar(photo, content_type=kind) for photo, kind in photos
+                ]
+                return [await client.wait_avatar(a.id, AVATAR_WAIT_S) for a in added]
+
+            # Frames are counted from before the first upload until every photo settled.
+            preparing = asyncio.create_task(add_all())
+            fps, frame, frames = await frame_rate_until(connection, preparing)
+            settled = await preparing
             with pytest.raises(HeadcastError) as in_use:
                 await client.delete_avatar(avatar.id)
             assert in_use.value.status == 409 and "session" in in_use.value.problem["detail"]
         finally:
             await client.delete_session(session)
             await connection.close()
-        settled = [await client.wait_avatar(other.id, AVATAR_WAIT_S) for other in others]
         assert [a.status for a in settled] == ["ready", "ready", "ready", "failed"]
-        finished_at = [_updated(a) for a in settled]
-        assert all(window_start < t < window_end for t in finished_at), (
-            "the preparations did not happen during the measured window"
-        )
         face_match = correlation(frame, preview)
         default_match = correlation(frame, png_pixels(await client.avatar_picture("default")))
         exif_preview = png_pixels(await client.avatar_picture(settled[2].id))
@@ -176,6 +194,7 @@ async def test_an_uploaded_face_streams_and_preparing_others_keeps_25_fps(
             "puppet_call_while_preparing",
             {
                 "fps_while_preparing": round(fps, 2),
+                "frames_in_window": frames,
                 "avatars_prepared_in_window": len(settled),
                 "prepare_seconds": [a.body["prepare_seconds"] for a in settled[:3]],
                 "frame_vs_preview_correlation": round(face_match, 3),
@@ -195,12 +214,6 @@ async def test_an_uploaded_face_streams_and_preparing_others_keeps_25_fps(
         for other in settled:
             await client.delete_avatar(other.id)
         assert [a.id for a in await client.list_avatars()] == ["default"]
-
-
-def _updated(avatar: AvatarInfo) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(avatar.body["updated_at"]).timestamp()
 
 
 async def test_bad_photos_and_unusable_avatars_get_clear_answers(
