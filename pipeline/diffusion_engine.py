@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from pipeline.avatar_art import draw_default_avatar
 from pipeline.config import PipelineConfig, preset
 from pipeline.engine_options import FlashTalkOptions, TinyOptions
-from pipeline.generator import FlashTalkGenerator, StreamState
+from pipeline.generator import FlashTalkGenerator, StreamState, conditioning_assets
 from pipeline.media import (
     CHUNK_SAMPLES,
     CHUNK_SECONDS,
@@ -36,10 +37,12 @@ from pipeline.media import (
     Avatar,
     Chunk,
     ChunkJob,
+    PreparationStep,
     Reseed,
 )
 from pipeline.parallel import ParallelGroup
 from pipeline.speedups import SpeedOptions, apply_speedups
+from pipeline.stepwise import relay
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +140,12 @@ class DiffusionEngine:
             )
         if self.parallel is not None:
             self.generator.use_parallel(self.parallel)
-        self.generator.output_size = (self.height, self.width)  # resized on the device
         logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
         state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
         silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
         for number in range(1, WARMUP_CHUNKS + 1):
             clock = time.perf_counter()
-            self.generator.step(state, silence)
+            self.generator.step(state, silence, self.output_size)
             self.warmup_rtf = (time.perf_counter() - clock) / CHUNK_SECONDS
             logger.info(
                 "%s engine warm-up chunk %d/%d: %.2f s (RTF %.2f)",
@@ -167,19 +169,41 @@ class DiffusionEngine:
         apply_speedups(generator, speed, blocks_prepared=True)
         return generator
 
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the frames the engine hands back."""
+        return self.height, self.width
+
     def _require_generator(self) -> FlashTalkGenerator:
         if self.generator is None:
             raise RuntimeError(f"the {self.name} engine is not loaded")
         return self.generator
 
+    @property
+    def avatar_cache_evictions(self) -> int:
+        """Avatars' conditioning dropped from the device cache since the engine loaded."""
+        return 0 if self.generator is None else self.generator.avatars.evictions
+
+    def prepare_avatar(self, avatar: Avatar) -> Iterator[PreparationStep]:
+        """Compute ``avatar``'s conditioning in short steps of device work (CLIP, T5, one
+        causal VAE chunk each); the last step hands over its host copy as the assets (empty
+        on ranks other than 0 of a group, whose copy nobody reads)."""
+        steps = self._require_generator().condition_steps(avatar.image, avatar.prompt)
+        conditioning = yield from relay(steps, PreparationStep)
+        hand_over = self._require_generator().hands_back_frames
+        yield PreparationStep(1.0, conditioning_assets(conditioning) if hand_over else {})
+
     def open_session(self, avatar: Avatar, seed: int) -> StreamState:
-        """Prepare (or reuse the cached) conditioning of ``avatar`` and a seeded stream."""
-        return self._require_generator().prepare(avatar.image, avatar.prompt, seed=seed)
+        """A seeded stream on ``avatar``'s conditioning: cached on the device, or from its
+        assets, or computed now."""
+        return self._require_generator().prepare(
+            avatar.image, avatar.prompt, seed=seed, assets=avatar.assets
+        )
 
     def step(self, state: Any, job: ChunkJob) -> Chunk:
         """One chunk of the session's stream, resized to the engine's output size."""
         started = time.perf_counter()
-        output = self._require_generator().step(state, job.audio)
+        output = self._require_generator().step(state, job.audio, self.output_size)
         return Chunk(
             index=job.index,
             frames=output.frames,  # at the output size (resized on the device)

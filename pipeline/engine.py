@@ -7,6 +7,10 @@ step) and the bounded per-session mailboxes out of it. Errors raised by an
 engine travel to the session that caused them as values (``ChunkFailure``); other sessions
 keep running.
 
+Avatar preparation (``prepare_avatar``) is background work: the device thread runs one step
+of it (``Engine.prepare_avatar``'s short steps of device work) only when no session job is
+waiting, so a chunk of a live session waits at most one step, never a whole preparation.
+
 Knows nothing about asyncio: a session gives a ``notify`` callable that the device thread
 calls after each delivery (the streaming side wraps ``loop.call_soon_threadsafe``).
 """
@@ -19,7 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -30,12 +34,13 @@ from pipeline.engine_api import (
     EngineGroupFailed,
     EngineNotReady,
     MailboxFull,
+    PreparationCancelled,
     SessionClosed,
     UnknownEngine,
     WrongEngineOptions,
 )
 from pipeline.engine_options import FlashTalkOptions, PuppetOptions, TinyOptions
-from pipeline.media import Avatar, Chunk, ChunkJob
+from pipeline.media import Avatar, AvatarAssets, Chunk, ChunkJob, PreparationStep
 
 if TYPE_CHECKING:
     from pipeline.parallel import ParallelGroup
@@ -53,6 +58,8 @@ __all__ = [
     "Mailbox",
     "MailboxFull",
     "MailboxItem",
+    "Preparation",
+    "PreparationCancelled",
     "SessionClosed",
     "SessionHandle",
     "UnknownEngine",
@@ -318,6 +325,87 @@ class _CloseJob:
     handle: SessionHandle
 
 
+PreparationDone = Callable[[AvatarAssets | None, BaseException | None], None]
+"""Called once from the device thread with the avatar's assets, or the error that stopped
+its preparation (``PreparationCancelled`` when cancelled or the engine stopped)."""
+
+
+class Preparation:
+    """An avatar's preparation queued on the device thread (``EngineWorker.prepare_avatar``)."""
+
+    def __init__(
+        self,
+        avatar: Avatar,
+        on_progress: Callable[[float], None],
+        done: PreparationDone,
+    ) -> None:
+        self.avatar = avatar
+        self._on_progress = on_progress
+        self._done = done
+        self._cancelled = threading.Event()
+        self._steps: Iterator[PreparationStep] | None = None
+        self.device_seconds = 0.0
+        """Time the device thread spent on this preparation's steps so far."""
+
+    def cancel(self) -> None:
+        """Stop before the next step (a step already running finishes); ``done`` gets
+        ``PreparationCancelled``. Safe from any thread."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    # -- on the device thread ----------------------------------------------------------------
+
+    def _advance(self, engine: Engine) -> bool:
+        """Run one step; True once finished (done was called)."""
+        if self.cancelled:
+            return self._finish(None, PreparationCancelled("the avatar's preparation was cancelled"))
+        started = time.perf_counter()
+        try:
+            if self._steps is None:
+                self._steps = iter(engine.prepare_avatar(self.avatar))
+            step = next(self._steps)
+        except StopIteration:
+            return self._finish(
+                None, EngineError(f"engine {engine.name!r} ended a preparation without assets")
+            )
+        except Exception as exc:
+            logger.exception("preparing avatar %r failed", self.avatar.name)
+            return self._finish(None, exc)
+        finally:
+            self.device_seconds += time.perf_counter() - started
+        if step.assets is not None:
+            return self._finish(step.assets, None)
+        try:
+            self._on_progress(step.progress)
+        except Exception:
+            logger.exception("the progress callback of avatar %r failed", self.avatar.name)
+        return False
+
+    def _finish(self, assets: AvatarAssets | None, error: BaseException | None) -> bool:
+        close = getattr(self._steps, "close", None)  # a generator's clean-up (remote ranks)
+        self._steps = None
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                logger.exception("closing the preparation of avatar %r failed", self.avatar.name)
+        try:
+            self._done(assets, error)
+        except Exception:
+            logger.exception("the done callback of avatar %r failed", self.avatar.name)
+        return True
+
+
+@dataclass
+class _PreparationStep:
+    """Run one step of ``preparation`` (made by the device thread itself, never queued)."""
+
+    preparation: Preparation
+
+
 _STOP = object()
 
 
@@ -336,6 +424,8 @@ class EngineWorker:
         self.load_error: BaseException | None = None
         self.load_seconds: float | None = None
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._preparations: deque[Preparation] = deque()
+        """Avatar preparations taken off the queue, oldest first (device thread only)."""
         self._states: dict[int, Any] = {}
         self._open_errors: dict[int, BaseException] = {}
         self._ids = itertools.count(1)
@@ -402,6 +492,27 @@ class EngineWorker:
         self._put(_OpenJob(handle, avatar, seed, done or (lambda _error: None)))
         return handle
 
+    def prepare_avatar(
+        self,
+        avatar: Avatar,
+        *,
+        done: PreparationDone,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Preparation:
+        """Queue ``avatar``'s preparation (``Engine.prepare_avatar``) as background work.
+
+        The device thread runs its steps one at a time, only while no session job waits.
+        ``on_progress(fraction)`` and ``done(assets, error)`` are called from the device
+        thread. Raises ``EngineNotReady`` before the engine is loaded or once it stops.
+        """
+        if not self.is_ready:
+            raise EngineNotReady("the engine is not ready; poll /readyz before preparing avatars")
+        if self._stopped:
+            raise EngineNotReady("the engine is shutting down")
+        preparation = Preparation(avatar, on_progress or (lambda _fraction: None), done)
+        self._put(preparation)
+        return preparation
+
     def _put(self, item: object) -> None:
         if self._stopped:
             raise SessionClosed("the engine is shutting down")
@@ -427,7 +538,7 @@ class EngineWorker:
         )
         self.ready.set()
         while True:
-            item = self._queue.get()
+            item = self._next_item()
             if item is _STOP:
                 break
             self._handle(item)
@@ -439,6 +550,18 @@ class EngineWorker:
             self._close_state(state)
         self._states.clear()
         self._open_errors.clear()
+        stopped = PreparationCancelled("the engine stopped before the avatar was prepared")
+        while self._preparations:
+            self._preparations.popleft()._finish(None, stopped)
+
+    def _next_item(self) -> object:
+        """The next queued job; while none waits, a step of the oldest preparation."""
+        if not self._preparations:
+            return self._queue.get()
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return _PreparationStep(self._preparations[0])
 
     def _handle(self, item: object) -> None:
         if isinstance(item, _OpenJob):
@@ -450,6 +573,11 @@ class EngineWorker:
             state = self._states.pop(item.handle.session_id, None)
             if state is not None:
                 self._close_state(state)
+        elif isinstance(item, Preparation):
+            self._preparations.append(item)  # background: stepped while no job waits
+        elif isinstance(item, _PreparationStep):
+            if item.preparation._advance(self.engine):
+                self._preparations.remove(item.preparation)
         else:  # pragma: no cover - programming error
             raise TypeError(f"unknown job {item!r}")
 

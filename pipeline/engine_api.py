@@ -12,9 +12,10 @@ Knows nothing about threads, processes, queues or sessions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from pipeline.media import Avatar, Chunk, ChunkJob, Reseed
+from pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
 
 if TYPE_CHECKING:
     from pipeline.parallel import ParallelGroup
@@ -48,6 +49,10 @@ class EngineGroupFailed(EngineError):
     """A worker process of the engine group died; the group serves nothing more."""
 
 
+class PreparationCancelled(EngineError):
+    """An avatar's preparation was cancelled (or the engine stopped) before it finished."""
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What a model backend provides. Every method runs on the device thread only.
@@ -76,8 +81,21 @@ class Engine(Protocol):
         """Load weights, compile and warm up. Called once, first, on the device thread."""
         ...
 
+    avatar_cache_evictions: int
+    """Prepared avatars dropped from the engine's bounded device cache since it loaded."""
+
+    def prepare_avatar(self, avatar: Avatar) -> Iterator[PreparationStep]:
+        """Compute ``avatar``'s assets (its per-avatar conditioning) once, in short steps.
+
+        Each ``next`` runs one step of device work; the device thread runs chunks of live
+        sessions between steps. The last step carries the assets (what ``open_session``
+        takes back as ``Avatar.assets``); the avatar is in the device cache afterwards.
+        """
+        ...
+
     def open_session(self, avatar: Avatar, seed: int) -> Any:
-        """Prepare per-session state for ``avatar`` (cached per avatar where possible)."""
+        """Prepare per-session state for ``avatar`` (cached per avatar where possible; from
+        ``avatar.assets`` when given)."""
         ...
 
     def step(self, state: Any, job: ChunkJob) -> Chunk:

@@ -3,8 +3,9 @@
 Owns ``ProcessGroupEngine``: an ``Engine`` for the server's ``EngineWorker`` thread that, in
 ``load``, starts one worker process per device (``python -m pipeline.group_worker``, with
 NVLink multicast switched off in its environment), hands each its ``GroupSpec`` over a Unix
-socket pair, and then forwards ``open_session`` / ``step`` / ``reseed`` / ``close_session`` to rank 0 and
-waits for its reply. Because it sits behind the ordinary ``EngineWorker``, sessions keep the
+socket pair, and then forwards ``open_session`` / ``step`` / ``reseed`` / ``close_session``
+and each step of ``prepare_avatar`` to rank 0 and waits for its reply. Because it sits
+behind the ordinary ``EngineWorker``, sessions keep the
 same ``SessionHandle`` (submit, ``drop_pending``, mailbox) whether their group is a thread or
 processes: streaming never sees ranks.
 
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -45,6 +46,7 @@ from pipeline.group_messages import (
     GroupSpec,
     Loaded,
     OpenRequest,
+    PrepareRequest,
     Request,
     ReseedRequest,
     StepRequest,
@@ -52,7 +54,7 @@ from pipeline.group_messages import (
     recv_message,
     send_message,
 )
-from pipeline.media import Avatar, Chunk, ChunkJob, Reseed
+from pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
 from pipeline.rendezvous import CHILD_ENV, free_port
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,8 @@ class ProcessGroupEngine:
         self.width = options.width
         self.warmup_rtf: float | None = None
         self.load_seconds: float | None = None
+        self.avatar_cache_evictions = 0
+        """Rank 0's engine's count, as of its latest reply."""
         self._on_failure = on_failure
         self._log_level = log_level
         self._ranks: list[_Rank] = []
@@ -209,6 +213,30 @@ class ProcessGroupEngine:
     def close_session(self, state: RemoteSession) -> None:
         if self.failure is None:
             self._call(CloseRequest(state.session))
+
+    def prepare_avatar(self, avatar: Avatar) -> Iterator[PreparationStep]:
+        """Every rank prepares ``avatar`` in lockstep, one request per step; rank 0's steps
+        come back (its last one with the assets). Closed early (cancelled), it tells the
+        ranks to drop the preparation."""
+        preparation = next(self._ids)
+        request = PrepareRequest(preparation, avatar)
+        finished = False
+        try:
+            while True:
+                step = self._call(request).step
+                if step is None:
+                    raise EngineError(f"{self.label} answered a preparation step without a step")
+                finished = step.assets is not None
+                yield step
+                if finished:
+                    return
+                request = PrepareRequest(preparation)
+        finally:
+            if not finished and self.failure is None:
+                try:
+                    self._call(PrepareRequest(preparation, cancel=True))
+                except EngineError:
+                    logger.warning("%s: dropping preparation %d failed", self.label, preparation)
 
     # -- stopping ---------------------------------------------------------------------------------
 
@@ -322,6 +350,7 @@ class ProcessGroupEngine:
             raise RankError(reply.message)
         if not isinstance(reply, Done):
             raise EngineError(f"{self.label} answered {type(reply).__name__} to a request")
+        self.avatar_cache_evictions = reply.avatar_cache_evictions
         return reply
 
     def _receive(self) -> object:

@@ -6,8 +6,12 @@ next chunk's motion latents, conversion to uint8 frames) and the per-session ``S
 One loaded model serves every session: nothing per session is stored on the modules.
 
 Per-avatar conditioning (T5 prompt embedding, CLIP features, VAE latents of the reference
-image) is computed by an ``AvatarConditioner`` once per avatar and cached; it never runs per
-chunk. Knows nothing about threads, asyncio or codecs.
+image) is computed once per avatar and kept in a bounded cache on the device
+(``pipeline.avatar_cache``); it never runs per chunk. ``condition_steps`` computes it in short
+steps (CLIP, T5, one causal VAE chunk at a time) so the device thread can run chunks of live
+sessions between them; ``conditioning_assets`` / ``conditioning_from_assets`` turn it into
+host arrays and back, for the server's avatar store. Prompt embeddings are cached by prompt
+too (most avatars share the default prompt). Knows nothing about threads, asyncio or codecs.
 
 With ``use_parallel`` every rank of a group runs ``step`` in lockstep on the same inputs:
 the DiT splits its tokens (``pipeline.sequence_parallel``), the VAE its rows
@@ -23,8 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -37,11 +40,14 @@ import torch.nn.functional as F
 from pipeline import sampler
 from pipeline.attention import sdpa_backends
 from pipeline.audio import AudioRing, Wav2VecStreamEncoder
+from pipeline.avatar_cache import AvatarCache
 from pipeline.color import match_and_blend_colors
 from pipeline.config import PipelineConfig
 from pipeline.dit import FlashTalkDiT
 from pipeline.imaging import resize_and_centercrop, to_model_range
+from pipeline.media import AvatarAssets
 from pipeline.parallel import ParallelGroup
+from pipeline.stepwise import finish, relay
 from pipeline.timing import StageTimer, stage_timer
 from pipeline.vae import WanVAE
 from pipeline.vae_parallel import ParallelVAE
@@ -52,7 +58,15 @@ MASK_CHANNELS = 4
 """First-frame mask channels in ``y`` (one per frame of the first latent's 4-frame group)."""
 
 AVATAR_CACHE_SIZE = 16
-"""Avatars whose conditioning is kept in memory (least recently used ones are dropped)."""
+"""Avatars whose conditioning is kept on the device (least recently used ones are dropped).
+At 768x448 one avatar's conditioning is about 9 MB of bf16."""
+
+PROMPT_CACHE_SIZE = 4
+"""Prompt embeddings kept on the device ([512, 4096] bf16: 4 MB each), so an avatar with an
+already seen prompt (the default one, mostly) needs no T5 run."""
+
+ConditioningSteps = Generator[float, None, "AvatarConditioning"]
+"""Yields the progress in (0, 1) after each step of device work; returns the conditioning."""
 
 NoiseSource = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
 """Draws standard normal noise of a shape and dtype (the session's generator, or a golden's)."""
@@ -76,6 +90,38 @@ class AvatarConditioning:
         return AvatarConditioning(
             *(getattr(self, name).to(device) for name in self.__dataclass_fields__)
         )
+
+
+FLOAT32_CONDITIONING = frozenset({"first_motion"})
+"""Conditioning fields kept in float32 (the VAE's latents); the others are in the model's
+dtype."""
+
+
+def conditioning_assets(conditioning: AvatarConditioning) -> AvatarAssets:
+    """The conditioning as float32 host arrays (bf16 converts exactly), by field name."""
+    return {
+        name: getattr(conditioning, name).detach().float().cpu().numpy()
+        for name in conditioning.__dataclass_fields__
+    }
+
+
+def conditioning_from_assets(
+    assets: AvatarAssets, device: torch.device, dtype: torch.dtype
+) -> AvatarConditioning:
+    """``conditioning_assets``' arrays back on ``device``, each field in its own dtype."""
+    missing = [name for name in AvatarConditioning.__dataclass_fields__ if name not in assets]
+    if missing:
+        raise ValueError(
+            f"the avatar's stored conditioning lacks {', '.join(missing)}; prepare the avatar "
+            "again (delete it and upload the picture anew)"
+        )
+    tensors = {
+        name: torch.from_numpy(np.array(assets[name], dtype=np.float32)).to(
+            device, torch.float32 if name in FLOAT32_CONDITIONING else dtype
+        )
+        for name in AvatarConditioning.__dataclass_fields__
+    }
+    return AvatarConditioning(**tensors)
 
 
 @dataclass
@@ -180,10 +226,9 @@ class FlashTalkGenerator:
             torch.full((1,), t, dtype=torch.float32, device=self.device)
             for t in self._timesteps[:-1]
         ]
-        self._avatars: OrderedDict[str, AvatarConditioning] = OrderedDict()
-        self.output_size: tuple[int, int] | None = None
-        """(height, width) the frames ``step`` hands back are resized to, on the device
-        (``None``: the generated size). Set by the engine when it serves another size."""
+        self.avatars: AvatarCache[AvatarConditioning] = AvatarCache(AVATAR_CACHE_SIZE)
+        """Conditioning of recently used avatars, on the device."""
+        self._prompts: AvatarCache[torch.Tensor] = AvatarCache(PROMPT_CACHE_SIZE)
         self.attention_backend = "auto"
         """SDPA kernel preference for the DiT (see ``pipeline.attention.sdpa_backends``)."""
         self.color_correct: ColorCorrection = match_and_blend_colors
@@ -218,45 +263,92 @@ class FlashTalkGenerator:
         digest.update(f"{self.config.preset}:{self.config.height}x{self.config.width}".encode())
         return digest.hexdigest()[:32]
 
-    @torch.no_grad()
-    def condition(self, image: np.ndarray, prompt: str | None = None) -> AvatarConditioning:
-        """The avatar's conditioning, from the memory or disk cache or computed now.
+    def condition(
+        self,
+        image: np.ndarray,
+        prompt: str | None = None,
+        assets: AvatarAssets | None = None,
+    ) -> AvatarConditioning:
+        """The avatar's conditioning, from the device cache, ``assets`` (what
+        ``conditioning_assets`` made of it before), the disk cache, or computed now.
 
         ``image`` is ``[H, W, 3]`` uint8 RGB of any size (resized and centre-cropped).
         """
+        return finish(self.condition_steps(image, prompt, assets))
+
+    def condition_steps(
+        self,
+        image: np.ndarray,
+        prompt: str | None = None,
+        assets: AvatarAssets | None = None,
+    ) -> ConditioningSteps:
+        """``condition`` in short steps of device work (see ``ConditioningSteps``): none
+        when the avatar is cached or ``assets`` are given, else CLIP, T5 and one step per
+        causal VAE chunk. The result is in the device cache afterwards."""
         prompt = prompt or self.config.prompt
         key = self._avatar_key(image, prompt)
-        if key in self._avatars:
-            self._avatars.move_to_end(key)
-            return self._avatars[key]
-        cached = self._load_cached(key)
-        conditioning = cached if cached is not None else self._compute_conditioning(image, prompt)
-        if cached is None:
-            self._store_cached(key, conditioning)
-        self._avatars[key] = conditioning
-        while len(self._avatars) > AVATAR_CACHE_SIZE:
-            self._avatars.popitem(last=False)
+        cached = self.avatars.get(key)
+        if cached is not None:
+            return cached
+        if assets is not None:
+            conditioning = conditioning_from_assets(assets, self.device, self.dtype)
+            self._check_shapes(conditioning)
+        else:
+            stored = self._load_cached(key)
+            if stored is None:
+                conditioning = yield from self._conditioning_steps(image, prompt)
+                self._store_cached(key, conditioning)
+            else:
+                conditioning = stored
+        self.avatars.put(key, conditioning)
         return conditioning
 
-    def _compute_conditioning(self, image: np.ndarray, prompt: str) -> AvatarConditioning:
+    def _check_shapes(self, conditioning: AvatarConditioning) -> None:
+        cfg = self.config
+        expected = (cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+        if tuple(conditioning.y.shape[2:]) != expected:
+            raise ValueError(
+                f"the avatar's stored conditioning is for latents {tuple(conditioning.y.shape[2:])}"
+                f", this engine makes {expected}: it was prepared for another size; prepare the "
+                "avatar again"
+            )
+
+    @torch.no_grad()
+    def _conditioning_steps(self, image: np.ndarray, prompt: str) -> ConditioningSteps:
         cfg = self.config
         started = time.perf_counter()
-        # 1. reference image: resize to cover, centre-crop, scale to [-1, 1]
+        frames = cfg.audio.chunk_frames  # y: the image, then chunk_frames - 1 zero frames
+        total = 2 + self.vae.encode_chunk_count(frames) + self.vae.encode_chunk_count(1)
+        done = 0
+
+        def step() -> float:
+            nonlocal done
+            done += 1
+            return done / (total + 1)  # the caller's hand-over of the result is the last step
+
+        def encode(video: torch.Tensor) -> Generator[float, None, torch.Tensor]:
+            return relay(self.vae.encode_steps(video), lambda _done: step())
+
+        # 1. reference image: resize to cover, centre-crop, scale to [-1, 1]; its CLIP features
         pixels = resize_and_centercrop(PIL.Image.fromarray(image), (cfg.height, cfg.width))
         reference = to_model_range(pixels).to(self.device, self.dtype)  # [1, 3, 1, H, W]
-        # 2. text and image embeddings (their models load and unload inside the encoders)
-        context = self.encoders.encode_prompt(prompt)[None].to(self.device, self.dtype)
         clip_fea = self.encoders.encode_image(reference).to(self.device, self.dtype)
+        yield step()
+        # 2. the prompt's T5 embedding (cached by prompt)
+        context = self._prompts.get(prompt)
+        if context is None:
+            context = self.encoders.encode_prompt(prompt)[None].to(self.device, self.dtype)
+            self._prompts.put(prompt, context)
+        yield step()
         # 3. y: VAE latents of the image followed by zero frames, behind the first-frame mask
         zeros = torch.zeros(
-            1, 3, cfg.audio.chunk_frames - 1, cfg.height, cfg.width, device=self.device,
-            dtype=self.dtype,
+            1, 3, frames - 1, cfg.height, cfg.width, device=self.device, dtype=self.dtype
         )
-        latents = self.vae.encode(torch.cat([reference, zeros], dim=2))  # [1, z, T_lat, h, w]
+        latents = yield from encode(torch.cat([reference, zeros], dim=2))  # [1, z, T_lat, h, w]
         mask = first_frame_mask(cfg.latent_frames, cfg.latent_height, cfg.latent_width)
         y = torch.cat([mask.to(latents), latents], dim=1).to(self.dtype)  # [1, 4 + z, T_lat, h, w]
         # 4. the first chunk's motion latent: the image alone
-        first_motion = self.vae.encode(reference)[0]  # [z, 1, h, w]
+        first_motion = (yield from encode(reference))[0]  # [z, 1, h, w]
         logger.info("avatar conditioning computed in %.2f s", time.perf_counter() - started)
         return AvatarConditioning(context, clip_fea, y, first_motion, reference)
 
@@ -288,9 +380,16 @@ class FlashTalkGenerator:
 
     # -- per session ----------------------------------------------------------------------
 
-    def prepare(self, image: np.ndarray, prompt: str | None = None, seed: int | None = None) -> StreamState:
-        """A new stream for an avatar: conditioning (cached), silent ring, seeded noise."""
-        conditioning = self.condition(image, prompt)
+    def prepare(
+        self,
+        image: np.ndarray,
+        prompt: str | None = None,
+        seed: int | None = None,
+        assets: AvatarAssets | None = None,
+    ) -> StreamState:
+        """A new stream for an avatar: conditioning (cached, or from ``assets``), silent
+        ring, seeded noise."""
+        conditioning = self.condition(image, prompt, assets)
         noise = torch.Generator(device=self.device)
         noise.manual_seed(self.config.seed if seed is None else seed)
         return StreamState(
@@ -324,8 +423,17 @@ class FlashTalkGenerator:
         state.ring.push(np.zeros(heard, dtype=np.float32))
 
     @torch.no_grad()
-    def step(self, state: StreamState, audio: np.ndarray) -> ChunkOutput:
-        """One chunk: 17,920 new samples (float32, 16 kHz) -> 28 new frames; advances state."""
+    def step(
+        self,
+        state: StreamState,
+        audio: np.ndarray,
+        output_size: tuple[int, int] | None = None,
+    ) -> ChunkOutput:
+        """One chunk: 17,920 new samples (float32, 16 kHz) -> 28 new frames; advances state.
+
+        ``output_size`` ``(height, width)``: the frames are resized to it on the device before
+        the copy to the host (``None``: the generated size).
+        """
         timer = stage_timer(self.device)
         timer.start()
         # 1. audio features of the 8 s ring window, for the chunk's 33 frames
@@ -343,10 +451,10 @@ class FlashTalkGenerator:
         # 3. the new frames at the output size as uint8 on the host (the copy waits for the
         #    chunk's GPU work); in a group only rank 0 hands frames back
         if self.hands_back_frames:
-            video = resize_video(video, self.output_size)  # [3, 28, H_out, W_out]
+            video = resize_video(video, output_size)  # [3, 28, H_out, W_out]
             frames = frames_to_uint8(video).contiguous().cpu().numpy()  # [28, H_out, W_out, 3]
         else:
-            height, width = self.output_size or video.shape[2:]
+            height, width = output_size or video.shape[2:]
             frames = np.zeros((0, height, width, video.shape[0]), dtype=np.uint8)
         timer.mark("to_host_s")
         state.chunk_index += 1

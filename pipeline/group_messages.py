@@ -2,7 +2,8 @@
 
 Owns ``GroupSpec`` (what a worker process is told when it starts), the requests rank 0 takes
 from the server and hands on to the other ranks (``OpenRequest``, ``StepRequest``,
-``ReseedRequest``, ``CloseRequest``, ``StopRequest``; ``Heartbeat`` between ranks only), the replies rank 0
+``ReseedRequest``, ``CloseRequest``, ``PrepareRequest``, ``StopRequest``; ``Heartbeat`` between
+ranks only), the replies rank 0
 sends back (``Loaded``, ``Done``, ``Failed``) and ``send_message`` / ``recv_message``:
 pickle protocol 5 with out-of-band buffers over a ``multiprocessing`` connection (a Unix
 socket pair), so a chunk's frames (28.9 MB at 768x448) cross as one raw write and one raw
@@ -20,7 +21,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from pipeline.engine_options import EngineOptions
-from pipeline.media import Avatar, Chunk, ChunkJob, Reseed
+from pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
 
 PICKLE_PROTOCOL = 5
 """The pickle protocol with out-of-band buffers (PEP 574)."""
@@ -92,6 +93,17 @@ class CloseRequest:
 
 
 @dataclass(frozen=True)
+class PrepareRequest:
+    """Run the next step of avatar preparation ``preparation`` on every rank: with
+    ``avatar``, its first (every rank starts ``Engine.prepare_avatar``); with ``cancel``,
+    drop it instead."""
+
+    preparation: int
+    avatar: Avatar | None = None
+    cancel: bool = False
+
+
+@dataclass(frozen=True)
 class StopRequest:
     """Leave the loop and exit (the server stops the group, or went away)."""
 
@@ -102,7 +114,15 @@ class Heartbeat:
     only; keeps an idle group inside the control group's timeout)."""
 
 
-Request = OpenRequest | StepRequest | ReseedRequest | CloseRequest | StopRequest | Heartbeat
+Request = (
+    OpenRequest
+    | StepRequest
+    | ReseedRequest
+    | CloseRequest
+    | PrepareRequest
+    | StopRequest
+    | Heartbeat
+)
 
 
 # -- replies: rank 0 -> the server ----------------------------------------------------------------
@@ -121,9 +141,13 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Done:
-    """The request succeeded on every rank; ``chunk`` is rank 0's result of a step."""
+    """The request succeeded on every rank; ``chunk`` is rank 0's result of a step, ``step``
+    its step of an avatar preparation."""
 
     chunk: Chunk | None = None
+    step: PreparationStep | None = None
+    avatar_cache_evictions: int = 0
+    """Rank 0's engine's ``avatar_cache_evictions`` after the request."""
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,14 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from pipeline.engine import default_registry
 from pipeline.engine_api import Engine
-from pipeline.media import Chunk
+from pipeline.media import Chunk, PreparationStep
 from pipeline.group_messages import (
     CloseRequest,
     Done,
@@ -39,6 +39,7 @@ from pipeline.group_messages import (
     Heartbeat,
     Loaded,
     OpenRequest,
+    PrepareRequest,
     Reply,
     Request,
     ReseedRequest,
@@ -87,6 +88,8 @@ class _Rank:
     """Gloo group of the control plane; ``None`` in a group of one."""
 
     states: dict[int, Any]
+    preparations: dict[int, Iterator[PreparationStep]] = field(default_factory=dict)
+    """Avatar preparations under way, by id (``PrepareRequest``)."""
 
     @property
     def primary(self) -> bool:
@@ -207,9 +210,18 @@ def _serve(rank: _Rank) -> None:
         error = _agree(rank.spec, rank.control, error)
         if error is not None and isinstance(request, OpenRequest):
             _forget(rank, request.session)  # prepared here, failed elsewhere
+        if error is not None and isinstance(request, PrepareRequest):
+            rank.preparations.pop(request.preparation, None)  # stepped here, failed elsewhere
         if rank.primary:
-            chunk = contiguous(result) if isinstance(result, Chunk) else None
-            reply = Failed(error) if error is not None else Done(chunk)
+            reply = (
+                Failed(error)
+                if error is not None
+                else Done(
+                    contiguous(result) if isinstance(result, Chunk) else None,
+                    result if isinstance(result, PreparationStep) else None,
+                    rank.engine.avatar_cache_evictions,
+                )
+            )
             send_message(rank.conn, reply)
     for session in list(rank.states):
         _forget(rank, session)
@@ -227,7 +239,8 @@ def _next_request(rank: _Rank) -> Request:
         logger.warning("the server closed the connection; stopping the group")
         return StopRequest()
     if not isinstance(
-        request, OpenRequest | StepRequest | ReseedRequest | CloseRequest | StopRequest
+        request,
+        OpenRequest | StepRequest | ReseedRequest | CloseRequest | PrepareRequest | StopRequest,
     ):
         raise TypeError(f"unexpected request {type(request).__name__} from the server")
     return request
@@ -268,10 +281,30 @@ def _apply(rank: _Rank, request: Request) -> tuple[Any, str | None]:
         if isinstance(request, CloseRequest):
             _forget(rank, request.session)
             return None, None
+        if isinstance(request, PrepareRequest):
+            return _prepare_step(rank, request), None
     except Exception as exc:
+        if isinstance(request, PrepareRequest):
+            rank.preparations.pop(request.preparation, None)
         logger.exception("%s failed", type(request).__name__)
         return None, _describe(rank.spec, exc)
     raise TypeError(f"unknown request {request!r}")
+
+
+def _prepare_step(rank: _Rank, request: PrepareRequest) -> PreparationStep | None:
+    """One step of an avatar preparation on this rank (``None`` for a cancel)."""
+    if request.cancel:
+        rank.preparations.pop(request.preparation, None)
+        return None
+    if request.avatar is not None:
+        rank.preparations[request.preparation] = iter(rank.engine.prepare_avatar(request.avatar))
+    steps = rank.preparations.get(request.preparation)
+    if steps is None:
+        raise KeyError(f"preparation {request.preparation} is not under way on this rank")
+    step = next(steps)  # StopIteration: the engine ended without assets (an error)
+    if step.assets is not None:
+        del rank.preparations[request.preparation]
+    return step
 
 
 def _forget(rank: _Rank, session: int) -> None:

@@ -65,17 +65,35 @@ def frame_levels_dbfs(audio: np.ndarray) -> np.ndarray:
     return (20.0 * np.log10(rms + RMS_FLOOR)).astype(np.float32)
 
 
+AvatarAssets = dict[str, np.ndarray]
+"""What an engine computed once for an avatar (the diffusion engines' conditioning, the
+puppet's prepared art), as named host arrays: the server stores them and hands them back
+with the avatar (``Avatar.assets``); only the engine that made them knows what they mean."""
+
+
 @dataclass(frozen=True)
 class Avatar:
     """What a session asks the engine to animate.
 
     ``image`` is an RGB uint8 array ``[H, W, 3]`` of any size (the engine resizes and
-    crops it); ``name`` keys the per-avatar conditioning cache.
+    crops it); ``name`` keys the per-avatar conditioning cache. ``assets``, when given, are
+    what the same engine's ``prepare_avatar`` made for this avatar: the engine uses them
+    instead of computing them again.
     """
 
     name: str
     image: np.ndarray  # [H, W, 3] uint8
     prompt: str | None = None
+    assets: AvatarAssets | None = None
+
+
+@dataclass(frozen=True)
+class PreparationStep:
+    """One step of an avatar's preparation on the device thread (``Engine.prepare_avatar``):
+    how far it got, in (0, 1], and on the last step the avatar's assets."""
+
+    progress: float
+    assets: AvatarAssets | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,7 @@ from pipeline.avatar_art import (
     FaceLayout,
     draw_default_avatar,
 )
+from pipeline.avatar_cache import AvatarCache
 from pipeline.engine_api import EngineNotReady
 from pipeline.engine_options import PuppetOptions
 from pipeline.media import (
@@ -46,8 +47,10 @@ from pipeline.media import (
     SAMPLES_PER_FRAME,
     VIDEO_FPS,
     Avatar,
+    AvatarAssets,
     Chunk,
     ChunkJob,
+    PreparationStep,
     Reseed,
     frame_levels_dbfs,
 )
@@ -128,6 +131,11 @@ LABEL_BOX_RGBA = (0, 0, 0, 70)
 AVATAR_CACHE_SIZE = 4
 """Prepared avatars the engine keeps, keyed by ``Avatar.name`` (as the design's per-avatar
 cache is). At 768x448 each is a 1 MB background plus at most 18 MB of shifted head regions."""
+
+BACKGROUND_ASSET = "background"
+"""Asset: the prepared background [H, W, 3] uint8 (cropped, closed lips, labelled)."""
+LID_COLOURS_ASSET = "lid_colours"
+"""Asset: the eyelid colours [2, 3] float32 (the skin under each eye)."""
 
 
 def mouth_targets(levels_dbfs: np.ndarray) -> np.ndarray:
@@ -285,7 +293,7 @@ class PuppetEngine:
         self.fps = fps
         self._image = image
         self._label: np.ndarray | None = None  # [h, w, 4] uint8 RGBA, made by load()
-        self._prepared: OrderedDict[str, _Prepared] = OrderedDict()
+        self._prepared: AvatarCache[_Prepared] = AvatarCache(AVATAR_CACHE_SIZE)
         self._head = self._head_region()
         self._mouth_grid = self._mouth_box_grid()
 
@@ -376,14 +384,34 @@ class PuppetEngine:
     def close_session(self, state: PuppetState) -> None:
         """Nothing to release: the state holds no resources; the avatar cache stays warm."""
 
+    @property
+    def avatar_cache_evictions(self) -> int:
+        """Prepared avatars dropped from the cache since the engine was made."""
+        return self._prepared.evictions
+
+    def prepare_avatar(self, avatar: Avatar) -> Iterator[PreparationStep]:
+        """Prepare ``avatar``'s art (one step of a few ms) and hand it over as its assets:
+        the background with closed lips and the label, and the eyelid colours."""
+        prepared = self._prepare(avatar)
+        yield PreparationStep(
+            1.0,
+            {
+                BACKGROUND_ASSET: prepared.background,
+                LID_COLOURS_ASSET: np.stack(prepared.lid_colours),  # [2, 3]
+            },
+        )
+
     # -- preparation -------------------------------------------------------------------------
 
     def _prepare(self, avatar: Avatar) -> _Prepared:
         key = avatar.name
         cached = self._prepared.get(key)
         if cached is not None:
-            self._prepared.move_to_end(key)
             return cached
+        if avatar.assets is not None:
+            prepared = self._from_assets(avatar.name, avatar.assets)
+            self._prepared.put(key, prepared)
+            return prepared
         image = avatar.image
         _check_rgb(image, f"avatar {avatar.name!r}")
         if image.shape[:2] == (self.height, self.width):
@@ -396,10 +424,28 @@ class PuppetEngine:
             raise EngineNotReady("the puppet engine is not loaded; call load() first")
         _stamp_label(background, self._label)
         prepared = _Prepared(background=background, lid_colours=lids)
-        self._prepared[key] = prepared
-        while len(self._prepared) > AVATAR_CACHE_SIZE:
-            self._prepared.popitem(last=False)
+        self._prepared.put(key, prepared)
         return prepared
+
+    def _from_assets(self, name: str, assets: AvatarAssets) -> _Prepared:
+        """The prepared art ``prepare_avatar`` handed over before (checked against this
+        engine's frame size)."""
+        background = assets.get(BACKGROUND_ASSET)
+        lids = assets.get(LID_COLOURS_ASSET)
+        if background is None or lids is None:
+            raise ValueError(
+                f"avatar {name!r}: its stored assets are not the puppet's; prepare it again"
+            )
+        if background.shape != (self.height, self.width, 3) or lids.shape != (2, 3):
+            raise ValueError(
+                f"avatar {name!r} was prepared for {background.shape[1]}x{background.shape[0]} "
+                f"frames, this puppet draws {self.width}x{self.height}; prepare it again"
+            )
+        lid_colours = np.asarray(lids, dtype=np.float32)
+        return _Prepared(
+            background=np.asarray(background, dtype=np.uint8),
+            lid_colours=(lid_colours[0], lid_colours[1]),
+        )
 
     def _lid_colours(self, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Median colour of the skin just under each eye. Returns 2 x [3] float32."""

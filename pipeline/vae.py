@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.checkpoint import materialize, read_torch_state
+from pipeline.stepwise import finish
 from pipeline.vae_bands import RowShare, run_band
 from pipeline.vae_blocks import (
     SPATIAL_SCALE,
@@ -267,7 +268,6 @@ class WanVAE(nn.Module):
         std = self.latent_std.to(STATS_DTYPE).view(shape)
         return mean, std
 
-    @torch.no_grad()
     def encode(self, video: torch.Tensor, share: RowShare | None = None) -> torch.Tensor:
         """Video ``[B, 3, T, H, W]`` in [-1, 1] -> normalised latents ``[B, 16, T', h, w]``.
 
@@ -279,6 +279,19 @@ class WanVAE(nn.Module):
         only on its band of rows; ``share.gather`` joins every rank's band at latent
         resolution before the middle block, and the whole latents come back.
         """
+        return finish(self.encode_steps(video, share))
+
+    def encode_chunk_count(self, frames: int) -> int:
+        """Causal encode chunks (steps of ``encode_steps``) of a ``frames``-frame video."""
+        return sum(1 for _ in self._encode_chunks(frames))
+
+    @torch.no_grad()
+    def encode_steps(
+        self, video: torch.Tensor, share: RowShare | None = None
+    ) -> Generator[None, None, torch.Tensor]:
+        """``encode`` one causal chunk (1 or 4 frames) per step: yields after each chunk's
+        work is queued on the device and returns the latents, the same as ``encode``'s. Lets
+        a caller interleave a long encode (an avatar's 33 frames) with other work."""
         self._check_video(video)
         z = self.config.z_dim
         weight = self.conv1.weight
@@ -293,6 +306,7 @@ class WanVAE(nn.Module):
             else:
                 features = self._encode_band(video[:, :, start:stop], cache, share)
             mus.append(F.conv3d(features, weight[:z], self.conv1.bias[:z]))  # [B, z, 1, h, w]
+            yield
         mu = mus[0] if len(mus) == 1 else torch.cat(mus, dim=2)  # [B, z, T', h, w]
         # 3. Normalise in float32.
         mean, std = self._latent_stats()

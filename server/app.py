@@ -25,7 +25,7 @@ from server.auth import ApiKeys, TokenRedactor
 from server.errors import install_problem_handlers
 from server.metrics import Metrics
 from server.request_body import BodyLimitMiddleware, BodyLimits
-from server.routes import audio_ws, control, health, sessions, webrtc, whep
+from server.routes import audio_ws, avatars, control, health, sessions, webrtc, whep
 from server.routes.web import mount_static, web_router
 from server.runtime import Runtime
 from server.settings import Settings
@@ -115,6 +115,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             routes=(
                 (webrtc.OFFER_PATH, settings.max_offer_bytes),
                 (whep.WHEP_PATH, settings.max_offer_bytes),
+                (avatars.AVATARS_PATH, settings.avatar_max_bytes),
             ),
         ),
     )
@@ -129,6 +130,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         )
     install_problem_handlers(app)
     app.include_router(sessions.router)
+    app.include_router(avatars.router)
     app.include_router(webrtc.router)
     app.include_router(whep.router)
     app.include_router(control.router)

@@ -5,6 +5,8 @@ Owns how a request reaches the app's ``Runtime``, ``Metrics``, ``SessionRegistry
 ``server.auth``; refusals are counted in ``headcast_sessions_rejected_total{reason="auth"}``):
 
 - ``ApiKeyDep``: ``POST /v1/sessions`` carries a configured API key (when keys are set);
+- ``AvatarKeyDep``: the same for the ``/v1/avatars`` routes (refusals are not counted as
+  refused sessions); a session token is not an API key;
 - ``StartingSessionDep``: the path's session, with its token in ``Authorization: Bearer``,
   for starting it (the offer; once the session is connected, as for controlling it);
 - ``AuthorizedSessionDep``: the same, for controlling it (delete, interrupt, keep-alive);
@@ -21,6 +23,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from server.auth import ApiKeys, AuthError, MissingCredentials, TokenUse, bearer_credential
+from server.avatars import AvatarCatalog
 from server.errors import Problem
 from server.metrics import Metrics, RejectReason
 from server.registry import ManagedSession, SessionRegistry
@@ -63,19 +66,34 @@ def get_api_keys(request: Request) -> ApiKeys:
 ApiKeysDep = Annotated[ApiKeys, Depends(get_api_keys)]
 
 
+def server_starting(runtime: Runtime) -> Problem:
+    """The 503 of a request that came before the runtime started."""
+    return Problem(
+        503,
+        "starting",
+        f"the server is starting ({runtime.readiness.detail}); retry shortly",
+        headers={"Retry-After": str(STARTING_RETRY_AFTER_S)},
+    )
+
+
 def get_registry(runtime: RuntimeDep) -> SessionRegistry:
     try:
         return runtime.registry
     except RuntimeError:
-        raise Problem(
-            503,
-            "starting",
-            f"the server is starting ({runtime.readiness.detail}); retry shortly",
-            headers={"Retry-After": str(STARTING_RETRY_AFTER_S)},
-        ) from None
+        raise server_starting(runtime) from None
 
 
 RegistryDep = Annotated[SessionRegistry, Depends(get_registry)]
+
+
+def get_avatars(runtime: RuntimeDep) -> AvatarCatalog:
+    try:
+        return runtime.avatars
+    except RuntimeError:
+        raise server_starting(runtime) from None
+
+
+AvatarsDep = Annotated[AvatarCatalog, Depends(get_avatars)]
 
 
 def require_api_key(
@@ -92,6 +110,16 @@ def require_api_key(
 
 
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
+
+
+def require_avatar_key(
+    api_keys: ApiKeysDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """Let the request manage avatars: a configured API key, or open mode (no keys)."""
+    api_keys.check(authorization)
+
+
+AvatarKeyDep = Annotated[None, Depends(require_avatar_key)]
 
 
 def session_for_token(

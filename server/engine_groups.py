@@ -247,6 +247,19 @@ class EngineGroups:
         group.leases.add(lease)
         return lease
 
+    def worker_for_preparation(self) -> EngineWorker | None:
+        """The worker of the least-loaded ready group, for background work that takes no
+        session slot (an avatar's preparation); ``None`` while no group is ready."""
+        ready = [g for g in self._groups if self._state(g) is GroupState.READY]
+        if not ready:
+            return None
+        return min(ready, key=lambda g: (len(g.leases) / self._slots(g), g.plan.index)).worker
+
+    def avatar_cache_evictions(self) -> dict[str, int]:
+        """Per group label: avatars its engine dropped from its device cache (since the
+        group's current incarnation loaded)."""
+        return {g.label: g.engine.avatar_cache_evictions for g in self._groups}
+
     def not_ready_reason(self) -> str:
         """Why no session can be placed, for a 503."""
         if self._groups and all(self._state(g) is GroupState.FAILED for g in self._groups):

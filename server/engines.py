@@ -2,14 +2,17 @@
 
 Owns ``engine_options`` (the typed options of the engine named by ``settings.engine``),
 ``create_engine`` (that engine created -- not loaded -- in this process through
-``pipeline.engine.default_registry``), ``load_avatars`` (the ``default`` avatar: the configured image, or the drawn face) and
-``STAND_IN_ENGINES`` (the engines that are not the model, for honest startup logs).
+``pipeline.engine.default_registry``), ``load_default_avatar`` (the ``default`` avatar: the
+configured image, or the drawn face), ``avatar_assets_key`` (which engine set-up an avatar's
+stored assets belong to) and ``STAND_IN_ENGINES`` (the engines that are not the model, for
+honest startup logs).
 
 Knows nothing about HTTP, sessions or WebRTC.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -57,8 +60,8 @@ def create_engine(settings: Settings) -> Engine:
     return default_registry().create(settings.engine, engine_options(settings))
 
 
-def load_avatars(settings: Settings) -> dict[str, Avatar]:
-    """The avatars sessions may ask for, by name (reads the avatar image file if one is set)."""
+def load_default_avatar(settings: Settings) -> Avatar:
+    """The ``default`` avatar (reads the avatar image file if one is set)."""
     if settings.avatar_image is not None:
         image = np.asarray(load_image(settings.avatar_image), dtype=np.uint8)
         logger.info(
@@ -66,4 +69,15 @@ def load_avatars(settings: Settings) -> dict[str, Avatar]:
         )
     else:
         image = draw_default_avatar(settings.height, settings.width)
-    return {DEFAULT_AVATAR_NAME: Avatar(name=DEFAULT_AVATAR_NAME, image=image)}
+    return Avatar(name=DEFAULT_AVATAR_NAME, image=image)
+
+
+ASSETS_KEY_HEX_CHARS = 12
+"""Hex digits of the options' digest in an assets key."""
+
+
+def avatar_assets_key(settings: Settings) -> str:
+    """Names the engine set-up an avatar's stored assets are for: the engine and a digest of
+    its options (size, weights, seed, ...). Another set-up prepares the avatar anew."""
+    options = repr(engine_options(settings)).encode("utf-8")
+    return f"{settings.engine}-{hashlib.sha256(options).hexdigest()[:ASSETS_KEY_HEX_CHARS]}"

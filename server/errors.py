@@ -1,8 +1,8 @@
 """Errors as RFC 9457 problem details: every 4xx/5xx answer is ``application/problem+json``.
 
 Owns ``Problem`` (an HTTP error with type, title, status, detail and optional headers and
-extension members), the mapping from the domain's typed exceptions (sessions, offers, the
-engine, credentials: 401 for missing, invalid or expired ones, 403 for another session's
+extension members), the mapping from the domain's typed exceptions (sessions, avatars and
+their photos, offers, the engine, credentials: 401 for missing, invalid or expired ones, 403 for another session's
 token) to problems, and ``install_problem_handlers`` which makes FastAPI answer every
 error -- including request validation errors and unknown routes -- in that format.
 
@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipeline.avatar_photo import PhotoTooLarge, UnsupportedPhoto
 from pipeline.engine import EngineNotReady
 from server.auth import (
     AuthError,
@@ -30,7 +31,15 @@ from server.auth import (
     TokenExpired,
     TokenForAnotherSession,
 )
-from server.registry import CapacityReached, UnknownAvatar, UnknownSession
+from server.avatars import (
+    AvatarFailed,
+    AvatarInUse,
+    AvatarNotReady,
+    DefaultAvatarKept,
+    TooManyAvatars,
+    UnknownAvatar,
+)
+from server.registry import CapacityReached, UnknownSession
 from streaming.peer import NoIceCandidates, OfferError
 from streaming.session_config import AlreadyConnected, PrepareFailed, SessionEnded
 
@@ -45,6 +54,9 @@ ENGINE_LOADING_RETRY_AFTER_S = 5
 
 CAPACITY_RETRY_AFTER_S = 10
 """Retry-After sent when every session slot is taken, in seconds."""
+
+AVATAR_RETRY_AFTER_S = 2
+"""Retry-After sent while an avatar is being prepared, in seconds."""
 
 
 class Problem(Exception):
@@ -116,6 +128,26 @@ def problem_for(error: Exception) -> Problem | None:
             return Problem(404, "unknown-session", str(error), title="Unknown session")
         case UnknownAvatar():
             return Problem(404, "unknown-avatar", str(error), title="Unknown avatar")
+        case AvatarNotReady():
+            return Problem(
+                409,
+                "avatar-not-ready",
+                str(error),
+                title="The avatar is still being prepared",
+                headers={"Retry-After": str(AVATAR_RETRY_AFTER_S)},
+            )
+        case AvatarFailed():
+            return Problem(409, "avatar-failed", str(error), title="The avatar failed to prepare")
+        case AvatarInUse():
+            return Problem(409, "avatar-in-use", str(error), title="A session uses the avatar")
+        case DefaultAvatarKept():
+            return Problem(409, "avatar-default", str(error), title="The default avatar stays")
+        case TooManyAvatars():
+            return Problem(409, "avatar-count", str(error), title="Too many avatars")
+        case UnsupportedPhoto():
+            return Problem(415, "unsupported-image", str(error), title="Unsupported image")
+        case PhotoTooLarge():
+            return Problem(413, "image-too-large", str(error), title="Image too large")
         case CapacityReached():
             return Problem(
                 429,
@@ -209,6 +241,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         AuthError,
         UnknownSession,
         UnknownAvatar,
+        AvatarNotReady,
+        AvatarFailed,
+        AvatarInUse,
+        DefaultAvatarKept,
+        TooManyAvatars,
+        UnsupportedPhoto,
+        PhotoTooLarge,
         CapacityReached,
         EngineNotReady,
         OfferError,

@@ -9,7 +9,8 @@ generation slot and speech dropped after one), the engine groups' gauges (ready,
 session limit, generation slots and how many are busy; read from ``EngineGroups`` at scrape
 time), the
 session counters the registry and the auth dependencies update (active, capacity, rejected by
-reason), and the process gauges read at scrape time (OS threads, event-loop tasks, and the
+reason), the avatars' series (by status, preparation time, failures by code; evictions from
+the engines' device caches, read at scrape time), and the process gauges read at scrape time (OS threads, event-loop tasks, and the
 standard process ones as ``headcast_process_*``: resident memory, open file descriptors,
 CPU).
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from prometheus_client import (
@@ -32,7 +33,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streaming.observer import ChunkProblem
@@ -76,6 +77,12 @@ the exposition has no ``_sum`` (Prometheus rule); use ``histogram_quantile`` on 
 
 AUDIO_QUEUED_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 """Histogram buckets of pushed audio waiting to be played after a push, in seconds."""
+
+AVATAR_PREPARE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+"""Histogram buckets of an avatar's preparation time (photo to ready), in seconds."""
+
+AvatarCounts = Callable[[], Mapping[str, int]]
+"""Reads avatars by status (or evictions by engine group) at scrape time."""
 
 
 SPEECH_WAIT_BUCKETS_S = (0.1, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 30.0)
@@ -128,6 +135,34 @@ class _RuntimeCollector(Collector):
                 "Unfinished asyncio tasks on the server's event loop.",
                 value=len(asyncio.all_tasks(loop)),
             )
+
+
+class _AvatarCollector(Collector):
+    """Avatars by status and the engines' avatar-cache evictions, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.by_status: AvatarCounts | None = None
+        self.evictions: AvatarCounts | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.by_status is not None:
+            avatars = GaugeMetricFamily(
+                "headcast_avatars", "Avatars the server offers, by status.", labels=["status"]
+            )
+            for status, count in self.by_status().items():
+                avatars.add_metric([str(status)], count)
+            yield avatars
+        if self.evictions is not None:
+            evictions = CounterMetricFamily(
+                "headcast_avatar_cache_evictions",
+                "Avatars dropped from an engine group's bounded device cache (their next "
+                "session loads the stored conditioning again), by engine group; restarts "
+                "with the group.",
+                labels=["group"],
+            )
+            for group, count in self.evictions().items():
+                evictions.add_metric([group], count)
+            yield evictions
 
 
 class Metrics:
@@ -271,6 +306,21 @@ class Metrics:
             buckets=AUDIO_QUEUED_BUCKETS_S,
             registry=self.registry,
         )
+        self.avatar_prepare_seconds = Histogram(
+            "headcast_avatar_prepare_seconds",
+            "Time from the start of an avatar's preparation to ready (face framing and the "
+            "engine's conditioning).",
+            buckets=AVATAR_PREPARE_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.avatar_failures = Counter(
+            "headcast_avatar_failures",
+            "Avatar preparations that failed, by error code (no_face, too_small, ...).",
+            labelnames=("error",),
+            registry=self.registry,
+        )
+        self._avatars = _AvatarCollector()
+        self.registry.register(self._avatars)
         self._runtime = _RuntimeCollector()
         self.registry.register(self._runtime)
         # headcast_process_resident_memory_bytes, _open_fds, ...: what a soak test watches.
@@ -290,6 +340,14 @@ class Metrics:
     def for_group(self, group: str) -> GroupSessionMetrics:
         """The ``SessionObserver`` of a session placed on engine group ``group``."""
         return GroupSessionMetrics(self, group)
+
+    def bind_avatars(self, by_status: AvatarCounts) -> None:
+        """Export ``headcast_avatars{status}`` from ``by_status()`` at scrape time."""
+        self._avatars.by_status = by_status
+
+    def bind_avatar_evictions(self, by_group: AvatarCounts) -> None:
+        """Export ``headcast_avatar_cache_evictions_total{group}`` from ``by_group()``."""
+        self._avatars.evictions = by_group
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Report the task count of ``loop`` (the server's loop) from now on."""

@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from pipeline.engine import EngineNotReady
 from pipeline.media import Avatar
 from server.auth import SessionTokens
+from server.avatars import UnknownAvatar
 from server.engine_groups import CapacityReached, EngineGroups, Lease
 from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
 from server.metrics import Metrics, RejectReason
@@ -45,8 +46,13 @@ class UnknownSession(LookupError):
     """No live session has this id (never created, deleted, or expired)."""
 
 
-class UnknownAvatar(LookupError):
-    """No avatar has this name."""
+class SessionAvatars(Protocol):
+    """Where sessions get their avatar (``server.avatars.AvatarCatalog``)."""
+
+    async def avatar_for_session(self, avatar_id: str) -> Avatar:
+        """The avatar to animate; raises ``UnknownAvatar``, or an error saying why it cannot
+        be used yet."""
+        ...
 
 
 __all__ = [
@@ -100,7 +106,7 @@ class SessionRegistry:
         self,
         *,
         engines: EngineGroups,
-        avatars: Mapping[str, Avatar],
+        avatars: SessionAvatars,
         session_config: SessionConfig,
         peer_config: PeerConfig,
         lifecycle: LifecyclePolicy,
@@ -110,7 +116,7 @@ class SessionRegistry:
         turn: TurnMinter | None = None,
     ) -> None:
         self._engines = engines
-        self._avatars = dict(avatars)
+        self._avatars = avatars
         self._session_config = session_config
         self.peer_config = peer_config
         self._turn = turn
@@ -125,9 +131,9 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    @property
-    def avatar_names(self) -> list[str]:
-        return sorted(self._avatars)
+    def avatar_in_use(self, avatar_id: str) -> bool:
+        """True while a live session animates avatar ``avatar_id``."""
+        return any(managed.avatar == avatar_id for managed in self._sessions.values())
 
     @property
     def capacity(self) -> int | None:
@@ -150,11 +156,7 @@ class SessionRegistry:
         if self.capacity is None:
             self._metrics.rejected(RejectReason.NOT_READY)
             raise EngineNotReady(self._engines.not_ready_reason())
-        avatar = self._avatars.get(avatar_name)
-        if avatar is None:
-            raise UnknownAvatar(
-                f"no avatar named {avatar_name!r}; available: {', '.join(self.avatar_names)}"
-            )
+        avatar = await self._avatars.avatar_for_session(avatar_name)
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         try:
             lease = self._engines.acquire(lambda reason: self._group_lost(session_id, reason))

@@ -15,6 +15,8 @@ Owns:
   parsed into a pydantic model (422 when it does not match).
 - ``json_request_body``: the OpenAPI ``requestBody`` of such a route, so ``/docs`` still
   shows its schema.
+- ``read_upload``: the same for a ``multipart/form-data`` upload (one file and a few short
+  text fields; 415 for another media type, 408, 413 for a file over its own limit).
 
 Knows nothing about sessions or credentials; the routes decide what runs first.
 """
@@ -24,17 +26,25 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import UploadFile
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import Problem
 
 JSON_MEDIA_TYPE = "application/json"
+FORM_MEDIA_TYPE = "multipart/form-data"
+
+FORM_FIELD_MAX_BYTES = 4_096
+"""Largest text field of an upload form, in bytes (names and prompts are short)."""
+
+FORM_MAX_FIELDS = 8
+"""Most text fields an upload form may have."""
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -61,6 +71,16 @@ def too_large(limit: int) -> Problem:
         f"the request body is over {limit} bytes, the most this endpoint takes; send a smaller "
         "body (the server's operator sets the limits: docs/deployment.md)",
         title="Request body too large",
+    )
+
+
+def body_late(timeout_s: float) -> Problem:
+    """The 408 of a body that did not arrive within ``timeout_s``."""
+    return Problem(
+        408,
+        "body-timeout",
+        f"the request body did not arrive within {timeout_s:g} s; send it whole, at once",
+        title="Request timeout",
     )
 
 
@@ -143,12 +163,7 @@ async def read_json(
     except BodyTooLarge as exc:
         raise too_large(exc.limit) from None
     except TimeoutError:
-        raise Problem(
-            408,
-            "body-timeout",
-            f"the request body did not arrive within {timeout_s:g} s; send it whole, at once",
-            title="Request timeout",
-        ) from None
+        raise body_late(timeout_s) from None
     if not body.strip() and optional:
         return None
     try:
@@ -157,6 +172,55 @@ async def read_json(
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A ``multipart/form-data`` body: its one file and its text fields."""
+
+    data: bytes = field(repr=False)
+    fields: dict[str, str]
+
+
+async def read_upload(
+    request: Request, file_field: str, *, max_file_bytes: int, timeout_s: float
+) -> Upload:
+    """The request's form: the file ``file_field`` (at most ``max_file_bytes``) and the text
+    fields. Call it after the route's credential checks. Raises the ``Problem`` that says
+    what to fix: 415 (not ``multipart/form-data``), 408 (not all there within
+    ``timeout_s``), 413 (the body over its limit, or the file over ``max_file_bytes``), 422
+    (no file ``file_field``), 400 (a malformed form: Starlette's)."""
+    if _media_type(request) != FORM_MEDIA_TYPE:
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            f"send this request as '{FORM_MEDIA_TYPE}' with the file in a field named "
+            f"{file_field!r}",
+            title="Unsupported media type",
+        )
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with request.form(
+                max_files=1, max_fields=FORM_MAX_FIELDS, max_part_size=FORM_FIELD_MAX_BYTES
+            ) as form:
+                upload = form.get(file_field)
+                if not isinstance(upload, UploadFile):
+                    raise Problem(
+                        422,
+                        "invalid-request",
+                        f"the form has no file named {file_field!r}; send the picture as "
+                        f"'{file_field}' (e.g. curl -F {file_field}=@face.jpg)",
+                        title="Invalid request",
+                    )
+                data = await upload.read(max_file_bytes + 1)
+                texts = {name: value for name, value in form.items() if isinstance(value, str)}
+    except BodyTooLarge as exc:
+        raise too_large(exc.limit) from None
+    except TimeoutError:
+        raise body_late(timeout_s) from None
+    if len(data) > max_file_bytes:
+        raise too_large(max_file_bytes)
+    return Upload(data, texts)
 
 
 def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:

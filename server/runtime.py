@@ -3,10 +3,12 @@
 Owns ``Runtime``: the media executor (installed as the loop's default executor, so aiortc's
 encoders use its pre-started threads), the ``EngineGroups`` (planned from ``gpus`` and
 ``gpus_per_session``; each group's engine loads on its own thread or worker processes while
-the server answers), the avatars, the session tokens' signer, the ``SessionRegistry`` (with
-its lifecycle policy), the engine groups' gauges, and ``readiness`` for ``/readyz`` (every
-group's state; the server is ready while one group is). ``start`` and ``stop`` are called
-by the app's lifespan; ``stop`` closes every session before it stops the engine groups.
+the server answers), the ``AvatarCatalog`` (``default`` and the stored avatars, prepared in
+the background), the session tokens' signer, the ``SessionRegistry`` (with its lifecycle
+policy), the engine groups' gauges, and ``readiness`` for ``/readyz`` (every group's state;
+the server is ready while one group is). ``start`` and ``stop`` are called by the app's
+lifespan; ``stop`` closes every session and stops preparing avatars before it stops the
+engine groups.
 
 Knows nothing about routes or HTTP.
 """
@@ -23,9 +25,11 @@ from aiortc import RTCIceServer
 
 from pipeline.engine import Engine
 from server.auth import SessionTokens
+from server.avatar_store import AvatarStore
+from server.avatars import AvatarCatalog, CatalogLimits
 from server.capacity import CapacityPolicy
 from server.engine_groups import EngineGroups, GroupState, GroupStatus
-from server.engines import engine_options, load_avatars
+from server.engines import avatar_assets_key, engine_options, load_default_avatar
 from server.group_plan import CPU_DEVICE, GroupPlan, plan_groups, visible_cuda_devices
 from server.lifecycle import LifecyclePolicy
 from server.metrics import Metrics
@@ -144,6 +148,7 @@ class Runtime:
         self.tokens = SessionTokens(settings.session_token_ttl_s)
         self.executor: ThreadPoolExecutor | None = None
         self._registry: SessionRegistry | None = None
+        self._avatars: AvatarCatalog | None = None
 
     @property
     def engine(self) -> Engine:
@@ -156,6 +161,12 @@ class Runtime:
             raise RuntimeError("the runtime is not started")
         return self._registry
 
+    @property
+    def avatars(self) -> AvatarCatalog:
+        if self._avatars is None:
+            raise RuntimeError("the runtime is not started")
+        return self._avatars
+
     async def start(self) -> None:
         """Start the media threads and the engine groups, load the avatars."""
         loop = asyncio.get_running_loop()
@@ -164,7 +175,23 @@ class Runtime:
         self.metrics.bind_loop(loop)
         self._export_groups()
         self.groups.start()  # the engines load on their threads / processes from here on
-        avatars = await loop.run_in_executor(self.executor, load_avatars, self.settings)
+        default = await loop.run_in_executor(self.executor, load_default_avatar, self.settings)
+        avatars = AvatarCatalog(
+            store=AvatarStore(self.settings.avatar_store_dir),
+            default=default,
+            limits=CatalogLimits(
+                height=self.settings.height,
+                width=self.settings.width,
+                max_pixels=self.settings.avatar_max_pixels,
+                max_count=self.settings.avatar_max_count,
+            ),
+            engines=self.groups,
+            assets_key=avatar_assets_key(self.settings),
+            metrics=self.metrics,
+            executor=self.executor,
+        )
+        await avatars.start()
+        self._avatars = avatars
         self._registry = SessionRegistry(
             engines=self.groups,
             avatars=avatars,
@@ -181,6 +208,8 @@ class Runtime:
         """Close every session, then stop the engine groups and the media threads."""
         if self._registry is not None:
             await self._registry.close_all("the server is shutting down")
+        if self._avatars is not None:
+            await self._avatars.stop()
         await self.groups.stop()  # no-op for groups never started
         self.metrics.bind_loop(None)
         if self.executor is not None:
@@ -225,6 +254,7 @@ class Runtime:
         """Every group's series from the start; its gauges read the groups at scrape time."""
         metrics = self.metrics
         metrics.sessions_capacity.set_function(lambda: float(self.groups.capacity or 0))
+        metrics.bind_avatar_evictions(self.groups.avatar_cache_evictions)
         for plan in self.plans:
             label = str(plan.index)
             metrics.add_group(label)

@@ -60,6 +60,16 @@ DEFAULT_GROUP_RESTARTS = 2
 MAX_SPEECH_WAIT_S = 60.0
 """Upper bound of ``speech_wait_max_s``: speech held longer than this is stale."""
 
+DEFAULT_AVATAR_STORE_DIR = Path("data/avatars")
+"""Where avatars are kept: relative to the server's working directory."""
+DEFAULT_AVATAR_MAX_BYTES = 10_000_000
+DEFAULT_AVATAR_MAX_PIXELS = 50_000_000
+"""Pixels of the largest photo decoded (a 48 MP phone photo is 48,000,000)."""
+PIL_BOMB_PIXELS = 89_478_485
+"""Pillow's own decompression-bomb threshold: the pixel limit stays under it."""
+DEFAULT_AVATAR_MAX_COUNT = 100
+DEFAULT_AVATAR_UPLOAD_TIMEOUT_S = 120.0
+
 MIN_API_KEY_CHARS = 16
 """Shortest API key accepted: shorter keys are guessable."""
 
@@ -275,6 +285,29 @@ class Settings(BaseSettings):
 
     avatar_image: FilePath | None = None
     """Picture of the ``default`` avatar (RGB image file); unset: the drawn default face."""
+
+    avatar_store_dir: Path = DEFAULT_AVATAR_STORE_DIR
+    """Folder of the avatars added through ``POST /v1/avatars``: each one's photo, framed
+    picture, the engine's conditioning and metadata (created with the first avatar; a
+    relative path is relative to the server's working directory). Avatars survive restarts:
+    a prepared avatar is not prepared again."""
+
+    avatar_max_bytes: int = Field(DEFAULT_AVATAR_MAX_BYTES, ge=1_024, le=100_000_000)
+    """Largest upload ``POST /v1/avatars`` takes (the photo and its form fields), in bytes; a
+    larger one gets 413, from its ``Content-Length`` before a byte is read, or as soon as it
+    crosses the limit."""
+
+    avatar_max_pixels: int = Field(DEFAULT_AVATAR_MAX_PIXELS, ge=65_536, le=PIL_BOMB_PIXELS)
+    """Most pixels (width x height) of an avatar photo; more gets 413, from the file's header,
+    before anything is decoded (decompression bombs)."""
+
+    avatar_max_count: int = Field(DEFAULT_AVATAR_MAX_COUNT, ge=1, le=100_000)
+    """Avatars the server keeps (besides ``default``); one more gets 409 until one is deleted.
+    With the ``flashtalk`` engine each takes about 20 MB of disk."""
+
+    avatar_upload_timeout_s: float = Field(DEFAULT_AVATAR_UPLOAD_TIMEOUT_S, gt=0, le=3600)
+    """Seconds a client has to send an avatar photo once its headers arrived (a slow uplink
+    needs 80 s for 10 MB at 1 Mbit/s); a photo still incomplete then gets 408."""
 
     video_codec: VideoCodecName = "vp8"
     """Preferred video codec: ``vp8`` (about 9 % of a core per stream in aiortc) or

@@ -9,7 +9,7 @@ real ``EngineWorker`` thread; only the model is replaced.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from pipeline.media import CHUNK_FRAMES, Avatar, Chunk, ChunkJob, Reseed
+from pipeline.media import CHUNK_FRAMES, Avatar, Chunk, ChunkJob, PreparationStep, Reseed
 from streaming.ice import HostCandidatePolicy, host_candidates
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +96,14 @@ class FakeEngine:
 
     def close_session(self, state: FakeState) -> None:
         self.closed.append(state)
+
+    avatar_cache_evictions = 0
+
+    def prepare_avatar(self, avatar: Avatar) -> Iterator[PreparationStep]:
+        """One step; the assets are the picture's mean colour."""
+        if self.prepare_error is not None:
+            raise self.prepare_error
+        yield PreparationStep(1.0, {"mean": avatar.image.mean(axis=(0, 1))})
 
 
 @pytest.fixture

@@ -51,6 +51,9 @@ export type HeadcastEventType = keyof HeadcastEventMap;
 export type HeadcastErrorCode =
   | "capacity"
   | "warming-up"
+  | "avatar-not-ready"
+  | "avatar-timeout"
+  | "bad-photo"
   | "unauthorized"
   | "not-found"
   | "network"
@@ -174,6 +177,7 @@ export declare class Session extends EventTarget {
 }
 
 export interface CreateSessionOptions {
+  /** An avatar id: "default", or one from createAvatar() (ready). */
   avatar?: string;
   /** An API key, for servers that require one (keep keys out of public pages). */
   apiKey?: string;
@@ -186,6 +190,52 @@ export declare function createSession(
   baseUrl: string,
   options?: CreateSessionOptions,
 ): Promise<Session>;
+
+export type AvatarStatus = "pending" | "preparing" | "ready" | "failed";
+
+/** An avatar as `/v1/avatars` describes it. */
+export interface Avatar {
+  /** Pass it as `avatar` to createSession(). */
+  id: string;
+  name: string | null;
+  prompt: string | null;
+  status: AvatarStatus;
+  /** 0 to 1. */
+  progress: number;
+  /** Why it failed: "no_face", "too_small", "unreadable", "engine_error", "internal_error". */
+  error: string | null;
+  /** Why it failed, in words; or a note (several faces found). */
+  message: string | null;
+  /** The framed picture (PNG at the output size), once made. */
+  preview_url: string | null;
+  faces: number | null;
+  face: { x: number; y: number; width: number; height: number } | null;
+  source: { format: string; width: number; height: number };
+  created_at: string;
+  updated_at: string;
+  prepare_seconds: number | null;
+}
+
+export interface AvatarOptions {
+  /** An API key, for servers that require one (keep keys out of public pages). */
+  apiKey?: string;
+}
+
+export declare const AVATAR_POLL_MS: number;
+export declare const AVATAR_WAIT_MS: number;
+export declare function createAvatar(
+  baseUrl: string,
+  photo: Blob,
+  options?: AvatarOptions & { name?: string; prompt?: string },
+): Promise<Avatar>;
+export declare function getAvatar(baseUrl: string, id: string, options?: AvatarOptions): Promise<Avatar>;
+export declare function listAvatars(baseUrl: string, options?: AvatarOptions): Promise<Avatar[]>;
+export declare function deleteAvatar(baseUrl: string, id: string, options?: AvatarOptions): Promise<void>;
+export declare function waitAvatar(
+  baseUrl: string,
+  id: string,
+  options?: AvatarOptions & { onProgress?: (avatar: Avatar) => void; timeoutMs?: number },
+): Promise<Avatar>;
 
 export interface ConnectOptions {
   onConnectionStateChange?: (state: RTCPeerConnectionState) => void;

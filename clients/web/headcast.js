@@ -1,7 +1,7 @@
 // headcast.js — the browser SDK for a headcast server (ES module, no dependencies).
 //
-// Owns the HTTP + WebRTC + WebSocket protocol with a headcast server: create a session,
-// connect, receive the avatar's video plus the audio that drove it, and drive the avatar
+// Owns the HTTP + WebRTC + WebSocket protocol with a headcast server: add avatars from
+// photos (createAvatar / waitAvatar / listAvatars / deleteAvatar), create a session, connect, receive the avatar's video plus the audio that drove it, and drive the avatar
 // either with a microphone (mic sessions) or with your chatbot's TTS audio (push sessions:
 // speak / speakStream / audioEnd / interrupt, with backpressure from the server's queue).
 // Knows nothing about the page that uses it.
@@ -501,6 +501,79 @@ export async function createSession(
   return new Session(baseUrl, created);
 }
 
+/** Avatar statuses that do not change any more. */
+const AVATAR_SETTLED = new Set(["ready", "failed"]);
+
+/** How often waitAvatar() asks for an avatar's status, in milliseconds. */
+export const AVATAR_POLL_MS = 500;
+
+/** How long waitAvatar() waits by default, in milliseconds. */
+export const AVATAR_WAIT_MS = 120000;
+
+function keyHeaders(apiKey) {
+  return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+}
+
+/**
+ * Add an avatar from a photo (a File or Blob: JPEG, PNG or WebP of one face). The server
+ * answers at once with the avatar `pending` and prepares it in the background: follow it
+ * with waitAvatar(), then pass its `id` as `avatar` to createSession().
+ * @param {string} baseUrl
+ * @param {Blob} photo
+ * @param {{name?: string, prompt?: string, apiKey?: string}} [options]
+ * @returns {Promise<object>} the avatar: {id, status, progress, error, message, preview_url, …}
+ */
+export async function createAvatar(baseUrl, photo, { name, prompt, apiKey } = {}) {
+  const form = new FormData();
+  form.append("image", photo, photo.name ?? "photo");
+  if (name) form.append("name", name);
+  if (prompt) form.append("prompt", prompt);
+  return request(baseUrl, "/v1/avatars", { method: "POST", headers: keyHeaders(apiKey), body: form });
+}
+
+/** One avatar: its status (`pending`, `preparing`, `ready`, `failed`), progress, error. */
+export async function getAvatar(baseUrl, id, { apiKey } = {}) {
+  return request(baseUrl, `/v1/avatars/${encodeURIComponent(id)}`, { headers: keyHeaders(apiKey) });
+}
+
+/** Every avatar: `default` first, then the added ones. */
+export async function listAvatars(baseUrl, { apiKey } = {}) {
+  const body = await request(baseUrl, "/v1/avatars", { headers: keyHeaders(apiKey) });
+  return body.avatars;
+}
+
+/** Delete an avatar (refused while a session uses it, and for `default`). */
+export async function deleteAvatar(baseUrl, id, { apiKey } = {}) {
+  await request(baseUrl, `/v1/avatars/${encodeURIComponent(id)}`, {
+    method: "DELETE",
+    headers: keyHeaders(apiKey),
+  });
+}
+
+/**
+ * Follow an avatar until it is `ready` or `failed` (returned either way: a failed avatar's
+ * `message` says why in words). `onProgress(avatar)` sees every status read on the way.
+ */
+export async function waitAvatar(
+  baseUrl,
+  id,
+  { apiKey, onProgress, timeoutMs = AVATAR_WAIT_MS } = {},
+) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const avatar = await getAvatar(baseUrl, id, { apiKey });
+    onProgress?.(avatar);
+    if (AVATAR_SETTLED.has(avatar.status)) return avatar;
+    if (Date.now() > deadline) {
+      throw new HeadcastError(
+        `The avatar is still ${avatar.status} after ${timeoutMs / 1000} s; try again later.`,
+        { code: "avatar-timeout" },
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, AVATAR_POLL_MS));
+  }
+}
+
 /**
  * Start the WebRTC call and receive the avatar's video and its audio.
  *
@@ -817,6 +890,17 @@ function problemError(response, problem) {
       status,
       code: "unauthorized",
     });
+  }
+  if (status === 409 && problem?.type?.endsWith(":avatar-not-ready")) {
+    const wait = retryAfterS ? `retry in ${retryAfterS} s` : "retry in a moment";
+    return new HeadcastError(`The avatar is still being prepared; ${wait}.`, {
+      status,
+      code: "avatar-not-ready",
+      retryAfterS,
+    });
+  }
+  if (status === 413 || status === 415) {
+    return new HeadcastError(`The photo was refused: ${detail}`, { status, code: "bad-photo" });
   }
   if (status === 404) {
     return new HeadcastError(`Not found: ${detail}. The session may have expired; start a new call.`, {

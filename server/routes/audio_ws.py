@@ -24,7 +24,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from pipeline.media import MS_PER_S
 from server.auth import AuthError, TokenUse
-from server.deps import STARTING_RETRY_AFTER_S, session_for_token
+from server.deps import server_starting, session_for_token
 from server.errors import Problem, problem_for
 from server.registry import ManagedSession, SessionRegistry, UnknownSession
 from server.runtime import Runtime
@@ -85,12 +85,7 @@ def authorize_socket(websocket: WebSocket, session_id: str, token: str | None) -
     try:
         registry: SessionRegistry = runtime.registry
     except RuntimeError:
-        raise Problem(
-            503,
-            "starting",
-            f"the server is starting ({runtime.readiness.detail}); retry shortly",
-            headers={"Retry-After": str(STARTING_RETRY_AFTER_S)},
-        ) from None
+        raise server_starting(runtime) from None
     use = TokenUse.CONTROL if registry.get(session_id).connected else TokenUse.START
     managed = session_for_token(registry, runtime.metrics, session_id, token, use)
     if managed.media.audio_source is not AudioSource.PUSH:

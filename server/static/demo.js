@@ -1,8 +1,9 @@
 // demo.js — the demo page served at GET /: one call with the avatar, plus live stats.
 //
-// Owns the page's wiring: the engine banner (from /readyz), Start/Stop, the received frame
-// rate (requestVideoFrameCallback), the server's real-time factor (from /metrics) and the
-// errors shown in words. The protocol lives in headcast.js.
+// Owns the page's wiring: the engine banner (from /readyz), the avatar panel (avatars.js),
+// Start/Stop with the picked avatar, the received frame rate (requestVideoFrameCallback),
+// the server's real-time factor (from /metrics) and the errors shown in words. The protocol
+// lives in headcast.js.
 
 import {
   HeadcastError,
@@ -12,6 +13,7 @@ import {
   readMetrics,
   readiness,
 } from "./headcast.js";
+import { AvatarPanel } from "./avatars.js";
 
 /** Engines that do not run the real model, and what their pictures are. */
 const STAND_IN_ENGINES = {
@@ -42,6 +44,16 @@ const state = {
   lastMetrics: null,
 };
 window.headcastDemo = state;
+
+const avatars = new AvatarPanel({
+  baseUrl: BASE_URL,
+  select: $("avatar-choice"),
+  photo: $("avatar-photo"),
+  status: $("avatar-status"),
+  onPreview: (url) => (url ? video.setAttribute("poster", url) : video.removeAttribute("poster")),
+});
+window.headcastDemo.avatars = avatars;
+avatars.refresh();
 
 startButton.addEventListener("click", startCall);
 stopButton.addEventListener("click", () => stopCall());
@@ -102,7 +114,7 @@ async function startCall() {
   try {
     state.mic = await openMicrophone();
     setConnection("creating session…");
-    state.session = await createSession(BASE_URL, { avatar: "default" });
+    state.session = await createSession(BASE_URL, { avatar: avatars.selected });
     setConnection("connecting…");
     resetCounters();
     const { videoStream } = await connect(state.session, state.mic, {

@@ -357,3 +357,47 @@ def test_a_page_on_another_origin_cannot_create_sessions(
     log = headcast_server.log_path.read_text(encoding="utf-8", errors="replace")[len(log_before) :]
     refused = [line for line in log.splitlines() if '"POST /v1/sessions HTTP/1.1" 415' in line]
     assert len(refused) == 3, log[-2000:]
+
+
+AVATAR_READY_TIMEOUT_S = 30.0
+AVATAR_SCREENSHOT = ARTIFACTS_DIR / "browser_avatar.png"
+
+
+def test_demo_page_adds_a_face_from_a_photo_and_calls_it(
+    chrome: WebDriver, tmp_path: Path
+) -> None:
+    import PIL.Image
+    from skimage import data
+
+    from tests.integration.conftest import run_server
+
+    photo = tmp_path / "astronaut.jpg"
+    PIL.Image.fromarray(data.astronaut()).save(photo)
+    with run_server(
+        tmp_path, ice_loopback_only=True, avatar_store_dir=tmp_path / "store"
+    ) as server:
+        chrome.get(f"{server.url}/")
+        choice = chrome.find_element(By.ID, "avatar-choice")
+        _wait_for("the avatar list", lambda: choice.get_attribute("value") == "default", 10.0, chrome)
+        chrome.find_element(By.ID, "avatar-photo").send_keys(str(photo))
+        status = chrome.find_element(By.ID, "avatar-status")
+        _wait_for("the avatar to be ready", lambda: "is ready" in status.text,
+                  AVATAR_READY_TIMEOUT_S, chrome)  # fmt: skip
+        (added,) = httpx.get(f"{server.url}/v1/avatars").json()["avatars"][1:]
+        assert choice.get_attribute("value") == added["id"]  # picked once ready
+        poster = chrome.find_element(By.ID, "avatar").get_attribute("poster")
+        assert poster is not None and poster.endswith(added["preview_url"])
+        chrome.find_element(By.ID, "start").click()
+        _wait_for("the first decoded frame", lambda: _decoded_frames(chrome),
+                  CONNECT_TIMEOUT_S + FIRST_FRAME_TIMEOUT_S, chrome)  # fmt: skip
+        time.sleep(1.0)
+        ARTIFACTS_DIR.mkdir(exist_ok=True)
+        assert chrome.save_screenshot(str(AVATAR_SCREENSHOT))
+        sessions = httpx.get(f"{server.url}/metrics").text
+        assert "headcast_sessions_active 1.0" in sessions
+        log = server.log_path.read_text()
+        assert f"created for avatar '{added['id']}'" in log  # the call is on the new face
+        chrome.find_element(By.ID, "stop").click()
+        _wait_for("the call to close",
+                  lambda: chrome.find_element(By.ID, "stat-connection").text == "closed",
+                  10.0, chrome)  # fmt: skip

@@ -1,7 +1,9 @@
-"""Async Python client for headcast: create a session, run WebRTC, push audio, read events."""
+"""Async Python client for headcast: add avatars, create a session, run WebRTC, push audio, read
+events."""
 
 from headcast_client.audio import ArrayAudioTrack
 from headcast_client.client import (
+    AvatarInfo,
     HeadcastClient,
     HeadcastError,
     RelayUnavailable,
@@ -14,6 +16,7 @@ from headcast_client.push import EventQueue, EventTimeout, PushSocket, to_pcm16
 
 __all__ = [
     "ArrayAudioTrack",
+    "AvatarInfo",
     "EventQueue",
     "EventTimeout",
     "HeadcastClient",

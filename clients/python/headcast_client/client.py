@@ -1,8 +1,10 @@
 """The async headcast client: sessions over HTTP, media over WebRTC (aiortc).
 
-Owns ``HeadcastClient`` (``create_session`` for a mic or push session, ``connect_webrtc``
-with the ``events`` data channel, ``push_socket`` for chatbot mode, ``interrupt``,
-``delete_session``, ``readiness``, ``wait_ready``, ``metrics``), ``SessionInfo``,
+Owns ``HeadcastClient`` (``create_session`` for a mic or push session on any avatar,
+``connect_webrtc`` with the ``events`` data channel, ``push_socket`` for chatbot mode,
+``interrupt``, ``delete_session``, ``readiness``, ``wait_ready``, ``metrics``; avatars:
+``create_avatar`` from a photo, ``get_avatar``, ``wait_avatar``, ``list_avatars``,
+``avatar_picture``, ``delete_avatar``), ``SessionInfo``, ``AvatarInfo``,
 ``WebRTCConnection`` and ``HeadcastError`` (an HTTP error with the server's problem
 details). Used by the integration tests and the load drivers. Knows nothing about the
 server's internals.
@@ -42,7 +44,10 @@ DEFAULT_TIMEOUT_S = 30.0
 """Default limit for one HTTP request and for the WebRTC connection to come up, in seconds."""
 
 READY_POLL_S = 0.25
-"""How often ``wait_ready`` polls ``/readyz``, in seconds."""
+"""How often ``wait_ready`` polls ``/readyz`` (and ``wait_avatar`` the avatar), in seconds."""
+
+AVATAR_SETTLED = ("ready", "failed")
+"""Avatar statuses that do not change any more."""
 
 EVENTS_CHANNEL_LABEL = "events"
 """Label of the data channel that carries the session's events and commands."""
@@ -80,6 +85,40 @@ class SessionInfo:
     @property
     def auth_header(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass(frozen=True)
+class AvatarInfo:
+    """An avatar as ``/v1/avatars`` describes it."""
+
+    id: str
+    """Pass it to ``create_session``."""
+
+    status: str
+    """``pending``, ``preparing``, ``ready`` or ``failed``."""
+
+    progress: float
+    error: str | None
+    """Why it failed, as a code (``no_face``, ``too_small``, ...)."""
+
+    message: str | None
+    """Why it failed, in words (or a note, such as several faces found)."""
+
+    preview_url: str | None
+    body: dict[str, Any] = field(repr=False)
+    """The whole answer (name, prompt, faces, face box, source size, times)."""
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> AvatarInfo:
+        return cls(
+            id=body["id"],
+            status=body["status"],
+            progress=body["progress"],
+            error=body.get("error"),
+            message=body.get("message"),
+            preview_url=body.get("preview_url"),
+            body=body,
+        )
 
 
 @dataclass
@@ -178,15 +217,21 @@ class HeadcastClient:
         """``GET /metrics`` parsed into {series (name and labels, as written): value}."""
         return parse_metrics((await self._request("GET", "/metrics")).text)
 
+    @property
+    def _key_header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
     async def create_session(
         self, avatar: str = "default", *, audio_source: str = "mic", sample_rate: int = 16_000
     ) -> SessionInfo:
-        """``POST /v1/sessions``: ``audio_source`` ``mic`` or ``push`` (chatbot mode)."""
+        """``POST /v1/sessions`` on avatar ``avatar`` (an id from ``create_avatar``):
+        ``audio_source`` ``mic`` or ``push`` (chatbot mode)."""
         request: dict[str, Any] = {"avatar": avatar}
         if audio_source != "mic":
             request |= {"audio_source": audio_source, "sample_rate": sample_rate}
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        response = await self._request("POST", "/v1/sessions", json=request, headers=headers)
+        response = await self._request(
+            "POST", "/v1/sessions", json=request, headers=self._key_header
+        )
         body = response.json()
         return SessionInfo(
             id=body["id"],
@@ -197,6 +242,66 @@ class HeadcastClient:
             sample_rate=body.get("sample_rate", sample_rate),
             audio_path=body.get("audio_path"),
         )
+
+    # -- avatars ----------------------------------------------------------------------------
+
+    async def create_avatar(
+        self,
+        photo: bytes,
+        *,
+        filename: str = "photo.jpg",
+        content_type: str = "image/jpeg",
+        name: str | None = None,
+        prompt: str | None = None,
+    ) -> AvatarInfo:
+        """``POST /v1/avatars`` with a JPEG, PNG or WebP photo: the ``pending`` avatar (the
+        server prepares it in the background; ``wait_avatar`` waits for it)."""
+        fields = {key: value for key, value in (("name", name), ("prompt", prompt)) if value}
+        response = await self._request(
+            "POST",
+            "/v1/avatars",
+            files={"image": (filename, photo, content_type)},
+            data=fields,
+            headers=self._key_header,
+        )
+        return AvatarInfo.from_body(response.json())
+
+    async def get_avatar(self, avatar_id: str) -> AvatarInfo:
+        """``GET /v1/avatars/{id}``: its status, progress, error and preview."""
+        response = await self._request("GET", f"/v1/avatars/{avatar_id}", headers=self._key_header)
+        return AvatarInfo.from_body(response.json())
+
+    async def wait_avatar(self, avatar_id: str, timeout_s: float = 120.0) -> AvatarInfo:
+        """Poll the avatar until it is ``ready`` or ``failed`` (returned either way);
+        ``TimeoutError`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            avatar = await self.get_avatar(avatar_id)
+            if avatar.status in AVATAR_SETTLED:
+                return avatar
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"avatar {avatar_id} still {avatar.status} after {timeout_s:.0f} s"
+                )
+            await asyncio.sleep(READY_POLL_S)
+
+    async def list_avatars(self) -> list[AvatarInfo]:
+        """``GET /v1/avatars``: ``default`` first, then the added ones."""
+        response = await self._request("GET", "/v1/avatars", headers=self._key_header)
+        return [AvatarInfo.from_body(body) for body in response.json()["avatars"]]
+
+    async def avatar_picture(self, avatar_id: str) -> bytes:
+        """The avatar's framed picture (PNG at the output size)."""
+        response = await self._request(
+            "GET", f"/v1/avatars/{avatar_id}/picture", headers=self._key_header
+        )
+        return response.content
+
+    async def delete_avatar(self, avatar_id: str) -> None:
+        """``DELETE /v1/avatars/{id}`` (409 while a session uses it)."""
+        await self._request("DELETE", f"/v1/avatars/{avatar_id}", headers=self._key_header)
+
+    # -- sessions ---------------------------------------------------------------------------
 
     async def interrupt(self, session: SessionInfo) -> dict[str, Any]:
         """``POST /v1/sessions/{id}/interrupt``; returns the ``interrupted`` body."""

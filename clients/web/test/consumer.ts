@@ -2,7 +2,12 @@
 import {
   HeadcastError,
   connect,
+  createAvatar,
   createSession,
+  deleteAvatar,
+  listAvatars,
+  waitAvatar,
+  type Avatar,
   type HeadcastEventMap,
   type Session,
 } from "@headcast/web";
@@ -45,4 +50,20 @@ export function widget(): void {
   avatar?.on("interrupted", ({ played_ms }) => console.log(played_ms));
   avatar?.addEventListener("headcast-error", (event) => console.log(event.detail.message));
   void avatar?.speak(new Int16Array(1600));
+}
+
+export async function addFace(photo: File): Promise<Session | string> {
+  const added: Avatar = await createAvatar("https://avatar.example.com", photo, { name: "me" });
+  const avatar = await waitAvatar("https://avatar.example.com", added.id, {
+    onProgress: ({ status, progress }) => console.log(status, progress),
+  });
+  if (avatar.status === "failed") return avatar.message ?? avatar.error ?? "failed";
+  const ready: Avatar[] = (await listAvatars("https://avatar.example.com")).filter(
+    (each) => each.status === "ready",
+  );
+  console.log(ready.map((each) => each.preview_url));
+  const session = await createSession("https://avatar.example.com", { avatar: avatar.id });
+  await session.close();
+  await deleteAvatar("https://avatar.example.com", avatar.id);
+  return session;
 }

@@ -94,7 +94,9 @@ class _CompilingGenerator:
     def prepare(self, image: np.ndarray, prompt: str | None = None, seed: int = 0) -> object:
         return object()
 
-    def step(self, state: object, audio: np.ndarray) -> None:
+    def step(
+        self, state: object, audio: np.ndarray, output_size: tuple[int, int] | None = None
+    ) -> None:
         self.steps += 1
         time.sleep(self.FIRST_S if self.steps == 1 else self.LATER_S)
 

@@ -2,7 +2,9 @@
 
 Real processes, real sockets, real gloo: a group of one CPU worker and a group of two gloo
 ranks run the puppet behind the ordinary ``EngineWorker`` and hand back exactly the frames
-the in-process puppet draws; a rank killed with SIGKILL fails its group with the cause named
+the in-process puppet draws, and prepare an avatar (every rank in lockstep) into exactly the
+in-process puppet's assets, which a later session on the group animates; a rank killed with
+SIGKILL fails its group with the cause named
 and every later chunk fails as a value; a bad option fails loading with the engine's own
 message; a stopped group's processes leave by themselves; a re-seed runs on every rank in
 lockstep. Every wait is bounded.
@@ -28,7 +30,15 @@ from pipeline.engine import (
 )
 from pipeline.engine_options import PuppetOptions
 from pipeline.engine_processes import ProcessGroupEngine, describe_exit
-from pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, Avatar, Chunk, ChunkJob, Reseed
+from pipeline.media import (
+    CHUNK_SAMPLES,
+    RESEED_FRAMES,
+    Avatar,
+    AvatarAssets,
+    Chunk,
+    ChunkJob,
+    Reseed,
+)
 from pipeline.puppet import PuppetEngine
 from tests.unit.pipeline.test_engine import Inbox
 
@@ -89,6 +99,19 @@ def _open(worker: EngineWorker, avatar: Avatar, inbox: Inbox, size: int = 4) -> 
     return handle
 
 
+def _prepare(worker: EngineWorker, avatar: Avatar) -> AvatarAssets:
+    """``avatar``'s assets, prepared on ``worker`` (bounded wait)."""
+    finished = threading.Event()
+    outcome: list[tuple[AvatarAssets | None, BaseException | None]] = []
+    worker.prepare_avatar(
+        avatar, done=lambda assets, error: (outcome.append((assets, error)), finished.set())
+    )
+    assert finished.wait(WAIT_S), "the preparation did not finish"
+    ((assets, error),) = outcome
+    assert error is None and assets is not None, error
+    return assets
+
+
 @pytest.mark.parametrize("devices", [["cpu"], ["cpu", "cpu"]], ids=["1-rank", "2-gloo-ranks"])
 def test_a_process_group_hands_back_the_in_process_frames(
     devices: list[str], groups: list[tuple[EngineWorker, ProcessGroupEngine]]
@@ -112,6 +135,24 @@ def test_a_process_group_hands_back_the_in_process_frames(
         np.testing.assert_array_equal(chunk.frames, frames)
         np.testing.assert_array_equal(chunk.audio, job.audio)
     handle.close()
+
+    photo = np.full((HEIGHT, WIDTH, 3), (150, 120, 100), dtype=np.uint8)
+    added = Avatar(name="added", image=photo)
+    assets = _prepare(worker, added)
+    puppet = PuppetEngine(height=HEIGHT, width=WIDTH)
+    puppet.load()
+    (expected,) = (step.assets for step in puppet.prepare_avatar(added))
+    assert expected is not None and assets.keys() == expected.keys()
+    for name, array in expected.items():
+        np.testing.assert_array_equal(assets[name], array)
+    stored = Avatar(name="added", image=photo, assets=assets)
+    handle = _open(worker, stored, inbox)
+    handle.submit(jobs[0])
+    (chunk,) = inbox.collect(handle, 1, timeout=WAIT_S)
+    assert isinstance(chunk, Chunk)
+    np.testing.assert_array_equal(chunk.frames, _reference(added, jobs[:1])[0])
+    handle.close()
+
     processes = list(engine.pids)
     worker.shutdown(WAIT_S)
     engine.stop()
