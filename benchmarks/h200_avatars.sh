@@ -20,7 +20,7 @@ prepare() {
         --json "$OUT/$label.json" "$@" >>"$LOG" 2>&1 || echo "$label failed: see log.txt" | tee -a "$LOG"
 }
 prepare full-size-bf16 --steps 4 --avatars 5 --no-live
-prepare realtime-1gpu --steps 2 --gen-height 368 --gen-width 640 --quantize fp8 --compile \
+prepare realtime-1gpu --steps 2 --gen-height 640 --gen-width 368 --quantize fp8 --compile \
     --avatars 5 --chunks 20
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.md"
 import json, pathlib, sys

@@ -7,14 +7,4 @@
 #   carry .whl/ holding the serving stack as cp312 wheels (benchmarks/README.md), then
 #   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_served.sh")
 source benchmarks/serve_common.sh
-SESSIONS=${SESSIONS:-2}
-DURATION=${DURATION:-30}
-
-start_server configs/realtime-1gpu.yaml --random-weights
-wait_ready
-sample_gpu streaming
-python3 -m loadtests --url "$URL" --sessions "$SESSIONS" --duration "$DURATION" --ramp 1 \
-    --json "$OUT/load.json" 2>&1 | tee -a "$LOG"
-stop_sampling
-summarise_gpu streaming
-stop_server
+served realtime-1gpu "${SESSIONS:-2}" "${DURATION:-30}" configs/realtime-1gpu.yaml --random-weights

@@ -7,6 +7,6 @@
 #      groups of one GPU): three sessions asked for, two served at once, the third 429.
 #   carry .whl/ holding the serving stack (benchmarks/README.md), then
 #   run(kind="nvidia-h200-x2", carry=[".whl"], command="bash benchmarks/h200x2_served.sh")
-source benchmarks/served_common.sh
-served realtime-2gpu 2 60 --config configs/realtime-2gpu.yaml --random-weights
-HEADCAST_GPUS=0,1 HEADCAST_GPUS_PER_SESSION=1 served pool-1gpu 3 30 --config configs/realtime-1gpu.yaml --random-weights
+source benchmarks/serve_common.sh
+served realtime-2gpu 2 60 configs/realtime-2gpu.yaml --random-weights
+HEADCAST_GPUS=0,1 HEADCAST_GPUS_PER_SESSION=1 served pool-1gpu 3 30 configs/realtime-1gpu.yaml --random-weights

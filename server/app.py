@@ -71,8 +71,14 @@ def log_access_policy(settings: Settings, api_keys: ApiKeys) -> None:
         )
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the app for ``settings``; ``engine`` replaces the configured one (tests)."""
+def create_app(
+    settings: Settings, engine: Engine | None = None, *, freeze_startup_heap: bool = False
+) -> FastAPI:
+    """Build the app for ``settings``; ``engine`` replaces the configured one (tests).
+
+    ``freeze_startup_heap`` (``headcast serve``, one app per process): once started, the
+    objects alive are frozen out of the garbage collector's scans (``server.garbage``).
+    """
     metrics = Metrics()
     api_keys = ApiKeys(key.get_secret_value() for key in settings.api_keys)
     runtime = Runtime(settings, metrics, engine)
@@ -89,6 +95,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             except BaseException:
                 await runtime.stop()  # release whatever started (threads) before failing
                 raise
+            if freeze_startup_heap:
+                runtime.garbage.freeze_startup_heap()
             try:
                 yield
             finally:

@@ -38,6 +38,9 @@ import PIL.Image
 
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME
 from pipeline.avatar_photo import (
+    NO_FACE,
+    TOO_SMALL,
+    UNREADABLE,
     FaceDetector,
     PhotoError,
     decode_photo,
@@ -71,6 +74,9 @@ ENGINE_FAILED = "engine_error"
 
 INTERNAL_FAILED = "internal_error"
 """Failure code: the server failed while preparing (its log says why)."""
+
+FAILURE_CODES = (UNREADABLE, NO_FACE, TOO_SMALL, ENGINE_FAILED, INTERNAL_FAILED)
+"""Every failure code; ``headcast_avatar_failures_total`` exports each from the start, at 0."""
 
 
 class AvatarError(Exception):
@@ -133,6 +139,8 @@ class AvatarCatalog:
         self._engines = engines
         self._assets_key = assets_key
         self._metrics = metrics
+        for code in FAILURE_CODES:
+            metrics.avatar_failures.labels(error=code)
         self._executor = executor
         self._records: dict[str, AvatarRecord] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()

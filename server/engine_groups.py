@@ -253,7 +253,9 @@ class EngineGroups:
         ready = [g for g in self._groups if self._state(g) is GroupState.READY]
         if not ready:
             return None
-        return min(ready, key=lambda g: (len(g.leases) / self._slots(g), g.plan.index)).worker
+        return min(
+            ready, key=lambda g: (len(g.leases) / self._capacity(g).sessions, g.plan.index)
+        ).worker
 
     def avatar_cache_evictions(self) -> dict[str, int]:
         """Per group label: avatars its engine dropped from its device cache (since the

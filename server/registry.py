@@ -27,6 +27,7 @@ from pipeline.media import Avatar
 from server.auth import SessionTokens
 from server.avatars import UnknownAvatar
 from server.engine_groups import CapacityReached, EngineGroups, Lease
+from server.garbage import GarbagePolicy
 from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
 from server.metrics import Metrics, RejectReason
 from server.turn import TurnMinter
@@ -114,6 +115,7 @@ class SessionRegistry:
         metrics: Metrics,
         executor: Executor | None = None,
         turn: TurnMinter | None = None,
+        garbage: GarbagePolicy | None = None,
     ) -> None:
         self._engines = engines
         self._avatars = avatars
@@ -123,6 +125,7 @@ class SessionRegistry:
         self._lifecycle_policy = lifecycle
         self.tokens = tokens
         self._metrics = metrics
+        self._garbage = garbage
         self._executor = executor
         self._sessions: dict[str, ManagedSession] = {}
         self._seeds = 0
@@ -310,6 +313,8 @@ class SessionRegistry:
         managed.lifecycle.cancel()
         self._metrics.sessions_active.set(len(self._sessions))
         logger.info("session %s released (%s); %d active", session_id, reason, len(self._sessions))
+        if self._garbage is not None:
+            self._garbage.session_ended()  # its aiortc objects sit in reference cycles
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -30,6 +30,7 @@ from server.avatars import AvatarCatalog, CatalogLimits
 from server.capacity import CapacityPolicy
 from server.engine_groups import EngineGroups, GroupState, GroupStatus
 from server.engines import avatar_assets_key, engine_options, load_default_avatar
+from server.garbage import GarbagePolicy
 from server.group_plan import CPU_DEVICE, GroupPlan, plan_groups, visible_cuda_devices
 from server.lifecycle import LifecyclePolicy
 from server.metrics import Metrics
@@ -130,6 +131,8 @@ class Runtime:
         """``engine`` replaces the configured engine groups by one in-process group (tests)."""
         self.settings = settings
         self.metrics = metrics
+        self.garbage = GarbagePolicy()
+        """Collects the reference cycles a session leaves once it ends (``server.garbage``)."""
         self.plans: list[GroupPlan] = (
             [GroupPlan(0, (CPU_DEVICE,), in_process=True)]
             if engine is not None
@@ -198,6 +201,7 @@ class Runtime:
             session_config=session_config(self.settings),
             peer_config=peer_config(self.settings),
             turn=turn_minter(self.settings),
+            garbage=self.garbage,
             lifecycle=lifecycle_policy(self.settings),
             tokens=self.tokens,
             metrics=self.metrics,
@@ -211,6 +215,7 @@ class Runtime:
         if self._avatars is not None:
             await self._avatars.stop()
         await self.groups.stop()  # no-op for groups never started
+        self.garbage.cancel()
         self.metrics.bind_loop(None)
         if self.executor is not None:
             self.executor.shutdown(wait=True)

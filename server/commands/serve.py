@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         logger.info("engine %r (model dir %s)", settings.engine, settings.model_dir)
-    app = create_app(settings)
+    app = create_app(settings, freeze_startup_heap=True)
     logger.info("demo page: %s  (API: %sdocs, metrics: %smetrics)", *[_page_url(settings)] * 3)
     uvicorn.run(
         app,

@@ -71,9 +71,17 @@ async def test_sessions_go_to_the_least_loaded_group_with_a_free_slot(
     assert groups.capacity is None
     with pytest.raises(EngineNotReady, match="still loading"):
         groups.acquire(lambda _reason: None)
+    assert groups.worker_for_preparation() is None, "no worker before a group is ready"
     groups.start()
     await _until("both groups ready", lambda: _ready(groups))
     assert groups.capacity == 4
+
+    idle_first = groups.worker_for_preparation()  # both idle: the first group's worker
+    first = groups.acquire(lambda _reason: None)
+    assert first.group == "0"
+    assert groups.worker_for_preparation() not in (None, idle_first), "avoids the busy group"
+    first.release()
+    assert groups.worker_for_preparation() is idle_first
 
     leases = [groups.acquire(lambda _reason: None) for _ in range(4)]
     assert [lease.group for lease in leases] == ["0", "1", "0", "1"]
