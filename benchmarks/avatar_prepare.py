@@ -60,6 +60,10 @@ RESULT_WAIT_S = 120.0
 PREPARE_EVERY_CHUNKS = 3
 """With preparation: one avatar is queued after every this many chunks."""
 
+POLL_S = 0.005
+"""Longest wait for a result between looks at the mailbox (a notify between looks is missed;
+this bounds the latency's error), in seconds."""
+
 
 def build(args: argparse.Namespace) -> Engine:
     size = {"height": args.height, "width": args.width}
@@ -133,9 +137,8 @@ def live_session(engine: Engine, worker: EngineWorker, args: argparse.Namespace,
     done = threading.Event()
     start = time.perf_counter()
     for index in range(args.chunks):
-        due = start + index * CHUNK_SECONDS
-        while (wait := due - time.perf_counter()) > 0:
-            time.sleep(min(wait, 0.01))
+        # Results are taken as they arrive (the worker's notify wakes us), not once per chunk.
+        collect(handle, submitted, results, arrived, deadline=start + index * CHUNK_SECONDS)
         audio = (0.3 * np.sin(np.arange(CHUNK_SAMPLES) / 16_000 * 2 * np.pi * 140)).astype(np.float32)
         submitted[index] = time.perf_counter()
         handle.submit(ChunkJob(index, audio))
@@ -147,8 +150,14 @@ def live_session(engine: Engine, worker: EngineWorker, args: argparse.Namespace,
                     prepared.append(time.perf_counter() - queued), done.set()
                 ),
             )
-        collect(handle, submitted, results, arrived, wait_s=0.0)
-    collect(handle, submitted, results, arrived, wait_s=RESULT_WAIT_S, until=args.chunks)
+    collect(
+        handle,
+        submitted,
+        results,
+        arrived,
+        deadline=time.perf_counter() + RESULT_WAIT_S,
+        until=args.chunks,
+    )
     handle.close()
     latencies = [results[i] for i in sorted(results)]
     budget = args.latency_budget_s - INTAKE_JITTER_S - EMIT_MARGIN_S
@@ -169,17 +178,19 @@ def collect(
     results: dict[int, float],
     arrived: threading.Condition,
     *,
-    wait_s: float,
+    deadline: float,
     until: int | None = None,
 ) -> None:
-    deadline = time.perf_counter() + wait_s
+    """Take every result in the mailbox as it arrives (its latency: now minus its submission)
+    until ``deadline`` (``time.perf_counter()``) or, with ``until``, that many results."""
     while True:
         while (item := handle.mailbox.get_nowait()) is not None:
             results[item.index] = time.perf_counter() - submitted[item.index]
-        if until is None or len(results) >= until or time.perf_counter() > deadline:
+        left = deadline - time.perf_counter()
+        if (until is not None and len(results) >= until) or left <= 0:
             return
         with arrived:
-            arrived.wait(0.05)
+            arrived.wait(min(left, POLL_S))
 
 
 def main(argv: list[str] | None = None) -> int:
