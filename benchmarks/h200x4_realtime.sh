@@ -26,9 +26,9 @@ bench)
     cat "$OUT/summary.md"
     ;;
 served)
-    source benchmarks/served_common.sh
-    served realtime-4gpu 2 60 --config configs/realtime-4gpu.yaml --random-weights
-    HEADCAST_GPUS_PER_SESSION=2 served pool-2gpu 3 30 --config configs/realtime-2gpu.yaml --random-weights
+    source benchmarks/serve_common.sh
+    served realtime-4gpu 2 60 configs/realtime-4gpu.yaml --random-weights
+    HEADCAST_GPUS_PER_SESSION=2 served pool-2gpu 3 30 configs/realtime-2gpu.yaml --random-weights
     ;;
 *)
     echo "PART must be bench or served" >&2

@@ -6,11 +6,6 @@ The shared test server has 2 slots and a 3 s peer timeout; the soak keeps both b
 third one vanishing (its process killed), and judges: memory idle after within 5 % of idle
 before, threads / tasks / fds back to baseline, every call >= 24 fps, no chunk outside
 +-40 ms of A/V skew. It writes ``artifacts/soak-ci/`` (series, summary, plot).
-
-Known today: the server's resident memory grows with every chunk (the hardening issue's
-memory leak), so the memory check fails. While that is the ONLY failing check the test is
-an expected failure naming it; any other failing check fails the test, and once the leak is
-fixed the test passes. Delete ``KNOWN_FAILURES`` when the fix lands.
 """
 
 from __future__ import annotations
@@ -28,10 +23,6 @@ from tests.integration.conftest import RunningServer
 SOAK = "2m"
 SOAK_TIMEOUT_S = 270.0
 """2 minutes of soak, two drains (peer timeout 3 s), a process per vanished call."""
-
-KNOWN_FAILURES = {"rss_mb idle after vs before"}
-"""Checks failing for a known reason being fixed elsewhere (the memory leak of the
-hardening issue: about 1 MB more resident memory per chunk)."""
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
@@ -61,7 +52,4 @@ def test_two_minute_soak_verdict(headcast_server: RunningServer, artifacts_dir: 
     assert plotted.returncode == 0 and (out / "soak.png").is_file(), plotted.stderr
 
     assert (completed.returncode == 0) == verdict["passed"], log
-    failed = set(verdict["failed"])
-    if failed and failed <= KNOWN_FAILURES:
-        pytest.xfail(f"known failure only ({', '.join(sorted(failed))}):\n{log}")
     assert verdict["passed"], log
