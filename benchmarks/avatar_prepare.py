@@ -10,9 +10,9 @@
    step by step, as the device thread runs them: each step's device time (synchronised, for
    the measurement only), the steps' count and longest step, the whole preparation, the
    host copy of the assets and their size on disk (``.npz``, as the store writes them).
-3. Unless ``--no-live``: a live session through a real ``EngineWorker``: a chunk job every 1.12 s (the media
-   clock) for ``--chunks`` chunks, first alone, then with one avatar preparation queued after
-   every few chunks. Reports each chunk's latency (submission to result) and how many went
+3. Unless ``--no-live``: a live session through a real ``EngineWorker``: a chunk job every 1.12 s
+(the media clock) for ``--chunks`` chunks, first alone, then with one avatar preparation queued
+after every few chunks. Reports each chunk's latency (submission to result) and how many went
    over the compute share of the latency budget (``latency_budget_s`` minus intake jitter
    and emit margin: 0.91 s at the defaults), i.e. would have gone out as idle chunks.
 
@@ -38,10 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.engine import EngineWorker  # noqa: E402
-from pipeline.engine_api import Engine  # noqa: E402
-from pipeline.engine_options import FlashTalkOptions, TinyOptions  # noqa: E402
-from pipeline.media import (  # noqa: E402
+from pipeline.engine import EngineWorker
+from pipeline.engine_api import Engine
+from pipeline.engine_options import FlashTalkOptions, TinyOptions
+from pipeline.media import (
     CHUNK_SAMPLES,
     CHUNK_SECONDS,
     Avatar,
@@ -120,7 +120,9 @@ def prepare_timed(engine: Engine, avatar: Avatar) -> dict[str, Any]:
     }
 
 
-def live_session(engine: Engine, worker: EngineWorker, args: argparse.Namespace, *, prepare: bool) -> dict[str, Any]:
+def live_session(
+    engine: Engine, worker: EngineWorker, args: argparse.Namespace, *, prepare: bool
+) -> dict[str, Any]:
     """Chunk jobs at the media clock's pace; their latencies, with or without preparation."""
     results: dict[int, float] = {}
     arrived = threading.Condition()
@@ -139,7 +141,9 @@ def live_session(engine: Engine, worker: EngineWorker, args: argparse.Namespace,
     for index in range(args.chunks):
         # Results are taken as they arrive (the worker's notify wakes us), not once per chunk.
         collect(handle, submitted, results, arrived, deadline=start + index * CHUNK_SECONDS)
-        audio = (0.3 * np.sin(np.arange(CHUNK_SAMPLES) / 16_000 * 2 * np.pi * 140)).astype(np.float32)
+        audio = (0.3 * np.sin(np.arange(CHUNK_SAMPLES) / 16_000 * 2 * np.pi * 140)).astype(
+            np.float32
+        )
         submitted[index] = time.perf_counter()
         handle.submit(ChunkJob(index, audio))
         if prepare and index % PREPARE_EVERY_CHUNKS == 0:
@@ -147,7 +151,8 @@ def live_session(engine: Engine, worker: EngineWorker, args: argparse.Namespace,
             worker.prepare_avatar(
                 Avatar(f"bench-{index}", picture(args, 100 + index)),
                 done=lambda assets, error, queued=queued: (
-                    prepared.append(time.perf_counter() - queued), done.set()
+                    prepared.append(time.perf_counter() - queued),
+                    done.set(),
                 ),
             )
     collect(

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.attention import sdpa_backends
-from pipeline.random_weights import init_random_
 from pipeline.config import preset
 from pipeline.quantize import Float8Linear
+from pipeline.random_weights import init_random_
 from pipeline.vae import WanVAE
 from pipeline.vae_kernels import norm_silu
 
@@ -98,7 +98,8 @@ def attention(rows: list[dict], tokens: int, dim: int, heads: int) -> None:
                 continue
         reference = out if reference is None else reference
         rows.append({"what": f"self-attention {name} ({tokens} tokens)", "s": seconds,
-                     "tflops": flops / seconds / TERA, "rel_err_vs_flash": rel_err(out, reference)})  # fmt: skip
+                     "tflops": flops / seconds / TERA,
+                     "rel_err_vs_flash": rel_err(out, reference)})  # fmt: skip
 
 
 @torch.no_grad()
@@ -112,7 +113,11 @@ def projections(rows: list[dict], tokens: int, dim: int, ffn: int) -> None:
     flops = 3 * 2 * tokens * dim * dim
     rows.append({"what": "q,k,v as 3 GEMMs", "s": separate, "tflops": flops / separate / TERA})
     rows.append({"what": "qkv as 1 fused GEMM", "s": fused, "tflops": flops / fused / TERA})
-    for name, (k_in, n_out) in {"ffn up": (dim, ffn), "ffn down": (ffn, dim), "o": (dim, dim)}.items():
+    for name, (k_in, n_out) in {
+        "ffn up": (dim, ffn),
+        "ffn down": (ffn, dim),
+        "o": (dim, dim),
+    }.items():
         linear = torch.nn.Linear(k_in, n_out, device=DEVICE, dtype=torch.bfloat16)
         inputs = randn(tokens, k_in)
         fp8 = Float8Linear.from_linear(linear)
@@ -190,7 +195,8 @@ def profiles(rows: list[dict]) -> None:
     grid = (config.latent_frames, config.latent_height, config.latent_width)
     latents = torch.randn(1, 16, *grid, device=DEVICE)
     profile_kernels(
-        rows, "VAE decode (channels-last, cudnn.benchmark, Triton norm+SiLU)",
+        rows,
+        "VAE decode (channels-last, cudnn.benchmark, Triton norm+SiLU)",
         lambda: vae.decode(latents),
     )
     block = block.to(torch.bfloat16).to_empty(device=DEVICE)
@@ -224,7 +230,9 @@ def quantized_linear_errors(rows: list[dict], tokens: int, dim: int, ffn: int) -
     flops = 2 * tokens * dim * ffn
     for mode in ("fp8", "int8", "int4", "nf4"):
         holder = torch.nn.Module()
-        holder.ffn = torch.nn.Sequential(torch.nn.Linear(dim, ffn, device=DEVICE, dtype=torch.bfloat16))
+        holder.ffn = torch.nn.Sequential(
+            torch.nn.Linear(dim, ffn, device=DEVICE, dtype=torch.bfloat16)
+        )
         holder.ffn[0].load_state_dict(reference_layer.state_dict())
         try:
             quantize_block(holder, mode)
@@ -245,7 +253,9 @@ def table(rows: list[dict]) -> str:
         note = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in row.items() if k not in {"what", "s", "tflops"})  # fmt: skip
         seconds = f"{row['s']:.5f}" if "s" in row else "-"
-        lines.append(f"| {row['what']} | {seconds} | {'-' if rate is None else f'{rate:.0f}'} | {note} |")
+        lines.append(
+            f"| {row['what']} | {seconds} | {'-' if rate is None else f'{rate:.0f}'} | {note} |"
+        )
     return "\n".join(lines) + "\n"
 
 

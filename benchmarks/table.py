@@ -1,7 +1,7 @@
 """Collate ``headcast bench`` JSON reports into one markdown table (for BENCHMARKS.md).
 
-``python3 benchmarks/table.py REPORT.json|REPORTS.jsonl ...`` prints one row per report: the run's label,
-frame size and steps, median DiT step, VAE decode and chunk time, RTF, compile/warm-up time,
+``python3 benchmarks/table.py REPORT.json|REPORTS.jsonl ...`` prints one row per report: the run's
+label, frame size and steps, median DiT step, VAE decode and chunk time, RTF, compile/warm-up time,
 peak memory while streaming and loading, and the relative errors against the reference run.
 """
 
@@ -33,11 +33,14 @@ def row(report: dict) -> str:
     stages = report["stages_s"]
     other = sum(stages.get(name, 0.0) for name in NON_DIT_STAGES)
     check = report.get("check") or {}
-    errors = "; ".join(
-        f"{name} {' / '.join(f'{check[k]:.1e}' if k in check else '-' for k in keys)}"
-        for name, keys in CHECK_COLUMNS.items()
-        if any(k in check for k in keys)
-    ) or "-"
+    errors = (
+        "; ".join(
+            f"{name} {' / '.join(f'{check[k]:.1e}' if k in check else '-' for k in keys)}"
+            for name, keys in CHECK_COLUMNS.items()
+            if any(k in check for k in keys)
+        )
+        or "-"
+    )
     peak = report.get("peak_memory_gib")
     load_peak = report.get("load_peak_memory_gib")
     memory = "-" if peak is None else f"{peak:.1f} / {load_peak:.1f}"

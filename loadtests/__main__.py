@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtests.duty_cycle import Spread
 from loadtests.driver import (
     DEFAULT_BURST_S,
     MAX_DURATION_S,
@@ -28,6 +27,7 @@ from loadtests.driver import (
     LoadPlanError,
     run_load,
 )
+from loadtests.duty_cycle import Spread
 from loadtests.soak import SoakPlan, parse_duration, run_soak
 
 logger = logging.getLogger("loadtests")
@@ -44,23 +44,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Open N WebRTC sessions against a headcast server on this machine and "
         "report received fps and the server's RTF.",
     )
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (loopback only)")
-    parser.add_argument("--sessions", type=int, default=2, help=f"concurrent sessions, 1..{MAX_SESSIONS}")
     parser.add_argument(
-        "--duration", type=float, default=20.0, help=f"seconds each session streams (<= {MAX_DURATION_S:.0f})"
+        "--url", default="http://127.0.0.1:8000", help="server base URL (loopback only)"
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=2, help=f"concurrent sessions, 1..{MAX_SESSIONS}"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        help=f"seconds each session streams (<= {MAX_DURATION_S:.0f})",
     )
     parser.add_argument("--ramp", type=float, default=0.5, help="seconds between session starts")
     parser.add_argument("--avatar", default="default", help="avatar name to ask for")
-    parser.add_argument("--min-fps", type=float, help="fail unless every session received this many fps")
+    parser.add_argument(
+        "--min-fps", type=float, help="fail unless every session received this many fps"
+    )
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
     soak = parser.add_argument_group("soak (keeps the server at capacity, judges its resources)")
     soak.add_argument("--soak", metavar="DURATION", help="run a soak this long (90s, 2m, 1h)")
-    soak.add_argument("--out", type=Path, default=Path("artifacts/soak"), help="folder for series.csv and summary.*")
+    soak.add_argument(
+        "--out",
+        type=Path,
+        default=Path("artifacts/soak"),
+        help="folder for series.csv and summary.*",
+    )
     soak.add_argument("--call", type=float, default=20.0, help="seconds each soak call streams")
-    soak.add_argument("--vanish-every", type=int, default=4, help="every n-th call of a slot vanishes")
+    soak.add_argument(
+        "--vanish-every", type=int, default=4, help="every n-th call of a slot vanishes"
+    )
     soak.add_argument("--sample", type=float, default=5.0, help="seconds between resource samples")
-    soak.add_argument("--warmup", type=float, help="seconds of warm-up (default 10 %% of the soak, 30 s .. 5 min)")
-    soak.add_argument("--soak-sessions", type=int, help="calls at once (default: the server's capacity)")
+    soak.add_argument(
+        "--warmup", type=float, help="seconds of warm-up (default 10 %% of the soak, 30 s .. 5 min)"
+    )
+    soak.add_argument(
+        "--soak-sessions", type=int, help="calls at once (default: the server's capacity)"
+    )
     parser.add_argument(
         "--duty-cycle",
         type=float,
@@ -117,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
     failed = [r for r in report.sessions if r.outcome == "failed"]
-    slow = [r for r in report.completed if args.min_fps is not None and (r.fps or 0.0) < args.min_fps]
+    slow = [
+        r for r in report.completed if args.min_fps is not None and (r.fps or 0.0) < args.min_fps
+    ]
     if failed or slow:
         below = f", {len(slow)} below {args.min_fps:g} fps" if args.min_fps is not None else ""
         logger.error("%d session(s) failed%s", len(failed), below)
@@ -146,7 +168,11 @@ def _soak(args: argparse.Namespace) -> int:
     report = asyncio.run(run_soak(plan))
     for line in report.summary_lines():
         logger.info("%s", line)
-    logger.info("series and summary in %s; plot: python -m loadtests.plot %s", plan.out_dir, plan.out_dir / "series.csv")
+    logger.info(
+        "series and summary in %s; plot: python -m loadtests.plot %s",
+        plan.out_dir,
+        plan.out_dir / "series.csv",
+    )
     return 0 if report.verdict.passed else EXIT_SHORT
 
 

@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-
 from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError, SessionInfo
+
 from loadtests.driver import (
     HTTP_NOT_FOUND,
     HTTP_TOO_MANY_REQUESTS,
@@ -121,7 +121,10 @@ async def polite_call(
         )
         record_frames(result, frame_times, connected)
         if interrupter.done() and interrupter.exception() is not None:
-            result.outcome, result.detail = "failed", f"interrupt failed: {interrupter.exception()!r}"
+            result.outcome, result.detail = (
+                "failed",
+                f"interrupt failed: {interrupter.exception()!r}",
+            )
         elif not frame_times:
             result.outcome, result.detail = "failed", "connected but received no video frame"
         elif result.ended_early_s is not None:
@@ -156,7 +159,8 @@ async def vanishing_call(
 ) -> None:
     """A ``loadtests.vanish`` process streams ``session`` for ``plan.call_s``, then SIGKILL."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtests.vanish", url, "--speech", str(plan.call_s + SPEECH_MARGIN_S),
+        sys.executable, "-m", "loadtests.vanish", url,
+        "--speech", str(plan.call_s + SPEECH_MARGIN_S),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -170,7 +174,10 @@ async def vanishing_call(
         async with asyncio.timeout(VANISH_START_TIMEOUT_S):
             last = json.loads(await process.stdout.readline() or b"{}")
         if last.get("event") != "connected":
-            result.outcome, result.detail = "failed", f"the vanishing caller never connected: {last}"
+            result.outcome, result.detail = (
+                "failed",
+                f"the vanishing caller never connected: {last}",
+            )
             return
         until = loop.time() + plan.call_s
         while (left := until - loop.time()) > 0:

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
-
 from headcast_client import (
     ArrayAudioTrack,
     HeadcastClient,
@@ -31,6 +30,7 @@ from headcast_client import (
     SessionInfo,
     over_groups,
 )
+
 from loadtests.duty_cycle import (
     FrameLog,
     SpeechFigures,
@@ -243,10 +243,12 @@ class LoadReport:
         for result in self.sessions:
             if result.outcome == "ok":
                 lines.append(
-                    f"  session {result.index}: {result.frames} frames, {_fmt(result.fps, '.1f')} fps "
+                    f"  session {result.index}: {result.frames} frames, "
+                    f"{_fmt(result.fps, '.1f')} fps "
                     f"(longest gap {_fmt(result.max_gap_s, '.2f')} s), "
                     f"first frame {_fmt(result.first_frame_s, '.2f')} s after connect "
-                    f"(connect {_fmt(result.connect_s, '.2f')} s), {result.audio_s:.1f} s of audio back"
+                    f"(connect {_fmt(result.connect_s, '.2f')} s), "
+                    f"{result.audio_s:.1f} s of audio back"
                 )
             else:
                 lines.append(f"  session {result.index}: {result.outcome}: {result.detail}")
@@ -372,7 +374,10 @@ async def run_load(plan: LoadPlan) -> LoadReport:
         await asyncio.gather(*pending, return_exceptions=True)
         for task, result in zip(tasks, results, strict=True):
             if task in pending:
-                result.outcome, result.detail = "failed", f"did not finish within {plan.deadline_s:.0f} s"
+                result.outcome, result.detail = (
+                    "failed",
+                    f"did not finish within {plan.deadline_s:.0f} s",
+                )
             elif task.exception() is not None:
                 result.outcome, result.detail = "failed", repr(task.exception())
         after = over_groups(await client.metrics())
@@ -435,7 +440,9 @@ async def _create(
     except HeadcastError as exc:
         if exc.status == HTTP_TOO_MANY_REQUESTS:
             result.outcome = "rejected"
-            result.detail = f"server full (429, Retry-After {exc.headers.get('Retry-After', '?')} s)"
+            result.detail = (
+                f"server full (429, Retry-After {exc.headers.get('Retry-After', '?')} s)"
+            )
             return None
         raise
 
@@ -514,8 +521,11 @@ def record_frames(result: SessionResult, frame_times: list[float], connected: fl
     result.frames = len(frame_times)
 
 
-async def count_media(video: Any, audio: Any, deadline: float, result: SessionResult) -> list[float]:
-    """Receive both tracks until ``deadline`` (loop time); return the video frames' arrival times."""
+async def count_media(
+    video: Any, audio: Any, deadline: float, result: SessionResult
+) -> list[float]:
+    """Receive both tracks until ``deadline`` (loop time); return the video frames' arrival
+    times."""
     loop = asyncio.get_running_loop()
     frame_times: list[float] = []
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
-
 from headcast_client import EventQueue, PushSocket
+
 from pipeline.media import CHUNK_FRAMES, SAMPLE_RATE_HZ
 from streaming.chunk_policy import LOOP_PROBLEM
 from streaming.clock import VIDEO_TICKS_PER_FRAME

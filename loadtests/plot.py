@@ -18,14 +18,19 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import matplotlib.pyplot as plt
 
-from loadtests.resources import Sample, read_samples  # noqa: E402
+from loadtests.resources import Sample, read_samples
 
 S_PER_MIN = 60.0
 FIGURE_SIZE_IN = (11.0, 11.0)
 DPI = 110
-PHASE_COLOURS = {"warm-up": "#fde8c8", "idle-before": "#dde8f8", "load": "#ffffff", "idle-after": "#dde8f8"}
+PHASE_COLOURS = {
+    "warm-up": "#fde8c8",
+    "idle-before": "#dde8f8",
+    "load": "#ffffff",
+    "idle-after": "#dde8f8",
+}
 
 
 def _minutes(samples: list[Sample]) -> list[float]:
@@ -46,20 +51,35 @@ def _shade_phases(axes: plt.Axes, samples: list[Sample]) -> None:
 def plot(samples: list[Sample], out: Path, title: str) -> None:
     """Write the four-panel PNG of ``samples`` to ``out``."""
     minutes = _minutes(samples)
-    figure, (memory, counts, sessions, skew) = plt.subplots(4, 1, sharex=True, figsize=FIGURE_SIZE_IN)
+    figure, (memory, counts, sessions, skew) = plt.subplots(
+        4, 1, sharex=True, figsize=FIGURE_SIZE_IN
+    )
     memory.plot(minutes, [s.rss_mb for s in samples], label="resident memory (MB)")
     gpu = [s.gpu_mb for s in samples]
     if any(value is not None for value in gpu):
         device = memory.twinx()
-        device.plot(minutes, [v if v is not None else float("nan") for v in gpu], color="tab:red", label="GPU memory (MB)")
+        device.plot(
+            minutes,
+            [v if v is not None else float("nan") for v in gpu],
+            color="tab:red",
+            label="GPU memory (MB)",
+        )
         device.set_ylabel("GPU MB")
         device.legend(loc="lower right")
     memory.set_ylabel("MB")
     counts.plot(minutes, [s.threads for s in samples], label="threads")
     counts.plot(minutes, [s.tasks for s in samples], label="event-loop tasks")
     counts.plot(minutes, [s.open_fds for s in samples], label="open fds")
-    sessions.step(minutes, [s.sessions_active for s in samples], where="post", label="sessions on the server")
-    sessions.step(minutes, [s.calls_running for s in samples], where="post", label="calls running", linestyle="--")
+    sessions.step(
+        minutes, [s.sessions_active for s in samples], where="post", label="sessions on the server"
+    )
+    sessions.step(
+        minutes,
+        [s.calls_running for s in samples],
+        where="post",
+        label="calls running",
+        linestyle="--",
+    )
     chunks = [b.chunks - a.chunks for a, b in zip(samples, samples[1:])]
     skewed = [b.chunks_skewed - a.chunks_skewed for a, b in zip(samples, samples[1:])]
     skew.bar(minutes[1:], chunks, width=0.02, label="chunks sent per sample", color="tab:gray")
@@ -82,7 +102,8 @@ def _title(csv_path: Path) -> str:
     data = json.loads(summary.read_text(encoding="utf-8"))
     verdict = data["verdict"]
     state = "PASS" if verdict["passed"] else "FAIL: " + ", ".join(verdict["failed"])
-    return f"soak of {data['plan']['duration_s'] / S_PER_MIN:.1f} min, {data['capacity']} calls at once: {state}"
+    minutes = data["plan"]["duration_s"] / S_PER_MIN
+    return f"soak of {minutes:.1f} min, {data['capacity']} calls at once: {state}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from headcast_client import HeadcastClient
+
 from loadtests.calls import CallPlan, polite_call, speech_for, take_slot, vanishing_call
 from loadtests.driver import CONNECT_TIMEOUT_S, LoadPlanError, SessionResult, check_target
 from loadtests.resources import Sample, take_sample, write_samples
@@ -111,12 +111,17 @@ class SoakPlan:
         check_target(self.url)
         if not MIN_SOAK_S <= self.duration_s <= MAX_SOAK_S:
             raise LoadPlanError(
-                f"--soak must be {MIN_SOAK_S:.0f} s .. {MAX_SOAK_S / 3600:.0f} h, got {self.duration_s:.0f} s"
+                f"--soak must be {MIN_SOAK_S:.0f} s .. {MAX_SOAK_S / 3600:.0f} h, "
+                f"got {self.duration_s:.0f} s"
             )
         if not MIN_CALL_S <= self.call_s <= MAX_CALL_S:
-            raise LoadPlanError(f"--call must be {MIN_CALL_S:.0f}..{MAX_CALL_S:.0f} s, got {self.call_s}")
+            raise LoadPlanError(
+                f"--call must be {MIN_CALL_S:.0f}..{MAX_CALL_S:.0f} s, got {self.call_s}"
+            )
         if self.warmup + MIN_CALL_S > self.duration_s:
-            raise LoadPlanError(f"the warm-up ({self.warmup:.0f} s) leaves no time for the load phase")
+            raise LoadPlanError(
+                f"the warm-up ({self.warmup:.0f} s) leaves no time for the load phase"
+            )
         if self.vanish_every < 2 or self.sample_s <= 0:
             raise LoadPlanError("--vanish-every must be >= 2 and the sample period > 0")
 
@@ -160,7 +165,9 @@ class SoakReport:
         out = self.plan.out_dir
         out.mkdir(parents=True, exist_ok=True)
         write_samples(out / "series.csv", self.samples)
-        (out / "summary.json").write_text(json.dumps(self.as_dict(), indent=2) + "\n", encoding="utf-8")
+        (out / "summary.json").write_text(
+            json.dumps(self.as_dict(), indent=2) + "\n", encoding="utf-8"
+        )
         text = "\n".join(["# Soak", "", "```", *self.summary_lines(), "```", ""])
         (out / "summary.md").write_text(text, encoding="utf-8")
 
@@ -212,7 +219,7 @@ class _Soak:
                     await vanishing_call(self.plan.url, wait.session, call, result)
                 else:
                     await polite_call(self.client, wait.session, call, result, self.speech)
-            except Exception as exc:  # a failed call is a finding, not the end of the soak
+            except Exception as exc:  # noqa: BLE001 -- a failed call is a finding, not the end
                 result.outcome, result.detail = "failed", repr(exc)
                 logger.warning("call %d failed: %r", result.index, exc)
             finally:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from aiortc.mediastreams import MediaStreamError
-
 from headcast_client import ArrayAudioTrack, HeadcastClient, SessionInfo
+
 from loadtests.speech import speech_like
 from streaming.ice import HostCandidatePolicy
 
@@ -65,7 +65,9 @@ async def _run(url: str, session: SessionInfo, speech_s: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.vanish", description=__doc__)
     parser.add_argument("url", help="server base URL (loopback)")
-    parser.add_argument("--speech", type=float, default=30.0, help="seconds of speech, then silence")
+    parser.add_argument(
+        "--speech", type=float, default=30.0, help="seconds of speech, then silence"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     body = json.loads(sys.stdin.readline())

@@ -191,13 +191,19 @@ def _draw_body(canvas: _Canvas, layout: FaceLayout) -> None:
     collar_top = 0.765 * h
     trim = 0.012 * h
     canvas.polygon(
-        [(cx - 1.25 * neck_half_w - trim, collar_top), (cx + 1.25 * neck_half_w + trim,
-         collar_top), (cx, 0.86 * h + trim)],
+        [
+            (cx - 1.25 * neck_half_w - trim, collar_top),
+            (cx + 1.25 * neck_half_w + trim, collar_top),
+            (cx, 0.86 * h + trim),
+        ],
         SHIRT_SHADE,
     )
     canvas.polygon(
-        [(cx - 1.25 * neck_half_w, collar_top), (cx + 1.25 * neck_half_w, collar_top),
-         (cx, 0.86 * h)],
+        [
+            (cx - 1.25 * neck_half_w, collar_top),
+            (cx + 1.25 * neck_half_w, collar_top),
+            (cx, 0.86 * h),
+        ],
         SKIN,
     )
 
@@ -212,8 +218,9 @@ def _draw_head(canvas: _Canvas, layout: FaceLayout) -> None:
     canvas.ellipse(cx, cy + 0.07 * h, rx * 1.22, 0.035 * h, HAIR)
     # Ears at eye level.
     for side in (-1, 1):
-        canvas.ellipse(cx + side * rx * 0.98, layout.eye_centre_y + 0.012 * h,
-                       rx * 0.13, ry * 0.16, SKIN_SHADE)
+        canvas.ellipse(
+            cx + side * rx * 0.98, layout.eye_centre_y + 0.012 * h, rx * 0.13, ry * 0.16, SKIN_SHADE
+        )
     # Face: a wide cranium ellipse joined to a narrower jaw ellipse.
     canvas.ellipse(cx, cy - 0.02 * h, rx, ry * 0.9, SKIN)
     canvas.ellipse(cx, cy + 0.02 * h, rx * 0.86, ry * 0.98, SKIN)
@@ -221,8 +228,9 @@ def _draw_head(canvas: _Canvas, layout: FaceLayout) -> None:
     fringe_y = cy - 0.11 * h
     canvas.chord(cx, fringe_y, rx * 1.04, ry * 0.68, 180, 360, HAIR)
     canvas.chord(cx - rx * 0.3, fringe_y, rx * 0.72, 0.03 * h, 0, 180, HAIR)
-    canvas.arc(cx + rx * 0.2, fringe_y - 0.02 * h, rx * 0.5, ry * 0.4, 215, 285, HAIR_SHINE,
-               0.006 * h)
+    canvas.arc(
+        cx + rx * 0.2, fringe_y - 0.02 * h, rx * 0.5, ry * 0.4, 215, 285, HAIR_SHINE, 0.006 * h
+    )
 
 
 def _draw_eyes(canvas: _Canvas, layout: FaceLayout) -> None:
@@ -232,21 +240,32 @@ def _draw_eyes(canvas: _Canvas, layout: FaceLayout) -> None:
         iris_r = hh * 0.9
         canvas.ellipse(ex, ey, iris_r, iris_r, IRIS)
         canvas.ellipse(ex, ey, iris_r * 0.45, iris_r * 0.45, PUPIL)
-        canvas.ellipse(ex + iris_r * 0.35, ey - iris_r * 0.35, iris_r * 0.2, iris_r * 0.2,
-                       EYE_WHITE)
+        canvas.ellipse(
+            ex + iris_r * 0.35, ey - iris_r * 0.35, iris_r * 0.2, iris_r * 0.2, EYE_WHITE
+        )
         # Upper lash line and eyebrow.
         canvas.arc(ex, ey + hh * 0.15, hw * 1.05, hh * 1.2, 195, 345, LASH, hh * 0.28)
-        canvas.arc(ex + side * hw * 0.1, ey - hh * 0.6, hw * 1.25, hh * 2.0, 215, 325, HAIR,
-                   hh * 0.45)
+        canvas.arc(
+            ex + side * hw * 0.1, ey - hh * 0.6, hw * 1.25, hh * 2.0, 215, 325, HAIR, hh * 0.45
+        )
 
 
 def _draw_nose_and_mouth(canvas: _Canvas, layout: FaceLayout) -> None:
     cx, h = layout.centre_x, layout.height
     nose_y = 0.55 * h
-    canvas.arc(cx + 0.012 * layout.width, nose_y - 0.05 * h, 0.02 * layout.width, 0.05 * h,
-               300, 60, SKIN_SHADE, 0.004 * h)
-    canvas.arc(cx, nose_y - 0.008 * h, 0.03 * layout.width, 0.01 * h, 30, 150, SKIN_SHADE,
-               0.005 * h)
+    canvas.arc(
+        cx + 0.012 * layout.width,
+        nose_y - 0.05 * h,
+        0.02 * layout.width,
+        0.05 * h,
+        300,
+        60,
+        SKIN_SHADE,
+        0.004 * h,
+    )
+    canvas.arc(
+        cx, nose_y - 0.008 * h, 0.03 * layout.width, 0.01 * h, 30, 150, SKIN_SHADE, 0.005 * h
+    )
     # Closed lips on the puppet's mouth position: upper and lower lip, a line between.
     my, mw = layout.mouth_centre_y, layout.mouth_half_width
     lip = 0.0075 * h
@@ -262,8 +281,10 @@ def _blush(size: tuple[int, int], layout: FaceLayout, scale: int) -> PIL.Image.I
     for ex in layout.eye_centres_x:
         cx = ex + (ex - layout.centre_x) * 0.25
         rx, ry = layout.eye_half_width * 1.1, layout.eye_half_height * 1.6
-        draw.ellipse([(cx - rx) * scale, (cheek_y - ry) * scale,
-                      (cx + rx) * scale, (cheek_y + ry) * scale], fill=BLUSH_RGBA)
+        draw.ellipse(
+            [(cx - rx) * scale, (cheek_y - ry) * scale, (cx + rx) * scale, (cheek_y + ry) * scale],
+            fill=BLUSH_RGBA,
+        )
     return layer.filter(PIL.ImageFilter.GaussianBlur(BLUSH_BLUR_PX * scale))
 
 

@@ -254,9 +254,7 @@ def crop_box(face: Box, photo_height: int, photo_width: int, height: int, width:
     )
 
 
-def frame_portrait(
-    image: np.ndarray, faces: list[Box], height: int, width: int
-) -> Portrait:
+def frame_portrait(image: np.ndarray, faces: list[Box], height: int, width: int) -> Portrait:
     """Crop ``image`` around the largest of ``faces`` and resize it to ``height`` x
     ``width``; raises ``PhotoRejected`` (``NO_FACE``, ``TOO_SMALL``)."""
     if not faces:

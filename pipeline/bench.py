@@ -199,7 +199,9 @@ class BenchReport:
                 + ", ".join(f"{k} {v:.0f}" for k, v in self.achieved_tflops.items())
             )
         if self.comm:
-            lines.append("communication: " + ", ".join(f"{k} {v:.3g}" for k, v in self.comm.items()))
+            lines.append(
+                "communication: " + ", ".join(f"{k} {v:.3g}" for k, v in self.comm.items())
+            )
         if self.scaling:
             lines.append("scaling: " + ", ".join(f"{k} {v:.2f}" for k, v in self.scaling.items()))
         if self.check:
@@ -254,7 +256,9 @@ def build_generator(
 
         if args.wav2vec_dir is None:
             raise SystemExit("--model-dir needs --wav2vec-dir")
-        generator = load_flashtalk_generator(config, args.model_dir, args.wav2vec_dir, device=device)
+        generator = load_flashtalk_generator(
+            config, args.model_dir, args.wav2vec_dir, device=device
+        )
         apply_speedups(generator, options)
         return generator, f"checkpoint {args.model_dir}"
     if config.wav2vec is not None:  # a random-weight preset (tiny): the CPU builder
@@ -378,14 +382,19 @@ def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> BenchRe
         "dit_step": flops["dit_step_flops"] / dit_step_s / TERA,
         "vae_decode": flops["vae_decode_flops"] / stage_medians["vae_decode_s"] / TERA,
     }
-    grid_tokens = config.latent_frames * (config.latent_height // config.dit.patch_size[1]) * (
-        config.latent_width // config.dit.patch_size[2]
+    grid_tokens = (
+        config.latent_frames
+        * (config.latent_height // config.dit.patch_size[1])
+        * (config.latent_width // config.dit.patch_size[2])
     )
     return BenchReport(
         label=args.label or _default_label(options, config, args.gpus),
-        command=getattr(args, "command_line", None) or command_line("python -m pipeline.bench", args),
+        command=getattr(args, "command_line", None)
+        or command_line("python -m pipeline.bench", args),
         date=datetime.date.today().isoformat(),
-        device=torch.cuda.get_device_name(device) if on_cuda else f"CPU ({platform.processor() or platform.machine()})",
+        device=torch.cuda.get_device_name(device)
+        if on_cuda
+        else f"CPU ({platform.processor() or platform.machine()})",
         torch=torch.__version__,
         cuda=torch.version.cuda,
         host=platform.node(),
@@ -431,7 +440,9 @@ def _read_scaling_reference(path: Path | None) -> dict[str, Any] | None:
             f"--scaling-reference {path}: cannot read a bench JSON report there ({exc}); {advice}"
         ) from None
     if reference.get("gpus", 1) != 1:
-        raise SystemExit(f"--scaling-reference {path} is a {reference['gpus']}-GPU report; {advice}")
+        raise SystemExit(
+            f"--scaling-reference {path} is a {reference['gpus']}-GPU report; {advice}"
+        )
     return reference
 
 
@@ -462,55 +473,118 @@ def _non_negative(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's flags (shared by ``python -m pipeline.bench`` and ``headcast bench``)."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="model sizes (default: flashtalk-14b on CUDA, tiny on CPU)")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="random weights (the default without --model-dir; times are the same)")
-    parser.add_argument("--model-dir", type=Path, default=None, help="official checkpoint directory")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="model sizes (default: flashtalk-14b on CUDA, tiny on CPU)",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random weights (the default without --model-dir; times are the same)",
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="official checkpoint directory"
+    )
     parser.add_argument("--wav2vec-dir", type=Path, default=None, help="wav2vec2 directory")
-    parser.add_argument("--steps", type=_positive, default=None,
-                        help="sampling steps (flashtalk: 4 or 2; omniavatar: replaces each case's)")
+    parser.add_argument(
+        "--steps",
+        type=_positive,
+        default=None,
+        help="sampling steps (flashtalk: 4 or 2; omniavatar: replaces each case's)",
+    )
     parser.add_argument("--height", type=int, default=None, help="frame height (multiple of 16)")
     parser.add_argument("--width", type=int, default=None, help="frame width (multiple of 16)")
-    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
-                        help="DiT block linears: bf16, fp8 (scaled_mm), int8/int4 (quanto), nf4")
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default="none",
+        help="DiT block linears: bf16, fp8 (scaled_mm), int8/int4 (quanto), nf4",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
-    parser.add_argument("--baseline", action="store_true",
-                        help="official settings: no fusion, PyTorch's SDPA choice, default VAE layout")
-    parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default=None,
-                        help="SDPA kernel preference (default: cudnn on CUDA, auto with --baseline)")
-    parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
-                        help="fused q/k/v and k/v projections")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="official settings: no fusion, PyTorch's SDPA choice, default VAE layout",
+    )
+    parser.add_argument(
+        "--attention",
+        choices=ATTENTION_BACKENDS,
+        default=None,
+        help="SDPA kernel preference (default: cudnn on CUDA, auto with --baseline)",
+    )
+    parser.add_argument(
+        "--fuse",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fused q/k/v and k/v projections",
+    )
     parser.add_argument("--vae-channels-last", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--vae-fused-norms", action=argparse.BooleanOptionalAction, default=None,
-                        help="VAE norm + SiLU as one Triton kernel (needs --vae-channels-last)")
+    parser.add_argument(
+        "--vae-fused-norms",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="VAE norm + SiLU as one Triton kernel (needs --vae-channels-last)",
+    )
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--memory-limit-gib", type=float, default=None,
-                        help="cap this process's device memory (allocations past it fail)")
+    parser.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        default=None,
+        help="cap this process's device memory (allocations past it fail)",
+    )
     parser.add_argument("--chunks", type=_positive, default=DEFAULT_CHUNKS, help="timed chunks")
-    parser.add_argument("--warmup", type=_non_negative, default=DEFAULT_WARMUP, help="untimed chunks first")
+    parser.add_argument(
+        "--warmup", type=_non_negative, default=DEFAULT_WARMUP, help="untimed chunks first"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    parser.add_argument("--gpus", type=_positive, default=1,
-                        help="run the chunk sequence-parallel on this many GPUs (one process "
-                        "each; on a CPU device: gloo processes)")
-    parser.add_argument("--check-parallel", action="store_true",
-                        help="with --gpus N: compare the group's DiT velocity, decoded video and "
-                        "motion latents with one GPU computing them alone (same weights, inputs)")
-    parser.add_argument("--scaling-reference", type=Path, default=None,
-                        help="a --gpus 1 JSON report: add speed-up and efficiency per stage")
+    parser.add_argument(
+        "--gpus",
+        type=_positive,
+        default=1,
+        help="run the chunk sequence-parallel on this many GPUs (one process "
+        "each; on a CPU device: gloo processes)",
+    )
+    parser.add_argument(
+        "--check-parallel",
+        action="store_true",
+        help="with --gpus N: compare the group's DiT velocity, decoded video and "
+        "motion latents with one GPU computing them alone (same weights, inputs)",
+    )
+    parser.add_argument(
+        "--scaling-reference",
+        type=Path,
+        default=None,
+        help="a --gpus 1 JSON report: add speed-up and efficiency per stage",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and noise")
     parser.add_argument("--label", default=None, help="name of this run in tables")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
-    parser.add_argument("--save-reference", type=Path, default=None,
-                        help="save fixed-input DiT/VAE outputs here (to compare variants)")
-    parser.add_argument("--compare-reference", type=Path, default=None,
-                        help="report relative errors against outputs saved by --save-reference")
-    parser.add_argument("--self-check", action="store_true",
-                        help="report relative errors against this model's eager bf16 path")
-    parser.add_argument("--float32-check", action="store_true",
-                        help="also against a float32 copy of the same weights (bf16 only; "
-                        "needs 4 bytes per parameter of free device memory)")
+    parser.add_argument(
+        "--save-reference",
+        type=Path,
+        default=None,
+        help="save fixed-input DiT/VAE outputs here (to compare variants)",
+    )
+    parser.add_argument(
+        "--compare-reference",
+        type=Path,
+        default=None,
+        help="report relative errors against outputs saved by --save-reference",
+    )
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help="report relative errors against this model's eager bf16 path",
+    )
+    parser.add_argument(
+        "--float32-check",
+        action="store_true",
+        help="also against a float32 copy of the same weights (bf16 only; "
+        "needs 4 bytes per parameter of free device memory)",
+    )
 
 
 def command_line(
@@ -572,7 +646,9 @@ def main(
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
     return run_parsed(args)
 
 

@@ -71,9 +71,7 @@ def reference_outputs(
     }
 
 
-def consistency_checks(
-    generator: FlashTalkGenerator, args: argparse.Namespace
-) -> dict[str, float]:
+def consistency_checks(generator: FlashTalkGenerator, args: argparse.Namespace) -> dict[str, float]:
     """Relative errors of this run's fixed-input outputs against another run's
     (``--compare-reference``), its own eager bf16 path (``--self-check``) and a float32
     copy of the same weights (``--float32-check``, last: it converts the models).

@@ -116,9 +116,13 @@ def band_flops(config: PipelineConfig, world: int) -> dict[str, float]:
             rows = (first * stride, (first + size) * stride)  # video rows of the rank
             decode_plan = plan_band(vae.decoder.row_layers, cfg.latent_height, rows)
             encode_plan = plan_band(vae.encoder.row_layers, cfg.height, (first, first + size))
-            decode_ranks.append(flops(lambda: vae.decode(torch.empty(latent), RowShare(decode_plan))))
+            decode_ranks.append(
+                flops(lambda plan=decode_plan: vae.decode(torch.empty(latent), RowShare(plan)))
+            )
             encode_ranks.append(flops(
-                lambda: vae.encode(torch.empty(motion, dtype=dtype), RowShare(encode_plan, gather))
+                lambda plan=encode_plan: vae.encode(
+                    torch.empty(motion, dtype=dtype), RowShare(plan, gather)
+                )
             ))  # fmt: skip
     return {
         "vae_decode_flops": decode,
@@ -140,7 +144,9 @@ def scaling(
     """Speed-up (one-GPU time / this time) and efficiency (speed-up / gpus) of each of
     ``SCALED_STAGES`` against ``reference``, a one-GPU ``headcast bench`` JSON report."""
     if reference.get("gpus", 1) != 1:
-        raise ValueError(f"the scaling reference must be a --gpus 1 report, not {reference['gpus']}")
+        raise ValueError(
+            f"the scaling reference must be a --gpus 1 report, not {reference['gpus']}"
+        )
     result: dict[str, float] = {}
     for name in SCALED_STAGES:
         single = reference.get(name, reference.get("stages_s", {}).get(name))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.audio import AudioConfig, TINY_WAV2VEC2_CONFIG
+from pipeline.audio import TINY_WAV2VEC2_CONFIG, AudioConfig
 from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig
 from pipeline.image import CLIPVisionConfig
 from pipeline.media import DEFAULT_HEIGHT, DEFAULT_WIDTH
@@ -107,11 +107,6 @@ class PipelineConfig:
         """Latent frames per chunk (33 frames -> 9)."""
         return (self.audio.chunk_frames - 1) // self.vae.temporal_stride + 1
 
-    @property
-    def motion_latent_frames(self) -> int:
-        """Latent frames the motion frames encode to (5 frames -> 2)."""
-        return (self.audio.motion_frames - 1) // self.vae.temporal_stride + 1
-
     def validate(self) -> None:
         """Raise ConfigError naming every bad or inconsistent value."""
         problems: list[str] = []
@@ -184,8 +179,8 @@ def tiny() -> PipelineConfig:
 
     The T5 width follows the DiT's ``text_dim`` and the CLIP tower keeps the real token
     count and width (257 x 1280, two thin layers) because the DiT's image projection
-    expects them. Frames are 64x32: on CPU, PyTorch runs the thin VAE convolutions on its slow 3-D path, so
-    the tiny preset keeps frames small (a few seconds a chunk on 2 cores).
+    expects them. Frames are 64x32: on CPU, PyTorch runs the thin VAE convolutions on its slow 3-D
+    path, so the tiny preset keeps frames small (a few seconds a chunk on 2 cores).
     """
     dit = DiTConfig.tiny()
     clip = CLIPVisionConfig.vit_h_14()

@@ -135,12 +135,18 @@ class DiffusionEngine:
                     "(check them with `headcast doctor`)"
                 )
             self.generator = load_flashtalk_generator(
-                self.config, self.model_dir, self.wav2vec_dir, device=self.device,
-                cache_dir=self.cache_dir, speed=self.speed,
+                self.config,
+                self.model_dir,
+                self.wav2vec_dir,
+                device=self.device,
+                cache_dir=self.cache_dir,
+                speed=self.speed,
             )
         if self.parallel is not None:
             self.generator.use_parallel(self.parallel)
-        logger.info("%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started)
+        logger.info(
+            "%s engine built in %.1f s; warming up", self.name, time.perf_counter() - started
+        )
         state = self.generator.prepare(draw_default_avatar(self.config.height, self.config.width))
         silence = np.zeros(CHUNK_SAMPLES, dtype=np.float32)
         for number in range(1, WARMUP_CHUNKS + 1):
@@ -257,9 +263,7 @@ def flashtalk_engine(
         width=options.gen_width or options.width,
     )
     device = _device(options.device, parallel)
-    base = (
-        SpeedOptions.official() if options.speedups == "official" else SpeedOptions.fast(device)
-    )
+    base = SpeedOptions.official() if options.speedups == "official" else SpeedOptions.fast(device)
     compile_mode = "default" if options.compile else None
     speed = replace(base, quantize=options.quantize, compile_mode=compile_mode)
     return DiffusionEngine(

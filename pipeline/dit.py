@@ -469,7 +469,9 @@ class AudioCrossAttention(nn.Module):
         pieces = []
         for start, stop, frame, count in shard.runs:
             size = (stop - start) // count  # tokens of each of the run's frames
-            per_frame = q[:, start:stop].reshape(batch * count, size, *q.shape[2:])  # [B*n, s, H, D]
+            per_frame = q[:, start:stop].reshape(
+                batch * count, size, *q.shape[2:]
+            )  # [B*n, s, H, D]
             keys = k[:, frame : frame + count].flatten(0, 1)  # [B*n, M, H, D]
             values = v[:, frame : frame + count].flatten(0, 1)  # [B*n, M, H, D]
             out = attention(per_frame, keys, values)  # [B*n, s, H, D]

@@ -242,7 +242,7 @@ def read_pth_for(result: CheckResult) -> dict[str, TensorInfo] | None:
         return None
     try:
         return read_torch_header(path)
-    except Exception as exc:  # any unreadable file is a finding, not a crash
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is a finding, not a crash
         result.problems.append(f"cannot read {path.name}: {exc}")
         return None
 
@@ -321,7 +321,10 @@ def check_model_dir(model_dir: Path, wav2vec_dir: Path | None = None) -> DoctorR
             check_pth("T5 encoder", model_dir / T5_FILE, "umt5_xxl_encoder", {"bfloat16"}),
             check_tokenizer(model_dir),
             check_pth(
-                "CLIP visual", model_dir / CLIP_FILE, "clip_xlm_roberta_vit_h_14", FLOAT_DTYPES,
+                "CLIP visual",
+                model_dir / CLIP_FILE,
+                "clip_xlm_roberta_vit_h_14",
+                FLOAT_DTYPES,
                 used_prefix=CLIP_USED_PREFIX,
             ),
         ]

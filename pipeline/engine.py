@@ -361,7 +361,9 @@ class Preparation:
     def _advance(self, engine: Engine) -> bool:
         """Run one step; True once finished (done was called)."""
         if self.cancelled:
-            return self._finish(None, PreparationCancelled("the avatar's preparation was cancelled"))
+            return self._finish(
+                None, PreparationCancelled("the avatar's preparation was cancelled")
+            )
         started = time.perf_counter()
         try:
             if self._steps is None:
@@ -584,9 +586,7 @@ class EngineWorker:
     def _open(self, item: _OpenJob) -> None:
         error: BaseException | None = None
         try:
-            self._states[item.handle.session_id] = self.engine.open_session(
-                item.avatar, item.seed
-            )
+            self._states[item.handle.session_id] = self.engine.open_session(item.avatar, item.seed)
         except Exception as exc:
             logger.exception("preparing session %d failed", item.handle.session_id)
             error = exc

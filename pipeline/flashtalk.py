@@ -19,7 +19,12 @@ from pipeline.config import PipelineConfig
 from pipeline.dit import FlashTalkDiT, load_dit
 from pipeline.encoders import OnDemandEncoders
 from pipeline.generator import FlashTalkGenerator
-from pipeline.image import CLIP_CHECKPOINT_FILE, OFFICIAL_CLIP_DTYPE, CLIPVisionEncoder, load_clip_visual
+from pipeline.image import (
+    CLIP_CHECKPOINT_FILE,
+    OFFICIAL_CLIP_DTYPE,
+    CLIPVisionEncoder,
+    load_clip_visual,
+)
 from pipeline.speedups import SpeedOptions, apply_speedups, prepare_dit_block
 from pipeline.text import OFFICIAL_T5_DTYPE, PromptEncoder
 from pipeline.vae import VAE_CHECKPOINT_NAME, load_vae
@@ -76,7 +81,9 @@ def load_flashtalk_generator(
 
     def clip() -> CLIPVisionEncoder:
         return load_clip_visual(
-            model_dir / CLIP_CHECKPOINT_FILE, device=device, dtype=OFFICIAL_CLIP_DTYPE,
+            model_dir / CLIP_CHECKPOINT_FILE,
+            device=device,
+            dtype=OFFICIAL_CLIP_DTYPE,
             config=config.clip,
         )
 

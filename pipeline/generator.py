@@ -44,7 +44,7 @@ from pipeline.avatar_cache import AvatarCache
 from pipeline.color import match_and_blend_colors
 from pipeline.config import PipelineConfig
 from pipeline.dit import FlashTalkDiT
-from pipeline.imaging import resize_and_centercrop, to_model_range
+from pipeline.imaging import resize_and_centercrop, to_model_range, to_uint8
 from pipeline.media import AvatarAssets
 from pipeline.parallel import ParallelGroup
 from pipeline.stepwise import finish, relay
@@ -174,9 +174,7 @@ class AvatarEncoders(Protocol):
 
 def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
     """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8 (truncating, as the official code)."""
-    return (((video.float() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).to(torch.uint8).permute(
-        1, 2, 3, 0
-    )
+    return to_uint8(video).permute(1, 2, 3, 0)
 
 
 def resize_video(video: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:

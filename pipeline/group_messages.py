@@ -26,6 +26,7 @@ from pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
 PICKLE_PROTOCOL = 5
 """The pickle protocol with out-of-band buffers (PEP 574)."""
 
+
 @dataclass(frozen=True)
 class GroupSpec:
     """What one worker process of an engine group is told when it starts."""

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.engine import default_registry
 from pipeline.engine_api import Engine
-from pipeline.media import Chunk, PreparationStep
 from pipeline.group_messages import (
     CloseRequest,
     Done,
@@ -49,6 +48,7 @@ from pipeline.group_messages import (
     recv_message,
     send_message,
 )
+from pipeline.media import Chunk, PreparationStep
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup

@@ -269,14 +269,15 @@ class CLIPVisionEncoder(nn.Module):
         gain = config.dim**-0.5
         # 1. embeddings (the official layout: no conv bias when a pre-norm follows)
         self.patch_embedding = nn.Conv2d(
-            RGB_CHANNELS, config.dim, kernel_size=config.patch_size, stride=config.patch_size,
+            RGB_CHANNELS,
+            config.dim,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
             bias=not config.pre_norm,
         )
         self.cls_embedding = nn.Parameter(gain * torch.randn(1, 1, config.dim))
         self.pos_embedding = nn.Parameter(gain * torch.randn(1, config.num_tokens, config.dim))
-        self.pre_norm = (
-            FloatLayerNorm(config.dim, eps=config.norm_eps) if config.pre_norm else None
-        )
+        self.pre_norm = FloatLayerNorm(config.dim, eps=config.norm_eps) if config.pre_norm else None
         # 2. transformer blocks
         self.transformer = nn.Sequential(*(CLIPBlock(config) for _ in range(config.num_layers)))
         # 3. pooled-embedding parts of the checkpoint, unused by features()
@@ -323,7 +324,7 @@ def split_visual_state(
     """Split a full CLIP state dict into the visual tower's keys (prefix stripped) and the
     names of the keys deliberately ignored (the text tower and ``log_scale``)."""
     visual = {
-        key[len(VISUAL_PREFIX):]: value
+        key[len(VISUAL_PREFIX) :]: value
         for key, value in state.items()
         if key.startswith(VISUAL_PREFIX)
     }
@@ -355,10 +356,16 @@ def load_clip_visual(
         )
     logger.info(
         "loading CLIP visual tower from %s (%d tensors; %d non-visual tensors ignored) as %s",
-        path, len(visual), len(ignored), dtype,
+        path,
+        len(visual),
+        len(ignored),
+        dtype,
     )
     encoder = materialize(
-        lambda: CLIPVisionEncoder(config), visual, device=device, dtype=dtype,
+        lambda: CLIPVisionEncoder(config),
+        visual,
+        device=device,
+        dtype=dtype,
         what=f"CLIP visual tower in {path}",
     )
     return encoder.eval().requires_grad_(False)

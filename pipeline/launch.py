@@ -2,9 +2,10 @@
 
 Owns putting the environment every process it starts gets (``CHILD_ENV``, from
 ``pipeline.rendezvous``: NVLink multicast off) in place, the rendezvous
-(``torch.distributed``'s TCP store on 127.0.0.1 at a free port), ``init_rank`` (join the group: NCCL on CUDA, gloo on CPU) and ``run_group`` (spawn N
-processes that each run a function with their ``ParallelGroup``; rank 0's return value comes
-back, any rank's exception is raised here with its traceback).
+(``torch.distributed``'s TCP store on 127.0.0.1 at a free port), ``init_rank`` (join the group: NCCL
+on CUDA, gloo on CPU) and ``run_group`` (spawn N processes that each run a function with their
+``ParallelGroup``; rank 0's return value comes back, any rank's exception is raised here with its
+traceback).
 
 Knows nothing about what the ranks compute.
 """
@@ -148,7 +149,7 @@ def _rank_main(
         parallel = init_rank(rank, world_size, port, device)
         result = target(parallel, *args)
         reports.put(RankReport.of(rank, result))
-    except BaseException:  # every failure goes back to the parent with its traceback
+    except BaseException:  # noqa: BLE001 -- every failure goes back to the parent, with its traceback
         reports.put(RankReport(rank, error=traceback.format_exc()))
     finally:
         if dist.is_initialized():
@@ -221,7 +222,9 @@ def collect_reports(
                     report = reports.get(timeout=POLL_INTERVAL_S)
                 except queue.Empty:
                     codes = {rank: processes[rank].exitcode for rank in dead}
-                    raise GroupFailed(f"ranks died without reporting (exit codes {codes})") from None
+                    raise GroupFailed(
+                        f"ranks died without reporting (exit codes {codes})"
+                    ) from None
             else:
                 continue
         if report.error is not None:

@@ -4,9 +4,9 @@ Owns the puppet's per-session state, the mapping from each 40 ms frame's audio e
 mouth opening, the idle motion (head sway, breathing bob, blinks), the "puppet" corner label,
 ``mouth_open_metric``, which measures the mouth opening back from a (possibly lossy
 decoded) frame, and the re-seed: reading the head's position and the mouth back from frames
-shown so the next chunk continues from them. No weights and no torch (numpy and PIL only, so a puppet-only server starts
-fast); real time on a couple of CPU cores with several sessions. It is a demo and
-integration target, not the FlashTalk model, and says so.
+shown so the next chunk continues from them. No weights and no torch (numpy and PIL only, so a
+puppet-only server starts fast); real time on a couple of CPU cores with several sessions. It is a
+demo and integration target, not the FlashTalk model, and says so.
 
 Where the face is: the puppet has no landmarks. It assumes ``FaceLayout`` (from
 ``pipeline.avatar_art``) for every image: a portrait centred horizontally, eyes at 47 % and
@@ -217,9 +217,7 @@ def _bob_px(layout: FaceLayout) -> int:
     return max(1, round(BOB_AMPLITUDE_Y * layout.height))
 
 
-def _soft_ellipse(
-    ys: np.ndarray, xs: np.ndarray, half_h: float, half_w: float
-) -> np.ndarray:
+def _soft_ellipse(ys: np.ndarray, xs: np.ndarray, half_h: float, half_w: float) -> np.ndarray:
     """Coverage in [0, 1] of an ellipse centred at 0 with a one-pixel soft edge. [h, w].
 
     A half-axis under half a pixel draws nothing."""

@@ -57,9 +57,6 @@ TOKEN_STREAM_LINEARS = (
 """Block linears applied to all video tokens (99 % of a block's FLOPs): the ones fp8 speeds
 up. The context projections (769 text+image tokens, 288 audio tokens) stay bf16 in fp8 mode."""
 
-INT4_GROUP_SIZE = 128
-"""Input channels sharing one int4 scale and zero point (quanto's tinygemm layout)."""
-
 
 class QuantizeUnavailable(RuntimeError):
     """The quantisation mode needs a package or a GPU this machine does not have."""
@@ -156,7 +153,9 @@ class QuantizeSummary:
     """Weights (elements) now stored in the low-precision format."""
 
 
-def _block_linears(block: nn.Module, names: tuple[str, ...] | None) -> Iterator[tuple[str, nn.Linear]]:
+def _block_linears(
+    block: nn.Module, names: tuple[str, ...] | None
+) -> Iterator[tuple[str, nn.Linear]]:
     """``(qualified name, linear)`` of the block's plain linears, restricted to ``names``."""
     for name, module in block.named_modules():
         if type(module) is nn.Linear and (names is None or name in names):
@@ -183,7 +182,9 @@ def _nf4_linear(linear: nn.Linear) -> nn.Module:
     try:
         import bitsandbytes as bnb
     except ImportError as exc:
-        raise QuantizeUnavailable("--quantize nf4 needs bitsandbytes (pip install bitsandbytes)") from exc
+        raise QuantizeUnavailable(
+            "--quantize nf4 needs bitsandbytes (pip install bitsandbytes)"
+        ) from exc
     device = linear.weight.device
     if device.type != "cuda":
         raise QuantizeUnavailable("--quantize nf4 (bitsandbytes) runs on CUDA only")
@@ -207,7 +208,9 @@ def _nf4_linear(linear: nn.Linear) -> nn.Module:
 def quantize_block(block: nn.Module, mode: str) -> tuple[int, int]:
     """Replace the block's linears in place for ``mode``; returns (linears, weights) replaced."""
     if mode not in QUANTIZE_MODES:
-        raise ValueError(f"unknown quantize mode {mode!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+        raise ValueError(
+            f"unknown quantize mode {mode!r}; choose one of {', '.join(QUANTIZE_MODES)}"
+        )
     if mode == "none":
         return 0, 0
     names = TOKEN_STREAM_LINEARS if mode == "fp8" else None

@@ -98,7 +98,9 @@ def fill_random_blockwise(
     return model.eval().requires_grad_(False)
 
 
-def random_vae(config: PipelineConfig, *, device: torch.device, dtype: torch.dtype, seed: int) -> WanVAE:
+def random_vae(
+    config: PipelineConfig, *, device: torch.device, dtype: torch.dtype, seed: int
+) -> WanVAE:
     """A random-weight full-size VAE made on ``device``."""
     with torch.device("meta"):
         vae = WanVAE(config.vae)
@@ -111,7 +113,9 @@ class RandomEncoders:
     """Stand-ins for T5 and CLIP (not resident while streaming anyway): seeded noise of the
     real shapes, so the per-avatar conditioning path runs without their weights."""
 
-    def __init__(self, config: PipelineConfig, device: torch.device, dtype: torch.dtype, seed: int) -> None:
+    def __init__(
+        self, config: PipelineConfig, device: torch.device, dtype: torch.dtype, seed: int
+    ) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype

@@ -2,9 +2,9 @@
 
 Owns: ``SpeedOptions`` (SDPA kernel preference, projection fusion, DiT quantisation,
 ``torch.compile`` of the transformer blocks and of the colour correction, channels-last VAE
-with fused norm + SiLU kernels, cuDNN autotuning) with the ``official`` (all off, as the official code runs) and ``fast``
-presets, ``prepare_dit_block`` (fusion then quantisation of one block, so a loader can do it
-block by block and never hold the whole bf16 model) and ``apply_speedups``.
+with fused norm + SiLU kernels, cuDNN autotuning) with the ``official`` (all off, as the official
+code runs) and ``fast`` presets, ``prepare_dit_block`` (fusion then quantisation of one block, so a
+loader can do it block by block and never hold the whole bf16 model) and ``apply_speedups``.
 
 None of these changes a result beyond bf16 rounding except ``quantize`` (fp8/int8/int4/nf4),
 whose error the benchmark reports. Knows nothing about sessions, timing or files.

@@ -41,8 +41,7 @@ TEXT_LEN_TOKENS = 512
 """Prompts are padded (and truncated) to this many tokens, as in the official pipeline."""
 
 DEFAULT_PROMPT = (
-    "A person is talking. Only the foreground characters are moving, "
-    "the background remains static."
+    "A person is talking. Only the foreground characters are moving, the background remains static."
 )
 """The official FlashTalk prompt, used when an avatar does not bring its own."""
 
@@ -335,7 +334,10 @@ def load_t5(
     state = read_torch_state(Path(path), "T5 text encoder checkpoint")
     logger.info("loading T5 encoder from %s (%d tensors) as %s", path, len(state), dtype)
     encoder = materialize(
-        lambda: T5Encoder(config), state, device=device, dtype=dtype,
+        lambda: T5Encoder(config),
+        state,
+        device=device,
+        dtype=dtype,
         what=f"T5 text encoder checkpoint {path}",
     )
     return encoder.eval().requires_grad_(False)
@@ -373,8 +375,7 @@ def clean_prompt(text: str) -> str:
         import ftfy  # imported here: only the real tokenizer needs it
     except ImportError as exc:
         raise ImportError(
-            "cleaning prompts for the umt5 tokenizer needs the `ftfy` package: "
-            "pip install ftfy"
+            "cleaning prompts for the umt5 tokenizer needs the `ftfy` package: pip install ftfy"
         ) from exc
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()

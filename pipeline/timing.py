@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-MILLISECONDS_PER_SECOND = 1000.0
+from pipeline.media import MS_PER_S
 
 
 class StageTimer(ABC):
@@ -92,7 +92,7 @@ class CudaStageTimer(StageTimer):
         stages: dict[str, float] = {}
         previous = self._start
         for stage, event in self._marks:
-            seconds = previous.elapsed_time(event) / MILLISECONDS_PER_SECOND
+            seconds = previous.elapsed_time(event) / MS_PER_S
             stages[stage] = stages.get(stage, 0.0) + seconds
             previous = event
         return stages

@@ -174,7 +174,9 @@ def run_band(
         start = start_after(layer, start)
         if keep is not None:
             if not start <= keep[0] < keep[1] <= start + x.shape[ROW_DIM]:
-                raise RuntimeError(f"band rows {keep} are not inside the computed rows from {start}")
+                raise RuntimeError(
+                    f"band rows {keep} are not inside the computed rows from {start}"
+                )
             x = take_rows(x, keep[0] - start, keep[1] - start)
             start = keep[0]
     return x

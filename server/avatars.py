@@ -161,9 +161,7 @@ class AvatarCatalog:
                 self._queue.put_nowait(record.id)
         records = [record for record, _ in found]
         queued = self._queue.qsize()
-        logger.info(
-            "avatars: %d in %s (%d to prepare)", len(records), self._store.root, queued
-        )
+        logger.info("avatars: %d in %s (%d to prepare)", len(records), self._store.root, queued)
         self._metrics.bind_avatars(self.counts)
         self._task = asyncio.get_running_loop().create_task(
             self._prepare_forever(), name="avatar preparation"
@@ -489,7 +487,9 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+def _call_soon(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object
+) -> None:
     """From the device thread: ``callback(*args)`` on the loop (dropped once it closed)."""
     try:
         loop.call_soon_threadsafe(callback, *args)

@@ -9,9 +9,11 @@ Owns how a request reaches the app's ``Runtime``, ``Metrics``, ``SessionRegistry
   refused sessions); a session token is not an API key;
 - ``StartingSessionDep``: the path's session, with its token in ``Authorization: Bearer``,
   for starting it (the offer; once the session is connected, as for controlling it);
-- ``AuthorizedSessionDep``: the same, for controlling it (delete, interrupt, keep-alive);
-- ``QueryTokenSessionDep``: the path's session with its token in ``?token=`` (WebSockets,
-  where browsers cannot set headers), for starting it.
+- ``AuthorizedSessionDep``: the same, for controlling it (delete, interrupt, keep-alive).
+
+The audio WebSocket checks its ``?token=`` in ``server.routes.audio_ws`` (a refused socket is
+closed with a code, not answered with an HTTP error) through ``get_registry`` and
+``session_for_token`` here.
 
 Unknown session: 404 before any token check. Knows nothing about what the routes do.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, Request
 
 from server.auth import ApiKeys, AuthError, MissingCredentials, TokenUse, bearer_credential
 from server.avatars import AvatarCatalog
@@ -192,19 +194,3 @@ def authorized_session(
 
 
 AuthorizedSessionDep = Annotated[ManagedSession, Depends(authorized_session)]
-
-
-def query_token_session(
-    session_id: str,
-    registry: RegistryDep,
-    metrics: MetricsDep,
-    token: Annotated[str | None, Query()] = None,
-) -> ManagedSession:
-    """The path's session, if ``?token=`` may start it (WebSocket connects).
-
-    No length bound here: an overlong token is an invalid token (401), not a malformed query.
-    """
-    return session_for_token(registry, metrics, session_id, token, TokenUse.START)
-
-
-QueryTokenSessionDep = Annotated[ManagedSession, Depends(query_token_session)]

@@ -7,11 +7,12 @@ group's capacity (``CapacityPolicy`` applied to the group's own warm-up RTF, set
 per start of the group: its generation slots, a ``SlotPool``, and its session limit),
 placement (``acquire``: the least-loaded ready group with room for a session, as a
 ``Lease`` -- the worker and the session's ``SessionSlot`` in its group's pool -- that the
-session releases when it ends), ``capacity`` (the sum of the ready groups' session limits), ``statuses`` for ``/readyz`` and ``/metrics``, and the failure path: a
-group whose worker process died calls every lease's ``on_lost(reason)`` (the registry ends
-those sessions with an error event), shuts the dead incarnation down and starts it again, at
-most ``restarts`` times; then it stays failed and the other groups go on. A group that fails
-to load is not restarted (the cause is nearly always the configuration).
+session releases when it ends), ``capacity`` (the sum of the ready groups' session limits),
+``statuses`` for ``/readyz`` and ``/metrics``, and the failure path: a group whose worker process
+died calls every lease's ``on_lost(reason)`` (the registry ends those sessions with an error event),
+shuts the dead incarnation down and starts it again, at most ``restarts`` times; then it stays
+failed and the other groups go on. A group that fails to load is not restarted (the cause is nearly
+always the configuration).
 
 Also owns ``CapacityReached``. Knows nothing about HTTP, metrics backends or how sessions
 stream; runs on the event loop except for the failure report, which arrives from a worker's
@@ -240,9 +241,7 @@ class EngineGroups:
                 "max_sessions (HEADCAST_MAX_SESSIONS) higher if the engine keeps up with more "
                 "(with idle_mode: loop, silent sessions take no engine time)"
             )
-        group = min(
-            free, key=lambda g: (len(g.leases) / self._capacity(g).sessions, g.plan.index)
-        )
+        group = min(free, key=lambda g: (len(g.leases) / self._capacity(g).sessions, g.plan.index))
         lease = Lease(group, on_lost)
         group.leases.add(lease)
         return lease

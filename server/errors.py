@@ -2,9 +2,9 @@
 
 Owns ``Problem`` (an HTTP error with type, title, status, detail and optional headers and
 extension members), the mapping from the domain's typed exceptions (sessions, avatars and
-their photos, offers, the engine, credentials: 401 for missing, invalid or expired ones, 403 for another session's
-token) to problems, and ``install_problem_handlers`` which makes FastAPI answer every
-error -- including request validation errors and unknown routes -- in that format.
+their photos, offers, the engine, credentials: 401 for missing, invalid or expired ones, 403 for
+another session's token) to problems, and ``install_problem_handlers`` which makes FastAPI answer
+every error -- including request validation errors and unknown routes -- in that format.
 
 Knows nothing about how sessions or engines work, only which of their errors mean what.
 """

@@ -4,10 +4,10 @@ Owns ``SlotPool`` (``total`` slots, the sessions holding one, and the queue of s
 waiting for one) and ``SessionSlot``, a session's place in it, which implements
 ``streaming.generation_slot.GenerationSlot``: ``request`` holds a free slot at once when
 nobody waits, else joins the back of the queue; ``try_request`` only takes a free slot nobody
-waits for (it never queues: what a session does with it must not delay anyone's speech); ``release`` gives the slot to the session
-at the head of the queue (or leaves the queue). A session that gives a slot back and asks
-again goes to the back: no session can keep the others waiting for longer than it speaks,
-and none waits behind a later one.
+waits for (it never queues: what a session does with it must not delay anyone's speech); ``release``
+gives the slot to the session at the head of the queue (or leaves the queue). A session that gives a
+slot back and asks again goes to the back: no session can keep the others waiting for longer than it
+speaks, and none waits behind a later one.
 
 ``total`` is settled when the group is ready (``resize``, again after a restart); a smaller
 total takes no slot away, it only grants none until enough are back. Knows nothing about

@@ -98,8 +98,6 @@ def plan_groups(settings: Settings, cuda_devices: int) -> list[GroupPlan]:
                 f"(0..{cuda_devices - 1}); check gpus and CUDA_VISIBLE_DEVICES"
             )
     devices = [f"cuda:{index}" if on_cuda else CPU_DEVICE for index in indexes]
-    groups = [
-        tuple(devices[start : start + size]) for start in range(0, len(devices), size)
-    ]
+    groups = [tuple(devices[start : start + size]) for start in range(0, len(devices), size)]
     in_process = len(groups) == 1 and size == 1
     return [GroupPlan(index, group, in_process) for index, group in enumerate(groups)]

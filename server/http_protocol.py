@@ -95,7 +95,7 @@ class HeadTimeoutProtocol(H11Protocol):
             return
         logger.info(
             "closing an HTTP connection from %s: %s",
-            "%s:%d" % self.client if self.client else "?",
+            f"{self.client[0]}:{self.client[1]}" if self.client else "?",
             f"no whole request head within {self.header_timeout_s:g} s"
             if waiting
             else f"still sending a refused body after {self.drain_timeout_s:g} s",

@@ -3,9 +3,9 @@
 Owns ``LifecyclePolicy`` (the three limits), ``SessionLifecycle`` (one session's timers on the
 event loop, from ``start()`` -- when the session is handed to its client: the no-show timer
 until the client connects, then the idle timer that client activity re-arms; the
-maximum-duration timer; ``end(reason)`` is called at most once, when the first one fires) and ``LifecycleObserver`` (a ``SessionObserver`` that
-forwards every event to another observer -- the metrics -- and also feeds ``on_activity``
-to the session's idle timer).
+maximum-duration timer; ``end(reason)`` is called at most once, when the first one fires) and
+``LifecycleObserver`` (a ``SessionObserver`` that forwards every event to another observer -- the
+metrics -- and also feeds ``on_activity`` to the session's idle timer).
 
 Knows nothing about HTTP, tokens or how a session is closed: ``end`` does that.
 """

@@ -2,9 +2,9 @@
 
 Owns ``SessionRegistry`` (create within the capacity of the engine groups -- each session
 placed on a group by ``EngineGroups.acquire`` -- issue each session its token, look up,
-record the client's connection with ``mark_connected``, forward the offer, delete, close all at shutdown; every session is
-released when its lifecycle ends: no-show, idle, maximum duration) and ``ManagedSession``
-(what the HTTP side knows about one session). Every exit path goes through
+record the client's connection with ``mark_connected``, forward the offer, delete, close all at
+shutdown; every session is released when its lifecycle ends: no-show, idle, maximum duration) and
+``ManagedSession`` (what the HTTP side knows about one session). Every exit path goes through
 ``AvatarSession.close``, which releases the peer connection, tasks, mailbox and engine state;
 its ``on_closed`` callback frees the slot and stops the session's timers. A session whose
 engine group dies gets an ``engine_failed`` error event and is closed.

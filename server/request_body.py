@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from starlette.datastructures import UploadFile
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import Problem

@@ -27,7 +27,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH
+from pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, MS_PER_S
+from streaming.push import DEFAULT_PUSH_MAX_FRAME_BYTES, DEFAULT_PUSH_MAX_QUEUED_S, PCM16_BYTES
 from streaming.session_config import DEFAULT_SPEECH_WAIT_MAX_S
 
 EngineName = Literal["puppet", "tiny", "flashtalk"]
@@ -431,11 +432,13 @@ class Settings(BaseSettings):
 
     # -- chatbot mode (pushed audio over the WebSocket) --------------------------------------
 
-    push_max_queued_ms: int = Field(10_000, ge=1_120, le=600_000)
+    push_max_queued_ms: int = Field(
+        round(DEFAULT_PUSH_MAX_QUEUED_S * MS_PER_S), ge=round(CHUNK_SECONDS * MS_PER_S), le=600_000
+    )
     """Pushed audio allowed to wait before binary frames are refused with
     ``audio_buffer_full``, in milliseconds (at least one 1.12 s chunk)."""
 
-    push_max_frame_bytes: int = Field(192_000, ge=2, le=4_000_000)
+    push_max_frame_bytes: int = Field(DEFAULT_PUSH_MAX_FRAME_BYTES, ge=PCM16_BYTES, le=4_000_000)
     """Longest binary frame accepted on the audio WebSocket, in bytes (192,000 = 2 s at
     48 kHz); longer frames are refused with ``frame_too_large``."""
 

@@ -4,8 +4,8 @@ Owns ``EngineLink``: it opens the session on the ``EngineWorker`` (the engine pr
 avatar on its device thread), turns the thread's two callbacks into event-loop calls -- the
 preparation's outcome into a future (``wait_prepared``), a result in the mailbox into
 ``on_result()`` -- and passes chunk jobs and results through (``submit``, ``results``,
-``in_flight``, ``drop_pending``, ``close``). The device thread never touches asyncio objects directly:
-everything it reports goes through ``call_soon_threadsafe``.
+``in_flight``, ``drop_pending``, ``close``). The device thread never touches asyncio objects
+directly: everything it reports goes through ``call_soon_threadsafe``.
 
 Knows nothing about media time, tracks, audio sources or what a result is used for.
 """

@@ -7,8 +7,8 @@ at every chunk boundary. In ``loop`` mode:
 
 - holding a slot: ``GENERATE`` while there is speech to take or an utterance is under way
   (a gap in pushed speech is generated, not looped); once the audio is silent and no
-  utterance open, ``IDLE``, and the slot goes back as soon as the engine delivered the last chunk submitted
-  (``drained``) -- already after the take of an utterance's last chunk when the speech
+  utterance open, ``IDLE``, and the slot goes back as soon as the engine delivered the last chunk
+  submitted (``drained``) -- already after the take of an utterance's last chunk when the speech
   input expects no more;
 - not holding one: speech asks for a slot (``GenerationSlot.request``: first come, first
   served); granted, ``GENERATE``, re-seeded from the frames on screen (the engine continues
@@ -86,9 +86,7 @@ class TakeDecision:
 class GenerationGate:
     """Decides, chunk by chunk, whether a session's audio goes through the engine."""
 
-    def __init__(
-        self, mode: IdleMode, slot: GenerationSlot, *, speech_wait_max_s: float
-    ) -> None:
+    def __init__(self, mode: IdleMode, slot: GenerationSlot, *, speech_wait_max_s: float) -> None:
         if speech_wait_max_s <= 0:
             raise ValueError(f"speech_wait_max_s must be positive, got {speech_wait_max_s}")
         self.mode = mode

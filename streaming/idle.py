@@ -45,6 +45,7 @@ REST_LEVEL_DBFS = -50.0
 """A chunk counts as silent when every 40 ms frame of its audio is below this RMS level
 (the puppet's closed-mouth level)."""
 
+
 def is_rest_audio(audio_16k: np.ndarray) -> bool:
     """True if every 40 ms frame of ``audio_16k`` (``[n]`` float32) is below the rest level."""
     return bool(np.all(frame_levels_dbfs(audio_16k) < REST_LEVEL_DBFS))

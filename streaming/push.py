@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import av
 import numpy as np
@@ -25,8 +26,11 @@ from streaming.resample import Downsampler
 
 logger = logging.getLogger(__name__)
 
-PUSH_SAMPLE_RATES_HZ = (16_000, 24_000, 48_000)
+PushSampleRateHz = Literal[16000, 24000, 48000]
 """Sample rates pushed audio may have (chosen per session); 24 and 48 kHz are resampled."""
+
+PUSH_SAMPLE_RATES_HZ: tuple[int, ...] = get_args(PushSampleRateHz)
+"""The same, as numbers."""
 
 PCM16_BYTES = 2
 """Bytes per PCM16 sample."""

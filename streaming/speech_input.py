@@ -6,8 +6,8 @@ through a ``PushDecoder``, bounded, with an ``UtteranceLedger``) -- the ``AudioI
 fill, the 17,920 samples each chunk takes (``take``), and the utterance boundaries those
 takes place on the media timeline (from the ledger, or from ``VoiceActivity`` for a mic).
 It publishes ``speech.started`` (with how long the utterance waited for a generation slot)
-/ ``speech.ended`` when the playout reports those media times played (``played_until``), and says how much of the utterance playing was heard when
-an interrupt cuts it (``cut``).
+/ ``speech.ended`` when the playout reports those media times played (``played_until``), and says
+how much of the utterance playing was heard when an interrupt cuts it (``cut``).
 
 Knows nothing about chunk jobs, engines, tracks, conversion or transports: the scheduler
 calls ``take``, the playout's frame reports reach ``played_until`` through the session.

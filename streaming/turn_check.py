@@ -33,7 +33,9 @@ REST_USERNAME_SEPARATOR = ":"
 
 def relay_candidates(sdp: str) -> int:
     """How many relay candidates ``sdp`` offers."""
-    return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate") and " typ relay" in line)
+    return sum(
+        1 for line in sdp.splitlines() if line.startswith("a=candidate") and " typ relay" in line
+    )
 
 
 def turn_urls(servers: list[RTCIceServer]) -> list[tuple[str, RTCIceServer]]:

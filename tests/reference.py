@@ -63,7 +63,7 @@ def load_golden(name: str, folder: str = "") -> Golden:
         for key in handle.keys():
             for prefix, attr in _PREFIXES.items():
                 if key.startswith(prefix):
-                    getattr(golden, attr)[key[len(prefix):]] = handle.get_tensor(key)
+                    getattr(golden, attr)[key[len(prefix) :]] = handle.get_tensor(key)
                     break
     return golden
 

@@ -33,8 +33,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import bench as flashtalk_bench
-from pipeline.bench_checks import relative_error
 from pipeline.attention import sdpa_backends
+from pipeline.bench_checks import relative_error
 from pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
 from pipeline.omniavatar.audio import clip_frames, segment_count
 from pipeline.omniavatar.config import SIZES, OmniSize, omni_size

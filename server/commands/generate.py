@@ -32,6 +32,7 @@ from pipeline.imaging import ImageLoadError, load_image
 from pipeline.media import (
     CHUNK_FRAMES,
     CHUNK_SAMPLES,
+    MS_PER_S,
     SAMPLE_RATE_HZ,
     SAMPLES_PER_FRAME,
     Avatar,
@@ -60,7 +61,6 @@ PARTIAL_SUFFIX = ".partial"
 """Suffix of the file written while generating; renamed to ``--out`` once complete."""
 MIN_AUDIO_SAMPLES = SAMPLES_PER_FRAME
 """Shortest audio that makes a video: one 40 ms frame's worth of 16 kHz samples."""
-MILLISECONDS_PER_SECOND = 1000
 
 
 class UsageError(Exception):
@@ -166,8 +166,8 @@ def _check_inputs(args: argparse.Namespace) -> _Inputs:
     except (ImageLoadError, AudioFileError) as exc:
         raise UsageError(str(exc)) from exc
     if audio.samples.size < MIN_AUDIO_SAMPLES:
-        length_ms = audio.duration_s * MILLISECONDS_PER_SECOND
-        frame_ms = SAMPLES_PER_FRAME * MILLISECONDS_PER_SECOND // SAMPLE_RATE_HZ
+        length_ms = audio.duration_s * MS_PER_S
+        frame_ms = SAMPLES_PER_FRAME * MS_PER_S // SAMPLE_RATE_HZ
         raise UsageError(
             f"audio {args.audio} is too short: {length_ms:.0f} ms, less than one video frame "
             f"({frame_ms} ms). Pass a longer recording."

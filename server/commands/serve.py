@@ -104,9 +104,7 @@ def run(args: argparse.Namespace) -> int:
         log_config=None,  # keep the logging configured by the CLI
         log_level=settings.log_level,
         lifespan="on",
-        http=header_timeout_protocol(
-            settings.http_header_timeout_s, settings.http_body_timeout_s
-        ),
+        http=header_timeout_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s),
         timeout_keep_alive=settings.http_keep_alive_s,
         ws_max_size=settings.push_max_frame_bytes + WS_MESSAGE_SLACK_BYTES,
     )

@@ -6,8 +6,8 @@ already has ``max_audio_sockets`` sockets open), then one reader (binary frames 
 session's push intake, answered with ``audio.queued`` or an ``error``; text frames -> the
 session's commands) and one writer (the session's events and those replies, in order,
 through a bounded queue; a client that lets it overflow is dropped, with one warning).
-When the session ends the socket gets ``error {session_ended}`` and is closed. Also owns ``PushFormatDep``: the push bounds from
-the settings, for session creation.
+When the session ends the socket gets ``error {session_ended}`` and is closed. Also owns
+``PushFormatDep``: the push bounds from the settings, for session creation.
 
 Knows nothing about how audio becomes frames (``streaming.session``) or how tokens are made
 (``server.deps`` / ``server.auth``).
@@ -24,9 +24,9 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from pipeline.media import MS_PER_S
 from server.auth import AuthError, TokenUse
-from server.deps import server_starting, session_for_token
+from server.deps import get_registry, session_for_token
 from server.errors import Problem, problem_for
-from server.registry import ManagedSession, SessionRegistry, UnknownSession
+from server.registry import ManagedSession, UnknownSession
 from server.runtime import Runtime
 from server.settings import Settings
 from streaming.events import AudioQueued, ErrorCode, ErrorEvent, Event, ProtocolError
@@ -82,10 +82,7 @@ def authorize_socket(websocket: WebSocket, session_id: str, token: str | None) -
     (unexpired) unless the session is already connected (a pusher reconnecting).
     """
     runtime: Runtime = websocket.app.state.runtime
-    try:
-        registry: SessionRegistry = runtime.registry
-    except RuntimeError:
-        raise server_starting(runtime) from None
+    registry = get_registry(runtime)
     use = TokenUse.CONTROL if registry.get(session_id).connected else TokenUse.START
     managed = session_for_token(registry, runtime.metrics, session_id, token, use)
     if managed.media.audio_source is not AudioSource.PUSH:

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME
+from pipeline.media import SAMPLE_RATE_HZ
 from server.deps import ApiKeyDep, AuthorizedSessionDep, RegistryDep, SettingsDep
 from server.request_body import json_request_body, read_json
 from server.routes.audio_ws import PushFormatDep
+from streaming.push import PushSampleRateHz
 from streaming.session_config import AudioSource
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
-
-PushSampleRate = Literal[16000, 24000, 48000]
-"""Sample rates pushed audio may have, in Hz (``streaming.push.PUSH_SAMPLE_RATES_HZ``)."""
 
 
 class SessionRequest(BaseModel):
@@ -39,7 +38,7 @@ class SessionRequest(BaseModel):
     """Where speech comes from: ``mic`` (the WebRTC microphone track) or ``push`` (PCM16
     pushed over ``WS /v1/sessions/{id}/audio``: chatbot mode)."""
 
-    sample_rate: PushSampleRate = 16000
+    sample_rate: PushSampleRateHz = SAMPLE_RATE_HZ
     """Sample rate of pushed audio, in Hz (push sessions; 24 and 48 kHz are resampled)."""
 
 

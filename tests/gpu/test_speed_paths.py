@@ -2,7 +2,8 @@
 
 fp8 linears against their float32 emulation and bf16, fused projections, cuDNN attention,
 a compiled block, the channels-last VAE and its Triton norm + SiLU kernel, bf16 against
-float32 at full width, and the CUDA event timer. Relative errors are ‖out − ref‖ / ‖ref‖ on fresh random inputs.
+float32 at full width, and the CUDA event timer. Relative errors are ‖out − ref‖ / ‖ref‖ on fresh
+random inputs.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import torch
 from torch import nn
 
 from pipeline.attention import sdpa_backends
-from pipeline.random_weights import init_random_
 from pipeline.dit import DiTBlock, DiTConfig, FlashTalkDiT
 from pipeline.quantize import Float8Linear, scaled_mm_supported
+from pipeline.random_weights import init_random_
 from pipeline.rope import rope_cos_sin
 from pipeline.timing import CudaStageTimer
 from pipeline.vae import VAEConfig, WanVAE

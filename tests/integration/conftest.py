@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from headcast_client import over_groups, parse_metrics
+
 from streaming.ice import HostCandidatePolicy
 from tests.conftest import REPO_ROOT
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from tests.integration.conftest import LOOPBACK, free_loopback_port
 from tests.integration.processes import require, running
 

@@ -23,7 +23,10 @@ def require(binary: str, package: str) -> str:
     path = shutil.which(binary)
     if path is not None:
         return path
-    message = f"{binary} not found: install Debian's {package} (`apt-get install -y {package}`; make test does)"
+    message = (
+        f"{binary} not found: install Debian's {package} "
+        f"(`apt-get install -y {package}`; make test does)"
+    )
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

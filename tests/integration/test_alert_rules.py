@@ -53,7 +53,12 @@ def test_promtool_accepts_the_rules_and_their_unit_tests(args: tuple[str, ...]) 
 
 
 def test_every_alert_is_unit_tested_and_has_a_runbook() -> None:
-    alerts = [r for g in _yaml("prometheus/headcast-rules.yml")["groups"] for r in g["rules"] if "alert" in r]
+    alerts = [
+        r
+        for g in _yaml("prometheus/headcast-rules.yml")["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    ]
     tested = {
         case["alertname"]
         for test in _yaml("prometheus/tests/headcast-rules.test.yml")["tests"]
@@ -81,10 +86,15 @@ def test_compose_wires_prometheus_grafana_and_coturn() -> None:
     assert scrape["rule_files"] == [RULES.name]
 
     datasource = _yaml("grafana/provisioning/datasources/prometheus.yml")["datasources"][0]
-    dashboard = json.loads((DOCKER / "grafana/dashboards/headcast.json").read_text(encoding="utf-8"))
+    dashboard = json.loads(
+        (DOCKER / "grafana/dashboards/headcast.json").read_text(encoding="utf-8")
+    )
     assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {datasource["uid"]}
     provider = _yaml("grafana/provisioning/dashboards/headcast.yml")["providers"][0]
-    assert any(v.endswith(":" + provider["options"]["path"] + ":ro") for v in services["grafana"]["volumes"])
+    assert any(
+        v.endswith(":" + provider["options"]["path"] + ":ro")
+        for v in services["grafana"]["volumes"]
+    )
 
     coturn_args = services["coturn"]["command"]
     assert "--use-auth-secret" in coturn_args

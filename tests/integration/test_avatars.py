@@ -36,9 +36,9 @@ import httpx
 import numpy as np
 import PIL.Image
 import pytest
+from headcast_client import AvatarInfo, HeadcastClient, HeadcastError, WebRTCConnection
 from skimage import data
 
-from headcast_client import AvatarInfo, HeadcastClient, HeadcastError, WebRTCConnection
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, run_server
 
 pytestmark = pytest.mark.slow
@@ -242,7 +242,9 @@ async def test_bad_photos_and_unusable_avatars_get_clear_answers(
 
     async with HeadcastClient(puppet_server.url, host_candidates=LOOPBACK_ONLY) as client:
         cat = await client.create_avatar(CAT_JPEG)
-        small_photo = encode(np.asarray(PIL.Image.fromarray(data.astronaut()).resize((300, 300))), "PNG")
+        small_photo = encode(
+            np.asarray(PIL.Image.fromarray(data.astronaut()).resize((300, 300))), "PNG"
+        )
         small = await client.create_avatar(small_photo, content_type="image/png")
         pending = await client.create_avatar(PERSON_JPEG)
         with pytest.raises(HeadcastError) as preparing:  # queued behind the other two
@@ -315,7 +317,9 @@ async def test_keys_limits_restarts_and_a_kill_mid_preparation(
             assert f"avatar {avatar.id} ready in" not in second.log_path.read_text()
             assert f"avatar {avatar.id} ready in" in first.log_path.read_text()
             await client.delete_avatar(avatar.id)
-            fresh = await client.create_avatar(encode(data.astronaut(), "PNG"), content_type="image/png")
+            fresh = await client.create_avatar(
+                encode(data.astronaut(), "PNG"), content_type="image/png"
+            )
             second.process.send_signal(signal.SIGKILL)  # mid-preparation, or just before it
             second.process.wait(30)
     status_on_disk = json.loads((store / fresh.id / "avatar.json").read_text())["status"]

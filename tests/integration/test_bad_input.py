@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from headcast_client import HeadcastClient, HeadcastError
+
 from pipeline.media import CHUNK_SECONDS
 from tests.conftest import REPO_ROOT, client_offer
 from tests.integration.conftest import LOOPBACK_ONLY, SHARED_SERVER_SETTINGS, RunningServer

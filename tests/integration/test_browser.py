@@ -232,8 +232,10 @@ def test_demo_page_streams_the_avatar_at_full_rate(
     assert rendered > 0, "requestVideoFrameCallback never fired: the video is not on screen"
     fps = _wait_for(
         "the received-fps readout",
-        lambda: chrome.find_element(By.ID, "stat-fps").text.isdigit()
-        and int(chrome.find_element(By.ID, "stat-fps").text),
+        lambda: (
+            chrome.find_element(By.ID, "stat-fps").text.isdigit()
+            and int(chrome.find_element(By.ID, "stat-fps").text)
+        ),
         5.0,
         chrome,
     )
@@ -280,7 +282,9 @@ def test_demo_page_says_when_the_server_is_at_capacity(
             ).raise_for_status()
 
 
-def test_widget_embeds_the_avatar_in_another_page(chrome: WebDriver, headcast_server: RunningServer) -> None:
+def test_widget_embeds_the_avatar_in_another_page(
+    chrome: WebDriver, headcast_server: RunningServer
+) -> None:
     chrome.set_script_timeout(10)
     chrome.get(f"{headcast_server.url}/")  # a same-origin page, emptied for the widget
     chrome.execute_async_script(
@@ -296,7 +300,8 @@ def test_widget_embeds_the_avatar_in_another_page(chrome: WebDriver, headcast_se
         """
         const widget = document.querySelector('headcast-avatar');
         widget.sessionProvider = async () => (await fetch('/v1/sessions', {
-          method: 'POST', headers: {'Content-Type': 'application/json'}, body: '{"avatar": "default"}',
+          method: 'POST', headers: {'Content-Type': 'application/json'},
+          body: '{"avatar": "default"}',
         })).json();
         widget.start();
         """
@@ -305,7 +310,8 @@ def test_widget_embeds_the_avatar_in_another_page(chrome: WebDriver, headcast_se
     def widget_frames() -> int:
         return int(
             chrome.execute_script(
-                "const v = document.querySelector('headcast-avatar').shadowRoot.querySelector('video');"
+                "const v = document.querySelector('headcast-avatar')"
+                ".shadowRoot.querySelector('video');"
                 "return v.getVideoPlaybackQuality().totalVideoFrames;"
             )
         )
@@ -314,12 +320,15 @@ def test_widget_embeds_the_avatar_in_another_page(chrome: WebDriver, headcast_se
     time.sleep(WIDGET_WINDOW_S)
     decoded = widget_frames() - first
     status = chrome.execute_script(
-        "return document.querySelector('headcast-avatar').shadowRoot.querySelector('.status').textContent;"
+        "return document.querySelector('headcast-avatar')"
+        ".shadowRoot.querySelector('.status').textContent;"
     )
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     assert chrome.save_screenshot(str(ARTIFACTS_DIR / "browser_widget.png"))
     assert status == "connected"
-    assert decoded >= MIN_WIDGET_FRAMES, f"the widget decoded {decoded} frames in {WIDGET_WINDOW_S} s"
+    assert decoded >= MIN_WIDGET_FRAMES, (
+        f"the widget decoded {decoded} frames in {WIDGET_WINDOW_S} s"
+    )
 
     chrome.execute_script("return document.querySelector('headcast-avatar').stop();")
     _wait_for(
@@ -335,7 +344,8 @@ const [url, done] = [arguments[0], arguments[arguments.length - 1]];
 Promise.all([
   fetch(url, {method: 'POST', mode: 'no-cors'}),
   fetch(url, {method: 'POST', mode: 'no-cors', body: '{"avatar": "default"}'}),
-  fetch(url, {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'}, body: '{}'}),
+  fetch(url, {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'},
+              body: '{}'}),
 ]).then((answers) => done(answers.map((a) => a.type)), (error) => done(String(error)));
 """
 """The three POSTs a page on any origin may send without a CORS preflight (no body, a text
@@ -363,9 +373,7 @@ AVATAR_READY_TIMEOUT_S = 30.0
 AVATAR_SCREENSHOT = ARTIFACTS_DIR / "browser_avatar.png"
 
 
-def test_demo_page_adds_a_face_from_a_photo_and_calls_it(
-    chrome: WebDriver, tmp_path: Path
-) -> None:
+def test_demo_page_adds_a_face_from_a_photo_and_calls_it(chrome: WebDriver, tmp_path: Path) -> None:
     import PIL.Image
     from skimage import data
 
@@ -378,7 +386,9 @@ def test_demo_page_adds_a_face_from_a_photo_and_calls_it(
     ) as server:
         chrome.get(f"{server.url}/")
         choice = chrome.find_element(By.ID, "avatar-choice")
-        _wait_for("the avatar list", lambda: choice.get_attribute("value") == "default", 10.0, chrome)
+        _wait_for(
+            "the avatar list", lambda: choice.get_attribute("value") == "default", 10.0, chrome
+        )
         chrome.find_element(By.ID, "avatar-photo").send_keys(str(photo))
         status = chrome.find_element(By.ID, "avatar-status")
         _wait_for("the avatar to be ready", lambda: "is ready" in status.text,

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from headcast_client import to_pcm16
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from headcast_client import to_pcm16
 from loadtests.speech import speech_like
 from pipeline.puppet import FaceLayout, _mouth_metric_box
 from tests.integration.conftest import RunningServer

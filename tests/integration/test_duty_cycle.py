@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from headcast_client import HeadcastClient, HeadcastError
+
 from loadtests.driver import LoadPlan, LoadReport, run_load
 from pipeline.media import CHUNK_SECONDS
 from streaming.generation_gate import LOOP_CHUNKS

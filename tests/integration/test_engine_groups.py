@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from headcast_client import HeadcastClient, HeadcastError, WebRTCConnection
+
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, run_server
 
 pytestmark = [
@@ -122,9 +122,7 @@ async def serve_through_group(server: RunningServer) -> float:
             await connection.close()
 
 
-async def test_two_groups_serve_two_sessions_at_once(
-    tmp_path: Path, artifacts_dir: Path
-) -> None:
+async def test_two_groups_serve_two_sessions_at_once(tmp_path: Path, artifacts_dir: Path) -> None:
     with run_server(tmp_path, gpus="0,1", max_sessions=1, **GROUP_SERVER) as server:
         groups = wait_for_every_group(server)
         assert [(g["devices"], g["state"], g["capacity"]) for g in groups] == [

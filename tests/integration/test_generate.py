@@ -266,9 +266,7 @@ TINY_SECONDS = 1.5
 """Two chunks of the tiny engine: the diffusion code path end to end, kept short for CI."""
 
 
-def test_tiny_engine_writes_a_valid_mp4_matching_the_audio(
-    inputs: Inputs, tmp_path: Path
-) -> None:
+def test_tiny_engine_writes_a_valid_mp4_matching_the_audio(inputs: Inputs, tmp_path: Path) -> None:
     speech = tmp_path / "short.wav"
     _write_wav(speech, _speech_like(SPEECH_RATE_HZ, TINY_SECONDS, seed=1), SPEECH_RATE_HZ)
     out = tmp_path / "tiny.mp4"

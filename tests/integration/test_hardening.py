@@ -32,11 +32,11 @@ import httpx
 import pytest
 import websockets
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from headcast_client import ArrayAudioTrack, HeadcastClient, PushSocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from headcast_client import ArrayAudioTrack, HeadcastClient, PushSocket
 from loadtests.speech import speech_like
 from tests.conftest import client_offer
 from tests.integration.conftest import LOOPBACK, LOOPBACK_ONLY, RunningServer, run_server
@@ -180,7 +180,9 @@ async def test_50_mb_bodies_are_refused_fast_while_a_call_keeps_its_rate(
         ("chunked, own offer", f"/v1/sessions/{other.id}/offer", {**json_type, **own}, True, 413),
     ]  # fmt: skip
 
-    async def send(name: str, path: str, headers: dict[str, str], chunked: bool, status: int) -> None:
+    async def send(
+        name: str, path: str, headers: dict[str, str], chunked: bool, status: int
+    ) -> None:
         got, took = await _upload(server.port, path, headers, chunked=chunked)
         assert got == status, name
         assert took < MAX_ANSWER_S, f"{name}: answered after {took:.2f} s"
@@ -231,7 +233,11 @@ async def test_malformed_tokens_are_401_and_4401_and_counted(
         ]
         async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as http:
             for credential in bad_headers:
-                for method, path in (("POST", "/keepalive"), ("POST", "/interrupt"), ("DELETE", "")):
+                for method, path in (
+                    ("POST", "/keepalive"),
+                    ("POST", "/interrupt"),
+                    ("DELETE", ""),
+                ):
                     response = await http.request(
                         method, f"/v1/sessions/{session.id}{path}", headers=_bearer(credential)
                     )

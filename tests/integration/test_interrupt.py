@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from headcast_client import HeadcastClient, PushSocket, SessionInfo, WebRTCConnection
+
 from pipeline.puppet import mouth_open_metric
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 

@@ -111,5 +111,10 @@ def test_plans_outside_the_bounds_are_refused(plan: LoadPlan, message: str) -> N
 
 
 def test_loopback_targets_are_accepted() -> None:
-    for url in ("http://127.0.0.1:8000", "http://127.9.9.9:1", "http://localhost:8000", "http://[::1]:8000"):
+    for url in (
+        "http://127.0.0.1:8000",
+        "http://127.9.9.9:1",
+        "http://localhost:8000",
+        "http://[::1]:8000",
+    ):
         LoadPlan(url, 16, 600.0, ramp_s=10.0).validate()

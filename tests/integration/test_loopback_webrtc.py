@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from headcast_client import ArrayAudioTrack, HeadcastClient
+
 from pipeline.puppet import mouth_open_metric
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from headcast_client import ArrayAudioTrack, HeadcastClient
+
 from loadtests.speech import speech_like
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
@@ -62,14 +62,18 @@ def _panel_queries() -> list[tuple[str, str]]:
 def prometheus(
     tmp_path_factory: pytest.TempPathFactory, headcast_server: RunningServer
 ) -> Iterator[Prometheus]:
-    with run_prometheus(tmp_path_factory.mktemp("prometheus"), headcast_server.port, RULES) as server:
+    with run_prometheus(
+        tmp_path_factory.mktemp("prometheus"), headcast_server.port, RULES
+    ) as server:
         yield server
 
 
 async def _call_with_an_interrupt(url: str) -> None:
     async with HeadcastClient(url, host_candidates=LOOPBACK_ONLY) as client:
         session = await client.create_session()
-        mic = ArrayAudioTrack(speech_like(SPEAK_S + AFTER_INTERRUPT_S + 2.0, MIC_RATE_HZ), MIC_RATE_HZ)
+        mic = ArrayAudioTrack(
+            speech_like(SPEAK_S + AFTER_INTERRUPT_S + 2.0, MIC_RATE_HZ), MIC_RATE_HZ
+        )
         connection = await client.connect_webrtc(session, mic)
         try:
             await asyncio.sleep(SPEAK_S)
@@ -99,7 +103,9 @@ def _evaluated_rules(prometheus: Prometheus) -> list[dict[str, Any]]:
         if len(fresh) == len(rules):
             return rules
         if time.monotonic() > deadline:
-            pytest.fail(f"{len(rules) - len(fresh)} rules were not evaluated within {SCRAPED_TIMEOUT_S} s")
+            pytest.fail(
+                f"{len(rules) - len(fresh)} rules were not evaluated within {SCRAPED_TIMEOUT_S} s"
+            )
         time.sleep(POLL_S)
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from headcast_client import to_pcm16
+from headcast_pipecat import HeadcastVideoService
 from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
@@ -50,8 +52,6 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from headcast_client import to_pcm16
-from headcast_pipecat import HeadcastVideoService
 from loadtests.speech import speech_like
 from pipeline.puppet import mouth_open_metric
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, free_loopback_port
@@ -259,8 +259,10 @@ async def test_a_pipecat_pipeline_drives_the_avatar_in_sync_and_interrupts_fast(
         mark = len(got.video)
         await bot.worker.queue_frames(tts_frames(loud_voice(LOUD_SECONDS, TTS_RATE_HZ)))
         await until(
-            lambda: len(got.video) - mark >= OPEN_FRAMES
-            and min(m for _t, m, _p in got.video[-OPEN_FRAMES:]) > MOUTH_OPEN,
+            lambda: (
+                len(got.video) - mark >= OPEN_FRAMES
+                and min(m for _t, m, _p in got.video[-OPEN_FRAMES:]) > MOUTH_OPEN
+            ),
             "open mouth",
         )
         video_mark, audio_mark = len(got.video), len(got.audio)

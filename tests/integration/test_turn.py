@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from aiortc import RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
+from headcast_client import ArrayAudioTrack, HeadcastClient, RelayUnavailable, SessionInfo
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from headcast_client import ArrayAudioTrack, HeadcastClient, RelayUnavailable, SessionInfo
 from loadtests.speech import speech_like
 from server.turn import mint_credential
 from streaming.ice import host_candidates
@@ -71,7 +70,9 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
 
 
 @pytest.fixture(scope="module")
-def relay_server(tmp_path_factory: pytest.TempPathFactory, coturn: Coturn) -> Iterator[RunningServer]:
+def relay_server(
+    tmp_path_factory: pytest.TempPathFactory, coturn: Coturn
+) -> Iterator[RunningServer]:
     """A puppet server whose own peer uses relay candidates only, through ``coturn``."""
     settings = {
         **SHARED_SERVER_SETTINGS,
@@ -176,7 +177,9 @@ async def test_a_server_whose_secret_coturn_does_not_share_says_so(coturn: Cotur
     refused with the reason instead of an answer without candidates."""
     wrong = mint_credential(WRONG_SECRET, "session", time.time() + SESSION_LIFE_S)
     config = PeerConfig(
-        ice_servers=(RTCIceServer(urls=[coturn.url], username=wrong.username, credential=wrong.password),),
+        ice_servers=(
+            RTCIceServer(urls=[coturn.url], username=wrong.username, credential=wrong.password),
+        ),
         relay_only=True,
     )
     client = RTCPeerConnection()
@@ -233,7 +236,8 @@ def test_chromium_relay_only_through_coturn_at_full_rate(
           await new Promise((r) => setTimeout(r, measureMs));
           const decoded = frames() - first;
           const types = (sdp) => [...new Set(sdp.split('\\r\\n')
-            .filter((l) => l.startsWith('a=candidate')).map((l) => l.split(' typ ')[1].split(' ')[0]))];
+            .filter((l) => l.startsWith('a=candidate'))
+            .map((l) => l.split(' typ ')[1].split(' ')[0]))];
           const local = types(pc.localDescription.sdp), remote = types(pc.remoteDescription.sdp);
           const stats = await pc.getStats();
           let pair = null;

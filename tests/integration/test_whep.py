@@ -24,9 +24,9 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from headcast_client import HeadcastClient, PushSocket, SessionInfo
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from headcast_client import HeadcastClient, PushSocket, SessionInfo
 from loadtests.speech import speech_like
 from streaming.ice import host_candidates
 from tests.conftest import REPO_ROOT

@@ -1,8 +1,8 @@
 """Audio sources for the client: a WebRTC audio track that plays a numpy array in real time.
 
 Owns ``ArrayAudioTrack`` (20 ms s16 mono frames at 48 kHz from a float32 signal, paced to
-wall time, then the signal again, silence or the end of the track) -- used by tests and load drivers to act as
-a microphone. Knows nothing about sessions or the server.
+wall time, then the signal again, silence or the end of the track) -- used by tests and load drivers
+to act as a microphone. Knows nothing about sessions or the server.
 """
 
 from __future__ import annotations

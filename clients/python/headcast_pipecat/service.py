@@ -28,6 +28,8 @@ import av
 import httpx
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from headcast_client import HeadcastClient, HeadcastError, PushSocket, SessionInfo
+from headcast_client.client import WebRTCConnection
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
     CancelFrame,
@@ -44,8 +46,6 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSet
 from pipecat.services.ai_service import AIService
 from websockets.exceptions import WebSocketException
 
-from headcast_client import HeadcastClient, HeadcastError, PushSocket, SessionInfo
-from headcast_client.client import WebRTCConnection
 from headcast_pipecat.timeline import Kind, MediaTimeline
 from streaming.ice import HostCandidatePolicy
 

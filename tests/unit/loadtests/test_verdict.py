@@ -21,7 +21,9 @@ def _series(*, rss_after: float = 500.0, tasks_after: float = 3, skewed: float =
     """Idle before (t 0..2), load (t 10..100, 100 chunks), idle after (t 110..112)."""
     idle = dict(calls_running=0, sessions_active=0, threads=11, tasks=3, open_fds=12, gpu_mb=None)
     load = dict(calls_running=2, sessions_active=2, threads=14, tasks=27, open_fds=15, gpu_mb=None)
-    samples = [Sample(t, "idle-before", rss_mb=500.0, chunks=0, chunks_skewed=0, **idle) for t in (0, 1, 2)]
+    samples = [
+        Sample(t, "idle-before", rss_mb=500.0, chunks=0, chunks_skewed=0, **idle) for t in (0, 1, 2)
+    ]
     samples += [
         Sample(t, "load", rss_mb=520.0, chunks=t - 10, chunks_skewed=skewed * (t - 10) / 90, **load)
         for t in (10, 40, 70, 100)
@@ -36,7 +38,10 @@ def _series(*, rss_after: float = 500.0, tasks_after: float = 3, skewed: float =
 
 def _calls(*fps: float, vanished: int = 1) -> list[SessionResult]:
     calls = [replace(SessionResult(i), outcome="ok", fps=f) for i, f in enumerate(fps)]
-    calls += [replace(SessionResult(len(calls) + i), outcome="vanished", fps=25.0) for i in range(vanished)]
+    calls += [
+        replace(SessionResult(len(calls) + i), outcome="vanished", fps=25.0)
+        for i in range(vanished)
+    ]
     return calls
 
 
@@ -88,7 +93,9 @@ def test_series_survive_the_csv_and_plot(tmp_path: Path) -> None:
     assert (tmp_path / "soak.png").read_bytes()[:8] == PNG_MAGIC
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("2m", 120.0), ("1.5h", 5400.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("2m", 120.0), ("1.5h", 5400.0)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
 from pipeline.config import TINY_HEIGHT, TINY_WIDTH
 from pipeline.diffusion_engine import tiny_engine
-from pipeline.engine_options import TinyOptions
 from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig, FlashTalkDiT
+from pipeline.engine_options import TinyOptions
 from pipeline.launch import RankReport, child_environment, collect_reports, free_port, init_rank
 from pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, SAMPLE_RATE_HZ, Avatar, ChunkJob, Reseed
 from pipeline.parallel import ParallelGroup
@@ -58,8 +58,13 @@ def dit_inputs(config: DiTConfig, frames: int, height: int, width: int) -> tuple
         randn(1, 7, config.text_dim),  # context
         randn(1, CLIP_IMAGE_TOKENS, CLIP_EMBED_DIM),  # clip_fea
         randn(1, config.in_dim - config.out_dim, frames, height, width),  # y
-        randn(1, video_frames, config.audio_window, config.audio_proj_blocks,
-              config.audio_proj_channels),  # fmt: skip  # audio
+        randn(
+            1,
+            video_frames,
+            config.audio_window,
+            config.audio_proj_blocks,
+            config.audio_proj_channels,
+        ),  # fmt: skip  # audio
     )
 
 
@@ -173,13 +178,15 @@ def _serve_rank(
 ) -> None:
     """One rank: join the gloo group, then run scenarios until told to stop."""
     torch.set_num_threads(1)  # N ranks share the machine's cores
-    parallel = init_rank(rank, world_size, port, torch.device("cpu"), timeout_s=COLLECTIVE_TIMEOUT_S)
+    parallel = init_rank(
+        rank, world_size, port, torch.device("cpu"), timeout_s=COLLECTIVE_TIMEOUT_S
+    )
     try:
         while (job := inbox.get(timeout=IDLE_TIMEOUT_S)) is not None:
             name, args = job
             try:
                 outbox.put(RankReport.of(rank, SCENARIOS[name](parallel, *args)))
-            except Exception:
+            except Exception:  # noqa: BLE001 -- the test process reads the traceback
                 outbox.put(RankReport(rank, error=traceback.format_exc()))
     except queue.Empty:
         pass  # the test process went away

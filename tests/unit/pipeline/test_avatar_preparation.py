@@ -259,8 +259,14 @@ def test_puppet_assets_bring_back_the_same_frames_and_evictions_are_counted() ->
     for number in range(5):  # the cache holds 4: the fifth drops one
         fresh.open_session(Avatar(f"other{number}", picture), 0)
     assert fresh.avatar_cache_evictions >= 1
-    wrong = Avatar("wrong", picture, assets={"background": np.zeros((8, 8, 3), np.uint8),
-                                              "lid_colours": np.zeros((2, 3), np.float32)})
+    wrong = Avatar(
+        "wrong",
+        picture,
+        assets={
+            "background": np.zeros((8, 8, 3), np.uint8),
+            "lid_colours": np.zeros((2, 3), np.float32),
+        },
+    )
     with pytest.raises(ValueError, match="prepare it again"):
         fresh.open_session(wrong, 0)
 

@@ -39,9 +39,7 @@ def engine() -> DiffusionEngine:
 def test_chunks_through_the_engine_thread_equal_direct_steps(engine: DiffusionEngine) -> None:
     avatar = Avatar(DEFAULT_AVATAR_NAME, draw_default_avatar(256, 160))
     audio = _speech(CHUNKS)
-    jobs = [
-        ChunkJob(i, audio[i * CHUNK_SAMPLES : (i + 1) * CHUNK_SAMPLES]) for i in range(CHUNKS)
-    ]
+    jobs = [ChunkJob(i, audio[i * CHUNK_SAMPLES : (i + 1) * CHUNK_SAMPLES]) for i in range(CHUNKS)]
     worker = EngineWorker(engine)
     worker.start()
     try:

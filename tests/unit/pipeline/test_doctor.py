@@ -149,4 +149,3 @@ def test_clip_ignores_exactly_the_unused_tensors(model_dirs: tuple[Path, Path]) 
     manifest = doctor.load_manifest("clip_xlm_roberta_vit_h_14")
     unused = sum(1 for k in manifest if not k.startswith("visual."))
     assert f"{unused} tensors outside visual.* are not used" in clip.notes
-

@@ -23,9 +23,9 @@ import pytest
 
 from pipeline.engine import (
     ChunkFailure,
+    EngineGroupFailed,
     EngineNotReady,
     EngineWorker,
-    EngineGroupFailed,
     SessionHandle,
 )
 from pipeline.engine_options import PuppetOptions

@@ -23,12 +23,16 @@ GOLDEN_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def golden_generator() -> tuple[FlashTalkGenerator, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def golden_generator() -> tuple[
+    FlashTalkGenerator, dict[str, torch.Tensor], dict[str, torch.Tensor]
+]:
     """A generator holding the goldens' DiT and VAE, configured like the chunk golden."""
     chunk = load_golden("chunk_tiny")
     dit_golden = load_golden("dit_tiny")
     vae_golden = load_golden("vae_tiny")
-    dit = materialize(lambda: FlashTalkDiT(DiTConfig.from_dict(dit_golden.config)), dit_golden.state)
+    dit = materialize(
+        lambda: FlashTalkDiT(DiTConfig.from_dict(dit_golden.config)), dit_golden.state
+    )
     vae = materialize(lambda: WanVAE(VAEConfig.from_dict(vae_golden.config)), vae_golden.state)
     meta = chunk.metadata
     image = chunk.inputs["cond_image"]

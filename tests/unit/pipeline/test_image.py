@@ -67,8 +67,11 @@ def test_full_size_meta_model_matches_the_visual_subset_of_the_manifest() -> Non
     with torch.device("meta"):
         model = CLIPVisionEncoder(CLIPVisionConfig.vit_h_14())
     shapes = {key: list(value.shape) for key, value in model.state_dict().items()}
-    visual_manifest = {key[len(VISUAL_PREFIX):]: shape for key, shape in manifest.items()
-                       if key.startswith(VISUAL_PREFIX)}
+    visual_manifest = {
+        key[len(VISUAL_PREFIX) :]: shape
+        for key, shape in manifest.items()
+        if key.startswith(VISUAL_PREFIX)
+    }
     assert_state_matches_manifest(shapes, visual_manifest)
     # The visual subset loads strictly (meta tensors stand in for the weights).
     materialize(lambda: CLIPVisionEncoder(CLIPVisionConfig.vit_h_14()), visual, device="meta")
@@ -134,9 +137,7 @@ def test_preprocess_maps_a_flat_image_to_normalised_constants() -> None:
         clip_preprocess(torch.zeros(1, 3, 40, 24), image_size=28)
 
 
-def test_features_treat_each_frame_as_one_image(
-    golden: Golden, encoder: CLIPVisionEncoder
-) -> None:
+def test_features_treat_each_frame_as_one_image(golden: Golden, encoder: CLIPVisionEncoder) -> None:
     frame = golden.inputs["image"]  # [1, 3, 1, H, W]
     two = torch.cat([frame, -frame], dim=2)  # [1, 3, 2, H, W]
     features = encoder.features(two)

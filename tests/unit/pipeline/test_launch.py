@@ -42,4 +42,6 @@ def test_ranks_join_one_group_with_multicast_off() -> None:
 
 def test_a_failing_rank_raises_its_traceback_here() -> None:
     with pytest.raises(GroupFailed, match="planned failure of the last rank"):
-        run_group(WORLD, fail_on_last_rank, devices=group_devices(WORLD, "cpu"), timeout_s=TIMEOUT_S)
+        run_group(
+            WORLD, fail_on_last_rank, devices=group_devices(WORLD, "cpu"), timeout_s=TIMEOUT_S
+        )

@@ -55,7 +55,13 @@ def test_frame_runs_give_every_token_its_frame() -> None:
 
 
 def test_token_shards_cover_the_sequence_once_and_pad_only_at_its_end() -> None:
-    for length, frames, world in ((12_096, 9, 2), (12_096, 9, 5), (15, 5, 2), (10, 5, 3), (2, 2, 3)):
+    for length, frames, world in (
+        (12_096, 9, 2),
+        (12_096, 9, 5),
+        (15, 5, 2),
+        (10, 5, 3),
+        (2, 2, 3),
+    ):
         shards = [
             token_shard(length, frames, 40, rank=rank, world=world, group="g")
             for rank in range(world)
@@ -92,4 +98,3 @@ def test_full_size_decode_bands_hold_their_receptive_field(world: int) -> None:
         # the halo: at least the 12 latent rows the 30 later 3x3 convs reach, cut at the edges
         assert start == 0 if rank == 0 else start <= first - 12
         assert stop == FULL_SIZE_LATENT_ROWS if rank == world - 1 else stop >= first + size + 12
-

@@ -176,7 +176,7 @@ def test_a_300_ms_tone_burst_opens_the_mouth_in_exactly_its_frames(
 
     is_open = opening > OPEN
     assert [i for i in range(CHUNK_FRAMES) if is_open[i]] == list(covered)
-    assert np.all(opening[: first_frame] < CLOSED)  # no early opening
+    assert np.all(opening[:first_frame] < CLOSED)  # no early opening
     assert np.all(opening[covered.stop + 3 :] < CLOSED)  # closed again after the release
     assert opening[covered.stop] < OPEN  # at most one frame of partial release
 
@@ -259,8 +259,7 @@ def test_the_avatar_is_fitted_exactly_as_the_models_fit_it() -> None:
 # -- the default avatar and speed ----------------------------------------------------------
 
 
-def test_the_default_avatar_is_deterministic_and_its_mouth_is_where_the_puppet_draws(
-) -> None:
+def test_the_default_avatar_is_deterministic_and_its_mouth_is_where_the_puppet_draws() -> None:
     face = draw_default_avatar(HEIGHT, WIDTH)
     assert face.shape == (HEIGHT, WIDTH, 3) and face.dtype == np.uint8
     np.testing.assert_array_equal(face, draw_default_avatar(HEIGHT, WIDTH))

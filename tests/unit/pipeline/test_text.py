@@ -121,9 +121,7 @@ def test_shared_position_table_equals_identical_per_layer_tables(golden: Golden)
         key: (table if key.endswith("pos_embedding.embedding.weight") else value)
         for key, value in golden.state.items()
     }
-    shared_state = {
-        key: value for key, value in golden.state.items() if "pos_embedding" not in key
-    }
+    shared_state = {key: value for key, value in golden.state.items() if "pos_embedding" not in key}
     shared_state["pos_embedding.embedding.weight"] = table
     per_layer = T5Encoder(T5Config.tiny())
     per_layer.load_state_dict(per_layer_state, strict=True)

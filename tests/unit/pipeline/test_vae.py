@@ -171,7 +171,7 @@ def test_concurrent_calls_match_sequential(
             for _ in range(THREAD_ROUNDS):
                 barrier.wait()
                 results[index].append(vae.encode(videos[index]))
-        except BaseException as exc:  # reported by the assertion below
+        except BaseException as exc:  # noqa: BLE001 -- reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(videos))]

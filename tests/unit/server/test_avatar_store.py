@@ -61,7 +61,9 @@ def test_an_avatar_reads_back_as_written(tmp_path: Path) -> None:
     assert store.read_source(loaded) == b"photo bytes"
     assert store.read_picture(first.id) == b"png bytes"
     assert store.has_assets(first.id, KEY) and not store.has_assets(first.id, "other")
-    np.testing.assert_array_equal(store.read_assets(first.id, KEY)["background"], assets["background"])
+    np.testing.assert_array_equal(
+        store.read_assets(first.id, KEY)["background"], assets["background"]
+    )
     store.delete(first.id)
     assert store.load_all() == [] and list(store.root.iterdir()) == []
     with pytest.raises(ValueError, match="not an avatar id"):

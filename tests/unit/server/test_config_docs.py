@@ -14,9 +14,9 @@ from server.settings import ENV_PREFIX, Settings
 
 
 def test_the_configuration_doc_is_up_to_date() -> None:
-    assert (
-        DOC_PATH.read_text(encoding="utf-8") == render_configuration_doc()
-    ), "docs/configuration.md is out of date: run python -m server.config_docs"
+    assert DOC_PATH.read_text(encoding="utf-8") == render_configuration_doc(), (
+        "docs/configuration.md is out of date: run python -m server.config_docs"
+    )
 
 
 def test_every_setting_is_documented_with_its_env_variable_and_default() -> None:

@@ -27,15 +27,27 @@ def test_the_cli_prints_the_report_and_exits_1_on_a_mismatch(
 ) -> None:
     model_dir, wav2vec = model_dirs
     ok = subprocess.run(
-        [sys.executable, "-m", "server.cli", "doctor", "--model-dir", str(model_dir),
-         "--wav2vec-dir", str(wav2vec)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "doctor",
+            "--model-dir",
+            str(model_dir),
+            "--wav2vec-dir",
+            str(wav2vec),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "all checks passed" in ok.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "server.cli", "doctor", "--model-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad.returncode == 1
     assert f"missing {tmp_path / 'config.json'}" in bad.stdout

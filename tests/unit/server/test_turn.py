@@ -65,8 +65,12 @@ def test_settings_mint_for_the_longest_session_life_and_keep_static_servers() ->
     assert turn_minter(load_settings()) is None
 
 
-def test_turn_urls_come_comma_separated_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HEADCAST_TURN_URLS", f"{TURN_URL}, turns:turn.example.org:5349?transport=tcp")
+def test_turn_urls_come_comma_separated_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "HEADCAST_TURN_URLS", f"{TURN_URL}, turns:turn.example.org:5349?transport=tcp"
+    )
     monkeypatch.setenv("HEADCAST_TURN_SECRET", SECRET)
     settings = load_settings()
     assert settings.turn_urls == [TURN_URL, "turns:turn.example.org:5349?transport=tcp"]

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from aiortc import RTCIceServer, RTCPeerConnection
 from aioice import stun
+from aiortc import RTCIceServer, RTCPeerConnection
 from fastapi.testclient import TestClient
 
 from server.app import create_app
@@ -157,9 +157,7 @@ def test_the_token_is_checked_before_the_body_and_the_body_is_sdp(client: TestCl
         404,
         "unknown-session",
     )
-    wrong_type = client.post(
-        endpoint, json={"sdp": offer, "type": "offer"}, headers=_auth(session)
-    )
+    wrong_type = client.post(endpoint, json={"sdp": offer, "type": "offer"}, headers=_auth(session))
     _assert_problem(wrong_type, 415, "unsupported-media-type")
     assert wrong_type.headers["accept-post"] == SDP
     _assert_problem(

@@ -3,8 +3,8 @@
 Pure rules over a real one-slot pool (``server.generation_slots``), chunk by chunk: a
 ``generate`` session generates every chunk and holds its slot; a ``loop`` session generates
 its rest chunk (only with a free slot nobody waits for), then only its speech, re-seeding after
-the loop, gives the slot back once drained, waits for a busy slot (counted from the first chunk that found the speech) and
-drops the speech past the bound; an interrupt makes the next chunk re-seed.
+the loop, gives the slot back once drained, waits for a busy slot (counted from the first chunk that
+found the speech) and drops the speech past the bound; an interrupt makes the next chunk re-seed.
 """
 
 from __future__ import annotations
@@ -61,9 +61,7 @@ def test_a_loop_session_generates_its_rest_chunks_then_only_its_speech() -> None
     pool = SlotPool(1)
     gate = _loop_gate(pool)
     speech = {5, 6}
-    steps = [
-        _take(gate, index, speech=index in speech, more=index == 5) for index in range(10)
-    ]
+    steps = [_take(gate, index, speech=index in speech, more=index == 5) for index in range(10)]
     generated = [index for index, d in enumerate(steps) if d.step is TakeStep.GENERATE]
     assert generated == [*range(LOOP_CHUNKS), 5, 6]
     assert steps[5].reseed_after == 5 - LOOP_CHUNKS, "re-seeded after the loop's chunks"
@@ -147,9 +145,7 @@ def test_rest_chunks_take_only_a_slot_nobody_waits_for() -> None:
     waiter.release()
     steps = [_take(gate, index, speech=False) for index in range(2, 6)]
     generate, idle = TakeStep.GENERATE, TakeStep.IDLE
-    assert [d.step for d in steps] == [generate] * LOOP_CHUNKS + [idle] * (
-        4 - LOOP_CHUNKS
-    )
+    assert [d.step for d in steps] == [generate] * LOOP_CHUNKS + [idle] * (4 - LOOP_CHUNKS)
     assert gate.has_rest and pool.busy == 0
 
 

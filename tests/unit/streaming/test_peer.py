@@ -70,7 +70,10 @@ async def test_an_offer_without_direction_attributes_is_answered_as_sendrecv() -
 
 
 def test_with_directions_takes_the_session_level_direction_as_default() -> None:
-    sdp = "v=0\r\na=recvonly\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 x 96\r\na=inactive\r\n"
+    sdp = (
+        "v=0\r\na=recvonly\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+        "m=video 9 x 96\r\na=inactive\r\n"
+    )
     lines = with_directions(sdp).split("\r\n")
     assert lines[2:5] == ["m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=recvonly", "a=mid:0"]
     assert lines[5:7] == ["m=video 9 x 96", "a=inactive"]  # its own direction is kept

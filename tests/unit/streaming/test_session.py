@@ -272,4 +272,7 @@ async def test_a_mic_sessions_speech_is_announced_when_it_plays(
     await session.close("test over")
 
     speech = [e for e in events if str(e["type"]).startswith("speech.")]
-    assert speech == [{"type": "speech.started", "wait_ms": 0}, {"type": "speech.ended", "duration_ms": 800}]
+    assert speech == [
+        {"type": "speech.started", "wait_ms": 0},
+        {"type": "speech.ended", "duration_ms": 800},
+    ]

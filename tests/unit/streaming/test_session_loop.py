@@ -163,7 +163,7 @@ async def test_speech_takes_the_slot_re_seeds_from_the_loop_and_gives_it_back(
     first = speech_chunks[0]
     assert len(speech_chunks) == 2 and speech_chunks == [first, first + 1]
     assert [j.index for j in loop.state.jobs] == [*range(LOOP_CHUNKS), first, first + 1]
-    (before, reseed), = loop.state.reseeds
+    ((before, reseed),) = loop.state.reseeds
     assert before == LOOP_CHUNKS, "the re-seed came right before the first speech chunk"
     assert reseed.frames.shape == (RESEED_FRAMES, HEIGHT, WIDTH, 3)
     loop_grey = grey_level(LOOP_CHUNKS - 1)

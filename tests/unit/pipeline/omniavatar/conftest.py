@@ -113,7 +113,7 @@ def prompt_encoder(text_golden: Golden) -> PromptEncoder:
 
 
 @pytest.fixture(scope="session")
-def prompts(prompt_encoder: PromptEncoder, text_len: int):  # noqa: ANN201 (a PromptSource)
+def prompts(prompt_encoder: PromptEncoder, text_len: int):
     """A ``PromptSource`` over the golden text encoder."""
 
     def encode(texts: list[str]) -> list[torch.Tensor]:

@@ -94,7 +94,7 @@ def test_split_lora_accepts_peft_names_and_names_unpaired_tensors() -> None:
 
 def test_loading_names_missing_tensors_and_targets_without_lora(
     dit_golden, lora: LoraConfig
-) -> None:  # noqa: ANN001
+) -> None:
     config = OmniDiTConfig.from_dict(dit_golden.config)
     state = dict(dit_golden.state)
     del state["audio_cond_projs.1.bias"]
@@ -155,7 +155,7 @@ golden stays under 6 %)."""
 
 def test_fp8_linears_quantise_the_t2v_blocks_within_the_format_rounding(
     dit_golden, lora: LoraConfig
-) -> None:  # noqa: ANN001
+) -> None:
     from pipeline.quantize import Float8Linear, quantize_dit
     from tests.reference import rel_err
 

@@ -111,7 +111,7 @@ def tiny() -> tuple:
     return models, speech, image
 
 
-def _render(models, speech, image, *, batch_passes: bool) -> list:  # noqa: ANN001
+def _render(models, speech, image, *, batch_passes: bool) -> list:
     renderer = OmniAvatarRenderer(
         models.dit,
         models.vae,
