@@ -65,7 +65,8 @@ class AudioClip:
     @property
     def duration_s(self) -> float:
         """Duration of the original audio, in seconds."""
-        return self.original.shape[1] / self.original_rate_hz
+        samples: int = self.original.shape[1]
+        return samples / self.original_rate_hz
 
 
 def read_audio_file(path: str | Path) -> AudioClip:

@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -135,6 +136,8 @@ async def receive_track(
         except MediaStreamError:
             logger.debug("inbound audio track ended after %d frames", frames)
             return
+        if not isinstance(frame, av.AudioFrame):
+            raise TypeError(f"an audio track gave a {type(frame).__name__}, not an audio frame")
         if on_activity is not None and frames % ACTIVITY_EVERY_FRAMES == 0:
             on_activity()
         frames += 1

@@ -89,7 +89,7 @@ def _install_hook() -> None:
         return _current_policy.get(_AIOICE_DEFAULT).choose(addresses, use_ipv4)
 
     setattr(get_host_addresses, _HOOK_MARKER, True)
-    aioice.ice.get_host_addresses = get_host_addresses  # type: ignore[assignment]
+    aioice.ice.get_host_addresses = get_host_addresses
     logger.debug("installed the ICE host-candidate policy hook on aioice")
 
 

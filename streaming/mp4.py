@@ -14,6 +14,7 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import Final
 
 import av
 import numpy as np
@@ -22,7 +23,8 @@ from pipeline.media import VIDEO_FPS
 
 CONTAINER_FORMAT = "mp4"
 
-H264_ENCODER = "libx264"
+H264_ENCODER: Final = "libx264"
+"""``Final`` (as ``AAC_ENCODER``): PyAV's typed ``add_stream`` picks the stream type by name."""
 VIDEO_PIXEL_FORMAT = "yuv420p"
 """Chroma-subsampled 8-bit output, the format every player decodes."""
 INPUT_PIXEL_FORMAT = "rgb24"
@@ -32,7 +34,7 @@ H264_CRF = 18
 H264_PRESET = "veryfast"
 """libx264 speed/size trade-off; offline writing should not slow generation down."""
 
-AAC_ENCODER = "aac"
+AAC_ENCODER: Final = "aac"
 AAC_BIT_RATE_BPS = 128_000
 """Target AAC bit rate, in bits per second."""
 AAC_FRAME_SAMPLES = 1024

@@ -154,7 +154,7 @@ def _parse_offer(sdp: str) -> SessionDescription:
     # and the server learns its addresses from the player's connectivity checks
     # (peer-reflexive candidates). The answer always carries the server's candidates.
     for media in parsed.media:
-        if not media.ice.usernameFragment or not media.ice.password:
+        if not media.ice or not media.ice.usernameFragment or not media.ice.password:
             raise OfferError("the offer has a media section without ICE credentials")
         if not media.dtls or not media.dtls.fingerprints:
             raise OfferError("the offer has a media section without a DTLS fingerprint")

@@ -55,7 +55,8 @@ class Downsampler:
         if not frames:
             return np.zeros(0, dtype=np.float32)
         planes = [f.to_ndarray() for f in frames]  # each [channels, n] float32 (planar)
-        return np.concatenate(planes, axis=1).mean(axis=0, dtype=np.float32)
+        mono: np.ndarray = np.concatenate(planes, axis=1).mean(axis=0, dtype=np.float32)  # [n]
+        return mono
 
 
 def _interpolation_filter() -> np.ndarray:

@@ -102,11 +102,11 @@ def chunk_to_media(
     packets = pcm.reshape(CHUNK_AUDIO_PACKETS, AUDIO_PACKET_SAMPLES)  # [56, 960]
     audio: list[av.AudioFrame] = []
     for packet_index, samples in zip(chunk_packet_range(index), packets, strict=True):
-        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
-        frame.sample_rate = AUDIO_CLOCK_RATE
-        frame.pts = audio_pts(packet_index)
-        frame.time_base = AUDIO_TIME_BASE
-        audio.append(frame)
+        audio_frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        audio_frame.sample_rate = AUDIO_CLOCK_RATE
+        audio_frame.pts = audio_pts(packet_index)
+        audio_frame.time_base = AUDIO_TIME_BASE
+        audio.append(audio_frame)
     return ChunkMedia(index=index, video=video, audio=audio)
 
 
