@@ -52,7 +52,7 @@ def tune_allocator() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    took = (
+    took: bool = (
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == MALLOPT_OK
         and mallopt(M_ARENA_MAX, ARENA_MAX) == MALLOPT_OK
     )

@@ -161,8 +161,12 @@ class AvatarStore:
         _write_atomic(self.folder(avatar_id) / PICTURE_FILE, lambda file: file.write(png))
 
     def write_assets(self, avatar_id: str, key: str, assets: AvatarAssets) -> None:
-        """The engine's assets for set-up ``key`` (an ``.npz`` of the named arrays)."""
-        _write_atomic(self._assets_path(avatar_id, key), lambda file: np.savez(file, **assets))
+        """The engine's assets for set-up ``key`` (an ``.npz`` of the named arrays; no pickled
+        objects, as ``read_assets`` loads none)."""
+        _write_atomic(
+            self._assets_path(avatar_id, key),
+            lambda file: np.savez(file, allow_pickle=False, **assets),
+        )
 
     def delete(self, avatar_id: str) -> None:
         """Remove the avatar: one rename makes it gone, then its files are removed."""

@@ -189,9 +189,9 @@ class AvatarCatalog:
 
     # -- the API -------------------------------------------------------------------------------
 
-    def counts(self) -> dict[AvatarStatus, int]:
+    def counts(self) -> dict[str, int]:
         """Avatars by status (``default`` counts as ready)."""
-        counts = dict.fromkeys(AvatarStatus, 0)
+        counts: dict[str, int] = dict.fromkeys(AvatarStatus, 0)
         counts[AvatarStatus.READY] = 1
         for record in self._records.values():
             counts[record.status] += 1

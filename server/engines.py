@@ -35,13 +35,16 @@ STAND_IN_ENGINES = {
 
 def engine_options(settings: Settings) -> EngineOptions:
     """The typed options of ``settings.engine``."""
-    size = {"height": settings.height, "width": settings.width}
+    height, width = settings.height, settings.width
     if settings.engine == "puppet":
-        return PuppetOptions(**size)
+        return PuppetOptions(height=height, width=width)
     if settings.engine == "tiny":
-        return TinyOptions(**size, steps=settings.steps, cache_dir=settings.avatar_cache_dir)
+        return TinyOptions(
+            height=height, width=width, steps=settings.steps, cache_dir=settings.avatar_cache_dir
+        )
     return FlashTalkOptions(
-        **size,
+        height=height,
+        width=width,
         steps=settings.steps,
         cache_dir=settings.avatar_cache_dir,
         model_dir=settings.model_dir,

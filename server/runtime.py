@@ -120,7 +120,7 @@ def capacity_policy(settings: Settings) -> CapacityPolicy:
         max_sessions=settings.max_sessions,
         fallback=settings.max_sessions_fallback,
         generation_slots=settings.generation_slots,
-        loop=settings.idle_mode == IdleMode.LOOP,
+        loop=IdleMode(settings.idle_mode) is IdleMode.LOOP,
     )
 
 
@@ -261,23 +261,28 @@ class Runtime:
         metrics.sessions_capacity.set_function(lambda: float(self.groups.capacity or 0))
         metrics.bind_avatar_evictions(self.groups.avatar_cache_evictions)
         for plan in self.plans:
-            label = str(plan.index)
-            metrics.add_group(label)
-            metrics.group_ready.labels(group=label).set_function(
-                lambda i=plan.index: float(self._status(i).state is GroupState.READY)
-            )
-            metrics.group_sessions.labels(group=label).set_function(
-                lambda i=plan.index: float(self._status(i).sessions)
-            )
-            metrics.group_capacity.labels(group=label).set_function(
-                lambda i=plan.index: float(self._status(i).capacity)
-            )
-            metrics.generation_slots.labels(group=label).set_function(
-                lambda i=plan.index: float(self._status(i).generation_slots)
-            )
-            metrics.generation_slots_busy.labels(group=label).set_function(
-                lambda i=plan.index: float(self._status(i).generation_busy)
-            )
+            self._export_group(plan.index)
+
+    def _export_group(self, index: int) -> None:
+        """Group ``index``'s series; its gauges read its status at scrape time."""
+        metrics = self.metrics
+        label = str(index)
+        metrics.add_group(label)
+
+        def status() -> GroupStatus:
+            return self._status(index)
+
+        metrics.group_ready.labels(group=label).set_function(
+            lambda: float(status().state is GroupState.READY)
+        )
+        metrics.group_sessions.labels(group=label).set_function(lambda: float(status().sessions))
+        metrics.group_capacity.labels(group=label).set_function(lambda: float(status().capacity))
+        metrics.generation_slots.labels(group=label).set_function(
+            lambda: float(status().generation_slots)
+        )
+        metrics.generation_slots_busy.labels(group=label).set_function(
+            lambda: float(status().generation_busy)
+        )
 
     def _status(self, index: int) -> GroupStatus:
         return self.groups.statuses()[index]

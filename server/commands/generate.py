@@ -39,6 +39,7 @@ from pipeline.media import (
     Chunk,
     ChunkJob,
 )
+from pipeline.omniavatar.recipe import OFFICIAL_SEED as OMNI_OFFICIAL_SEED
 from server.commands import generate_omni
 from streaming.audio_file import AudioClip, AudioFileError, read_audio_file
 from streaming.mp4 import Mp4Writer
@@ -101,7 +102,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=int,
         default=None,
         help=f"session seed: diffusion noise, idle motion (default: the official {DEFAULT_SEED}; "
-        f"{generate_omni.ENGINE}: {generate_omni.OFFICIAL_SEED})",
+        f"{generate_omni.ENGINE}: {OMNI_OFFICIAL_SEED})",
     )
     parser.add_argument(
         "--model-dir", type=Path, default=None,
