@@ -42,7 +42,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         and v.dtype in HALF_DTYPES
         and q.shape[-1] <= FLASH_ATTN_MAX_HEAD_DIM
     ):
-        return _flash_attn_func(q, k, v)  # [B, Lq, H, D]
+        flash: torch.Tensor = _flash_attn_func(q, k, v)  # [B, Lq, H, D]
+        return flash
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     )  # [B, H, Lq, D]

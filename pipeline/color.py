@@ -74,7 +74,8 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     )  # [..., 3]
     # 2. Linear RGB -> XYZ, normalised by the D65 white point.
     xyz = _apply_matrix(XYZ_FROM_LINEAR_RGB, linear)  # [..., 3]
-    xyz = _scale_channels(xyz, tuple(1.0 / w for w in D65_WHITE_XYZ))
+    white_x, white_y, white_z = D65_WHITE_XYZ
+    xyz = _scale_channels(xyz, (1.0 / white_x, 1.0 / white_y, 1.0 / white_z))
     xyz = xyz.clamp(LAB_XYZ_FLOOR, 1.0)
     # 3. XYZ -> Lab.
     f = torch.where(xyz > LAB_EPSILON, xyz ** (1.0 / 3.0), (LAB_KAPPA * xyz + 16.0) / 116.0)

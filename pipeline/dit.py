@@ -382,7 +382,8 @@ class SelfAttention(nn.Module):
         v = v.unflatten(-1, heads)  # [B, L, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attention(q, k, v) if shard is None else ulysses_attention(q, k, v, shard)
-        return self.o(out.flatten(2))  # [B, L, dim]
+        projected: torch.Tensor = self.o(out.flatten(2))  # [B, L, dim]
+        return projected
 
 
 class TextImageCrossAttention(nn.Module):
@@ -425,7 +426,8 @@ class TextImageCrossAttention(nn.Module):
         k_img = self.norm_k_img(k_img).unflatten(-1, heads)  # [B, 257, H, D]
         v_img = v_img.unflatten(-1, heads)  # [B, 257, H, D]
         out = attention(q, k, v).flatten(2) + attention(q, k_img, v_img).flatten(2)  # [B, L, dim]
-        return self.o(out)
+        projected: torch.Tensor = self.o(out)  # [B, L, dim]
+        return projected
 
 
 class AudioCrossAttention(nn.Module):
@@ -453,7 +455,7 @@ class AudioCrossAttention(nn.Module):
         q = self.q_linear(per_frame).unflatten(-1, (self.num_heads, -1))  # [B*F, S, H, D]
         kv = self.kv_linear(audio_tokens)  # [B*F, M, 2*dim]: keys, then values
         k, v = kv.unflatten(-1, (2, self.num_heads, -1)).unbind(2)  # each [B*F, M, H, D]
-        out = self.proj(attention(q, k, v).flatten(2))  # [B*F, S, dim]
+        out: torch.Tensor = self.proj(attention(q, k, v).flatten(2))  # [B*F, S, dim]
         return out.reshape(batch, length, dim)
 
     def _forward_runs(
@@ -478,7 +480,8 @@ class AudioCrossAttention(nn.Module):
             pieces.append(out.reshape(batch, stop - start, dim))
         if shard.real < length:
             pieces.append(x.new_zeros(batch, length - shard.real, dim))
-        return self.proj(torch.cat(pieces, dim=1))  # [B, Lr, dim]
+        projected: torch.Tensor = self.proj(torch.cat(pieces, dim=1))  # [B, Lr, dim]
+        return projected
 
 
 class DiTBlock(nn.Module):
@@ -547,7 +550,8 @@ class DiTBlock(nn.Module):
 
         # 4. feed-forward on the modulated, normalised stream; gated float32 residual
         h = (self.norm2(x).float() * (1 + scale_ff) + shift_ff).to(dtype)  # [B, L, dim]
-        return (x + self.ffn(h) * gate_ff).to(dtype)
+        x = (x + self.ffn(h) * gate_ff).to(dtype)
+        return x
 
 
 class Head(nn.Module):
@@ -581,7 +585,8 @@ class ImageProjection(nn.Module):
         )
 
     def forward(self, clip_fea: torch.Tensor) -> torch.Tensor:
-        return self.proj(clip_fea)  # [B, 257, dim]
+        tokens: torch.Tensor = self.proj(clip_fea)  # [B, 257, dim]
+        return tokens
 
 
 class AudioProjection(nn.Module):
@@ -616,7 +621,7 @@ class AudioProjection(nn.Module):
         centre = window // 2
         first = audio[:, :1].flatten(2)  # [B, 1, window*blocks*channels]
         # [B, F-1, vae_scale, window, blocks, channels]
-        later = audio[:, 1:].unflatten(1, (groups, self.vae_scale))
+        later = torch.unflatten(audio[:, 1:], 1, (groups, self.vae_scale))
         grouped = torch.cat(
             [
                 later[:, :, 0, : centre + 1],  # [B, F-1, centre+1, blocks, channels]
@@ -632,7 +637,8 @@ class AudioProjection(nn.Module):
         hidden = torch.relu(self.proj2(hidden))  # [B, F, intermediate_dim]
         tokens = self.proj3(hidden)  # [B, F, M*output_dim]
         tokens = tokens.unflatten(-1, (self.context_tokens, -1))  # [B, F, M, output_dim]
-        return self.norm(tokens)
+        normed: torch.Tensor = self.norm(tokens)  # [B, F, M, output_dim]
+        return normed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,14 +657,18 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class WanSizes(Protocol):
-    """The sizes ``WanBackbone`` reads from a DiT config."""
+    """The sizes ``WanBackbone`` reads from a DiT config (read-only: the configs are frozen)."""
 
-    in_dim: int
-    dim: int
-    patch_size: tuple[int, int, int]
-    text_dim: int
-    freq_dim: int
-
+    @property
+    def in_dim(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def patch_size(self) -> tuple[int, int, int]: ...
+    @property
+    def text_dim(self) -> int: ...
+    @property
+    def freq_dim(self) -> int: ...
     @property
     def head_dim(self) -> int: ...
 
@@ -849,7 +859,7 @@ class FlashTalkDiT(WanBackbone):
         # 2. timestep embedding and the per-block AdaLN inputs, float32
         e = _run_f32(self.time_embedding, sinusoidal_embedding(t, cfg.freq_dim))  # [B, dim]
         e0 = _run_f32(self.time_projection, e)  # [B, 6*dim]
-        e0 = e0.unflatten(1, (BLOCK_MODULATION_TERMS, cfg.dim))  # [B, 6, dim]
+        e0 = torch.unflatten(e0, 1, (BLOCK_MODULATION_TERMS, cfg.dim))  # [B, 6, dim]
 
         # 3. context: CLIP image tokens first, then the zero-padded text tokens
         padding = cfg.text_len - context.shape[1]
@@ -875,7 +885,7 @@ class FlashTalkDiT(WanBackbone):
             tokens = block(tokens, e0, context_tokens, audio_tokens, rope, frames)  # [B, L, dim]
 
         # 6. head: float32 velocity per token patch (sequence-parallel: every rank's tokens)
-        out = self.head(tokens, e)  # [B, L, pt*ph*pw*out_dim]
+        out: torch.Tensor = self.head(tokens, e)  # [B, L, pt*ph*pw*out_dim]
         if isinstance(frames, TokenShard):
             out = gather_tokens(out, frames)  # [B, L, pt*ph*pw*out_dim]
 

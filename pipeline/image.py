@@ -227,7 +227,8 @@ class CLIPAttention(nn.Module):
         # 2. softmax attention over all tokens: [B, L, heads, head_dim]
         out = attention(q, k, v)
         # 3. merge heads and project: [B, L, dim]
-        return self.proj(out.reshape(b, length, dim))
+        projected: torch.Tensor = self.proj(out.reshape(b, length, dim))
+        return projected
 
 
 class CLIPBlock(nn.Module):
@@ -250,9 +251,11 @@ class CLIPBlock(nn.Module):
         """x [B, L, dim] -> [B, L, dim]."""
         if self.post_norm:
             x = x + self.norm1(self.attn(x))
-            return x + self.norm2(self.mlp(x))
+            x = x + self.norm2(self.mlp(x))
+            return x
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.mlp(self.norm2(x))
+        return x
 
 
 class CLIPVisionEncoder(nn.Module):
@@ -303,7 +306,8 @@ class CLIPVisionEncoder(nn.Module):
         if self.pre_norm is not None:
             x = self.pre_norm(x)
         # 3. all transformer blocks but the last
-        return self.transformer[:-FEATURE_SKIPPED_FINAL_BLOCKS](x)
+        features: torch.Tensor = self.transformer[:-FEATURE_SKIPPED_FINAL_BLOCKS](x)
+        return features
 
     @torch.no_grad()
     def features(self, image: torch.Tensor) -> torch.Tensor:
@@ -315,7 +319,8 @@ class CLIPVisionEncoder(nn.Module):
         # 1. resize and normalise as the official CLIP transform does: [B*T, 3, S, S]
         pixels = clip_preprocess(image, self.config.image_size)
         # 2. tokens: [B*T, 1 + patches, dim]
-        return self(pixels)
+        tokens: torch.Tensor = self(pixels)
+        return tokens
 
 
 def split_visual_state(

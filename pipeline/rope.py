@@ -112,7 +112,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     Pair ``(a, b)`` at angle ``phi`` becomes ``(a cos phi - b sin phi, a sin phi + b cos phi)``,
     i.e. the complex product ``(a + ib) * exp(i phi)``. Returns ``x``'s dtype.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, heads, head_dim/2, 2]
+    pairs = torch.unflatten(x.float(), -1, (-1, 2))  # [B, L, heads, head_dim/2, 2]
     real, imag = pairs.unbind(-1)  # each [B, L, heads, head_dim/2]
     rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)  # [B, L, heads, head_dim]

@@ -205,7 +205,8 @@ class T5RelativeEmbedding(nn.Module):
 
     def forward(self, buckets: torch.Tensor) -> torch.Tensor:
         """buckets [Lq, Lk] int64 -> bias [1, heads, Lq, Lk]."""
-        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)
+        per_pair: torch.Tensor = self.embedding(buckets)  # [Lq, Lk, heads]
+        return per_pair.permute(2, 0, 1).unsqueeze(0)
 
 
 class T5Attention(nn.Module):
@@ -232,7 +233,8 @@ class T5Attention(nn.Module):
         #    pipeline.attention dispatch has neither a bias nor a custom scale)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=T5_ATTENTION_SCALE)
         # 3. merge heads and project back: [B, L, dim]
-        return self.o(out.transpose(1, 2).reshape(b, length, -1))
+        projected: torch.Tensor = self.o(out.transpose(1, 2).reshape(b, length, -1))
+        return projected
 
 
 class T5FeedForward(nn.Module):
@@ -245,7 +247,8 @@ class T5FeedForward(nn.Module):
         self.fc2 = nn.Linear(dim_ffn, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.fc1(x) * self.gate(x))  # [B, L, dim]
+        out: torch.Tensor = self.fc2(self.fc1(x) * self.gate(x))  # [B, L, dim]
+        return out
 
 
 class T5Block(nn.Module):
@@ -275,6 +278,8 @@ class T5Block(nn.Module):
         b, length, _ = x.shape
         # 1. position bias of this layer (or the shared one), padded keys masked out
         position_bias = shared_bias if self.pos_embedding is None else self.pos_embedding(buckets)
+        if position_bias is None:
+            raise ValueError("this block shares the encoder's position bias: pass shared_bias")
         bias = position_bias.expand(b, -1, length, length).masked_fill(
             ~key_mask[:, None, None, :], torch.finfo(x.dtype).min
         )  # [B, heads, L, L]
@@ -319,7 +324,8 @@ class T5Encoder(nn.Module):
         for block in self.blocks:
             x = block(x, buckets, key_mask, shared_bias)
         # 4. final RMS norm
-        return self.norm(x)
+        normed: torch.Tensor = self.norm(x)
+        return normed
 
 
 def load_t5(
@@ -488,6 +494,6 @@ class PromptEncoder:
         tokens = self.tokenizer.tokenize(prompt)
         ids = tokens.ids.to(device)  # [1, text_len]
         mask = tokens.mask.to(device)  # [1, text_len]
-        hidden = self.encoder(ids, mask)  # [1, text_len, dim]
+        hidden: torch.Tensor = self.encoder(ids, mask)  # [1, text_len, dim]
         valid = int(mask[0].gt(0).sum())
         return hidden[0, :valid]  # [L_valid, dim]

@@ -120,7 +120,9 @@ class VAEConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown VAEConfig keys {unknown}; expected some of {sorted(known)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        }
         config = cls(**kwargs)
         config.validate()
         return config
@@ -128,12 +130,14 @@ class VAEConfig:
     @property
     def spatial_stride(self) -> int:
         """Pixels per latent pixel along H and W (8 for Wan 2.1)."""
-        return SPATIAL_SCALE ** (len(self.dim_mult) - 1)
+        stride: int = SPATIAL_SCALE ** (len(self.dim_mult) - 1)
+        return stride
 
     @property
     def temporal_stride(self) -> int:
         """Video frames per latent frame after the first (4 for Wan 2.1)."""
-        return TEMPORAL_SCALE ** sum(self.temperal_downsample)
+        stride: int = TEMPORAL_SCALE ** sum(self.temperal_downsample)
+        return stride
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and its value."""
@@ -213,7 +217,7 @@ class WanVAE(nn.Module):
         std = torch.tensor(LATENT_STD, dtype=STATS_DTYPE)
         self.register_buffer("latent_mean", mean, persistent=False)
         self.register_buffer("latent_std", std, persistent=False)
-        self.register_load_state_dict_post_hook(_reset_buffers_after_load)
+        self.register_load_state_dict_post_hook(_reset_buffers_after_load)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         self.channels_last = False
         """True after :meth:`to_channels_last`: calls run in the channels-last layout."""
 
@@ -257,7 +261,7 @@ class WanVAE(nn.Module):
         """``.to()``/``.half()``/``.to_empty()``...: the weights follow ``fn``; the latent
         statistics are re-created as exact float32 constants on the new device (casting them
         to bf16 would shift every latent; ``to_empty`` would leave them uninitialised)."""
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         self.reset_buffers(self.latent_mean.device)
         return self
 
@@ -294,7 +298,7 @@ class WanVAE(nn.Module):
         a caller interleave a long encode (an avatar's 33 frames) with other work."""
         self._check_video(video)
         z = self.config.z_dim
-        weight = self.conv1.weight
+        weight, bias = self.conv1.weight, self.conv1.bias
         # 1. Cast to the model's dtype (no copy when it already matches).
         video = self._layout(video.to(dtype=weight.dtype))  # [B, 3, T, H, W]
         # 2. Encode chunk by chunk through one causal cache; keep only the posterior mean.
@@ -305,7 +309,8 @@ class WanVAE(nn.Module):
                 features = self.encoder(video[:, :, start:stop], cache)  # [B, 2z, 1, h, w]
             else:
                 features = self._encode_band(video[:, :, start:stop], cache, share)
-            mus.append(F.conv3d(features, weight[:z], self.conv1.bias[:z]))  # [B, z, 1, h, w]
+            mu_bias = None if bias is None else bias[:z]
+            mus.append(F.conv3d(features, weight[:z], mu_bias))  # [B, z, 1, h, w]
             yield
         mu = mus[0] if len(mus) == 1 else torch.cat(mus, dim=2)  # [B, z, T', h, w]
         # 3. Normalise in float32.

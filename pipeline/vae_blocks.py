@@ -88,7 +88,7 @@ class FrameConv2d(nn.Conv2d):
             _per_frame_weight(self),
             self.bias,
             stride=(1, *self.stride),
-            padding=(0, *self.padding),  # type: ignore[misc]  # int pairs for a Conv2d
+            padding=(0, *self.padding),  # int pairs for a Conv2d
         )
 
 
@@ -118,7 +118,9 @@ class CausalConv3d(nn.Conv3d):
                 f"causal padding of {self.time_padding} frames exceeds CACHE_T={CACHE_T}"
             )
 
-    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+    # A causal convolution needs the chunk cache: it is never called as a plain Conv3d (it is
+    # one for its weights and for the row arithmetic of ``pipeline.vae_bands``).
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:  # type: ignore[override]
         # x: [B, I, t, H, W] -> [B, O, t, H, W]
         if self.time_padding == 0:
             return super().forward(x)
@@ -167,7 +169,7 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, *, images: bool = False) -> None:
         super().__init__()
         gain_shape = (dim, 1, 1) if images else (dim, 1, 1, 1)
-        self.scale = dim**0.5
+        self.scale: float = dim**0.5
         self.gamma = nn.Parameter(torch.ones(gain_shape))
         self.norm_silu: NormSiLU | None = None
 
@@ -231,6 +233,7 @@ class Resample(nn.Module):
     def __init__(self, dim: int, mode: ResampleMode) -> None:
         super().__init__()
         self.mode = mode
+        self.time_conv: nn.Conv3d  # causal (upsample3d, takes the cache) or strided (downsample3d)
         self.resample: nn.Module
         if mode in ("upsample2d", "upsample3d"):
             self.resample = nn.Sequential(
@@ -323,7 +326,8 @@ class AttentionBlock(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)  # [B*t, HW, C]
         out = out.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # [B, C, t, H, W]
         # 3. Output projection and residual.
-        return self.proj(out).add_(x)
+        projected: torch.Tensor = self.proj(out)  # [B, C, t, H, W]
+        return projected.add_(x)
 
 
 _CAUSAL_LAYERS = (CausalConv3d, ResidualBlock, Resample)

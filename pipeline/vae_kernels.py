@@ -32,8 +32,8 @@ def _kernel() -> Any:
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def norm_silu_kernel(
+    @triton.jit  # type: ignore[untyped-decorator]  # triton ships no types
+    def norm_silu_kernel(  # type: ignore[no-untyped-def]  # triton reads these annotations
         x_ptr, gain_ptr, out_ptr, pixels, channels,
         eps: tl.constexpr, block_pixels: tl.constexpr, block_channels: tl.constexpr,
     ):  # fmt: skip

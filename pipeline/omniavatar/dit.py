@@ -24,6 +24,7 @@ Must not know about sampling, guidance, the VAE or files.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,8 @@ class TextCrossAttention(SelfAttention):
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
         k = self.norm_k(self.k(context)).unflatten(-1, heads)  # [B, text_len, H, D]
         v = self.v(context).unflatten(-1, heads)  # [B, text_len, H, D]
-        return self.o(attention(q, k, v).flatten(2))  # [B, L, dim]
+        projected: torch.Tensor = self.o(attention(q, k, v).flatten(2))  # [B, L, dim]
+        return projected
 
 
 class T2VBlock(nn.Module):
@@ -107,7 +109,8 @@ class T2VBlock(nn.Module):
         x = x + self.cross_attn(self.norm3(x), context)
         # 3. feed-forward on the modulated stream, gated residual in float32
         modulated = (self.norm2(x).float() * (1 + scale_ff) + shift_ff).to(dtype)  # [B, L, dim]
-        return (x + self.ffn(modulated) * gate_ff).to(dtype)
+        x = (x + self.ffn(modulated) * gate_ff).to(dtype)
+        return x
 
 
 class AudioPack(nn.Module):
@@ -126,8 +129,9 @@ class AudioPack(nn.Module):
         """
         first = audio[:, :1].expand(-1, AUDIO_PACK_FRAMES - 1, -1)  # [B, 3, C]
         frames = torch.cat([first, audio], dim=1)  # [B, 4T, C]
-        groups = frames.unflatten(1, (-1, AUDIO_PACK_FRAMES)).flatten(2)  # [B, T, 4C]
-        return self.norm_out(self.proj(groups))  # [B, T, hidden]
+        groups = torch.unflatten(frames, 1, (-1, AUDIO_PACK_FRAMES)).flatten(2)  # [B, T, 4C]
+        packed: torch.Tensor = self.norm_out(self.proj(groups))  # [B, T, hidden]
+        return packed
 
 
 @dataclass
@@ -218,7 +222,7 @@ class OmniAvatarDiT(WanBackbone):
         float32. Depends on ``t`` only (TeaCache decides from it before sampling)."""
         rounded = t.to(self.dtype).float()  # the official run embeds a bf16 timestep
         sinusoid = sinusoidal_embedding(rounded, self.config.freq_dim)  # [B, freq_dim]
-        weight = self.time_embedding[0].weight
+        weight = cast(nn.Linear, self.time_embedding[0]).weight
         time = self.time_embedding(sinusoid.to(weight.dtype)).float()  # [B, dim]
         t_mod = self.time_projection(time.to(weight.dtype)).float()  # [B, 6*dim]
         return time, t_mod.unflatten(1, (BLOCK_MODULATION_TERMS, self.config.dim))
@@ -297,13 +301,13 @@ class OmniAvatarDiT(WanBackbone):
             projection = index - FIRST_AUDIO_BLOCK
             if 0 <= projection < self.config.audio_projections:
                 add = conditions.audio[:, projection, :, None, :]  # [B, T, 1, dim]
-                x = (x.unflatten(1, (frames, -1)) + add).flatten(1, 2)  # [B, L, dim]
+                x = (torch.unflatten(x, 1, (frames, -1)) + add).flatten(1, 2)  # [B, L, dim]
             x = block(x, embedded.t_mod, conditions.context, cos, sin)
         return x
 
     def project(self, hidden: torch.Tensor, embedded: Embedded) -> torch.Tensor:
         """Hidden states ``[B, L, dim]`` -> velocity ``[B, 16, T, h, w]`` float32."""
-        out = self.head(hidden, embedded.time)  # [B, L, 4 * 16] float32
+        out: torch.Tensor = self.head(hidden, embedded.time)  # [B, L, 4 * 16] float32
         frames, rows, cols = embedded.grid
         pt, ph, pw = self.config.patch_size
         out = out.view(out.shape[0], frames, rows, cols, pt, ph, pw, self.config.out_dim)

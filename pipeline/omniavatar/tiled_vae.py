@@ -95,6 +95,11 @@ def blend_mask(
     return mask.view(1, 1, 1, height, width)
 
 
+def _overlap(tile: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    """Cells (rows, columns) that neighbouring tiles share: the width of the blending ramps."""
+    return tile[0] - stride[0], tile[1] - stride[1]
+
+
 def _run_tiled(
     source: torch.Tensor,
     run: Callable[[torch.Tensor], torch.Tensor],
@@ -115,10 +120,11 @@ def _run_tiled(
             source[..., tile.top : tile.bottom, tile.left : tile.right]
         )  # [B, C', T', h, w]
         inner = (tile.top > 0, tile.bottom < height, tile.left > 0, tile.right < width)
-        mask = blend_mask(*piece.shape[-2:], inner, border).to(piece.device)  # [1, 1, 1, h, w]
+        piece_h, piece_w = piece.shape[-2:]
+        mask = blend_mask(piece_h, piece_w, inner, border).to(piece.device)  # [1, 1, 1, h, w]
         top, left = int(tile.top * scale), int(tile.left * scale)
-        rows = slice(top, top + piece.shape[-2])
-        cols = slice(left, left + piece.shape[-1])
+        rows = slice(top, top + piece_h)
+        cols = slice(left, left + piece_w)
         values[..., rows, cols] += piece.float() * mask
         weight[..., rows, cols] += mask
     return values / weight
@@ -171,7 +177,7 @@ class TiledVAE:
             (self.encode_tile[0] * px, self.encode_tile[1] * px),
             (self.encode_stride[0] * px, self.encode_stride[1] * px),
         )
-        border = tuple((t - s) for t, s in zip(self.encode_tile, self.encode_stride))
+        border = _overlap(self.encode_tile, self.encode_stride)
         latent_frames = (frames - 1) // self.vae.config.temporal_stride + 1
         out_shape = (batch, self.vae.config.z_dim, latent_frames, height // px, width // px)
         return _run_tiled(video, self.vae.encode, tiles, 1 / px, border, out_shape)
@@ -185,7 +191,8 @@ class TiledVAE:
         px = self.stride
         batch, _, frames, height, width = latents.shape
         tiles = tile_plan(height, width, self.decode_tile, self.decode_stride)
-        border = tuple((t - s) * px for t, s in zip(self.decode_tile, self.decode_stride))
+        overlap_h, overlap_w = _overlap(self.decode_tile, self.decode_stride)
+        border = (overlap_h * px, overlap_w * px)
         video_frames = 1 + self.vae.config.temporal_stride * (frames - 1)
         out_shape = (batch, VIDEO_CHANNELS, video_frames, height * px, width * px)
 
