@@ -252,7 +252,7 @@ class Wav2VecStreamEncoder:
                 "wav2vec2 checkpoints with do_stable_layer_norm=True are not supported; "
                 "use a base-style model such as chinese-wav2vec2-base"
             )
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.eval().requires_grad_(False)  # type: ignore[no-untyped-call]  # transformers leaves eval() unannotated
         self.config = config
         self.normalize_input = normalize_input
         self.loudness = LoudnessNormalizer(config.target_lufs)
@@ -303,7 +303,7 @@ class Wav2VecStreamEncoder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = Wav2Vec2Model(hf_config)
-        return cls(model.to(device=device, dtype=dtype), config)
+        return cls(model.to(device=device, dtype=dtype), config)  # type: ignore[call-arg]  # transformers wraps to() in functools.wraps, which typeshed does not bind as a method
 
     @classmethod
     def from_dir(
@@ -328,7 +328,8 @@ class Wav2VecStreamEncoder:
         logger.info(
             "loaded wav2vec2 from %s (%d layers)", directory, model.config.num_hidden_layers
         )
-        return cls(model.to(device), config, normalize_input=_read_do_normalize(directory))
+        on_device = model.to(device)  # type: ignore[arg-type]  # transformers wraps to() in functools.wraps, which typeshed does not bind as a method
+        return cls(on_device, config, normalize_input=_read_do_normalize(directory))
 
     # ----- shape facts ----------------------------------------------------------------
 
@@ -399,7 +400,8 @@ def zero_mean_unit_variance(values: np.ndarray) -> np.ndarray:
     and unit variance (``FEATURE_NORM_EPSILON`` added to the variance)."""
     values = np.asarray(values, dtype=np.float32)
     normed = (values - values.mean()) / np.sqrt(values.var() + FEATURE_NORM_EPSILON)
-    return normed.astype(np.float32, copy=False)
+    result: np.ndarray = normed.astype(np.float32, copy=False)  # [N]
+    return result
 
 
 def wav2vec_hidden_states(

@@ -203,6 +203,7 @@ class FaceDetector:
 
     def __init__(self) -> None:
         import cv2
+        import cv2.data
 
         # One thread: detection runs beside live sessions on a small host; it is fast enough.
         cv2.setNumThreads(1)

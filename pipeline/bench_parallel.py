@@ -109,21 +109,20 @@ def band_flops(config: PipelineConfig, world: int) -> dict[str, float]:
                 call()
             return float(counter.get_total_flops())
 
-        decode = flops(lambda: vae.decode(torch.empty(latent)))
-        encode = flops(lambda: vae.encode(torch.empty(motion, dtype=dtype)))
+        def decode_flops(share: RowShare | None = None) -> float:
+            return flops(lambda: vae.decode(torch.empty(latent), share))
+
+        def encode_flops(share: RowShare | None = None) -> float:
+            return flops(lambda: vae.encode(torch.empty(motion, dtype=dtype), share))
+
+        decode, encode = decode_flops(), encode_flops()
         decode_ranks, encode_ranks = [], []
         for first, size in zip(split_offsets(sizes), sizes):
             rows = (first * stride, (first + size) * stride)  # video rows of the rank
             decode_plan = plan_band(vae.decoder.row_layers, cfg.latent_height, rows)
             encode_plan = plan_band(vae.encoder.row_layers, cfg.height, (first, first + size))
-            decode_ranks.append(
-                flops(lambda plan=decode_plan: vae.decode(torch.empty(latent), RowShare(plan)))
-            )
-            encode_ranks.append(flops(
-                lambda plan=encode_plan: vae.encode(
-                    torch.empty(motion, dtype=dtype), RowShare(plan, gather)
-                )
-            ))  # fmt: skip
+            decode_ranks.append(decode_flops(RowShare(decode_plan)))
+            encode_ranks.append(encode_flops(RowShare(encode_plan, gather)))
     return {
         "vae_decode_flops": decode,
         "vae_decode_flops_max_rank": max(decode_ranks),

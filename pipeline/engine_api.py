@@ -81,8 +81,10 @@ class Engine(Protocol):
         """Load weights, compile and warm up. Called once, first, on the device thread."""
         ...
 
-    avatar_cache_evictions: int
-    """Prepared avatars dropped from the engine's bounded device cache since it loaded."""
+    @property
+    def avatar_cache_evictions(self) -> int:
+        """Prepared avatars dropped from the engine's bounded device cache since it loaded."""
+        ...
 
     def prepare_avatar(self, avatar: Avatar) -> Iterator[PreparationStep]:
         """Compute ``avatar``'s assets (its per-avatar conditioning) once, in short steps.

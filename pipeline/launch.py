@@ -138,7 +138,7 @@ def _rank_main(
     device: torch.device,
     target: Callable[..., Any],
     args: tuple[Any, ...],
-    reports: multiprocessing.Queue,
+    reports: multiprocessing.Queue[RankReport],
     log_level: int,
 ) -> None:
     """Entry point of one started process: join, run ``target``, report, leave."""
@@ -173,7 +173,7 @@ def run_group(
     if len(devices) != world_size:
         raise ValueError(f"{len(devices)} devices for {world_size} ranks")
     context = multiprocessing.get_context("spawn")
-    reports: multiprocessing.Queue = context.Queue()
+    reports: multiprocessing.Queue[RankReport] = context.Queue()
     port = free_port()
     level = logging.getLogger().getEffectiveLevel()
     processes = [
@@ -199,7 +199,7 @@ def run_group(
 
 def collect_reports(
     processes: Sequence[multiprocessing.process.BaseProcess],
-    reports: multiprocessing.Queue,
+    reports: multiprocessing.Queue[RankReport],
     timeout_s: float,
 ) -> Any:
     """Wait for one ``RankReport`` from every rank (``processes[rank]``); rank 0's result.

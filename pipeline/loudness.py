@@ -75,4 +75,5 @@ class LoudnessNormalizer:
             return samples
         # Same formula as pyloudnorm.normalize.loudness, without its clipping warning.
         gain = np.power(10.0, (self.target_lufs - loudness) / 20.0)
-        return gain * samples
+        normalized: np.ndarray = gain * samples  # [N]
+        return normalized

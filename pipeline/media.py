@@ -10,11 +10,13 @@ models, threads, asyncio or codecs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16_000
-"""Sample rate of the audio the engines consume, in Hz."""
+SAMPLE_RATE_HZ: Final = 16_000
+"""Sample rate of the audio the engines consume, in Hz (``Final``: it also types as
+``Literal[16000]`` where a literal rate is expected)."""
 
 VIDEO_FPS = 25
 """Frame rate of the generated video, in frames per second."""
@@ -62,7 +64,8 @@ def frame_levels_dbfs(audio: np.ndarray) -> np.ndarray:
         )
     frames = audio.reshape(-1, SAMPLES_PER_FRAME).astype(np.float32)  # [F, 640]
     rms = np.sqrt(np.mean(frames * frames, axis=1))  # [F]
-    return (20.0 * np.log10(rms + RMS_FLOOR)).astype(np.float32)
+    levels: np.ndarray = (20.0 * np.log10(rms + RMS_FLOOR)).astype(np.float32)  # [F]
+    return levels
 
 
 AvatarAssets = dict[str, np.ndarray]

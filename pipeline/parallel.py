@@ -16,10 +16,14 @@ is None), and ``even_splits``, the one rule for dividing rows, tokens or heads a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
+
+if TYPE_CHECKING:
+    from torch.distributed.distributed_c10d import GroupName  # a str
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class ParallelGroup:
         return self.world_size > 1
 
     @property
-    def group_name(self) -> str:
+    def group_name(self) -> GroupName:
         """The process group's registered name (what the functional collectives take)."""
         group = self.group if self.group is not None else dist.group.WORLD
         if group is None:
@@ -92,7 +96,7 @@ def split_offsets(sizes: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def all_to_all(
-    x: torch.Tensor, output_splits: list[int], input_splits: list[int], group_name: str
+    x: torch.Tensor, output_splits: list[int], input_splits: list[int], group_name: GroupName
 ) -> torch.Tensor:
     """Exchange the rows (dim 0) of ``x``: ``input_splits[j]`` rows go to rank ``j``, and
     ``output_splits[i]`` rows come from rank ``i``, stacked in rank order (traceable)."""
@@ -100,7 +104,9 @@ def all_to_all(
     return _waited(out)
 
 
-def gather_rows(x: torch.Tensor, sizes: tuple[int, ...], dim: int, group_name: str) -> torch.Tensor:
+def gather_rows(
+    x: torch.Tensor, sizes: tuple[int, ...], dim: int, group_name: GroupName
+) -> torch.Tensor:
     """Concatenate every rank's ``x`` along ``dim``; rank ``r`` holds ``sizes[r]`` rows.
 
     Uneven shares are padded to the largest for the (equal-size) all-gather and cut out

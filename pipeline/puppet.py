@@ -677,7 +677,8 @@ def _render_label(text: str) -> np.ndarray:
     font = PIL.ImageFont.load_default(size=LABEL_FONT_PX)
     left, top, right, bottom = font.getbbox(text)
     pad = LABEL_PADDING_PX
-    size = (right - left + 2 * pad, bottom - top + 2 * pad)
+    # getbbox is typed float (FreeType gives whole pixels): round the box up.
+    size = (math.ceil(right - left) + 2 * pad, math.ceil(bottom - top) + 2 * pad)
     patch = PIL.Image.new("RGBA", size, LABEL_BOX_RGBA)
     PIL.ImageDraw.Draw(patch).text((pad - left, pad - top), text, font=font, fill=LABEL_RGBA)
     return np.asarray(patch, dtype=np.uint8).copy()

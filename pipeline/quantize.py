@@ -188,7 +188,7 @@ def _nf4_linear(linear: nn.Linear) -> nn.Module:
     device = linear.weight.device
     if device.type != "cuda":
         raise QuantizeUnavailable("--quantize nf4 (bitsandbytes) runs on CUDA only")
-    layer = bnb.nn.Linear4bit(
+    layer: nn.Module = bnb.nn.Linear4bit(
         linear.in_features,
         linear.out_features,
         bias=linear.bias is not None,

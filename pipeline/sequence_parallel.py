@@ -31,12 +31,15 @@ Knows nothing about the model's weights or sampling; every collective goes throu
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from pipeline.attention import attention
 from pipeline.parallel import all_to_all, even_splits, gather_rows
+
+if TYPE_CHECKING:
+    from torch.distributed.distributed_c10d import GroupName  # a str
 
 FrameRun = tuple[int, int, int, int]
 """``(local start, local stop, first latent frame, frames)``: tokens of whole frames (or
@@ -46,7 +49,7 @@ of one partial frame when ``frames`` is 1 and the run is shorter than a frame)."
 class TokenShard(NamedTuple):
     """One rank's share of a sequence; a tuple of constants (``torch.compile`` guards on it)."""
 
-    group: str
+    group: GroupName
     """Name of the process group the collectives run on."""
     world: int
     """Ranks in the group."""
@@ -103,7 +106,7 @@ def frame_runs(start: int, stop: int, per_frame: int) -> tuple[FrameRun, ...]:
 
 
 def token_shard(
-    length: int, frames: int, num_heads: int, *, rank: int, world: int, group: str
+    length: int, frames: int, num_heads: int, *, rank: int, world: int, group: GroupName
 ) -> TokenShard:
     """Rank ``rank``'s shard of ``length`` tokens in ``frames`` latent frames (of ``world``)."""
     if length % frames:

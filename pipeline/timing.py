@@ -73,7 +73,7 @@ class CudaStageTimer(StageTimer):
         self._marks: list[tuple[str, torch.cuda.Event]] = []
 
     def _record(self) -> torch.cuda.Event:
-        event = torch.cuda.Event(enable_timing=True)
+        event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]  # unannotated in torch
         event.record(torch.cuda.current_stream(self._device))
         return event
 

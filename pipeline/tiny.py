@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -23,11 +24,13 @@ from pipeline.image import CLIPVisionEncoder
 from pipeline.text import HashTokenizer, PromptEncoder, T5Encoder
 from pipeline.vae import WanVAE
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
 ONE_INIT_NAMES = ("gamma",)
 """Parameter names (last component) that scale activations and start at one."""
 
 
-def random_init(module: nn.Module, seed: int) -> nn.Module:
+def random_init(module: ModuleT, seed: int) -> ModuleT:
     """Fill every parameter deterministically: scales 1, biases 0, the rest N(0, 1/fan_in).
 
     Works on modules built on the meta device too (they are materialised on the CPU).

@@ -61,7 +61,7 @@ class OmniAudioEncoder:
     """wav2vec2 features of a whole clip, one row per video frame (shared, read-only)."""
 
     def __init__(self, model: Wav2Vec2Model, *, normalize_input: bool = True) -> None:
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.eval().requires_grad_(False)  # type: ignore[no-untyped-call]  # transformers leaves eval() unannotated
         self.normalize_input = normalize_input
 
     @classmethod
@@ -74,7 +74,8 @@ class OmniAudioEncoder:
     def features_per_frame(self) -> int:
         """``(layers + 2) * hidden``: the last layer, then every hidden state (10,752)."""
         config = self.model.config
-        return (config.num_hidden_layers + 2) * config.hidden_size
+        features: int = (config.num_hidden_layers + 2) * config.hidden_size
+        return features
 
     def input_values(self, samples: np.ndarray, frames: int) -> torch.Tensor:
         """Normalised samples zero-padded to ``frames`` whole frames: ``[1, frames * 640]``."""
