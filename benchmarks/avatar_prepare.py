@@ -38,10 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.engine import EngineWorker
-from pipeline.engine_api import Engine
-from pipeline.engine_options import FlashTalkOptions, TinyOptions
-from pipeline.media import (
+from headcast.pipeline.engine import EngineWorker
+from headcast.pipeline.engine_api import Engine
+from headcast.pipeline.engine_options import FlashTalkOptions, TinyOptions
+from headcast.pipeline.media import (
     CHUNK_SAMPLES,
     CHUNK_SECONDS,
     Avatar,
@@ -68,10 +68,10 @@ this bounds the latency's error), in seconds."""
 def build(args: argparse.Namespace) -> Engine:
     size = {"height": args.height, "width": args.width}
     if args.engine == "tiny":
-        from pipeline.diffusion_engine import tiny_engine
+        from headcast.pipeline.diffusion_engine import tiny_engine
 
         return tiny_engine(TinyOptions(**size, steps=args.steps))
-    from pipeline.diffusion_engine import flashtalk_engine
+    from headcast.pipeline.diffusion_engine import flashtalk_engine
 
     return flashtalk_engine(
         FlashTalkOptions(

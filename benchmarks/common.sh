@@ -1,7 +1,7 @@
 # Shared set-up of the device scripts: sourced, never run alone.
 # benchmarks/setup.sh installs the carried wheels (.whl/: pyloudnorm, optimum-quanto,
 # bitsandbytes) and records the GPU and versions; this defines `bench LABEL ARGS...`, which
-# runs `python3 -m pipeline.bench` with a time limit and appends its one-line JSON report to
+# runs `python3 -m headcast.pipeline.bench` with a time limit and appends its one-line JSON report to
 # $OUT/reports.jsonl and its table to $OUT/summary.md.
 source benchmarks/setup.sh
 
@@ -22,7 +22,7 @@ bench() {
     nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 500 \
         >"/tmp/smi_$label.txt" 2>/dev/null &
     local smi=$!
-    timeout "$left" python3 -m pipeline.bench --random-weights --label "$label" \
+    timeout "$left" python3 -m headcast.pipeline.bench --random-weights --label "$label" \
         --json "/tmp/$label.json" "$@" >>"$LOG" 2>&1
     local rc=$?
     kill "$smi" 2>/dev/null

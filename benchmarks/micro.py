@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.attention import sdpa_backends
-from pipeline.config import preset
-from pipeline.quantize import Float8Linear
-from pipeline.random_weights import init_random_
-from pipeline.vae import WanVAE
-from pipeline.vae_kernels import norm_silu
+from headcast.pipeline.attention import sdpa_backends
+from headcast.pipeline.config import preset
+from headcast.pipeline.quantize import Float8Linear
+from headcast.pipeline.random_weights import init_random_
+from headcast.pipeline.vae import WanVAE
+from headcast.pipeline.vae_kernels import norm_silu
 
 logger = logging.getLogger("micro")
 
@@ -180,8 +180,8 @@ def profile_kernels(rows: list[dict], what: str, fn: Callable[[], object]) -> No
 @torch.no_grad()
 def profiles(rows: list[dict]) -> None:
     """Where one VAE decode and one DiT block (eager, cuDNN attention) spend device time."""
-    from pipeline.dit import DiTBlock
-    from pipeline.rope import rope_cos_sin
+    from headcast.pipeline.dit import DiTBlock
+    from headcast.pipeline.rope import rope_cos_sin
 
     config = preset("flashtalk-14b")
     with torch.device("meta"):
@@ -222,7 +222,7 @@ def profiles(rows: list[dict]) -> None:
 @torch.no_grad()
 def quantized_linear_errors(rows: list[dict], tokens: int, dim: int, ffn: int) -> None:
     """Relative error of one quantised FFN-up linear against bf16, per mode, and its time."""
-    from pipeline.quantize import QuantizeUnavailable, quantize_block
+    from headcast.pipeline.quantize import QuantizeUnavailable, quantize_block
 
     inputs = randn(tokens, dim)
     reference_layer = torch.nn.Linear(dim, ffn, device=DEVICE, dtype=torch.bfloat16)

@@ -26,7 +26,7 @@ start_server() {
     local profile=$1
     shift
     HEADCAST_ICE_LOOPBACK_ONLY=true HEADCAST_LOG_LEVEL=${HEADCAST_LOG_LEVEL:-info} \
-        python3 -m server serve --config "$profile" "$@" \
+        python3 -m headcast.server serve --config "$profile" "$@" \
         --host 127.0.0.1 --port "$PORT" >"$OUT/${RUN}server.log" 2>&1 &
     SERVER=$!
 }

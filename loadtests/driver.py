@@ -43,8 +43,8 @@ from loadtests.duty_cycle import (
     watch_events,
 )
 from loadtests.speech import PHRASE_S, speech_like
-from pipeline.media import SAMPLE_RATE_HZ
-from streaming.ice import HostCandidatePolicy
+from headcast.pipeline.media import SAMPLE_RATE_HZ
+from headcast.streaming.ice import HostCandidatePolicy
 
 logger = logging.getLogger(__name__)
 

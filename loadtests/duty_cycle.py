@@ -32,10 +32,10 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError
 from headcast_client import EventQueue, PushSocket
 
-from pipeline.media import CHUNK_FRAMES, SAMPLE_RATE_HZ
-from streaming.chunk_policy import LOOP_PROBLEM
-from streaming.clock import VIDEO_TICKS_PER_FRAME
-from streaming.events import ErrorCode
+from headcast.pipeline.media import CHUNK_FRAMES, SAMPLE_RATE_HZ
+from headcast.streaming.chunk_policy import LOOP_PROBLEM
+from headcast.streaming.clock import VIDEO_TICKS_PER_FRAME
+from headcast.streaming.events import ErrorCode
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from loadtests.calls import CallPlan, polite_call, speech_for, take_slot, vanish
 from loadtests.driver import CONNECT_TIMEOUT_S, LoadPlanError, SessionResult, check_target
 from loadtests.resources import Sample, take_sample, write_samples
 from loadtests.verdict import IDLE_AFTER, IDLE_BEFORE, LOAD, Verdict, judge
-from streaming.ice import HostCandidatePolicy
+from headcast.streaming.ice import HostCandidatePolicy
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from aiortc.mediastreams import MediaStreamError
 from headcast_client import ArrayAudioTrack, HeadcastClient, SessionInfo
 
 from loadtests.speech import speech_like
-from streaming.ice import HostCandidatePolicy
+from headcast.streaming.ice import HostCandidatePolicy
 
 logger = logging.getLogger("loadtests.vanish")
 

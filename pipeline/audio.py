@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from pipeline.checkpoint import CheckpointError, materialize
-from pipeline.loudness import TARGET_LOUDNESS_LUFS, LoudnessNormalizer
-from pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
+from headcast.pipeline.checkpoint import CheckpointError, materialize
+from headcast.pipeline.loudness import TARGET_LOUDNESS_LUFS, LoudnessNormalizer
+from headcast.pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFilter
 
-from pipeline.media import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from headcast.pipeline.media import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 DEFAULT_AVATAR_NAME = "default"
 """``Avatar.name`` of the drawn default face."""

@@ -6,7 +6,7 @@ subcommand), the run on a checkpoint or on random full-size weights
 chunk wall time, RTF = chunk time / 1.12 s, peak memory, load and first-chunk time; FLOP
 counts of a DiT step and a VAE decode (``FlopCounterMode`` on meta tensors), optional
 reference outputs on fixed inputs to compare variants (``pipeline.bench_checks``), and the
-JSON report. ``python -m pipeline.bench`` runs it without the serving stack.
+JSON report. ``python -m headcast.pipeline.bench`` runs it without the serving stack.
 
 ``--gpus N`` (N > 1) runs the chunk sequence-parallel on N GPUs: N processes, one per GPU
 (``pipeline.launch``: NCCL, NVLink multicast off), each timing its own chunks in lockstep;
@@ -39,29 +39,29 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.attention import ATTENTION_BACKENDS
-from pipeline.avatar_art import draw_default_avatar
-from pipeline.bench_checks import consistency_checks, parallel_check
-from pipeline.bench_parallel import band_flops, comm_probe, scaling
-from pipeline.config import PRESETS, PipelineConfig, preset
-from pipeline.dit import (
+from headcast.pipeline.attention import ATTENTION_BACKENDS
+from headcast.pipeline.avatar_art import draw_default_avatar
+from headcast.pipeline.bench_checks import consistency_checks, parallel_check
+from headcast.pipeline.bench_parallel import band_flops, comm_probe, scaling
+from headcast.pipeline.config import PRESETS, PipelineConfig, preset
+from headcast.pipeline.dit import (
     CLIP_EMBED_DIM,
     CLIP_IMAGE_TOKENS,
     FlashTalkDiT,
 )
-from pipeline.generator import FlashTalkGenerator
-from pipeline.launch import group_devices, run_group
-from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE_HZ
-from pipeline.parallel import ParallelGroup
-from pipeline.quantize import QUANTIZE_MODES
-from pipeline.random_weights import RANDOM_PROMPT_TOKENS, random_generator
-from pipeline.speedups import (
+from headcast.pipeline.generator import FlashTalkGenerator
+from headcast.pipeline.launch import group_devices, run_group
+from headcast.pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE_HZ
+from headcast.pipeline.parallel import ParallelGroup
+from headcast.pipeline.quantize import QUANTIZE_MODES
+from headcast.pipeline.random_weights import RANDOM_PROMPT_TOKENS, random_generator
+from headcast.pipeline.speedups import (
     COMPILE_MODES,
     SpeedOptions,
     apply_speedups,
 )
-from pipeline.tiny import build_tiny_generator
-from pipeline.vae import WanVAE
+from headcast.pipeline.tiny import build_tiny_generator
+from headcast.pipeline.vae import WanVAE
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def build_generator(
 ) -> tuple[FlashTalkGenerator, str]:
     """The generator to time and a word for its weights."""
     if args.model_dir is not None:
-        from pipeline.flashtalk import load_flashtalk_generator
+        from headcast.pipeline.flashtalk import load_flashtalk_generator
 
         if args.wav2vec_dir is None:
             raise SystemExit("--model-dir needs --wav2vec-dir")
@@ -390,7 +390,7 @@ def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> BenchRe
     return BenchReport(
         label=args.label or _default_label(options, config, args.gpus),
         command=getattr(args, "command_line", None)
-        or command_line("python -m pipeline.bench", args),
+        or command_line("python -m headcast.pipeline.bench", args),
         date=datetime.date.today().isoformat(),
         device=torch.cuda.get_device_name(device)
         if on_cuda
@@ -472,7 +472,7 @@ def _non_negative(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The benchmark's flags (shared by ``python -m pipeline.bench`` and ``headcast bench``)."""
+    """The benchmark's flags (shared by ``python -m headcast.pipeline.bench`` and ``headcast bench``)."""
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -614,7 +614,7 @@ def command_line(
     return " ".join(parts)
 
 
-def execute(args: argparse.Namespace, prog: str = "python -m pipeline.bench") -> int:
+def execute(args: argparse.Namespace, prog: str = "python -m headcast.pipeline.bench") -> int:
     """Run the benchmark for parsed ``args``; print the table, write the JSON."""
     if args.check_parallel and args.gpus == 1:
         raise SystemExit("--check-parallel compares a group with one GPU: add --gpus N (N > 1)")
@@ -637,12 +637,12 @@ def execute(args: argparse.Namespace, prog: str = "python -m pipeline.bench") ->
 def main(
     argv: Sequence[str] | None = None,
     *,
-    prog: str = "python -m pipeline.bench",
+    prog: str = "python -m headcast.pipeline.bench",
     description: str = __doc__.splitlines()[0],
     add: Callable[[argparse.ArgumentParser], None] = add_arguments,
     run_parsed: Callable[[argparse.Namespace], int] = execute,
 ) -> int:
-    """``python -m pipeline.bench [flags]`` (another benchmark passes its own flags and run)."""
+    """``python -m headcast.pipeline.bench [flags]`` (another benchmark passes its own flags and run)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add(parser)
     args = parser.parse_args(argv)

@@ -17,11 +17,11 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from pipeline.attention import sdpa_backends
-from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS
-from pipeline.generator import FlashTalkGenerator
-from pipeline.parallel import ParallelGroup
-from pipeline.random_weights import RANDOM_PROMPT_TOKENS
+from headcast.pipeline.attention import sdpa_backends
+from headcast.pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS
+from headcast.pipeline.generator import FlashTalkGenerator
+from headcast.pipeline.parallel import ParallelGroup
+from headcast.pipeline.random_weights import RANDOM_PROMPT_TOKENS
 
 REFERENCE_TIMESTEP = 1000.0
 """Timestep of the fixed-input DiT forward used to compare variants."""

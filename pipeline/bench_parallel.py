@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.config import PipelineConfig
-from pipeline.generator import FlashTalkGenerator
-from pipeline.parallel import ParallelGroup, all_to_all, even_splits, gather_rows, split_offsets
-from pipeline.sequence_parallel import gather_tokens
-from pipeline.timing import stage_timer
-from pipeline.vae import WanVAE
-from pipeline.vae_bands import ROW_DIM, RowShare, plan_band
+from headcast.pipeline.config import PipelineConfig
+from headcast.pipeline.generator import FlashTalkGenerator
+from headcast.pipeline.parallel import ParallelGroup, all_to_all, even_splits, gather_rows, split_offsets
+from headcast.pipeline.sequence_parallel import gather_tokens
+from headcast.pipeline.timing import stage_timer
+from headcast.pipeline.vae import WanVAE
+from headcast.pipeline.vae_bands import ROW_DIM, RowShare, plan_band
 
 PROBE_REPEATS = 5
 """Timed repetitions of the probed collectives (the median is reported)."""

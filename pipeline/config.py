@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.audio import TINY_WAV2VEC2_CONFIG, AudioConfig
-from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig
-from pipeline.image import CLIPVisionConfig
-from pipeline.media import DEFAULT_HEIGHT, DEFAULT_WIDTH
-from pipeline.sampler import DEFAULT_SHIFT
-from pipeline.text import DEFAULT_PROMPT, T5Config
-from pipeline.vae import VAEConfig
+from headcast.pipeline.audio import TINY_WAV2VEC2_CONFIG, AudioConfig
+from headcast.pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig
+from headcast.pipeline.image import CLIPVisionConfig
+from headcast.pipeline.media import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from headcast.pipeline.sampler import DEFAULT_SHIFT
+from headcast.pipeline.text import DEFAULT_PROMPT, T5Config
+from headcast.pipeline.vae import VAEConfig
 
 DEFAULT_SEED = 9999
 """The official ``base_seed``."""

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.avatar_art import draw_default_avatar
-from pipeline.config import PipelineConfig, preset
-from pipeline.engine_options import FlashTalkOptions, TinyOptions
-from pipeline.generator import FlashTalkGenerator, StreamState, conditioning_assets
-from pipeline.media import (
+from headcast.pipeline.avatar_art import draw_default_avatar
+from headcast.pipeline.config import PipelineConfig, preset
+from headcast.pipeline.engine_options import FlashTalkOptions, TinyOptions
+from headcast.pipeline.generator import FlashTalkGenerator, StreamState, conditioning_assets
+from headcast.pipeline.media import (
     CHUNK_SAMPLES,
     CHUNK_SECONDS,
     DEFAULT_HEIGHT,
@@ -40,9 +40,9 @@ from pipeline.media import (
     PreparationStep,
     Reseed,
 )
-from pipeline.parallel import ParallelGroup
-from pipeline.speedups import SpeedOptions, apply_speedups
-from pipeline.stepwise import relay
+from headcast.pipeline.parallel import ParallelGroup
+from headcast.pipeline.speedups import SpeedOptions, apply_speedups
+from headcast.pipeline.stepwise import relay
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class DiffusionEngine:
         if device.type == "cuda" and device.index is not None:  # cuda:3: this thread's default
             torch.cuda.set_device(device)
         if self.name == "tiny":
-            from pipeline.tiny import build_tiny_generator
+            from headcast.pipeline.tiny import build_tiny_generator
 
             self.generator = build_tiny_generator(
                 self.config, seed=0, device=self.device, cache_dir=self.cache_dir
@@ -127,7 +127,7 @@ class DiffusionEngine:
         elif self.random_weights:
             self.generator = self._random_generator()
         else:
-            from pipeline.flashtalk import load_flashtalk_generator
+            from headcast.pipeline.flashtalk import load_flashtalk_generator
 
             if self.model_dir is None or self.wav2vec_dir is None:
                 raise ValueError(
@@ -161,7 +161,7 @@ class DiffusionEngine:
 
     def _random_generator(self) -> FlashTalkGenerator:
         """Full-size random weights made on the GPU (``random_weights``), sped up as asked."""
-        from pipeline.random_weights import random_generator
+        from headcast.pipeline.random_weights import random_generator
 
         device = torch.device(self.device)
         if device.type != "cuda":

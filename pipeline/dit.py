@@ -33,17 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.attention import attention
-from pipeline.checkpoint import (
+from headcast.pipeline.attention import attention
+from headcast.pipeline.checkpoint import (
     CheckpointError,
     materialize,
     read_safetensors_state,
     require_file,
     sharded_safetensors_files,
 )
-from pipeline.parallel import ParallelGroup
-from pipeline.rope import RopeTableCache, apply_rope
-from pipeline.sequence_parallel import (
+from headcast.pipeline.parallel import ParallelGroup
+from headcast.pipeline.rope import RopeTableCache, apply_rope
+from headcast.pipeline.sequence_parallel import (
     TokenShard,
     gather_tokens,
     local_rows,

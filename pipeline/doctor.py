@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline.dit import CONFIG_FILENAME as DIT_CONFIG
-from pipeline.dit import WEIGHTS_STEM as DIT_STEM
-from pipeline.image import CLIP_CHECKPOINT_FILE as CLIP_FILE
-from pipeline.image import VISUAL_PREFIX as CLIP_USED_PREFIX
-from pipeline.text import T5_CHECKPOINT_FILE as T5_FILE
-from pipeline.text import T5_TOKENIZER_DIR
-from pipeline.vae import VAE_CHECKPOINT_NAME as VAE_FILE
+from headcast.pipeline.dit import CONFIG_FILENAME as DIT_CONFIG
+from headcast.pipeline.dit import WEIGHTS_STEM as DIT_STEM
+from headcast.pipeline.image import CLIP_CHECKPOINT_FILE as CLIP_FILE
+from headcast.pipeline.image import VISUAL_PREFIX as CLIP_USED_PREFIX
+from headcast.pipeline.text import T5_CHECKPOINT_FILE as T5_FILE
+from headcast.pipeline.text import T5_TOKENIZER_DIR
+from headcast.pipeline.vae import VAE_CHECKPOINT_NAME as VAE_FILE
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 """Either of these makes a usable umt5 tokenizer directory."""
@@ -100,7 +100,7 @@ class DoctorReport:
 
 def load_manifest(name: str) -> dict[str, tuple[int, ...]]:
     """A shipped manifest (name -> shape) by file stem, e.g. ``"wan21_vae"``."""
-    text = resources.files("pipeline").joinpath("manifests", f"{name}.json").read_text()
+    text = resources.files("headcast.pipeline").joinpath("manifests", f"{name}.json").read_text()
     return {key: tuple(shape) for key, shape in json.loads(text)["tensors"].items()}
 
 

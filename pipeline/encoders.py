@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline.image import CLIPVisionEncoder
-from pipeline.text import PromptEncoder
+from headcast.pipeline.image import CLIPVisionEncoder
+from headcast.pipeline.text import PromptEncoder
 
 logger = logging.getLogger(__name__)
 

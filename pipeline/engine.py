@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pipeline.engine_api import (
+from headcast.pipeline.engine_api import (
     Engine,
     EngineError,
     EngineFactory,
@@ -39,11 +39,11 @@ from pipeline.engine_api import (
     UnknownEngine,
     WrongEngineOptions,
 )
-from pipeline.engine_options import FlashTalkOptions, PuppetOptions, TinyOptions
-from pipeline.media import Avatar, AvatarAssets, Chunk, ChunkJob, PreparationStep
+from headcast.pipeline.engine_options import FlashTalkOptions, PuppetOptions, TinyOptions
+from headcast.pipeline.media import Avatar, AvatarAssets, Chunk, ChunkJob, PreparationStep
 
 if TYPE_CHECKING:
-    from pipeline.parallel import ParallelGroup
+    from headcast.pipeline.parallel import ParallelGroup
 
 __all__ = [
     "ChunkFailure",
@@ -148,19 +148,19 @@ def default_registry() -> EngineRegistry:
 
 
 def _puppet(options: PuppetOptions, parallel: ParallelGroup | None = None) -> Engine:
-    from pipeline.puppet import puppet_engine
+    from headcast.pipeline.puppet import puppet_engine
 
     return puppet_engine(options, parallel)
 
 
 def _tiny(options: TinyOptions, parallel: ParallelGroup | None = None) -> Engine:
-    from pipeline.diffusion_engine import tiny_engine
+    from headcast.pipeline.diffusion_engine import tiny_engine
 
     return tiny_engine(options, parallel)
 
 
 def _flashtalk(options: FlashTalkOptions, parallel: ParallelGroup | None = None) -> Engine:
-    from pipeline.diffusion_engine import flashtalk_engine
+    from headcast.pipeline.diffusion_engine import flashtalk_engine
 
     return flashtalk_engine(options, parallel)
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
+from headcast.pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
 
 if TYPE_CHECKING:
-    from pipeline.parallel import ParallelGroup
+    from headcast.pipeline.parallel import ParallelGroup
 
 
 class EngineError(RuntimeError):

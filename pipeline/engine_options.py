@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.media import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from headcast.pipeline.media import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 Quantize = Literal["none", "fp8", "int8", "int4", "nf4"]
 Speedups = Literal["fast", "official"]

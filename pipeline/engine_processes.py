@@ -1,7 +1,7 @@
 """An engine whose work runs in an engine group's worker processes.
 
 Owns ``ProcessGroupEngine``: an ``Engine`` for the server's ``EngineWorker`` thread that, in
-``load``, starts one worker process per device (``python -m pipeline.group_worker``, with
+``load``, starts one worker process per device (``python -m headcast.pipeline.group_worker``, with
 NVLink multicast switched off in its environment), hands each its ``GroupSpec`` over a Unix
 socket pair, and then forwards ``open_session`` / ``step`` / ``reseed`` / ``close_session``
 and each step of ``prepare_avatar`` to rank 0 and waits for its reply. Because it sits
@@ -37,9 +37,9 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from pipeline.engine_api import EngineError, EngineGroupFailed
-from pipeline.engine_options import EngineOptions
-from pipeline.group_messages import (
+from headcast.pipeline.engine_api import EngineError, EngineGroupFailed
+from headcast.pipeline.engine_options import EngineOptions
+from headcast.pipeline.group_messages import (
     CloseRequest,
     Done,
     Failed,
@@ -54,12 +54,12 @@ from pipeline.group_messages import (
     recv_message,
     send_message,
 )
-from pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
-from pipeline.rendezvous import CHILD_ENV, free_port
+from headcast.pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
+from headcast.pipeline.rendezvous import CHILD_ENV, free_port
 
 logger = logging.getLogger(__name__)
 
-WORKER_MODULE = "pipeline.group_worker"
+WORKER_MODULE = "headcast.pipeline.group_worker"
 STOP_GRACE_S = 10.0
 """How long ``stop`` waits for the processes to leave after the stop request, in seconds,
 before it kills them."""

@@ -13,21 +13,21 @@ from pathlib import Path
 
 import torch
 
-from pipeline.audio import Wav2VecStreamEncoder
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import PipelineConfig
-from pipeline.dit import FlashTalkDiT, load_dit
-from pipeline.encoders import OnDemandEncoders
-from pipeline.generator import FlashTalkGenerator
-from pipeline.image import (
+from headcast.pipeline.audio import Wav2VecStreamEncoder
+from headcast.pipeline.checkpoint import CheckpointError
+from headcast.pipeline.config import PipelineConfig
+from headcast.pipeline.dit import FlashTalkDiT, load_dit
+from headcast.pipeline.encoders import OnDemandEncoders
+from headcast.pipeline.generator import FlashTalkGenerator
+from headcast.pipeline.image import (
     CLIP_CHECKPOINT_FILE,
     OFFICIAL_CLIP_DTYPE,
     CLIPVisionEncoder,
     load_clip_visual,
 )
-from pipeline.speedups import SpeedOptions, apply_speedups, prepare_dit_block
-from pipeline.text import OFFICIAL_T5_DTYPE, PromptEncoder
-from pipeline.vae import VAE_CHECKPOINT_NAME, load_vae
+from headcast.pipeline.speedups import SpeedOptions, apply_speedups, prepare_dit_block
+from headcast.pipeline.text import OFFICIAL_T5_DTYPE, PromptEncoder
+from headcast.pipeline.vae import VAE_CHECKPOINT_NAME, load_vae
 
 logger = logging.getLogger(__name__)
 

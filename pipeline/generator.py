@@ -37,20 +37,20 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from pipeline import sampler
-from pipeline.attention import sdpa_backends
-from pipeline.audio import AudioRing, Wav2VecStreamEncoder
-from pipeline.avatar_cache import AvatarCache
-from pipeline.color import match_and_blend_colors
-from pipeline.config import PipelineConfig
-from pipeline.dit import FlashTalkDiT
-from pipeline.imaging import resize_and_centercrop, to_model_range, to_uint8
-from pipeline.media import AvatarAssets
-from pipeline.parallel import ParallelGroup
-from pipeline.stepwise import finish, relay
-from pipeline.timing import StageTimer, stage_timer
-from pipeline.vae import WanVAE
-from pipeline.vae_parallel import ParallelVAE
+from headcast.pipeline import sampler
+from headcast.pipeline.attention import sdpa_backends
+from headcast.pipeline.audio import AudioRing, Wav2VecStreamEncoder
+from headcast.pipeline.avatar_cache import AvatarCache
+from headcast.pipeline.color import match_and_blend_colors
+from headcast.pipeline.config import PipelineConfig
+from headcast.pipeline.dit import FlashTalkDiT
+from headcast.pipeline.imaging import resize_and_centercrop, to_model_range, to_uint8
+from headcast.pipeline.media import AvatarAssets
+from headcast.pipeline.parallel import ParallelGroup
+from headcast.pipeline.stepwise import finish, relay
+from headcast.pipeline.timing import StageTimer, stage_timer
+from headcast.pipeline.vae import WanVAE
+from headcast.pipeline.vae_parallel import ParallelVAE
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from pipeline.engine_options import EngineOptions
-from pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
+from headcast.pipeline.engine_options import EngineOptions
+from headcast.pipeline.media import Avatar, Chunk, ChunkJob, PreparationStep, Reseed
 
 PICKLE_PROTOCOL = 5
 """The pickle protocol with out-of-band buffers (PEP 574)."""

@@ -1,4 +1,4 @@
-"""One worker process of an engine group: ``python -m pipeline.group_worker --fd N ...``.
+"""One worker process of an engine group: ``python -m headcast.pipeline.group_worker --fd N ...``.
 
 Owns the life of one rank: read its ``GroupSpec`` from the server's socket (file descriptor
 ``--fd``), join the group's ``torch.distributed`` process group when the group has more than
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from pipeline.engine import default_registry
-from pipeline.engine_api import Engine
-from pipeline.group_messages import (
+from headcast.pipeline.engine import default_registry
+from headcast.pipeline.engine_api import Engine
+from headcast.pipeline.group_messages import (
     CloseRequest,
     Done,
     Failed,
@@ -48,12 +48,12 @@ from pipeline.group_messages import (
     recv_message,
     send_message,
 )
-from pipeline.media import Chunk, PreparationStep
+from headcast.pipeline.media import Chunk, PreparationStep
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-    from pipeline.parallel import ParallelGroup
+    from headcast.pipeline.parallel import ParallelGroup
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class _Rank:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one rank until it is told to stop; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.group_worker")
+    parser = argparse.ArgumentParser(prog="python -m headcast.pipeline.group_worker")
     parser.add_argument("--fd", type=int, required=True, help="socket to the server")
     parser.add_argument("--group", default="?", help="the group's index (for ps)")
     parser.add_argument("--rank", default="?", help="this process's rank (for ps)")
@@ -138,8 +138,8 @@ def _join(spec: GroupSpec) -> tuple[ParallelGroup | None, ProcessGroup | None]:
     import torch
     import torch.distributed as dist
 
-    from pipeline.launch import init_rank
-    from pipeline.parallel import ParallelGroup
+    from headcast.pipeline.launch import init_rank
+    from headcast.pipeline.parallel import ParallelGroup
 
     device = torch.device(spec.device)
     if spec.world_size == 1:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.attention import attention
-from pipeline.checkpoint import CheckpointError, materialize, read_torch_state
+from headcast.pipeline.attention import attention
+from headcast.pipeline.checkpoint import CheckpointError, materialize, read_torch_state
 
 logger = logging.getLogger(__name__)
 

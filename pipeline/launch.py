@@ -28,8 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.parallel import ParallelGroup
-from pipeline.rendezvous import CHILD_ENV, LOOPBACK_HOST, free_port
+from headcast.pipeline.parallel import ParallelGroup
+from headcast.pipeline.rendezvous import CHILD_ENV, LOOPBACK_HOST, free_port
 
 __all__ = [
     "CHILD_ENV",

@@ -30,17 +30,17 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
-from pipeline.avatar_art import (
+from headcast.pipeline.avatar_art import (
     DEFAULT_AVATAR_NAME,
     LASH,
     LIPS,
     FaceLayout,
     draw_default_avatar,
 )
-from pipeline.avatar_cache import AvatarCache
-from pipeline.engine_api import EngineNotReady
-from pipeline.engine_options import PuppetOptions
-from pipeline.media import (
+from headcast.pipeline.avatar_cache import AvatarCache
+from headcast.pipeline.engine_api import EngineNotReady
+from headcast.pipeline.engine_options import PuppetOptions
+from headcast.pipeline.media import (
     CHUNK_FRAMES,
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,
@@ -56,7 +56,7 @@ from pipeline.media import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.parallel import ParallelGroup
+    from headcast.pipeline.parallel import ParallelGroup
 
 logger = logging.getLogger(__name__)
 

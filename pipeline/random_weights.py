@@ -17,18 +17,18 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from pipeline.audio import Wav2VecStreamEncoder
-from pipeline.config import PipelineConfig
-from pipeline.dit import (
+from headcast.pipeline.audio import Wav2VecStreamEncoder
+from headcast.pipeline.config import PipelineConfig
+from headcast.pipeline.dit import (
     CLIP_EMBED_DIM,
     CLIP_IMAGE_TOKENS,
     FLOAT32_SUBMODULES,
     FlashTalkDiT,
 )
-from pipeline.generator import FlashTalkGenerator
-from pipeline.speedups import SpeedOptions, prepare_dit_block
-from pipeline.tiny import ONE_INIT_NAMES
-from pipeline.vae import WanVAE
+from headcast.pipeline.generator import FlashTalkGenerator
+from headcast.pipeline.speedups import SpeedOptions, prepare_dit_block
+from headcast.pipeline.tiny import ONE_INIT_NAMES
+from headcast.pipeline.vae import WanVAE
 
 RANDOM_PROMPT_TOKENS = 32
 """Tokens of the random stand-in for a T5 prompt embedding (padded to ``text_len`` anyway)."""

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from pipeline.attention import attention
-from pipeline.parallel import all_to_all, even_splits, gather_rows
+from headcast.pipeline.attention import attention
+from headcast.pipeline.parallel import all_to_all, even_splits, gather_rows
 
 if TYPE_CHECKING:
     from torch.distributed.distributed_c10d import GroupName  # a str

@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from pipeline.attention import ATTENTION_BACKENDS
-from pipeline.color import match_and_blend_colors
-from pipeline.dit import DiTBlock, FlashTalkDiT
-from pipeline.generator import FlashTalkGenerator
-from pipeline.quantize import QUANTIZE_MODES, quantize_block
-from pipeline.vae_kernels import norm_silu
+from headcast.pipeline.attention import ATTENTION_BACKENDS
+from headcast.pipeline.color import match_and_blend_colors
+from headcast.pipeline.dit import DiTBlock, FlashTalkDiT
+from headcast.pipeline.generator import FlashTalkGenerator
+from headcast.pipeline.quantize import QUANTIZE_MODES, quantize_block
+from headcast.pipeline.vae_kernels import norm_silu
 
 logger = logging.getLogger(__name__)
 

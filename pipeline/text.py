@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checkpoint import CheckpointError, materialize, read_torch_state
+from headcast.pipeline.checkpoint import CheckpointError, materialize, read_torch_state
 
 logger = logging.getLogger(__name__)
 

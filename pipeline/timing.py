@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from pipeline.media import MS_PER_S
+from headcast.pipeline.media import MS_PER_S
 
 
 class StageTimer(ABC):

@@ -15,14 +15,14 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from pipeline.audio import Wav2VecStreamEncoder
-from pipeline.config import PipelineConfig
-from pipeline.dit import FlashTalkDiT
-from pipeline.encoders import OnDemandEncoders
-from pipeline.generator import FlashTalkGenerator
-from pipeline.image import CLIPVisionEncoder
-from pipeline.text import HashTokenizer, PromptEncoder, T5Encoder
-from pipeline.vae import WanVAE
+from headcast.pipeline.audio import Wav2VecStreamEncoder
+from headcast.pipeline.config import PipelineConfig
+from headcast.pipeline.dit import FlashTalkDiT
+from headcast.pipeline.encoders import OnDemandEncoders
+from headcast.pipeline.generator import FlashTalkGenerator
+from headcast.pipeline.image import CLIPVisionEncoder
+from headcast.pipeline.text import HashTokenizer, PromptEncoder, T5Encoder
+from headcast.pipeline.vae import WanVAE
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checkpoint import materialize, read_torch_state
-from pipeline.stepwise import finish
-from pipeline.vae_bands import RowShare, run_band
-from pipeline.vae_blocks import (
+from headcast.pipeline.checkpoint import materialize, read_torch_state
+from headcast.pipeline.stepwise import finish
+from headcast.pipeline.vae_bands import RowShare, run_band
+from headcast.pipeline.vae_blocks import (
     SPATIAL_SCALE,
     TEMPORAL_SCALE,
     VIDEO_CHANNELS,

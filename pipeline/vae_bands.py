@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.vae_blocks import (
+from headcast.pipeline.vae_blocks import (
     SPATIAL_SCALE,
     AttentionBlock,
     CausalCache,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pipeline.vae_blocks import NORM_EPS, rms_norm_silu
+from headcast.pipeline.vae_blocks import NORM_EPS, rms_norm_silu
 
 ELEMENTS_PER_PROGRAM = 4096
 """Activations one Triton program handles (pixels x padded channels)."""

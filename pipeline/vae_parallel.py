@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.parallel import ParallelGroup, even_splits, gather_rows, split_offsets
-from pipeline.vae import WanVAE
-from pipeline.vae_bands import ROW_DIM, BandPlan, RowShare, plan_band
+from headcast.pipeline.parallel import ParallelGroup, even_splits, gather_rows, split_offsets
+from headcast.pipeline.vae import WanVAE
+from headcast.pipeline.vae_bands import ROW_DIM, BandPlan, RowShare, plan_band
 
 
 class ParallelVAE:

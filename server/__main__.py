@@ -1,7 +1,7 @@
-"""``python -m server``: the same as the ``headcast`` command."""
+"""``python -m headcast.server``: the same as the ``headcast`` command."""
 
 import sys
 
-from server.cli import main
+from headcast.server.cli import main
 
 sys.exit(main())

@@ -20,15 +20,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from pipeline.engine import Engine
-from server.auth import ApiKeys, TokenRedactor
-from server.errors import install_problem_handlers
-from server.metrics import Metrics
-from server.request_body import BodyLimitMiddleware, BodyLimits
-from server.routes import audio_ws, avatars, control, health, sessions, webrtc, whep
-from server.routes.web import mount_static, web_router
-from server.runtime import Runtime
-from server.settings import Settings
+from headcast.pipeline.engine import Engine
+from headcast.server.auth import ApiKeys, TokenRedactor
+from headcast.server.errors import install_problem_handlers
+from headcast.server.metrics import Metrics
+from headcast.server.request_body import BodyLimitMiddleware, BodyLimits
+from headcast.server.routes import audio_ws, avatars, control, health, sessions, webrtc, whep
+from headcast.server.routes.web import mount_static, web_router
+from headcast.server.runtime import Runtime
+from headcast.server.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote_plus
 
-from pipeline.media import MS_PER_S
+from headcast.pipeline.media import MS_PER_S
 
 BEARER_SCHEME = "bearer"
 """The ``Authorization`` scheme (case-insensitive, RFC 6750)."""

@@ -34,7 +34,7 @@ from typing import IO
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.media import AvatarAssets
+from headcast.pipeline.media import AvatarAssets
 
 logger = logging.getLogger(__name__)
 

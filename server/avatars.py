@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 import numpy as np
 import PIL.Image
 
-from pipeline.avatar_art import DEFAULT_AVATAR_NAME
-from pipeline.avatar_photo import (
+from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME
+from headcast.pipeline.avatar_photo import (
     NO_FACE,
     TOO_SMALL,
     UNREADABLE,
@@ -47,11 +47,11 @@ from pipeline.avatar_photo import (
     frame_portrait,
     inspect_photo,
 )
-from pipeline.engine import EngineError, EngineWorker, Preparation
-from pipeline.media import Avatar, AvatarAssets
-from server.avatar_store import AvatarRecord, AvatarStatus, AvatarStore, FaceBox
-from server.engine_groups import EngineGroups
-from server.metrics import Metrics
+from headcast.pipeline.engine import EngineError, EngineWorker, Preparation
+from headcast.pipeline.media import Avatar, AvatarAssets
+from headcast.server.avatar_store import AvatarRecord, AvatarStatus, AvatarStore, FaceBox
+from headcast.server.engine_groups import EngineGroups
+from headcast.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.engine_api import Engine
+from headcast.pipeline.engine_api import Engine
 
 MIN_SESSIONS = 1
 """A ready server always admits at least one session, even when it is slower than real time

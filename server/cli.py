@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from pipeline.engine import UnknownEngine
-from server.commands import bench, doctor, generate, serve
-from server.settings import SettingsError
+from headcast.pipeline.engine import UnknownEngine
+from headcast.server.commands import bench, doctor, generate, serve
+from headcast.server.settings import SettingsError
 
 COMMANDS: tuple[ModuleType, ...] = (serve, generate, doctor, bench)
 """Subcommand modules, in help order."""

@@ -2,7 +2,7 @@
 
 Owns ``render_configuration_doc()`` (one section per setting: its YAML key, its environment
 variable, type and bounds, default, and the field's docstring) and the command
-``python -m server.config_docs [--check]`` that writes the file, or with ``--check`` exits 1
+``python -m headcast.server.config_docs [--check]`` that writes the file, or with ``--check`` exits 1
 when the file differs from what the class says (the test suite runs the same comparison).
 
 Knows nothing about the app; reads only ``server.settings``.
@@ -22,7 +22,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from server.settings import ENV_PREFIX, LIST_SEPARATOR, Settings
+from headcast.server.settings import ENV_PREFIX, LIST_SEPARATOR, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 HEADER = f"""# Configuration
 
-<!-- Generated from server/settings.py by `python -m server.config_docs`; do not edit by
+<!-- Generated from server/settings.py by `python -m headcast.server.config_docs`; do not edit by
 hand (tests/unit/server/test_config_docs.py fails when this file is out of date). -->
 
 `headcast serve` reads its settings from, lowest precedence first:
@@ -135,7 +135,7 @@ def render_configuration_doc() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m server.config_docs",
+        prog="python -m headcast.server.config_docs",
         description=f"Write {DOC_PATH.name} from the Settings class.",
     )
     parser.add_argument(
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
         if current != rendered:
-            logger.error("%s is out of date: run python -m server.config_docs", args.output)
+            logger.error("%s is out of date: run python -m headcast.server.config_docs", args.output)
             return 1
         logger.info("%s is up to date", args.output)
         return 0

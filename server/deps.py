@@ -24,13 +24,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from server.auth import ApiKeys, AuthError, MissingCredentials, TokenUse, bearer_credential
-from server.avatars import AvatarCatalog
-from server.errors import Problem
-from server.metrics import Metrics, RejectReason
-from server.registry import ManagedSession, SessionRegistry
-from server.runtime import Runtime
-from server.settings import Settings
+from headcast.server.auth import ApiKeys, AuthError, MissingCredentials, TokenUse, bearer_credential
+from headcast.server.avatars import AvatarCatalog
+from headcast.server.errors import Problem
+from headcast.server.metrics import Metrics, RejectReason
+from headcast.server.registry import ManagedSession, SessionRegistry
+from headcast.server.runtime import Runtime
+from headcast.server.settings import Settings
 
 STARTING_RETRY_AFTER_S = 2
 """Retry-After while the server's runtime starts, in seconds."""

@@ -28,15 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pipeline.engine import Engine, EngineNotReady, EngineWorker, default_registry
-from pipeline.engine_options import EngineOptions
-from pipeline.engine_processes import ProcessGroupEngine
-from server.capacity import CapacityPolicy, GroupCapacity
-from server.generation_slots import SessionSlot, SlotPool
-from server.group_plan import CPU_DEVICE, GroupPlan
+from headcast.pipeline.engine import Engine, EngineNotReady, EngineWorker, default_registry
+from headcast.pipeline.engine_options import EngineOptions
+from headcast.pipeline.engine_processes import ProcessGroupEngine
+from headcast.server.capacity import CapacityPolicy, GroupCapacity
+from headcast.server.generation_slots import SessionSlot, SlotPool
+from headcast.server.group_plan import CPU_DEVICE, GroupPlan
 
 if TYPE_CHECKING:
-    from pipeline.parallel import ParallelGroup
+    from headcast.pipeline.parallel import ParallelGroup
 
 logger = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ def _single_device(device: str) -> ParallelGroup | None:
     engine computes where it always did, and the server needs no torch)."""
     if device == CPU_DEVICE:
         return None
-    from pipeline.parallel import ParallelGroup
+    from headcast.pipeline.parallel import ParallelGroup
 
     return ParallelGroup.single(device)
 

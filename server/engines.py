@@ -17,12 +17,12 @@ import logging
 
 import numpy as np
 
-from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
-from pipeline.engine import Engine, default_registry
-from pipeline.engine_options import EngineOptions, FlashTalkOptions, PuppetOptions, TinyOptions
-from pipeline.imaging import load_image
-from pipeline.media import Avatar
-from server.settings import Settings
+from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
+from headcast.pipeline.engine import Engine, default_registry
+from headcast.pipeline.engine_options import EngineOptions, FlashTalkOptions, PuppetOptions, TinyOptions
+from headcast.pipeline.imaging import load_image
+from headcast.pipeline.media import Avatar
+from headcast.server.settings import Settings
 
 logger = logging.getLogger(__name__)
 

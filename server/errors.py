@@ -21,9 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.avatar_photo import PhotoTooLarge, UnsupportedPhoto
-from pipeline.engine import EngineNotReady
-from server.auth import (
+from headcast.pipeline.avatar_photo import PhotoTooLarge, UnsupportedPhoto
+from headcast.pipeline.engine import EngineNotReady
+from headcast.server.auth import (
     AuthError,
     InvalidApiKey,
     InvalidToken,
@@ -31,7 +31,7 @@ from server.auth import (
     TokenExpired,
     TokenForAnotherSession,
 )
-from server.avatars import (
+from headcast.server.avatars import (
     AvatarFailed,
     AvatarInUse,
     AvatarNotReady,
@@ -39,9 +39,9 @@ from server.avatars import (
     TooManyAvatars,
     UnknownAvatar,
 )
-from server.registry import CapacityReached, UnknownSession
-from streaming.peer import NoIceCandidates, OfferError
-from streaming.session_config import AlreadyConnected, PrepareFailed, SessionEnded
+from headcast.server.registry import CapacityReached, UnknownSession
+from headcast.streaming.peer import NoIceCandidates, OfferError
+from headcast.streaming.session_config import AlreadyConnected, PrepareFailed, SessionEnded
 
 logger = logging.getLogger(__name__)
 

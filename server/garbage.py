@@ -24,7 +24,7 @@ import gc
 import logging
 import time
 
-from pipeline.media import MS_PER_S
+from headcast.pipeline.media import MS_PER_S
 
 logger = logging.getLogger(__name__)
 

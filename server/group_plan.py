@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from server.settings import Settings, SettingsError
+from headcast.server.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 

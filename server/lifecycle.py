@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streaming.observer import ChunkProblem, SessionObserver
+from headcast.streaming.observer import ChunkProblem, SessionObserver
 
 
 @dataclass(frozen=True)

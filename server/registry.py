@@ -22,20 +22,20 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from pipeline.engine import EngineNotReady
-from pipeline.media import Avatar
-from server.auth import SessionTokens
-from server.avatars import UnknownAvatar
-from server.engine_groups import CapacityReached, EngineGroups, Lease
-from server.garbage import GarbagePolicy
-from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
-from server.metrics import Metrics, RejectReason
-from server.turn import TurnMinter
-from streaming.events import ErrorCode, ErrorEvent
-from streaming.peer import PeerConfig
-from streaming.push import PushFormat
-from streaming.session import AvatarSession
-from streaming.session_config import AudioSource, PrepareFailed, SessionConfig
+from headcast.pipeline.engine import EngineNotReady
+from headcast.pipeline.media import Avatar
+from headcast.server.auth import SessionTokens
+from headcast.server.avatars import UnknownAvatar
+from headcast.server.engine_groups import CapacityReached, EngineGroups, Lease
+from headcast.server.garbage import GarbagePolicy
+from headcast.server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
+from headcast.server.metrics import Metrics, RejectReason
+from headcast.server.turn import TurnMinter
+from headcast.streaming.events import ErrorCode, ErrorEvent
+from headcast.streaming.peer import PeerConfig
+from headcast.streaming.push import PushFormat
+from headcast.streaming.session import AvatarSession
+from headcast.streaming.session_config import AudioSource, PrepareFailed, SessionConfig
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import Problem
+from headcast.server.errors import Problem
 
 JSON_MEDIA_TYPE = "application/json"
 FORM_MEDIA_TYPE = "multipart/form-data"

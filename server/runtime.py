@@ -23,26 +23,26 @@ from dataclasses import dataclass
 
 from aiortc import RTCIceServer
 
-from pipeline.engine import Engine
-from server.auth import SessionTokens
-from server.avatar_store import AvatarStore
-from server.avatars import AvatarCatalog, CatalogLimits
-from server.capacity import CapacityPolicy
-from server.engine_groups import EngineGroups, GroupState, GroupStatus
-from server.engines import avatar_assets_key, engine_options, load_default_avatar
-from server.garbage import GarbagePolicy
-from server.group_plan import CPU_DEVICE, GroupPlan, plan_groups, visible_cuda_devices
-from server.lifecycle import LifecyclePolicy
-from server.metrics import Metrics
-from server.registry import SessionRegistry
-from server.settings import Settings
-from server.turn import TurnMinter
-from streaming.codecs import VideoCodec
-from streaming.executor import start_media_executor
-from streaming.generation_gate import IdleMode
-from streaming.ice import HostCandidatePolicy
-from streaming.peer import PeerConfig
-from streaming.session_config import SessionConfig
+from headcast.pipeline.engine import Engine
+from headcast.server.auth import SessionTokens
+from headcast.server.avatar_store import AvatarStore
+from headcast.server.avatars import AvatarCatalog, CatalogLimits
+from headcast.server.capacity import CapacityPolicy
+from headcast.server.engine_groups import EngineGroups, GroupState, GroupStatus
+from headcast.server.engines import avatar_assets_key, engine_options, load_default_avatar
+from headcast.server.garbage import GarbagePolicy
+from headcast.server.group_plan import CPU_DEVICE, GroupPlan, plan_groups, visible_cuda_devices
+from headcast.server.lifecycle import LifecyclePolicy
+from headcast.server.metrics import Metrics
+from headcast.server.registry import SessionRegistry
+from headcast.server.settings import Settings
+from headcast.server.turn import TurnMinter
+from headcast.streaming.codecs import VideoCodec
+from headcast.streaming.executor import start_media_executor
+from headcast.streaming.generation_gate import IdleMode
+from headcast.streaming.ice import HostCandidatePolicy
+from headcast.streaming.peer import PeerConfig
+from headcast.streaming.session_config import SessionConfig
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, MS_PER_S
-from streaming.push import DEFAULT_PUSH_MAX_FRAME_BYTES, DEFAULT_PUSH_MAX_QUEUED_S, PCM16_BYTES
-from streaming.session_config import DEFAULT_SPEECH_WAIT_MAX_S
+from headcast.pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, MS_PER_S
+from headcast.streaming.push import DEFAULT_PUSH_MAX_FRAME_BYTES, DEFAULT_PUSH_MAX_QUEUED_S, PCM16_BYTES
+from headcast.streaming.session_config import DEFAULT_SPEECH_WAIT_MAX_S
 
 EngineName = Literal["puppet", "tiny", "flashtalk"]
 IdleModeName = Literal["generate", "loop"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from streaming.resample import Downsampler
+from headcast.streaming.resample import Downsampler
 
 PLANAR_FLOAT_FORMAT = "fltp"
 """PyAV sample format of the kept original: 32-bit float, one plane per channel."""

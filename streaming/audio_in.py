@@ -17,8 +17,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from pipeline.media import SAMPLE_RATE_HZ
-from streaming.resample import Downsampler
+from headcast.pipeline.media import SAMPLE_RATE_HZ
+from headcast.streaming.resample import Downsampler
 
 logger = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.engine import ChunkFailure, MailboxItem
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, RGB_CHANNELS, Chunk
-from streaming.idle import is_rest_audio
-from streaming.interrupt_state import InterruptState
-from streaming.observer import ChunkProblem
+from headcast.pipeline.engine import ChunkFailure, MailboxItem
+from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, RGB_CHANNELS, Chunk
+from headcast.streaming.idle import is_rest_audio
+from headcast.streaming.interrupt_state import InterruptState
+from headcast.streaming.observer import ChunkProblem
 
 INTERRUPTED_PROBLEM = "interrupted"
 """``chunk.stats`` problem of a chunk replaced by idle-loop filler after an interrupt."""

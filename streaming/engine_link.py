@@ -16,9 +16,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
-from pipeline.engine import EngineWorker, MailboxItem
-from pipeline.media import Avatar, ChunkJob
-from streaming.session_config import DEFAULT_PREPARE_TIMEOUT_S, PrepareFailed
+from headcast.pipeline.engine import EngineWorker, MailboxItem
+from headcast.pipeline.media import Avatar, ChunkJob
+from headcast.streaming.session_config import DEFAULT_PREPARE_TIMEOUT_S, PrepareFailed
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pipeline.media import CHUNK_SECONDS
-from streaming.generation_slot import GenerationSlot
+from headcast.pipeline.media import CHUNK_SECONDS
+from headcast.streaming.generation_slot import GenerationSlot
 
 LOOP_CHUNKS = 1
 """Chunks a session generates for its idle loop, once: silence right after rest."""

@@ -24,8 +24,8 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from pipeline.media import frame_levels_dbfs
-from streaming.clock import (
+from headcast.pipeline.media import frame_levels_dbfs
+from headcast.streaming.clock import (
     AUDIO_CLOCK_RATE,
     AUDIO_PACKET_SAMPLES,
     AUDIO_TIME_BASE,
@@ -35,7 +35,7 @@ from streaming.clock import (
     chunk_packet_range,
     video_pts,
 )
-from streaming.tracks import ENCODER_PIXEL_FORMAT, ChunkMedia
+from headcast.streaming.tracks import ENCODER_PIXEL_FORMAT, ChunkMedia
 
 EASE_IN_FRAMES = 4
 """Frames (160 ms) over which the engine's first chunk after filler fades in from the last

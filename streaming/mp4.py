@@ -19,7 +19,7 @@ from typing import Final
 import av
 import numpy as np
 
-from pipeline.media import VIDEO_FPS
+from headcast.pipeline.media import VIDEO_FPS
 
 CONTAINER_FORMAT = "mp4"
 

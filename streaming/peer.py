@@ -36,9 +36,9 @@ from aiortc.exceptions import OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from streaming.codecs import VideoCodec, prefer_video_codec
-from streaming.ice import HostCandidatePolicy, host_addresses, host_candidates
-from streaming.turn_check import explain_turn_failure, relay_candidates, turn_urls
+from headcast.streaming.codecs import VideoCodec, prefer_video_codec
+from headcast.streaming.ice import HostCandidatePolicy, host_addresses, host_candidates
+from headcast.streaming.turn_check import explain_turn_failure, relay_candidates, turn_urls
 
 logger = logging.getLogger(__name__)
 

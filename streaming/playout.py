@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from pipeline.media import CHUNK_FRAMES, RESEED_FRAMES, SAMPLES_PER_FRAME
-from streaming.clock import (
+from headcast.pipeline.media import CHUNK_FRAMES, RESEED_FRAMES, SAMPLES_PER_FRAME
+from headcast.streaming.clock import (
     AUDIO_PACKET_SAMPLES,
     CHUNK_AUDIO_PACKETS,
     VIDEO_TICKS_PER_FRAME,
@@ -44,13 +44,13 @@ from streaming.clock import (
     audio_pts,
     video_pts,
 )
-from streaming.idle import IdleLoop, fade_from, is_rest_audio
-from streaming.interrupt_state import InterruptState
-from streaming.observer import SessionObserver
-from streaming.resample import Upsampler
-from streaming.send_timing import SendTiming
-from streaming.session_config import SessionConfig
-from streaming.tracks import (
+from headcast.streaming.idle import IdleLoop, fade_from, is_rest_audio
+from headcast.streaming.interrupt_state import InterruptState
+from headcast.streaming.observer import SessionObserver
+from headcast.streaming.resample import Upsampler
+from headcast.streaming.send_timing import SendTiming
+from headcast.streaming.session_config import SessionConfig
+from headcast.streaming.tracks import (
     AvatarAudioTrack,
     AvatarVideoTrack,
     ChunkMedia,

@@ -20,9 +20,9 @@ from typing import Literal, get_args
 import av
 import numpy as np
 
-from pipeline.media import CHUNK_SAMPLES, MS_PER_S, SAMPLE_RATE_HZ
-from streaming.events import ErrorCode, ProtocolError
-from streaming.resample import Downsampler
+from headcast.pipeline.media import CHUNK_SAMPLES, MS_PER_S, SAMPLE_RATE_HZ
+from headcast.streaming.events import ErrorCode, ProtocolError
+from headcast.streaming.resample import Downsampler
 
 logger = logging.getLogger(__name__)
 

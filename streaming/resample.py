@@ -13,8 +13,8 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from pipeline.media import SAMPLE_RATE_HZ
-from streaming.clock import UPSAMPLE_FACTOR
+from headcast.pipeline.media import SAMPLE_RATE_HZ
+from headcast.streaming.clock import UPSAMPLE_FACTOR
 
 UPSAMPLER_TAPS_PER_PHASE = 17
 """FIR taps per polyphase branch (51 taps in all; odd, so the delay is whole samples)."""

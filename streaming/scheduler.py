@@ -35,8 +35,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from pipeline.engine import EngineWorker, MailboxFull, SessionClosed
-from pipeline.media import (
+from headcast.pipeline.engine import EngineWorker, MailboxFull, SessionClosed
+from headcast.pipeline.media import (
     CHUNK_FRAMES,
     CHUNK_SAMPLES,
     CHUNK_SECONDS,
@@ -46,18 +46,18 @@ from pipeline.media import (
     ChunkJob,
     Reseed,
 )
-from streaming.chunk_policy import ChunkBook, Filler, Generated, Held, Wait
-from streaming.clock import WallClock
-from streaming.engine_link import EngineLink
-from streaming.events import ChunkStats, ErrorCode, ErrorEvent, EventBus
-from streaming.generation_gate import GenerationGate, TakeDecision, TakeStep
-from streaming.generation_slot import GenerationSlot, OwnSlot
-from streaming.idle import is_rest_audio
-from streaming.interrupt_state import InterruptState
-from streaming.observer import ChunkProblem, SessionObserver
-from streaming.playout import ChunkPlayout
-from streaming.session_config import SessionConfig
-from streaming.speech_input import SpeechInput
+from headcast.streaming.chunk_policy import ChunkBook, Filler, Generated, Held, Wait
+from headcast.streaming.clock import WallClock
+from headcast.streaming.engine_link import EngineLink
+from headcast.streaming.events import ChunkStats, ErrorCode, ErrorEvent, EventBus
+from headcast.streaming.generation_gate import GenerationGate, TakeDecision, TakeStep
+from headcast.streaming.generation_slot import GenerationSlot, OwnSlot
+from headcast.streaming.idle import is_rest_audio
+from headcast.streaming.interrupt_state import InterruptState
+from headcast.streaming.observer import ChunkProblem, SessionObserver
+from headcast.streaming.playout import ChunkPlayout
+from headcast.streaming.session_config import SessionConfig
+from headcast.streaming.speech_input import SpeechInput
 
 logger = logging.getLogger(__name__)
 

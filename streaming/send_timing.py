@@ -17,9 +17,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from pipeline.media import CHUNK_FRAMES, MS_PER_S
-from streaming.clock import CHUNK_AUDIO_PACKETS
-from streaming.observer import SessionObserver
+from headcast.pipeline.media import CHUNK_FRAMES, MS_PER_S
+from headcast.streaming.clock import CHUNK_AUDIO_PACKETS
+from headcast.streaming.observer import SessionObserver
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from pipeline.engine import EngineWorker
-from pipeline.media import SAMPLES_PER_FRAME, Avatar
-from streaming.clock import LoopClock, WallClock
-from streaming.events import (
+from headcast.pipeline.engine import EngineWorker
+from headcast.pipeline.media import SAMPLES_PER_FRAME, Avatar
+from headcast.streaming.clock import LoopClock, WallClock
+from headcast.streaming.events import (
     CommandType,
     ErrorCode,
     EventBus,
@@ -48,23 +48,23 @@ from streaming.events import (
     SessionReady,
     parse_command,
 )
-from streaming.generation_slot import GenerationSlot
-from streaming.interrupt_state import InterruptState
-from streaming.observer import NullObserver, SessionObserver
-from streaming.peer import PeerConfig
-from streaming.playout import ChunkPlayout
-from streaming.push import PushFormat
-from streaming.scheduler import ChunkScheduler
-from streaming.session_config import (
+from headcast.streaming.generation_slot import GenerationSlot
+from headcast.streaming.interrupt_state import InterruptState
+from headcast.streaming.observer import NullObserver, SessionObserver
+from headcast.streaming.peer import PeerConfig
+from headcast.streaming.playout import ChunkPlayout
+from headcast.streaming.push import PushFormat
+from headcast.streaming.scheduler import ChunkScheduler
+from headcast.streaming.session_config import (
     DEFAULT_PREPARE_TIMEOUT_S,
     AudioSource,
     SessionConfig,
     SessionEnded,
     SessionError,
 )
-from streaming.session_tasks import SessionTasks
-from streaming.session_transport import SessionTransport
-from streaming.speech_input import SpeechInput
+from headcast.streaming.session_tasks import SessionTasks
+from headcast.streaming.session_transport import SessionTransport
+from headcast.streaming.speech_input import SpeechInput
 
 logger = logging.getLogger(__name__)
 

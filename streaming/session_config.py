@@ -12,9 +12,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pipeline.engine import DEFAULT_MAILBOX_SIZE
-from pipeline.media import CHUNK_SECONDS
-from streaming.generation_gate import IdleMode
+from headcast.pipeline.engine import DEFAULT_MAILBOX_SIZE
+from headcast.pipeline.media import CHUNK_SECONDS
+from headcast.streaming.generation_gate import IdleMode
 
 DEFAULT_INTAKE_JITTER_S = 0.060
 """How long after a chunk boundary its audio is taken, in seconds: room for network jitter,

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from aiortc import RTCDataChannel
 from aiortc.mediastreams import MediaStreamTrack
 
-from streaming.events import ErrorCode, Event, Listener, ProtocolError
-from streaming.peer import EventsChannel, PeerConfig, PeerLink
-from streaming.session_config import AlreadyConnected, AudioSource, SessionEnded
-from streaming.session_tasks import SessionTasks
-from streaming.speech_input import SpeechInput
-from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
+from headcast.streaming.events import ErrorCode, Event, Listener, ProtocolError
+from headcast.streaming.peer import EventsChannel, PeerConfig, PeerLink
+from headcast.streaming.session_config import AlreadyConnected, AudioSource, SessionEnded
+from headcast.streaming.session_tasks import SessionTasks
+from headcast.streaming.speech_input import SpeechInput
+from headcast.streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 logger = logging.getLogger(__name__)
 

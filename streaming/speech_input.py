@@ -22,14 +22,14 @@ from dataclasses import replace
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from pipeline.media import CHUNK_SAMPLES, MS_PER_S, SAMPLE_RATE_HZ
-from streaming.audio_in import AudioIntake, receive_track
-from streaming.events import ErrorCode, EventBus, ProtocolError, SpeechEnded, SpeechStarted
-from streaming.idle import is_rest_audio
-from streaming.observer import SessionObserver
-from streaming.push import PushDecoder, PushFormat, SpeechMark, UtteranceLedger
-from streaming.session_config import AudioSource, SessionConfig
-from streaming.voice_activity import VoiceActivity
+from headcast.pipeline.media import CHUNK_SAMPLES, MS_PER_S, SAMPLE_RATE_HZ
+from headcast.streaming.audio_in import AudioIntake, receive_track
+from headcast.streaming.events import ErrorCode, EventBus, ProtocolError, SpeechEnded, SpeechStarted
+from headcast.streaming.idle import is_rest_audio
+from headcast.streaming.observer import SessionObserver
+from headcast.streaming.push import PushDecoder, PushFormat, SpeechMark, UtteranceLedger
+from headcast.streaming.session_config import AudioSource, SessionConfig
+from headcast.streaming.voice_activity import VoiceActivity
 
 logger = logging.getLogger(__name__)
 

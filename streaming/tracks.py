@@ -24,8 +24,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from pipeline.media import CHUNK_FRAMES
-from streaming.clock import (
+from headcast.pipeline.media import CHUNK_FRAMES
+from headcast.streaming.clock import (
     AUDIO_CLOCK_RATE,
     AUDIO_PACKET_SAMPLES,
     AUDIO_TIME_BASE,

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.media import SAMPLES_PER_FRAME, frame_levels_dbfs
-from streaming.push import SpeechMark
+from headcast.pipeline.media import SAMPLES_PER_FRAME, frame_levels_dbfs
+from headcast.streaming.push import SpeechMark
 
 START_DBFS = -40.0
 """A 40 ms frame at least this loud (RMS) can start speech: a voice at a normal distance

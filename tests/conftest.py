@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from pipeline.media import CHUNK_FRAMES, Avatar, Chunk, ChunkJob, PreparationStep, Reseed
-from streaming.ice import HostCandidatePolicy, host_candidates
+from headcast.pipeline.media import CHUNK_FRAMES, Avatar, Chunk, ChunkJob, PreparationStep, Reseed
+from headcast.streaming.ice import HostCandidatePolicy, host_candidates
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATE_TIMEOUT_S = 30.0

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from transformers import Wav2Vec2Model
 
-from pipeline.audio import (
+from headcast.pipeline.audio import (
     Wav2VecStreamEncoder,
     wav2vec_hidden_states,
     zero_mean_unit_variance,
 )
-from pipeline.media import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, VIDEO_FPS
+from headcast.pipeline.media import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, VIDEO_FPS
 
 SILENCE_PREFIX_S = 0.3
 """Silence the official ``main()`` prepends to the audio before anything else (seconds)."""

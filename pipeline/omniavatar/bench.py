@@ -32,16 +32,16 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline import bench as flashtalk_bench
-from pipeline.attention import sdpa_backends
-from pipeline.bench_checks import relative_error
-from pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
-from pipeline.omniavatar.audio import clip_frames, segment_count
-from pipeline.omniavatar.config import SIZES, OmniSize, omni_size
-from pipeline.omniavatar.denoise import SamplerOptions, SegmentInputs, SegmentRun
-from pipeline.omniavatar.dit import OmniAvatarDiT
-from pipeline.omniavatar.models import OmniModels, build_models
-from pipeline.omniavatar.recipe import (
+from headcast.pipeline import bench as flashtalk_bench
+from headcast.pipeline.attention import sdpa_backends
+from headcast.pipeline.bench_checks import relative_error
+from headcast.pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
+from headcast.pipeline.omniavatar.audio import clip_frames, segment_count
+from headcast.pipeline.omniavatar.config import SIZES, OmniSize, omni_size
+from headcast.pipeline.omniavatar.denoise import SamplerOptions, SegmentInputs, SegmentRun
+from headcast.pipeline.omniavatar.dit import OmniAvatarDiT
+from headcast.pipeline.omniavatar.models import OmniModels, build_models
+from headcast.pipeline.omniavatar.recipe import (
     FRAMES_PER_LATENT,
     RECIPES,
     TINY_BUCKETS,
@@ -49,11 +49,11 @@ from pipeline.omniavatar.recipe import (
     TOKEN_SIDE_PX,
     Recipe,
 )
-from pipeline.omniavatar.reference_image import Bucket
-from pipeline.omniavatar.teacache import TeaCacheSchedule
-from pipeline.speedups import SpeedOptions
-from pipeline.timing import stage_timer
-from pipeline.vae import WanVAE
+from headcast.pipeline.omniavatar.reference_image import Bucket
+from headcast.pipeline.omniavatar.teacache import TeaCacheSchedule
+from headcast.pipeline.speedups import SpeedOptions
+from headcast.pipeline.timing import stage_timer
+from headcast.pipeline.vae import WanVAE
 
 logger = logging.getLogger(__name__)
 
@@ -513,12 +513,12 @@ def add_omni_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every flag of ``python -m pipeline.omniavatar.bench``."""
+    """Every flag of ``python -m headcast.pipeline.omniavatar.bench``."""
     flashtalk_bench.add_arguments(parser)
     add_omni_arguments(parser)
 
 
-def execute(args: argparse.Namespace, prog: str = "python -m pipeline.omniavatar.bench") -> int:
+def execute(args: argparse.Namespace, prog: str = "python -m headcast.pipeline.omniavatar.bench") -> int:
     """Run the benchmark for parsed ``args``; print the table, write the JSON lines."""
     args.command_line = flashtalk_bench.command_line(prog, args, add_arguments)
     reports = run(args)
@@ -531,10 +531,10 @@ def execute(args: argparse.Namespace, prog: str = "python -m pipeline.omniavatar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipeline.omniavatar.bench [flags]``."""
+    """``python -m headcast.pipeline.omniavatar.bench [flags]``."""
     return flashtalk_bench.main(
         argv,
-        prog="python -m pipeline.omniavatar.bench",
+        prog="python -m headcast.pipeline.omniavatar.bench",
         description=__doc__.splitlines()[0],
         add=add_arguments,
         run_parsed=execute,

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from pipeline.audio import TINY_WAV2VEC2_CONFIG
-from pipeline.text import TEXT_LEN_TOKENS, T5Config
-from pipeline.vae import VAEConfig
+from headcast.pipeline.audio import TINY_WAV2VEC2_CONFIG
+from headcast.pipeline.text import TEXT_LEN_TOKENS, T5Config
+from headcast.pipeline.vae import VAEConfig
 
 WAV2VEC2_BASE_LAYERS = 12
 """Transformer layers of wav2vec2-base-960h."""

@@ -21,20 +21,20 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.omniavatar.dit import Conditions, Embedded, OmniAvatarDiT
-from pipeline.omniavatar.guidance import Guidance, Pass
-from pipeline.omniavatar.schedule import (
+from headcast.pipeline.omniavatar.dit import Conditions, Embedded, OmniAvatarDiT
+from headcast.pipeline.omniavatar.guidance import Guidance, Pass
+from headcast.pipeline.omniavatar.schedule import (
     euler_step,
     flow_sigmas,
     flow_timesteps,
     next_sigmas,
 )
-from pipeline.omniavatar.teacache import (
+from headcast.pipeline.omniavatar.teacache import (
     TeaCacheSchedule,
     passes_with_cache,
     teacache_schedule,
 )
-from pipeline.sampler import DEFAULT_SHIFT
+from headcast.pipeline.sampler import DEFAULT_SHIFT
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.attention import attention
-from pipeline.dit import (
+from headcast.pipeline.attention import attention
+from headcast.pipeline.dit import (
     BLOCK_MODULATION_TERMS,
     TORCH_LAYER_NORM_EPS,
     Head,
@@ -40,7 +40,7 @@ from pipeline.dit import (
     WanBackbone,
     sinusoidal_embedding,
 )
-from pipeline.omniavatar.config import (
+from headcast.pipeline.omniavatar.config import (
     AUDIO_PACK_FRAMES,
     FIRST_AUDIO_BLOCK,
     OmniDiTConfig,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.dit import WEIGHTS_STEM
-from pipeline.doctor import (
+from headcast.pipeline.dit import WEIGHTS_STEM
+from headcast.pipeline.doctor import (
     FLOAT_DTYPES,
     CheckResult,
     DoctorReport,
@@ -25,16 +25,16 @@ from pipeline.doctor import (
     compare,
     read_pth_for,
 )
-from pipeline.omniavatar.config import OmniSize
-from pipeline.omniavatar.loader import (
+from headcast.pipeline.omniavatar.config import OmniSize
+from headcast.pipeline.omniavatar.loader import (
     OMNI_CONFIG_FILE,
     OMNI_WEIGHTS_FILE,
     OmniFolders,
     expected_tensors,
     read_lora_config,
 )
-from pipeline.text import T5_CHECKPOINT_FILE
-from pipeline.vae import VAE_CHECKPOINT_NAME
+from headcast.pipeline.text import T5_CHECKPOINT_FILE
+from headcast.pipeline.vae import VAE_CHECKPOINT_NAME
 
 MAX_NOTED = 5
 """Extra tensor names quoted in a note."""

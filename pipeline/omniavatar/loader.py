@@ -24,16 +24,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.checkpoint import (
+from headcast.pipeline.checkpoint import (
     CheckpointError,
     read_safetensors_state,
     read_torch_state,
     sharded_safetensors_files,
 )
-from pipeline.dit import WEIGHTS_STEM
-from pipeline.omniavatar.config import LoraConfig, OmniDiTConfig, OmniSize
-from pipeline.omniavatar.dit import FLOAT32_SUBMODULES, OmniAvatarDiT
-from pipeline.omniavatar.lora import (
+from headcast.pipeline.dit import WEIGHTS_STEM
+from headcast.pipeline.omniavatar.config import LoraConfig, OmniDiTConfig, OmniSize
+from headcast.pipeline.omniavatar.dit import FLOAT32_SUBMODULES, OmniAvatarDiT
+from headcast.pipeline.omniavatar.lora import (
     LORA_A_SUFFIX,
     LORA_B_SUFFIX,
     checkpoint_shapes,

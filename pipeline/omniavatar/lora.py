@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.omniavatar.config import LoraConfig
+from headcast.pipeline.omniavatar.config import LoraConfig
 
 LORA_A_SUFFIX = ".lora_A.default.weight"
 """Key suffix of a LoRA down-projection ``A`` ``[r, in]``."""

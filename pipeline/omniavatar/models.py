@@ -22,20 +22,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.audio import Wav2VecStreamEncoder
-from pipeline.encoders import release_device_memory
-from pipeline.omniavatar.audio import OmniAudioEncoder
-from pipeline.omniavatar.config import OmniSize
-from pipeline.omniavatar.dit import FLOAT32_SUBMODULES, OmniAvatarDiT
-from pipeline.omniavatar.loader import OmniFolders, load_omni_dit
-from pipeline.omniavatar.tiled_vae import TiledVAE
-from pipeline.random_weights import (
+from headcast.pipeline.audio import Wav2VecStreamEncoder
+from headcast.pipeline.encoders import release_device_memory
+from headcast.pipeline.omniavatar.audio import OmniAudioEncoder
+from headcast.pipeline.omniavatar.config import OmniSize
+from headcast.pipeline.omniavatar.dit import FLOAT32_SUBMODULES, OmniAvatarDiT
+from headcast.pipeline.omniavatar.loader import OmniFolders, load_omni_dit
+from headcast.pipeline.omniavatar.tiled_vae import TiledVAE
+from headcast.pipeline.random_weights import (
     RANDOM_PROMPT_TOKENS,
     fill_random_blockwise,
     init_random_,
 )
-from pipeline.speedups import SpeedOptions, prepare_dit_block
-from pipeline.text import (
+from headcast.pipeline.speedups import SpeedOptions, prepare_dit_block
+from headcast.pipeline.text import (
     OFFICIAL_T5_DTYPE,
     T5_CHECKPOINT_FILE,
     T5_TOKENIZER_DIR,
@@ -45,9 +45,9 @@ from pipeline.text import (
     Umt5Tokenizer,
     load_t5,
 )
-from pipeline.tiny import random_init
-from pipeline.vae import VAE_CHECKPOINT_NAME, WanVAE, load_vae
-from pipeline.vae_kernels import norm_silu
+from headcast.pipeline.tiny import random_init
+from headcast.pipeline.vae import VAE_CHECKPOINT_NAME, WanVAE, load_vae
+from headcast.pipeline.vae_kernels import norm_silu
 
 logger = logging.getLogger(__name__)
 

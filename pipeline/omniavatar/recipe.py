@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.omniavatar.denoise import SamplerOptions
-from pipeline.omniavatar.guidance import Guidance
-from pipeline.omniavatar.reference_image import Bucket
-from pipeline.sampler import DEFAULT_SHIFT
+from headcast.pipeline.omniavatar.denoise import SamplerOptions
+from headcast.pipeline.omniavatar.guidance import Guidance
+from headcast.pipeline.omniavatar.reference_image import Bucket
+from headcast.pipeline.sampler import DEFAULT_SHIFT
 
 OFFICIAL_NEGATIVE_PROMPT = (
     "Vivid color tones, background/camera moving quickly, screen switching, subtitles and "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.imaging import PIXEL_MAX
+from headcast.pipeline.imaging import PIXEL_MAX
 
 Bucket = tuple[int, int]
 """A generation size (height, width) in pixels."""

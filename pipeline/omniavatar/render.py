@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.attention import sdpa_backends
-from pipeline.imaging import PIXEL_MAX
-from pipeline.media import SAMPLE_RATE_HZ
-from pipeline.omniavatar.audio import (
+from headcast.pipeline.attention import sdpa_backends
+from headcast.pipeline.imaging import PIXEL_MAX
+from headcast.pipeline.media import SAMPLE_RATE_HZ
+from headcast.pipeline.omniavatar.audio import (
     FIRST_FIXED_FRAMES,
     OmniAudioEncoder,
     clip_frames,
@@ -36,16 +36,16 @@ from pipeline.omniavatar.audio import (
     segment_audio,
     segment_count,
 )
-from pipeline.omniavatar.denoise import (
+from headcast.pipeline.omniavatar.denoise import (
     SegmentInputs,
     SegmentRun,
     StepObserver,
     StepResult,
 )
-from pipeline.omniavatar.dit import OmniAvatarDiT
-from pipeline.omniavatar.recipe import Recipe
-from pipeline.omniavatar.reference_image import Bucket, choose_bucket, reference_video
-from pipeline.omniavatar.tiled_vae import TiledVAE
+from headcast.pipeline.omniavatar.dit import OmniAvatarDiT
+from headcast.pipeline.omniavatar.recipe import Recipe
+from headcast.pipeline.omniavatar.reference_image import Bucket, choose_bucket, reference_video
+from headcast.pipeline.omniavatar.tiled_vae import TiledVAE
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.sampler import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS
+from headcast.pipeline.sampler import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS
 
 FINAL_SIGMA = 0.0
 """Sigma after the last step (``sigma_min = 0``: the clean latent)."""

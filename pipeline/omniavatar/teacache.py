@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.omniavatar.guidance import Pass
+from headcast.pipeline.omniavatar.guidance import Pass
 
 WAN_T2V_14B_COEFFICIENTS = (
     -3.03318725e05,

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.vae import VIDEO_RANGE, WanVAE
-from pipeline.vae_blocks import VIDEO_CHANNELS
+from headcast.pipeline.vae import VIDEO_RANGE, WanVAE
+from headcast.pipeline.vae_blocks import VIDEO_CHANNELS
 
 ENCODE_TILE_LATENTS = (34, 34)
 """Official encode tile (H, W) in latent units (x8 = 272 px)."""

@@ -1,7 +1,7 @@
 """``headcast bench``: time every stage of a streaming chunk (wraps ``pipeline.bench``).
 
 Owns only the subcommand's registration: the flags, the run and the report all live in
-``pipeline.bench`` so that ``python -m pipeline.bench`` runs the same benchmark on machines
+``pipeline.bench`` so that ``python -m headcast.pipeline.bench`` runs the same benchmark on machines
 without the serving stack. Knows nothing about serving.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import bench
-from pipeline.omniavatar import bench as omni_bench
+from headcast.pipeline import bench
+from headcast.pipeline.omniavatar import bench as omni_bench
 
 NAME = "bench"
 ENGINES = ("flashtalk", "omniavatar")

@@ -13,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.doctor import check_model_dir
-from pipeline.omniavatar.config import SIZES, omni_size
-from pipeline.omniavatar.doctor import check_omniavatar_dir
+from headcast.pipeline.doctor import check_model_dir
+from headcast.pipeline.omniavatar.config import SIZES, omni_size
+from headcast.pipeline.omniavatar.doctor import check_omniavatar_dir
 
 logger = logging.getLogger(__name__)
 

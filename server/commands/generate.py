@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import DEFAULT_SEED
-from pipeline.engine import Engine, EngineError, UnknownEngine, default_registry
-from pipeline.imaging import ImageLoadError, load_image
-from pipeline.media import (
+from headcast.pipeline.config import DEFAULT_SEED
+from headcast.pipeline.engine import Engine, EngineError, UnknownEngine, default_registry
+from headcast.pipeline.imaging import ImageLoadError, load_image
+from headcast.pipeline.media import (
     CHUNK_FRAMES,
     CHUNK_SAMPLES,
     MS_PER_S,
@@ -39,10 +39,10 @@ from pipeline.media import (
     Chunk,
     ChunkJob,
 )
-from pipeline.omniavatar.recipe import OFFICIAL_SEED as OMNI_OFFICIAL_SEED
-from server.commands import generate_omni
-from streaming.audio_file import AudioClip, AudioFileError, read_audio_file
-from streaming.mp4 import Mp4Writer
+from headcast.pipeline.omniavatar.recipe import OFFICIAL_SEED as OMNI_OFFICIAL_SEED
+from headcast.server.commands import generate_omni
+from headcast.streaming.audio_file import AudioClip, AudioFileError, read_audio_file
+from headcast.streaming.mp4 import Mp4Writer
 
 logger = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.attention import ATTENTION_BACKENDS
-from pipeline.checkpoint import CheckpointError
-from pipeline.media import VIDEO_FPS
-from pipeline.omniavatar.config import SIZES, OmniConfigError, omni_size
-from pipeline.omniavatar.models import build_models
-from pipeline.omniavatar.recipe import (
+from headcast.pipeline.attention import ATTENTION_BACKENDS
+from headcast.pipeline.checkpoint import CheckpointError
+from headcast.pipeline.media import VIDEO_FPS
+from headcast.pipeline.omniavatar.config import SIZES, OmniConfigError, omni_size
+from headcast.pipeline.omniavatar.models import build_models
+from headcast.pipeline.omniavatar.recipe import (
     DEFAULT_PROMPT,
     OFFICIAL_SEED,
     TINY_BUCKETS,
@@ -38,15 +38,15 @@ from pipeline.omniavatar.recipe import (
     Recipe,
     recipe,
 )
-from pipeline.omniavatar.render import (
+from headcast.pipeline.omniavatar.render import (
     OmniAvatarRenderer,
     SegmentOutput,
     frames_to_uint8,
 )
-from pipeline.quantize import QUANTIZE_MODES
-from pipeline.speedups import COMPILE_MODES, SpeedOptions
-from streaming.audio_file import AudioClip
-from streaming.mp4 import Mp4Writer
+from headcast.pipeline.quantize import QUANTIZE_MODES
+from headcast.pipeline.speedups import COMPILE_MODES, SpeedOptions
+from headcast.streaming.audio_file import AudioClip
+from headcast.streaming.mp4 import Mp4Writer
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import uvicorn
 
-from server.allocator import tune_allocator
-from server.app import create_app
-from server.engines import STAND_IN_ENGINES
-from server.http_protocol import header_timeout_protocol
-from server.settings import Settings, load_settings
+from headcast.server.allocator import tune_allocator
+from headcast.server.app import create_app
+from headcast.server.engines import STAND_IN_ENGINES
+from headcast.server.http_protocol import header_timeout_protocol
+from headcast.server.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 

@@ -22,17 +22,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from pipeline.media import MS_PER_S
-from server.auth import AuthError, TokenUse
-from server.deps import get_registry, session_for_token
-from server.errors import Problem, problem_for
-from server.registry import ManagedSession, UnknownSession
-from server.runtime import Runtime
-from server.settings import Settings
-from streaming.events import AudioQueued, ErrorCode, ErrorEvent, Event, ProtocolError
-from streaming.push import PushFormat
-from streaming.session import AvatarSession
-from streaming.session_config import AudioSource, SessionEnded
+from headcast.pipeline.media import MS_PER_S
+from headcast.server.auth import AuthError, TokenUse
+from headcast.server.deps import get_registry, session_for_token
+from headcast.server.errors import Problem, problem_for
+from headcast.server.registry import ManagedSession, UnknownSession
+from headcast.server.runtime import Runtime
+from headcast.server.settings import Settings
+from headcast.streaming.events import AudioQueued, ErrorCode, ErrorEvent, Event, ProtocolError
+from headcast.streaming.push import PushFormat
+from headcast.streaming.session import AvatarSession
+from headcast.streaming.session_config import AudioSource, SessionEnded
 
 logger = logging.getLogger(__name__)
 

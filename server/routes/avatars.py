@@ -19,9 +19,9 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from server.avatar_store import AvatarRecord, AvatarStatus, FaceBox
-from server.deps import AvatarKeyDep, AvatarsDep, RegistryDep, SettingsDep
-from server.request_body import read_upload
+from headcast.server.avatar_store import AvatarRecord, AvatarStatus, FaceBox
+from headcast.server.deps import AvatarKeyDep, AvatarsDep, RegistryDep, SettingsDep
+from headcast.server.request_body import read_upload
 
 router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
 

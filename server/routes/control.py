@@ -12,7 +12,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from server.deps import AuthorizedSessionDep
+from headcast.server.deps import AuthorizedSessionDep
 
 router = APIRouter(prefix="/v1/sessions", tags=["control"])
 

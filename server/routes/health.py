@@ -9,11 +9,11 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from server.deps import MetricsDep, RuntimeDep
-from server.engine_groups import GroupStatus
-from server.errors import ENGINE_LOADING_RETRY_AFTER_S, Problem
-from server.metrics import CONTENT_TYPE
-from server.runtime import ReadyState
+from headcast.server.deps import MetricsDep, RuntimeDep
+from headcast.server.engine_groups import GroupStatus
+from headcast.server.errors import ENGINE_LOADING_RETRY_AFTER_S, Problem
+from headcast.server.metrics import CONTENT_TYPE
+from headcast.server.runtime import ReadyState
 
 router = APIRouter(tags=["health"])
 

@@ -15,13 +15,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.avatar_art import DEFAULT_AVATAR_NAME
-from pipeline.media import SAMPLE_RATE_HZ
-from server.deps import ApiKeyDep, AuthorizedSessionDep, RegistryDep, SettingsDep
-from server.request_body import json_request_body, read_json
-from server.routes.audio_ws import PushFormatDep
-from streaming.push import PushSampleRateHz
-from streaming.session_config import AudioSource
+from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME
+from headcast.pipeline.media import SAMPLE_RATE_HZ
+from headcast.server.deps import ApiKeyDep, AuthorizedSessionDep, RegistryDep, SettingsDep
+from headcast.server.request_body import json_request_body, read_json
+from headcast.server.routes.audio_ws import PushFormatDep
+from headcast.streaming.push import PushSampleRateHz
+from headcast.streaming.session_config import AudioSource
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.deps import RegistryDep, SettingsDep, StartingSessionDep
-from server.request_body import json_request_body, read_json
+from headcast.server.deps import RegistryDep, SettingsDep, StartingSessionDep
+from headcast.server.request_body import json_request_body, read_json
 
 router = APIRouter(prefix="/v1/sessions", tags=["webrtc"])
 

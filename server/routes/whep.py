@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from aiortc import RTCIceServer
 from fastapi import APIRouter, Request, Response, status
 
-from server.deps import AuthorizedSessionDep, RegistryDep, StartingSessionDep
-from server.errors import Problem
-from server.routes.webrtc import MAX_SDP_CHARS
+from headcast.server.deps import AuthorizedSessionDep, RegistryDep, StartingSessionDep
+from headcast.server.errors import Problem
+from headcast.server.routes.webrtc import MAX_SDP_CHARS
 
 router = APIRouter(prefix="/v1/sessions", tags=["whep"])
 

@@ -14,15 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.attention import sdpa_backends
-from pipeline.dit import DiTBlock, DiTConfig, FlashTalkDiT
-from pipeline.quantize import Float8Linear, scaled_mm_supported
-from pipeline.random_weights import init_random_
-from pipeline.rope import rope_cos_sin
-from pipeline.timing import CudaStageTimer
-from pipeline.vae import VAEConfig, WanVAE
-from pipeline.vae_blocks import rms_norm_silu
-from pipeline.vae_kernels import norm_silu
+from headcast.pipeline.attention import sdpa_backends
+from headcast.pipeline.dit import DiTBlock, DiTConfig, FlashTalkDiT
+from headcast.pipeline.quantize import Float8Linear, scaled_mm_supported
+from headcast.pipeline.random_weights import init_random_
+from headcast.pipeline.rope import rope_cos_sin
+from headcast.pipeline.timing import CudaStageTimer
+from headcast.pipeline.vae import VAEConfig, WanVAE
+from headcast.pipeline.vae_blocks import rms_norm_silu
+from headcast.pipeline.vae_kernels import norm_silu
 
 DEVICE = torch.device("cuda")
 BF16_TOL = 1e-2

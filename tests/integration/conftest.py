@@ -1,6 +1,6 @@
 """Integration fixtures: a real headcast server (uvicorn, puppet engine) on a free loopback port.
 
-``run_server(log_dir, **settings)`` starts ``python -m server serve`` in a subprocess with
+``run_server(log_dir, **settings)`` starts ``python -m headcast.server serve`` in a subprocess with
 ``HEADCAST_<SETTING>`` variables, waits for ``/readyz``, and on exit stops it with SIGTERM (a
 graceful shutdown that closes every session). A subprocess keeps the server's threads and
 event-loop tasks apart from the test's own, so the tests can watch them through ``/metrics``.
@@ -26,7 +26,7 @@ import httpx
 import pytest
 from headcast_client import over_groups, parse_metrics
 
-from streaming.ice import HostCandidatePolicy
+from headcast.streaming.ice import HostCandidatePolicy
 from tests.conftest import REPO_ROOT
 
 LOOPBACK = "127.0.0.1"
@@ -137,7 +137,7 @@ def run_server(
         port = free_loopback_port()
         log_path = log_dir / f"server-{port}.log"
         command = [
-            sys.executable, "-m", "server", "serve",
+            sys.executable, "-m", "headcast.server", "serve",
             "--engine", engine, "--host", LOOPBACK, "--port", str(port),
         ]  # fmt: skip
         with log_path.open("wb") as log:

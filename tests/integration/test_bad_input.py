@@ -21,7 +21,7 @@ import httpx
 import pytest
 from headcast_client import HeadcastClient, HeadcastError
 
-from pipeline.media import CHUNK_SECONDS
+from headcast.pipeline.media import CHUNK_SECONDS
 from tests.conftest import REPO_ROOT, client_offer
 from tests.integration.conftest import LOOPBACK_ONLY, SHARED_SERVER_SETTINGS, RunningServer
 
@@ -43,7 +43,7 @@ VANISHING_CLIENT = """
 import asyncio, sys
 import numpy as np
 from headcast_client import ArrayAudioTrack, HeadcastClient
-from streaming.ice import HostCandidatePolicy
+from headcast.streaming.ice import HostCandidatePolicy
 
 async def main(url):
     client = HeadcastClient(url, host_candidates=HostCandidatePolicy(loopback_only=True))

@@ -38,7 +38,7 @@ from headcast_client import to_pcm16
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from loadtests.speech import speech_like
-from pipeline.puppet import FaceLayout, _mouth_metric_box
+from headcast.pipeline.puppet import FaceLayout, _mouth_metric_box
 from tests.integration.conftest import RunningServer
 from tests.integration.test_browser import chrome  # noqa: F401  (the Chromium fixture)
 from tests.integration.test_interrupt import loud_voice

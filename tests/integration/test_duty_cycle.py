@@ -28,8 +28,8 @@ import pytest
 from headcast_client import HeadcastClient, HeadcastError
 
 from loadtests.driver import LoadPlan, LoadReport, run_load
-from pipeline.media import CHUNK_SECONDS
-from streaming.generation_gate import LOOP_CHUNKS
+from headcast.pipeline.media import CHUNK_SECONDS
+from headcast.streaming.generation_gate import LOOP_CHUNKS
 from tests.integration.conftest import LOOPBACK_ONLY, run_server
 
 pytestmark = pytest.mark.slow

@@ -45,7 +45,7 @@ GROUP_WAIT_S = 60.0
 """Longest wait for a group to change state (a restart starts a process)."""
 
 POLL_S = 0.2
-WORKER_MODULE = b"pipeline.group_worker"
+WORKER_MODULE = b"headcast.pipeline.group_worker"
 
 GROUP_SERVER = {"ice_loopback_only": True, "peer_timeout_s": 3.0}
 """Settings every server here shares (env ``HEADCAST_<NAME>``)."""
@@ -53,7 +53,7 @@ GROUP_SERVER = {"ice_loopback_only": True, "peer_timeout_s": 3.0}
 
 def worker_pids(server: RunningServer, group: int) -> list[int]:
     """The server's worker processes of engine group ``group``, found in /proc by parent and
-    command line (``python -m pipeline.group_worker --fd N --group G --rank R``)."""
+    command line (``python -m headcast.pipeline.group_worker --fd N --group G --rank R``)."""
     found: list[tuple[int, int]] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

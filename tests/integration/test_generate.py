@@ -1,6 +1,6 @@
 """``headcast generate`` end to end: the real CLI turns a picture and speech into an MP4.
 
-The good case runs ``python -m server.cli generate --engine puppet`` in a subprocess once
+The good case runs ``python -m headcast.server.cli generate --engine puppet`` in a subprocess once
 (3 s of synthetic speech at 44.1 kHz stereo, the drawn default avatar) and checks the file
 with PyAV: the streams, the frame count, the durations, and that the puppet's mouth in the
 decoded video moves with the decoded audio at zero lag (sound and picture line up across
@@ -25,10 +25,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from pipeline.avatar_art import draw_default_avatar
-from pipeline.media import CHUNK_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, VIDEO_FPS
-from pipeline.puppet import FULL_OPEN_DBFS, SILENT_DBFS, mouth_open_metric
-from server.cli import main
+from headcast.pipeline.avatar_art import draw_default_avatar
+from headcast.pipeline.media import CHUNK_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, VIDEO_FPS
+from headcast.pipeline.puppet import FULL_OPEN_DBFS, SILENT_DBFS, mouth_open_metric
+from headcast.server.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 120
@@ -113,7 +113,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
 def generated(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Generated:
     out = tmp_path_factory.mktemp("generate_out") / "talking.mp4"
     command = [
-        sys.executable, "-m", "server.cli", "generate",
+        sys.executable, "-m", "headcast.server.cli", "generate",
         "--engine", "puppet",
         "--image", str(inputs.image),
         "--audio", str(inputs.speech),
@@ -271,7 +271,7 @@ def test_tiny_engine_writes_a_valid_mp4_matching_the_audio(inputs: Inputs, tmp_p
     _write_wav(speech, _speech_like(SPEECH_RATE_HZ, TINY_SECONDS, seed=1), SPEECH_RATE_HZ)
     out = tmp_path / "tiny.mp4"
     command = [
-        sys.executable, "-m", "server.cli", "generate", "--engine", "tiny", "--steps", "2",
+        sys.executable, "-m", "headcast.server.cli", "generate", "--engine", "tiny", "--steps", "2",
         "--image", str(inputs.image), "--audio", str(speech), "--out", str(out),
     ]  # fmt: skip
     result = subprocess.run(

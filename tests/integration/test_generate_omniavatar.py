@@ -22,11 +22,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from pipeline.avatar_art import draw_default_avatar
-from pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
-from pipeline.omniavatar.recipe import TINY_BUCKETS
-from server.cli import main
-from streaming.audio_file import read_audio_file
+from headcast.pipeline.avatar_art import draw_default_avatar
+from headcast.pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
+from headcast.pipeline.omniavatar.recipe import TINY_BUCKETS
+from headcast.server.cli import main
+from headcast.streaming.audio_file import read_audio_file
 from tests.integration.test_generate import (
     CLI_TIMEOUT_S,
     FRAME_SECONDS,
@@ -68,7 +68,7 @@ def rendered(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     command = [
         sys.executable,
         "-m",
-        "server.cli",
+        "headcast.server.cli",
         "generate",
         "--engine",
         "omniavatar",

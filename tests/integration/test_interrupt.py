@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from headcast_client import HeadcastClient, PushSocket, SessionInfo, WebRTCConnection
 
-from pipeline.puppet import mouth_open_metric
+from headcast.pipeline.puppet import mouth_open_metric
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from headcast_client import ArrayAudioTrack, HeadcastClient
 
-from pipeline.puppet import mouth_open_metric
+from headcast.pipeline.puppet import mouth_open_metric
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 
 logger = logging.getLogger(__name__)

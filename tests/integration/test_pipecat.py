@@ -53,7 +53,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from loadtests.speech import speech_like
-from pipeline.puppet import mouth_open_metric
+from headcast.pipeline.puppet import mouth_open_metric
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, free_loopback_port
 from tests.integration.test_interrupt import loud_voice
 

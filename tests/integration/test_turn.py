@@ -28,9 +28,9 @@ from headcast_client import ArrayAudioTrack, HeadcastClient, RelayUnavailable, S
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from loadtests.speech import speech_like
-from server.turn import mint_credential
-from streaming.ice import host_candidates
-from streaming.peer import NoRelayCandidates, PeerConfig, PeerLink
+from headcast.server.turn import mint_credential
+from headcast.streaming.ice import host_candidates
+from headcast.streaming.peer import NoRelayCandidates, PeerConfig, PeerLink
 from tests.integration.conftest import (
     LOOPBACK_ONLY,
     SHARED_SERVER_SETTINGS,

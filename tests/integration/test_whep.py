@@ -28,7 +28,7 @@ from headcast_client import HeadcastClient, PushSocket, SessionInfo
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from loadtests.speech import speech_like
-from streaming.ice import host_candidates
+from headcast.streaming.ice import host_candidates
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 from tests.integration.test_browser import chrome  # noqa: F401  (the Chromium fixture)

@@ -35,8 +35,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from headcast_client.push import EventQueue, PushSocket
-from streaming.ice import HostCandidatePolicy, host_candidates
-from streaming.turn_check import explain_turn_failure, relay_candidates
+from headcast.streaming.ice import HostCandidatePolicy, host_candidates
+from headcast.streaming.turn_check import explain_turn_failure, relay_candidates
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from pipecat.services.ai_service import AIService
 from websockets.exceptions import WebSocketException
 
 from headcast_pipecat.timeline import Kind, MediaTimeline
-from streaming.ice import HostCandidatePolicy
+from headcast.streaming.ice import HostCandidatePolicy
 
 logger = logging.getLogger(__name__)
 

@@ -19,17 +19,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
-from pipeline.config import TINY_HEIGHT, TINY_WIDTH
-from pipeline.diffusion_engine import tiny_engine
-from pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig, FlashTalkDiT
-from pipeline.engine_options import TinyOptions
-from pipeline.launch import RankReport, child_environment, collect_reports, free_port, init_rank
-from pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, SAMPLE_RATE_HZ, Avatar, ChunkJob, Reseed
-from pipeline.parallel import ParallelGroup
-from pipeline.tiny import random_init
-from pipeline.vae import VAEConfig, WanVAE
-from pipeline.vae_parallel import ParallelVAE
+from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
+from headcast.pipeline.config import TINY_HEIGHT, TINY_WIDTH
+from headcast.pipeline.diffusion_engine import tiny_engine
+from headcast.pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig, FlashTalkDiT
+from headcast.pipeline.engine_options import TinyOptions
+from headcast.pipeline.launch import RankReport, child_environment, collect_reports, free_port, init_rank
+from headcast.pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, SAMPLE_RATE_HZ, Avatar, ChunkJob, Reseed
+from headcast.pipeline.parallel import ParallelGroup
+from headcast.pipeline.tiny import random_init
+from headcast.pipeline.vae import VAEConfig, WanVAE
+from headcast.pipeline.vae_parallel import ParallelVAE
 
 COLLECTIVE_TIMEOUT_S = 120.0
 """A rank waiting longer than this in a collective fails (a peer died or hung)."""

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import media
-from pipeline.audio import (
+from headcast.pipeline import media
+from headcast.pipeline.audio import (
     CHUNK_SAMPLES,
     TINY_WAV2VEC2_CONFIG,
     AudioConfig,
     AudioRing,
     Wav2VecStreamEncoder,
 )
-from pipeline.checkpoint import CheckpointError
+from headcast.pipeline.checkpoint import CheckpointError
 from tests.reference import load_golden, rel_err
 
 TOLERANCE = 1e-4

@@ -18,7 +18,7 @@ import PIL.Image
 import pytest
 from skimage import data
 
-from pipeline.avatar_photo import (
+from headcast.pipeline.avatar_photo import (
     FACE_WIDTH_SHARE,
     MAX_UPSCALE,
     NO_FACE,

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.avatar_cache import AvatarCache
-from pipeline.engine import EngineWorker, PreparationCancelled
-from pipeline.media import (
+from headcast.pipeline.avatar_cache import AvatarCache
+from headcast.pipeline.engine import EngineWorker, PreparationCancelled
+from headcast.pipeline.media import (
     CHUNK_FRAMES,
     CHUNK_SAMPLES,
     Avatar,
@@ -28,7 +28,7 @@ from pipeline.media import (
     ChunkJob,
     PreparationStep,
 )
-from pipeline.puppet import PuppetEngine
+from headcast.pipeline.puppet import PuppetEngine
 from tests.unit.pipeline.test_engine import Inbox
 
 WAIT_S = 10.0
@@ -272,8 +272,8 @@ def test_puppet_assets_bring_back_the_same_frames_and_evictions_are_counted() ->
 
 
 def test_tiny_assets_bring_back_the_same_chunk_without_computing_again() -> None:
-    from pipeline.diffusion_engine import tiny_engine
-    from pipeline.engine_options import TinyOptions
+    from headcast.pipeline.diffusion_engine import tiny_engine
+    from headcast.pipeline.engine_options import TinyOptions
 
     height, width = 64, 32
     picture = np.random.default_rng(4).integers(0, 255, (height, width, 3), dtype=np.uint8)

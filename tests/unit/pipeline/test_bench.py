@@ -16,18 +16,18 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.bench import count_flops
-from pipeline.bench_parallel import band_flops
-from pipeline.checkpoint import materialize
-from pipeline.config import preset
-from pipeline.dit import DiTConfig, FlashTalkDiT
-from pipeline.media import CHUNK_SECONDS
-from pipeline.quantize import FP8_MAX, Float8Linear, quantize_dit, quantize_rows_fp8
-from pipeline.speedups import SpeedOptions
-from pipeline.timing import HostStageTimer, stage_timer
-from pipeline.vae import VAEConfig, WanVAE
-from pipeline.vae_kernels import norm_silu
-from server.cli import main as headcast
+from headcast.pipeline.bench import count_flops
+from headcast.pipeline.bench_parallel import band_flops
+from headcast.pipeline.checkpoint import materialize
+from headcast.pipeline.config import preset
+from headcast.pipeline.dit import DiTConfig, FlashTalkDiT
+from headcast.pipeline.media import CHUNK_SECONDS
+from headcast.pipeline.quantize import FP8_MAX, Float8Linear, quantize_dit, quantize_rows_fp8
+from headcast.pipeline.speedups import SpeedOptions
+from headcast.pipeline.timing import HostStageTimer, stage_timer
+from headcast.pipeline.vae import VAEConfig, WanVAE
+from headcast.pipeline.vae_kernels import norm_silu
+from headcast.server.cli import main as headcast
 from tests.reference import Golden, load_golden, rel_err
 
 GOLDEN_TOLERANCE = 1e-4

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
-from pipeline.diffusion_engine import WARMUP_CHUNKS, DiffusionEngine
-from pipeline.engine import Chunk, EngineWorker, default_registry
-from pipeline.engine_options import TinyOptions
-from pipeline.generator import resize_video
-from pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, Avatar, ChunkJob
+from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
+from headcast.pipeline.diffusion_engine import WARMUP_CHUNKS, DiffusionEngine
+from headcast.pipeline.engine import Chunk, EngineWorker, default_registry
+from headcast.pipeline.engine_options import TinyOptions
+from headcast.pipeline.generator import resize_video
+from headcast.pipeline.media import CHUNK_SAMPLES, CHUNK_SECONDS, Avatar, ChunkJob
 
 CHUNKS = 3
 WAIT_S = 300.0
@@ -107,7 +107,7 @@ def test_the_warm_up_rtf_leaves_out_the_compiling_first_chunk(
     def build(*args: Any, **kwargs: Any) -> _CompilingGenerator:
         return generator
 
-    monkeypatch.setattr("pipeline.tiny.build_tiny_generator", build)
+    monkeypatch.setattr("headcast.pipeline.tiny.build_tiny_generator", build)
     engine = default_registry().create("tiny", TinyOptions(height=224, width=128))
     assert isinstance(engine, DiffusionEngine)
     engine.load()

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.attention import attention
-from pipeline.checkpoint import CheckpointError
-from pipeline.dit import DiTConfig, DiTConfigError, FlashTalkDiT, load_dit
-from pipeline.rope import ROPE_THETA, apply_rope, rope_axis_dims, rope_cos_sin
+from headcast.pipeline.attention import attention
+from headcast.pipeline.checkpoint import CheckpointError
+from headcast.pipeline.dit import DiTConfig, DiTConfigError, FlashTalkDiT, load_dit
+from headcast.pipeline.rope import ROPE_THETA, apply_rope, rope_axis_dims, rope_cos_sin
 from tests.reference import (
     Golden,
     assert_state_matches_manifest,
@@ -151,7 +151,7 @@ def test_config_from_official_keys(caplog: pytest.LogCaptureFixture) -> None:
         "eps": 1e-06,
         "weight_init": True,
     }
-    with caplog.at_level(logging.DEBUG, logger="pipeline.dit"):
+    with caplog.at_level(logging.DEBUG, logger="headcast.pipeline.dit"):
         config = DiTConfig.from_dict(official)
     assert config == DiTConfig.flashtalk_14b()
     assert "_class_name" in caplog.text and "weight_init" in caplog.text

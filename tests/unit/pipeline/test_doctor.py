@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import doctor
+from headcast.pipeline import doctor
 
 SHARDS = 3
 

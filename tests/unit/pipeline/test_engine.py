@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from pipeline.engine import (
+from headcast.pipeline.engine import (
     ChunkFailure,
     EngineNotReady,
     EngineRegistry,
@@ -28,12 +28,12 @@ from pipeline.engine import (
     WrongEngineOptions,
     default_registry,
 )
-from pipeline.engine_options import PuppetOptions, TinyOptions
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar, Chunk, ChunkJob
+from headcast.pipeline.engine_options import PuppetOptions, TinyOptions
+from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar, Chunk, ChunkJob
 from tests.conftest import REPO_ROOT
 
 if TYPE_CHECKING:
-    from pipeline.parallel import ParallelGroup
+    from headcast.pipeline.parallel import ParallelGroup
 
 WAIT_S = 10.0
 """Upper bound of every wait in these tests, in seconds (generous: the CPU is shared)."""

@@ -21,16 +21,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.engine import (
+from headcast.pipeline.engine import (
     ChunkFailure,
     EngineGroupFailed,
     EngineNotReady,
     EngineWorker,
     SessionHandle,
 )
-from pipeline.engine_options import PuppetOptions
-from pipeline.engine_processes import ProcessGroupEngine, describe_exit
-from pipeline.media import (
+from headcast.pipeline.engine_options import PuppetOptions
+from headcast.pipeline.engine_processes import ProcessGroupEngine, describe_exit
+from headcast.pipeline.media import (
     CHUNK_SAMPLES,
     RESEED_FRAMES,
     Avatar,
@@ -39,7 +39,7 @@ from pipeline.media import (
     ChunkJob,
     Reseed,
 )
-from pipeline.puppet import PuppetEngine
+from headcast.pipeline.puppet import PuppetEngine
 from tests.unit.pipeline.test_engine import Inbox
 
 HEIGHT, WIDTH = 96, 64

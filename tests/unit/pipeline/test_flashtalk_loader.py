@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.flashtalk import load_dit_prepared
-from pipeline.speedups import SpeedOptions
+from headcast.pipeline.flashtalk import load_dit_prepared
+from headcast.pipeline.speedups import SpeedOptions
 from tests.reference import Golden, load_golden, rel_err
 from tests.unit.pipeline.test_bench import _velocity
 from tests.unit.pipeline.test_dit import _write_checkpoint

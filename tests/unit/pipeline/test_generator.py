@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import config as pipeline_config
-from pipeline.audio import AudioConfig
-from pipeline.checkpoint import materialize
-from pipeline.dit import DiTConfig, FlashTalkDiT
-from pipeline.generator import AvatarConditioning, FlashTalkGenerator, first_frame_mask
-from pipeline.media import CHUNK_SAMPLES
-from pipeline.tiny import build_tiny_generator
-from pipeline.vae import VAEConfig, WanVAE
+from headcast.pipeline import config as pipeline_config
+from headcast.pipeline.audio import AudioConfig
+from headcast.pipeline.checkpoint import materialize
+from headcast.pipeline.dit import DiTConfig, FlashTalkDiT
+from headcast.pipeline.generator import AvatarConditioning, FlashTalkGenerator, first_frame_mask
+from headcast.pipeline.media import CHUNK_SAMPLES
+from headcast.pipeline.tiny import build_tiny_generator
+from headcast.pipeline.vae import VAEConfig, WanVAE
 from tests.reference import load_golden, rel_err
 
 GOLDEN_TOLERANCE = 1e-4
@@ -110,7 +110,7 @@ def _speech(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def test_step_gives_28_frames_and_advances_the_stream(tiny_generator: FlashTalkGenerator) -> None:
-    from pipeline.avatar_art import draw_default_avatar
+    from headcast.pipeline.avatar_art import draw_default_avatar
 
     image = draw_default_avatar(256, 160)
     state = tiny_generator.prepare(image, seed=7)
@@ -129,7 +129,7 @@ def test_step_gives_28_frames_and_advances_the_stream(tiny_generator: FlashTalkG
 def test_same_seed_same_frames_and_sessions_do_not_share_state(
     tiny_generator: FlashTalkGenerator,
 ) -> None:
-    from pipeline.avatar_art import draw_default_avatar
+    from headcast.pipeline.avatar_art import draw_default_avatar
 
     image = draw_default_avatar(256, 160)
     audio = _speech(CHUNK_SAMPLES / 16_000, seed=3)
@@ -143,7 +143,7 @@ def test_same_seed_same_frames_and_sessions_do_not_share_state(
 
 
 def test_avatar_conditioning_survives_a_disk_cache_round_trip(tmp_path: Path) -> None:
-    from pipeline.avatar_art import draw_default_avatar
+    from headcast.pipeline.avatar_art import draw_default_avatar
 
     image = draw_default_avatar(256, 160)
     first = build_tiny_generator(pipeline_config.tiny(), seed=0, cache_dir=tmp_path)

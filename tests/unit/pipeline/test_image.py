@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, materialize
-from pipeline.image import (
+from headcast.pipeline.checkpoint import CheckpointError, materialize
+from headcast.pipeline.image import (
     CLIP_MEAN,
     CLIP_STD,
     VISUAL_PREFIX,

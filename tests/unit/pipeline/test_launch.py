@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pipeline.launch import CHILD_ENV, GroupFailed, group_devices, run_group
-from pipeline.parallel import ParallelGroup
+from headcast.pipeline.launch import CHILD_ENV, GroupFailed, group_devices, run_group
+from headcast.pipeline.parallel import ParallelGroup
 
 WORLD = 2
 TIMEOUT_S = 120.0

@@ -13,11 +13,11 @@ import itertools
 import pytest
 import torch
 
-from pipeline.config import preset
-from pipeline.parallel import even_splits, split_offsets
-from pipeline.sequence_parallel import frame_runs, local_rows, token_shard
-from pipeline.vae import WanVAE
-from pipeline.vae_bands import plan_band
+from headcast.pipeline.config import preset
+from headcast.pipeline.parallel import even_splits, split_offsets
+from headcast.pipeline.sequence_parallel import frame_runs, local_rows, token_shard
+from headcast.pipeline.vae import WanVAE
+from headcast.pipeline.vae_bands import plan_band
 
 FULL_SIZE_LATENT_ROWS = 96
 """Latent rows of a 768-row frame."""

@@ -15,9 +15,9 @@ import PIL.Image
 import PIL.ImageFilter
 import pytest
 
-from pipeline.avatar_art import DEFAULT_AVATAR_NAME, FaceLayout, draw_default_avatar
-from pipeline.engine import EngineNotReady
-from pipeline.media import (
+from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME, FaceLayout, draw_default_avatar
+from headcast.pipeline.engine import EngineNotReady
+from headcast.pipeline.media import (
     CHUNK_FRAMES,
     CHUNK_SAMPLES,
     SAMPLE_RATE_HZ,
@@ -26,7 +26,7 @@ from pipeline.media import (
     ChunkJob,
     frame_levels_dbfs,
 )
-from pipeline.puppet import (
+from headcast.pipeline.puppet import (
     PUPPET_DESCRIPTION,
     PuppetEngine,
     mouth_open_metric,
@@ -245,8 +245,8 @@ def test_any_avatar_image_is_fitted_and_gets_a_moving_mouth(engine: PuppetEngine
 
 
 def test_the_avatar_is_fitted_exactly_as_the_models_fit_it() -> None:
-    from pipeline.imaging import resize_and_centercrop  # imports torch; the puppet does not
-    from pipeline.puppet import _cover_and_crop
+    from headcast.pipeline.imaging import resize_and_centercrop  # imports torch; the puppet does not
+    from headcast.pipeline.puppet import _cover_and_crop
 
     rng = np.random.default_rng(3)
     for shape in [(500, 400, 3), (300, 900, 3), (1025, 333, 3)]:

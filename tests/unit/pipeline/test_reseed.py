@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import config as pipeline_config
-from pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
-from pipeline.diffusion_engine import DiffusionEngine, resize_frames
-from pipeline.engine import ChunkFailure, EngineWorker
-from pipeline.generator import FlashTalkGenerator
-from pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, Avatar, Chunk, ChunkJob, Reseed
-from pipeline.puppet import PuppetEngine
-from pipeline.tiny import build_tiny_generator
+from headcast.pipeline import config as pipeline_config
+from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
+from headcast.pipeline.diffusion_engine import DiffusionEngine, resize_frames
+from headcast.pipeline.engine import ChunkFailure, EngineWorker
+from headcast.pipeline.generator import FlashTalkGenerator
+from headcast.pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, Avatar, Chunk, ChunkJob, Reseed
+from headcast.pipeline.puppet import PuppetEngine
+from headcast.pipeline.tiny import build_tiny_generator
 from tests.conftest import FakeEngine
 
 WAIT_S = 30.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import sampler
+from headcast.pipeline import sampler
 from tests.reference import load_golden
 
 

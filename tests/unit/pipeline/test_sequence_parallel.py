@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.sequence_parallel import token_shard
+from headcast.pipeline.sequence_parallel import token_shard
 from tests.reference import rel_err
 from tests.unit.pipeline.parallel_ranks import RankGroup, stream, vae_round_trip, velocity
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, materialize
-from pipeline.text import (
+from headcast.pipeline.checkpoint import CheckpointError, materialize
+from headcast.pipeline.text import (
     DEFAULT_PROMPT,
     HASH_END_ID,
     HASH_PAD_ID,

@@ -9,15 +9,15 @@ import PIL.Image
 import pytest
 import torch
 
-from pipeline.color import lab_to_rgb, match_and_blend_colors, rgb_to_lab
-from pipeline.imaging import (
+from headcast.pipeline.color import lab_to_rgb, match_and_blend_colors, rgb_to_lab
+from headcast.pipeline.imaging import (
     ImageLoadError,
     load_image,
     resize_and_centercrop,
     to_model_range,
     to_uint8,
 )
-from pipeline.loudness import TARGET_LOUDNESS_LUFS, LoudnessNormalizer
+from headcast.pipeline.loudness import TARGET_LOUDNESS_LUFS, LoudnessNormalizer
 from tests.reference import load_golden, rel_err
 
 TOLERANCE = 1e-4

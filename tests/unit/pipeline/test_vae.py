@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, materialize
-from pipeline.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, load_vae
+from headcast.pipeline.checkpoint import CheckpointError, materialize
+from headcast.pipeline.vae import LATENT_MEAN, LATENT_STD, VAEConfig, WanVAE, load_vae
 from tests.reference import (
     Golden,
     assert_state_matches_manifest,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.routes.web import web_router
-from server.settings import Settings
+from headcast.server.app import create_app
+from headcast.server.routes.web import web_router
+from headcast.server.settings import Settings
 from tests.conftest import FakeEngine
 
 PROBLEM = "application/problem+json"

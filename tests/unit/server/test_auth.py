@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.auth import (
+from headcast.server.app import create_app
+from headcast.server.auth import (
     ApiKeys,
     InvalidApiKey,
     InvalidToken,
@@ -30,7 +30,7 @@ from server.auth import (
     bearer_credential,
     redact_tokens,
 )
-from server.settings import Settings, SettingsError, load_settings
+from headcast.server.settings import Settings, SettingsError, load_settings
 from tests.conftest import FakeEngine
 
 KEY = "k" * 12 + "-first-key-0123"
@@ -162,7 +162,7 @@ def test_short_api_keys_are_refused_without_echoing_them(monkeypatch: pytest.Mon
 
 @pytest.fixture
 def keyed_client(caplog: pytest.LogCaptureFixture) -> Iterator[TestClient]:
-    caplog.set_level(logging.INFO, logger="server.app")
+    caplog.set_level(logging.INFO, logger="headcast.server.app")
     app = create_app(_settings(api_keys=[KEY, OTHER_KEY]), engine=FakeEngine(96, 64))
     with TestClient(app) as client:
         _wait_ready(client)
@@ -272,7 +272,7 @@ def _expire_unconnected_session(client: TestClient) -> None:
 
 
 def test_open_mode_says_so_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="server.app")
+    caplog.set_level(logging.INFO, logger="headcast.server.app")
     app = create_app(_settings(), engine=FakeEngine(96, 64))
     with TestClient(app) as client:
         _wait_ready(client)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.avatar_store import (
+from headcast.server.avatar_store import (
     DELETING_PREFIX,
     RECORD_FILE,
     TEMPORARY_SUFFIX,
@@ -78,7 +78,7 @@ def test_a_crash_leaves_no_half_file_and_the_next_start_tidies_up(tmp_path: Path
         f"""
         import sys, time
         from pathlib import Path
-        from server import avatar_store
+        from headcast.server import avatar_store
         from tests.unit.server.test_avatar_store import KEY, record
         store = avatar_store.AvatarStore(Path({str(root)!r}))
         pending = record()

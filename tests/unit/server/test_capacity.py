@@ -15,9 +15,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.capacity import CapacityPolicy, capacity_from_rtf, measured_rtf
-from server.settings import Settings
+from headcast.server.app import create_app
+from headcast.server.capacity import CapacityPolicy, capacity_from_rtf, measured_rtf
+from headcast.server.settings import Settings
 from tests.conftest import FakeEngine
 
 FALLBACK = 3

@@ -1,7 +1,7 @@
 """docs/configuration.md is generated from ``Settings`` and must match it.
 
 Fails when a setting is added, removed or re-documented without regenerating the file
-(``python -m server.config_docs``), and checks the generator names every field, its
+(``python -m headcast.server.config_docs``), and checks the generator names every field, its
 environment variable and its default.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.config_docs import DOC_PATH, main, render_configuration_doc
-from server.settings import ENV_PREFIX, Settings
+from headcast.server.config_docs import DOC_PATH, main, render_configuration_doc
+from headcast.server.settings import ENV_PREFIX, Settings
 
 
 def test_the_configuration_doc_is_up_to_date() -> None:
     assert DOC_PATH.read_text(encoding="utf-8") == render_configuration_doc(), (
-        "docs/configuration.md is out of date: run python -m server.config_docs"
+        "docs/configuration.md is out of date: run python -m headcast.server.config_docs"
     )
 
 

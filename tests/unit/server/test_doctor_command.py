@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.omniavatar.config import omni_size
-from pipeline.omniavatar.loader import OMNI_WEIGHTS_FILE
-from server.cli import main
+from headcast.pipeline.omniavatar.config import omni_size
+from headcast.pipeline.omniavatar.loader import OMNI_WEIGHTS_FILE
+from headcast.server.cli import main
 from tests.unit.pipeline.omniavatar.test_doctor import _build
 from tests.unit.pipeline.test_doctor import _build_model_dir
 
@@ -30,7 +30,7 @@ def test_the_cli_prints_the_report_and_exits_1_on_a_mismatch(
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "headcast.server.cli",
             "doctor",
             "--model-dir",
             str(model_dir),
@@ -44,7 +44,7 @@ def test_the_cli_prints_the_report_and_exits_1_on_a_mismatch(
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "all checks passed" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "server.cli", "doctor", "--model-dir", str(tmp_path)],
+        [sys.executable, "-m", "headcast.server.cli", "doctor", "--model-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

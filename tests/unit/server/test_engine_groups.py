@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipeline.engine import EngineNotReady
-from pipeline.engine_options import PuppetOptions
-from pipeline.engine_processes import ProcessGroupEngine
-from server.capacity import CapacityPolicy
-from server.engine_groups import CapacityReached, EngineGroups, GroupState, Lease
-from server.group_plan import GroupPlan
+from headcast.pipeline.engine import EngineNotReady
+from headcast.pipeline.engine_options import PuppetOptions
+from headcast.pipeline.engine_processes import ProcessGroupEngine
+from headcast.server.capacity import CapacityPolicy
+from headcast.server.engine_groups import CapacityReached, EngineGroups, GroupState, Lease
+from headcast.server.group_plan import GroupPlan
 
 WAIT_S = 60.0
 POLL_S = 0.05

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.diffusion_engine import DiffusionEngine
-from pipeline.engine import default_registry
-from pipeline.engine_options import FlashTalkOptions, PuppetOptions
-from server.engines import create_engine, engine_options
-from server.settings import SettingsError, load_settings
+from headcast.pipeline.diffusion_engine import DiffusionEngine
+from headcast.pipeline.engine import default_registry
+from headcast.pipeline.engine_options import FlashTalkOptions, PuppetOptions
+from headcast.server.engines import create_engine, engine_options
+from headcast.server.settings import SettingsError, load_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
 

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import weakref
 
-from server.garbage import GarbagePolicy
+from headcast.server.garbage import GarbagePolicy
 
 DELAY_S = 0.05
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.generation_slots import SessionSlot, SlotPool
+from headcast.server.generation_slots import SessionSlot, SlotPool
 
 
 def _holders(slots: list[SessionSlot]) -> list[int]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.group_plan import GroupPlan, PlanError, plan_groups, visible_cuda_devices
-from server.settings import SettingsError, load_settings
+from headcast.server.group_plan import GroupPlan, PlanError, plan_groups, visible_cuda_devices
+from headcast.server.settings import SettingsError, load_settings
 from tests.conftest import REPO_ROOT
 
 

@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
-from server.metrics import Metrics
+from headcast.server.lifecycle import LifecycleObserver, LifecyclePolicy, SessionLifecycle
+from headcast.server.metrics import Metrics
 
 TICK_S = 0.05
 SLACK_S = 0.15

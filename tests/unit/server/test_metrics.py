@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import create_app
-from server.metrics import GroupSessionMetrics, Metrics, RejectReason
-from server.settings import Settings
-from streaming.observer import ChunkProblem, NullObserver, SessionObserver
+from headcast.server.app import create_app
+from headcast.server.metrics import GroupSessionMetrics, Metrics, RejectReason
+from headcast.server.settings import Settings
+from headcast.streaming.observer import ChunkProblem, NullObserver, SessionObserver
 from tests.conftest import FakeEngine
 
 EXPECTED_TYPES = {

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser
-from server.commands.serve import settings_from_args
+from headcast.server.cli import build_parser
+from headcast.server.commands.serve import settings_from_args
 
 
 def test_flags_override_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

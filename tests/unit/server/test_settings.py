@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import Settings, SettingsError, load_settings
+from headcast.server.settings import Settings, SettingsError, load_settings
 from tests.conftest import REPO_ROOT
 
 

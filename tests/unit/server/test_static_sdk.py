@@ -6,7 +6,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from server.routes.web import STATIC_DIR, mount_static
+from headcast.server.routes.web import STATIC_DIR, mount_static
 from tests.conftest import REPO_ROOT
 
 SDK_FILES = ("headcast.js", "headcast-widget.js")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from server.runtime import peer_config, turn_minter
-from server.settings import SettingsError, load_settings
-from server.turn import TurnMinter, mint_credential
-from streaming.turn_check import relay_candidates, rest_expiry
+from headcast.server.runtime import peer_config, turn_minter
+from headcast.server.settings import SettingsError, load_settings
+from headcast.server.turn import TurnMinter, mint_credential
+from headcast.streaming.turn_check import relay_candidates, rest_expiry
 
 SECRET = "a-turn-secret-of-32-characters!!"
 TURN_URL = "turn:turn.example.org:3478?transport=udp"

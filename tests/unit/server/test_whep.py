@@ -18,8 +18,8 @@ from aioice import stun
 from aiortc import RTCIceServer, RTCPeerConnection
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.routes.whep import MAX_SDP_BYTES, ice_server_links
+from headcast.server.app import create_app
+from headcast.server.routes.whep import MAX_SDP_BYTES, ice_server_links
 from tests.conftest import FakeEngine
 from tests.unit.server.test_app import _assert_problem, _settings, _wait_ready
 

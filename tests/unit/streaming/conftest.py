@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from pipeline.engine import EngineWorker
+from headcast.pipeline.engine import EngineWorker
 from tests.conftest import FakeEngine
 
 WORKER_READY_TIMEOUT_S = 10.0

@@ -9,8 +9,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from pipeline.media import SAMPLE_RATE_HZ
-from streaming.audio_file import AudioFileError, EmptyAudioError, read_audio_file
+from headcast.pipeline.media import SAMPLE_RATE_HZ
+from headcast.streaming.audio_file import AudioFileError, EmptyAudioError, read_audio_file
 
 DURATION_S = 1.5
 TONE_HZ = 440.0

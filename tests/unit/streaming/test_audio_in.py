@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streaming.audio_in import AudioIntake
+from headcast.streaming.audio_in import AudioIntake
 from tests.unit.streaming.conftest import ScriptedAudioTrack
 
 
@@ -40,7 +40,7 @@ def test_rejects_non_mono_input() -> None:
 
 
 async def test_receiving_a_microphone_reports_activity_about_once_a_second() -> None:
-    from streaming.audio_in import ACTIVITY_EVERY_FRAMES, receive_track
+    from headcast.streaming.audio_in import ACTIVITY_EVERY_FRAMES, receive_track
 
     reports: list[int] = []
     intake = AudioIntake(max_samples=100_000)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.engine import ChunkFailure
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Chunk
-from streaming.chunk_policy import ChunkBook, Filler, Generated, Held, Wait, unusable
-from streaming.interrupt_state import InterruptState
-from streaming.observer import ChunkProblem
+from headcast.pipeline.engine import ChunkFailure
+from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Chunk
+from headcast.streaming.chunk_policy import ChunkBook, Filler, Generated, Held, Wait, unusable
+from headcast.streaming.interrupt_state import InterruptState
+from headcast.streaming.observer import ChunkProblem
 
 HEIGHT, WIDTH = 8, 6
 DEADLINE_0 = 10.0

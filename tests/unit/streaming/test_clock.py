@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, CHUNK_SECONDS
-from streaming.clock import (
+from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, CHUNK_SECONDS
+from headcast.streaming.clock import (
     AUDIO_CLOCK_RATE,
     AUDIO_PACKET_SAMPLES,
     CHUNK_AUDIO_PACKETS,

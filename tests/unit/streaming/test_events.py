@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streaming.events import (
+from headcast.streaming.events import (
     MAX_COMMAND_CHARS,
     AudioQueued,
     ChunkStats,

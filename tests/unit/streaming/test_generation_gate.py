@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.media import CHUNK_SECONDS
-from server.generation_slots import SlotPool
-from streaming.generation_gate import (
+from headcast.pipeline.media import CHUNK_SECONDS
+from headcast.server.generation_slots import SlotPool
+from headcast.streaming.generation_gate import (
     LOOP_CHUNKS,
     GenerationGate,
     IdleMode,

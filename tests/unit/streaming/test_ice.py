@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from streaming.ice import HostCandidatePolicy, host_candidates
+from headcast.streaming.ice import HostCandidatePolicy, host_candidates
 
 
 async def _gathered_hosts(policy: HostCandidatePolicy | None) -> set[str]:

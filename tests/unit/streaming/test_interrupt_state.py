@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streaming.interrupt_state import InterruptState
+from headcast.streaming.interrupt_state import InterruptState
 
 
 def test_a_fresh_state_sends_everything_as_it_comes() -> None:

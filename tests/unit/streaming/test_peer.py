@@ -6,11 +6,11 @@ import pytest
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from streaming.clock import LoopClock
-from streaming.codecs import VideoCodec
-from streaming.ice import HostCandidatePolicy
-from streaming.peer import OfferError, PeerConfig, PeerLink, with_directions
-from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
+from headcast.streaming.clock import LoopClock
+from headcast.streaming.codecs import VideoCodec
+from headcast.streaming.ice import HostCandidatePolicy
+from headcast.streaming.peer import OfferError, PeerConfig, PeerLink, with_directions
+from headcast.streaming.tracks import AvatarAudioTrack, AvatarVideoTrack
 from tests.conftest import client_offer
 
 LOOPBACK_ONLY = HostCandidatePolicy(loopback_only=True)

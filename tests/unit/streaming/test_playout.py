@@ -7,12 +7,12 @@ import asyncio
 
 import numpy as np
 
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, SAMPLES_PER_FRAME
-from streaming.clock import AUDIO_PACKET_SAMPLES, CHUNK_AUDIO_PACKETS, VIDEO_TICKS_PER_FRAME
-from streaming.interrupt_state import InterruptState
-from streaming.observer import NullObserver
-from streaming.playout import INTERRUPT_HEAD_FRAMES, INTERRUPT_HEAD_PACKETS, ChunkPlayout
-from streaming.session_config import SessionConfig
+from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, SAMPLES_PER_FRAME
+from headcast.streaming.clock import AUDIO_PACKET_SAMPLES, CHUNK_AUDIO_PACKETS, VIDEO_TICKS_PER_FRAME
+from headcast.streaming.interrupt_state import InterruptState
+from headcast.streaming.observer import NullObserver
+from headcast.streaming.playout import INTERRUPT_HEAD_FRAMES, INTERRUPT_HEAD_PACKETS, ChunkPlayout
+from headcast.streaming.session_config import SessionConfig
 from tests.unit.streaming.conftest import FastClock
 
 HEIGHT, WIDTH = 32, 48

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from pipeline.engine import EngineWorker
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar
-from streaming.clock import AUDIO_PACKET_SAMPLES, CHUNK_AUDIO_PACKETS, VIDEO_TICKS_PER_FRAME
-from streaming.events import ErrorCode, Event, ProtocolError
-from streaming.idle import EASE_IN_FRAMES
-from streaming.observer import NullObserver
-from streaming.push import PushDecoder, PushFormat, UtteranceLedger
-from streaming.session import AvatarSession
-from streaming.session_config import AudioSource, SessionConfig
+from headcast.pipeline.engine import EngineWorker
+from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar
+from headcast.streaming.clock import AUDIO_PACKET_SAMPLES, CHUNK_AUDIO_PACKETS, VIDEO_TICKS_PER_FRAME
+from headcast.streaming.events import ErrorCode, Event, ProtocolError
+from headcast.streaming.idle import EASE_IN_FRAMES
+from headcast.streaming.observer import NullObserver
+from headcast.streaming.push import PushDecoder, PushFormat, UtteranceLedger
+from headcast.streaming.session import AvatarSession
+from headcast.streaming.session_config import AudioSource, SessionConfig
 from tests.conftest import FakeEngine, grey_level
 from tests.unit.streaming.conftest import FastClock
 

@@ -7,7 +7,7 @@ import fractions
 import av
 import numpy as np
 
-from streaming.resample import UPSAMPLER_DELAY_OUT_SAMPLES, Downsampler, Upsampler
+from headcast.streaming.resample import UPSAMPLER_DELAY_OUT_SAMPLES, Downsampler, Upsampler
 
 FRAMES = 250  # 5 s of 20 ms frames
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.media import CHUNK_FRAMES
-from streaming.clock import CHUNK_AUDIO_PACKETS
-from streaming.observer import NullObserver
-from streaming.send_timing import SKEW_HISTORY, SendTiming
+from headcast.pipeline.media import CHUNK_FRAMES
+from headcast.streaming.clock import CHUNK_AUDIO_PACKETS
+from headcast.streaming.observer import NullObserver
+from headcast.streaming.send_timing import SKEW_HISTORY, SendTiming
 
 
 class RecordingObserver(NullObserver):

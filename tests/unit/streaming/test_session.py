@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from pipeline.engine import EngineWorker
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar
-from streaming.clock import CHUNK_AUDIO_PACKETS
-from streaming.observer import ChunkProblem, NullObserver
-from streaming.session import AvatarSession
-from streaming.session_config import PrepareFailed, SessionConfig
+from headcast.pipeline.engine import EngineWorker
+from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar
+from headcast.streaming.clock import CHUNK_AUDIO_PACKETS
+from headcast.streaming.observer import ChunkProblem, NullObserver
+from headcast.streaming.session import AvatarSession
+from headcast.streaming.session_config import PrepareFailed, SessionConfig
 from tests.conftest import FakeEngine, grey_level
 from tests.unit.streaming.conftest import FastClock
 

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.engine import EngineWorker
-from pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, RESEED_FRAMES, Avatar
-from server.generation_slots import SessionSlot, SlotPool
-from streaming.generation_gate import LOOP_CHUNKS, IdleMode
-from streaming.observer import NullObserver
-from streaming.session import AvatarSession
-from streaming.session_config import AudioSource, SessionConfig
+from headcast.pipeline.engine import EngineWorker
+from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, RESEED_FRAMES, Avatar
+from headcast.server.generation_slots import SessionSlot, SlotPool
+from headcast.streaming.generation_gate import LOOP_CHUNKS, IdleMode
+from headcast.streaming.observer import NullObserver
+from headcast.streaming.session import AvatarSession
+from headcast.streaming.session_config import AudioSource, SessionConfig
 from tests.conftest import FakeEngine, FakeState, grey_level
 from tests.unit.streaming.conftest import FastClock
 

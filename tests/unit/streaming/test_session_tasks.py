@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from streaming.session_tasks import SessionTasks
+from headcast.streaming.session_tasks import SessionTasks
 
 SETTLE_S = 1.0
 

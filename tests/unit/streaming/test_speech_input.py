@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.media import CHUNK_SAMPLES, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
-from streaming.events import ErrorCode, Event, EventBus, ProtocolError
-from streaming.observer import NullObserver
-from streaming.push import PushFormat
-from streaming.session_config import AudioSource, SessionConfig
-from streaming.speech_input import SpeechInput
+from headcast.pipeline.media import CHUNK_SAMPLES, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+from headcast.streaming.events import ErrorCode, Event, EventBus, ProtocolError
+from headcast.streaming.observer import NullObserver
+from headcast.streaming.push import PushFormat
+from headcast.streaming.session_config import AudioSource, SessionConfig
+from headcast.streaming.speech_input import SpeechInput
 from tests.unit.streaming.conftest import ScriptedAudioTrack
 
 CONFIG = SessionConfig(height=96, width=64)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from pipeline.media import CHUNK_FRAMES
-from streaming.clock import CHUNK_OUT_SAMPLES, LoopClock
-from streaming.tracks import AvatarAudioTrack, AvatarVideoTrack, TimedFrame, chunk_to_media
+from headcast.pipeline.media import CHUNK_FRAMES
+from headcast.streaming.clock import CHUNK_OUT_SAMPLES, LoopClock
+from headcast.streaming.tracks import AvatarAudioTrack, AvatarVideoTrack, TimedFrame, chunk_to_media
 
 
 def test_chunk_to_media_makes_28_frames_and_56_packets_on_the_clock() -> None:

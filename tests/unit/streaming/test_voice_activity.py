@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.media import CHUNK_SAMPLES, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, frame_levels_dbfs
-from streaming.push import SpeechMark
-from streaming.voice_activity import HANGOVER_FRAMES, START_FRAMES, VoiceActivity
+from headcast.pipeline.media import CHUNK_SAMPLES, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, frame_levels_dbfs
+from headcast.streaming.push import SpeechMark
+from headcast.streaming.voice_activity import HANGOVER_FRAMES, START_FRAMES, VoiceActivity
 
 VOICE = 0.1  # a -23 dBFS sine: a voice
 NOISE = 0.001  # about -63 dBFS: a quiet room

@@ -13,15 +13,15 @@ import pytest
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from pipeline.checkpoint import materialize
-from pipeline.omniavatar.audio import OmniAudioEncoder
-from pipeline.omniavatar.config import LoraConfig, OmniDiTConfig
-from pipeline.omniavatar.dit import OmniAvatarDiT
-from pipeline.omniavatar.loader import build_omni_dit
-from pipeline.omniavatar.models import prompt_context
-from pipeline.omniavatar.tiled_vae import TiledVAE
-from pipeline.text import PromptEncoder, T5Config, T5Encoder, TokenizedPrompt
-from pipeline.vae import VAEConfig, WanVAE
+from headcast.pipeline.checkpoint import materialize
+from headcast.pipeline.omniavatar.audio import OmniAudioEncoder
+from headcast.pipeline.omniavatar.config import LoraConfig, OmniDiTConfig
+from headcast.pipeline.omniavatar.dit import OmniAvatarDiT
+from headcast.pipeline.omniavatar.loader import build_omni_dit
+from headcast.pipeline.omniavatar.models import prompt_context
+from headcast.pipeline.omniavatar.tiled_vae import TiledVAE
+from headcast.pipeline.text import PromptEncoder, T5Config, T5Encoder, TokenizedPrompt
+from headcast.pipeline.vae import VAEConfig, WanVAE
 from tests.reference import OMNIAVATAR, Golden, load_golden
 
 GOLDEN_TOL = 1e-4

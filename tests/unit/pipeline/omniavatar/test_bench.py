@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.media import CHUNK_FRAMES, VIDEO_FPS
-from pipeline.omniavatar.bench import (
+from headcast.pipeline.media import CHUNK_FRAMES, VIDEO_FPS
+from headcast.pipeline.omniavatar.bench import (
     STREAM_OVERLAP,
     STREAM_SEGMENT_FRAMES,
     cases,
     count_flops,
     max_tokens_for,
 )
-from pipeline.omniavatar.config import omni_size
-from pipeline.omniavatar.recipe import FAST_1_3B
-from server.cli import main
+from headcast.pipeline.omniavatar.config import omni_size
+from headcast.pipeline.omniavatar.recipe import FAST_1_3B
+from headcast.server.cli import main
 
 CLOSED_FORM_TOL = 0.02
 """The counted FLOPs may exceed the closed form by norms, RoPE, embeddings and the head."""

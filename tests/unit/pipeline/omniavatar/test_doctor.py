@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import doctor
-from pipeline.omniavatar.config import omni_size
-from pipeline.omniavatar.doctor import check_omniavatar_dir
-from pipeline.omniavatar.loader import OMNI_WEIGHTS_FILE, expected_tensors
+from headcast.pipeline import doctor
+from headcast.pipeline.omniavatar.config import omni_size
+from headcast.pipeline.omniavatar.doctor import check_omniavatar_dir
+from headcast.pipeline.omniavatar.loader import OMNI_WEIGHTS_FILE, expected_tensors
 from tests.unit.pipeline.test_doctor import _write_fake_pth, _write_safetensors_header
 
 SIZE = omni_size("1.3b")

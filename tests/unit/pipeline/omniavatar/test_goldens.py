@@ -17,22 +17,22 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from pipeline.omniavatar.audio import (
+from headcast.pipeline.omniavatar.audio import (
     OmniAudioEncoder,
     clip_frames,
     padded_frames,
     segment_audio,
 )
-from pipeline.omniavatar.denoise import SegmentInputs, SegmentRun
-from pipeline.omniavatar.dit import OmniAvatarDiT
-from pipeline.omniavatar.guidance import Pass
-from pipeline.omniavatar.models import prompt_context
-from pipeline.omniavatar.recipe import TINY, Recipe
-from pipeline.omniavatar.render import OmniAvatarRenderer
-from pipeline.omniavatar.schedule import flow_sigmas, flow_timesteps
-from pipeline.omniavatar.teacache import WAN_T2V_14B_COEFFICIENTS
-from pipeline.omniavatar.tiled_vae import TiledVAE
-from pipeline.text import PromptEncoder
+from headcast.pipeline.omniavatar.denoise import SegmentInputs, SegmentRun
+from headcast.pipeline.omniavatar.dit import OmniAvatarDiT
+from headcast.pipeline.omniavatar.guidance import Pass
+from headcast.pipeline.omniavatar.models import prompt_context
+from headcast.pipeline.omniavatar.recipe import TINY, Recipe
+from headcast.pipeline.omniavatar.render import OmniAvatarRenderer
+from headcast.pipeline.omniavatar.schedule import flow_sigmas, flow_timesteps
+from headcast.pipeline.omniavatar.teacache import WAN_T2V_14B_COEFFICIENTS
+from headcast.pipeline.omniavatar.tiled_vae import TiledVAE
+from headcast.pipeline.text import PromptEncoder
 from tests.reference import Golden, rel_err
 from tests.unit.pipeline.omniavatar.conftest import (
     GOLDEN_TOL,

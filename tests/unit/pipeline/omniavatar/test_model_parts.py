@@ -10,25 +10,25 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.checkpoint import CheckpointError
-from pipeline.omniavatar.config import (
+from headcast.pipeline.checkpoint import CheckpointError
+from headcast.pipeline.omniavatar.config import (
     LoraConfig,
     OmniConfigError,
     OmniDiTConfig,
     omni_size,
 )
-from pipeline.omniavatar.dit import OmniAvatarDiT
-from pipeline.omniavatar.guidance import Guidance, Pass
-from pipeline.omniavatar.loader import build_omni_dit, expected_tensors
-from pipeline.omniavatar.lora import (
+from headcast.pipeline.omniavatar.dit import OmniAvatarDiT
+from headcast.pipeline.omniavatar.guidance import Guidance, Pass
+from headcast.pipeline.omniavatar.loader import build_omni_dit, expected_tensors
+from headcast.pipeline.omniavatar.lora import (
     LoraError,
     LoraPair,
     checkpoint_shapes,
     merged_weight,
     split_lora,
 )
-from pipeline.omniavatar.teacache import TeaCacheSchedule, teacache_schedule
-from pipeline.omniavatar.tiled_vae import blend_ramp, tile_plan
+from headcast.pipeline.omniavatar.teacache import TeaCacheSchedule, teacache_schedule
+from headcast.pipeline.omniavatar.tiled_vae import blend_ramp, tile_plan
 from tests.reference import OMNIAVATAR, load_manifest
 
 MANIFESTS = {"14b": "omniavatar_dit_14b", "1.3b": "omniavatar_dit_1_3b"}
@@ -156,7 +156,7 @@ golden stays under 6 %)."""
 def test_fp8_linears_quantise_the_t2v_blocks_within_the_format_rounding(
     dit_golden, lora: LoraConfig
 ) -> None:
-    from pipeline.quantize import Float8Linear, quantize_dit
+    from headcast.pipeline.quantize import Float8Linear, quantize_dit
     from tests.reference import rel_err
 
     config = OmniDiTConfig.from_dict(

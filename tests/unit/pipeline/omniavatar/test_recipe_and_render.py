@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.omniavatar.audio import clip_frames, padded_frames, segment_count
-from pipeline.omniavatar.config import omni_size
-from pipeline.omniavatar.models import tiny_models
-from pipeline.omniavatar.recipe import (
+from headcast.pipeline.omniavatar.audio import clip_frames, padded_frames, segment_count
+from headcast.pipeline.omniavatar.config import omni_size
+from headcast.pipeline.omniavatar.models import tiny_models
+from headcast.pipeline.omniavatar.recipe import (
     FAST_1_3B,
     FAST_14B,
     OFFICIAL,
@@ -23,7 +23,7 @@ from pipeline.omniavatar.recipe import (
     TINY,
     recipe,
 )
-from pipeline.omniavatar.render import (
+from headcast.pipeline.omniavatar.render import (
     OmniAvatarRenderer,
     RenderPlan,
     frames_to_uint8,

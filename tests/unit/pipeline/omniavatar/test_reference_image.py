@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.omniavatar.recipe import BUCKETS_480P, BUCKETS_720P
-from pipeline.omniavatar.reference_image import (
+from headcast.pipeline.omniavatar.recipe import BUCKETS_480P, BUCKETS_720P
+from headcast.pipeline.omniavatar.reference_image import (
     choose_bucket,
     reference_video,
     resize_pad,
