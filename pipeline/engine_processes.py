@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from headcast.pipeline.engine_api import EngineError, EngineGroupFailed
 from headcast.pipeline.engine_options import EngineOptions
@@ -366,11 +365,8 @@ class ProcessGroupEngine:
 
 
 def _worker_env() -> dict[str, str]:
-    """The server's environment, NVLink multicast off, and this source tree importable."""
+    """The server's environment (the worker imports ``headcast`` as the server does: installed,
+    or through the same ``PYTHONPATH``) with NVLink multicast off."""
     env = dict(os.environ)
     env.update(CHILD_ENV)
-    source_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (source_root, env.get("PYTHONPATH", "")) if part
-    )
     return env

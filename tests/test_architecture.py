@@ -1,4 +1,5 @@
-"""The import-linter contract in ``.importlinter``: server -> streaming -> pipeline, one way.
+"""The import-linter contract in ``.importlinter``: server -> streaming -> pipeline, one way;
+the packages are installed as ``headcast.*`` and nothing imports them by their folder names.
 
 Runs ``lint-imports`` on the real tree, and once on a small synthetic tree that breaks each
 rule, so the contract is shown to catch what it claims to catch.
@@ -7,9 +8,11 @@ rule, so the contract is shown to catch what it claims to catch.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -55,13 +58,13 @@ def test_the_contract_catches_each_forbidden_import(tmp_path: Path) -> None:
     _write_tree(
         tmp_path,
         {
-            "server/__init__.py": "",
-            "server/app.py": "",
-            "streaming/__init__.py": "",
-            "pipeline/__init__.py": "",
+            "headcast/server/__init__.py": "",
+            "headcast/server/app.py": "",
+            "headcast/streaming/__init__.py": "",
+            "headcast/pipeline/__init__.py": "",
             # Lower layers reaching up, and into what they must not know.
-            "pipeline/engine.py": "import asyncio\nimport streaming.session\n",
-            "streaming/session.py": "import fastapi\nfrom server import app\n",
+            "headcast/pipeline/engine.py": "import asyncio\nimport headcast.streaming.session\n",
+            "headcast/streaming/session.py": "import fastapi\nfrom headcast.server import app\n",
         },
     )
     config = tmp_path / ".importlinter"
@@ -76,3 +79,46 @@ def test_the_contract_catches_each_forbidden_import(tmp_path: Path) -> None:
     assert "pipeline.engine -> streaming.session" in output
     assert "streaming.session -> fastapi" in output
     assert "streaming.session -> server.app" in output
+
+
+PACKAGE_FOLDERS = {
+    "headcast.server": "server",
+    "headcast.pipeline": "pipeline",
+    "headcast.streaming": "streaming",
+}
+"""Installed package name -> the folder that holds it (pyproject.toml's package-dir)."""
+
+SOURCE_DIRS = (
+    "server",
+    "pipeline",
+    "streaming",
+    "clients/python",
+    "loadtests",
+    "tests",
+    "benchmarks",
+)
+FOLDER_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:server|pipeline|streaming)\b", re.M)
+
+
+def test_every_package_folder_is_installed_under_headcast() -> None:
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    setuptools = config["tool"]["setuptools"]
+    assert {name: setuptools["package-dir"][name] for name in PACKAGE_FOLDERS} == PACKAGE_FOLDERS
+    packages = {
+        ".".join((name, *init.parent.relative_to(REPO_ROOT / folder).parts))
+        for name, folder in PACKAGE_FOLDERS.items()
+        for init in (REPO_ROOT / folder).rglob("__init__.py")
+    }
+    missing = packages - set(setuptools["packages"])
+    assert not missing, f"pyproject.toml [tool.setuptools] packages lacks {sorted(missing)}"
+
+
+def test_nothing_imports_a_package_by_its_folder_name() -> None:
+    """``import server`` would load a second copy of the module beside ``headcast.server``'s."""
+    offenders = [
+        f"{path.relative_to(REPO_ROOT)}: {match.group(0).strip()}"
+        for folder in SOURCE_DIRS
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        for match in FOLDER_IMPORT.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, offenders
