@@ -28,7 +28,7 @@ WEB := clients/web
 help:
 	@echo "make serve     install and start the server on $(CONFIG) (http://127.0.0.1:8000/)"
 	@echo "make test      install everything (incl. Debian chromium) and run the test suite"
-	@echo "make lint      check the import contract (server -> streaming -> pipeline)"
+	@echo "make lint      ruff, mypy (strict) and the import contract (server -> streaming -> pipeline)"
 	@echo "make loadtest  open sessions against a running server and report fps / RTF"
 	@echo "make soak      keep a running server at capacity for SOAK_DURATION and judge its resources"
 	@echo "make clean     remove .venv and build leftovers"
@@ -89,7 +89,14 @@ test-tools:
 test: install-test browser web test-tools
 	$(BIN)/python -m pytest -q
 
+# ruff (lint and format), mypy strict on the three packages, the import contract.
+TYPECHECK := build/typecheck
 lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/headcast
+	for package in server pipeline streaming; do ln -s "$(CURDIR)/$$package" $(TYPECHECK)/headcast/$$package; done
+	$(BIN)/mypy -p headcast.server -p headcast.pipeline -p headcast.streaming
 	$(BIN)/lint-imports --no-cache
 
 URL ?= http://127.0.0.1:8000

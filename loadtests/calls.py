@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError, SessionInfo
 
+from headcast_client import ArrayAudioTrack, HeadcastClient, HeadcastError, SessionInfo
 from loadtests.driver import (
     HTTP_NOT_FOUND,
     HTTP_TOO_MANY_REQUESTS,

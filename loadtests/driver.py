@@ -23,6 +23,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
+
+from headcast.pipeline.media import SAMPLE_RATE_HZ
+from headcast.streaming.ice import HostCandidatePolicy
 from headcast_client import (
     ArrayAudioTrack,
     HeadcastClient,
@@ -30,7 +33,6 @@ from headcast_client import (
     SessionInfo,
     over_groups,
 )
-
 from loadtests.duty_cycle import (
     FrameLog,
     SpeechFigures,
@@ -43,8 +45,6 @@ from loadtests.duty_cycle import (
     watch_events,
 )
 from loadtests.speech import PHRASE_S, speech_like
-from headcast.pipeline.media import SAMPLE_RATE_HZ
-from headcast.streaming.ice import HostCandidatePolicy
 
 logger = logging.getLogger(__name__)
 

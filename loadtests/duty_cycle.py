@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
-from headcast_client import EventQueue, PushSocket
 
 from headcast.pipeline.media import CHUNK_FRAMES, SAMPLE_RATE_HZ
 from headcast.streaming.chunk_policy import LOOP_PROBLEM
 from headcast.streaming.clock import VIDEO_TICKS_PER_FRAME
 from headcast.streaming.events import ErrorCode
+from headcast_client import EventQueue, PushSocket
 
 logger = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from headcast_client import HeadcastClient
 
+from headcast.streaming.ice import HostCandidatePolicy
+from headcast_client import HeadcastClient
 from loadtests.calls import CallPlan, polite_call, speech_for, take_slot, vanishing_call
 from loadtests.driver import CONNECT_TIMEOUT_S, LoadPlanError, SessionResult, check_target
 from loadtests.resources import Sample, take_sample, write_samples
 from loadtests.verdict import IDLE_AFTER, IDLE_BEFORE, LOAD, Verdict, judge
-from headcast.streaming.ice import HostCandidatePolicy
 
 logger = logging.getLogger(__name__)
 

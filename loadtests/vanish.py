@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from aiortc.mediastreams import MediaStreamError
-from headcast_client import ArrayAudioTrack, HeadcastClient, SessionInfo
 
-from loadtests.speech import speech_like
 from headcast.streaming.ice import HostCandidatePolicy
+from headcast_client import ArrayAudioTrack, HeadcastClient, SessionInfo
+from loadtests.speech import speech_like
 
 logger = logging.getLogger("loadtests.vanish")
 

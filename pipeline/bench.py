@@ -472,7 +472,8 @@ def _non_negative(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The benchmark's flags (shared by ``python -m headcast.pipeline.bench`` and ``headcast bench``)."""
+    """The benchmark's flags (shared by ``python -m headcast.pipeline.bench`` and
+    ``headcast bench``)."""
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -642,7 +643,8 @@ def main(
     add: Callable[[argparse.ArgumentParser], None] = add_arguments,
     run_parsed: Callable[[argparse.Namespace], int] = execute,
 ) -> int:
-    """``python -m headcast.pipeline.bench [flags]`` (another benchmark passes its own flags and run)."""
+    """``python -m headcast.pipeline.bench [flags]`` (another benchmark passes its own flags
+    and run)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add(parser)
     args = parser.parse_args(argv)

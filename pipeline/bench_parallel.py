@@ -22,7 +22,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from headcast.pipeline.config import PipelineConfig
 from headcast.pipeline.generator import FlashTalkGenerator
-from headcast.pipeline.parallel import ParallelGroup, all_to_all, even_splits, gather_rows, split_offsets
+from headcast.pipeline.parallel import (
+    ParallelGroup,
+    all_to_all,
+    even_splits,
+    gather_rows,
+    split_offsets,
+)
 from headcast.pipeline.sequence_parallel import gather_tokens
 from headcast.pipeline.timing import stage_timer
 from headcast.pipeline.vae import WanVAE

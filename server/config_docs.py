@@ -2,8 +2,8 @@
 
 Owns ``render_configuration_doc()`` (one section per setting: its YAML key, its environment
 variable, type and bounds, default, and the field's docstring) and the command
-``python -m headcast.server.config_docs [--check]`` that writes the file, or with ``--check`` exits 1
-when the file differs from what the class says (the test suite runs the same comparison).
+``python -m headcast.server.config_docs [--check]`` that writes the file, or with ``--check`` exits
+1 when the file differs from what the class says (the test suite runs the same comparison).
 
 Knows nothing about the app; reads only ``server.settings``.
 """
@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
         if current != rendered:
-            logger.error("%s is out of date: run python -m headcast.server.config_docs", args.output)
+            logger.error(
+                "%s is out of date: run python -m headcast.server.config_docs", args.output
+            )
             return 1
         logger.info("%s is up to date", args.output)
         return 0

@@ -19,7 +19,12 @@ import numpy as np
 
 from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avatar
 from headcast.pipeline.engine import Engine, default_registry
-from headcast.pipeline.engine_options import EngineOptions, FlashTalkOptions, PuppetOptions, TinyOptions
+from headcast.pipeline.engine_options import (
+    EngineOptions,
+    FlashTalkOptions,
+    PuppetOptions,
+    TinyOptions,
+)
 from headcast.pipeline.imaging import load_image
 from headcast.pipeline.media import Avatar
 from headcast.server.settings import Settings

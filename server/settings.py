@@ -28,7 +28,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from headcast.pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, MS_PER_S
-from headcast.streaming.push import DEFAULT_PUSH_MAX_FRAME_BYTES, DEFAULT_PUSH_MAX_QUEUED_S, PCM16_BYTES
+from headcast.streaming.push import (
+    DEFAULT_PUSH_MAX_FRAME_BYTES,
+    DEFAULT_PUSH_MAX_QUEUED_S,
+    PCM16_BYTES,
+)
 from headcast.streaming.session_config import DEFAULT_SPEECH_WAIT_MAX_S
 
 EngineName = Literal["puppet", "tiny", "flashtalk"]

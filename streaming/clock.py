@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
 
-from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE_HZ, VIDEO_FPS
+from headcast.pipeline.media import (
+    CHUNK_FRAMES,
+    CHUNK_SAMPLES,
+    CHUNK_SECONDS,
+    SAMPLE_RATE_HZ,
+    VIDEO_FPS,
+)
 
 VIDEO_CLOCK_RATE = 90_000
 """RTP clock rate of video timestamps, in Hz."""

@@ -75,10 +75,10 @@ def test_the_contract_catches_each_forbidden_import(tmp_path: Path) -> None:
     output = result.stdout
     assert result.returncode != 0, output
     assert "3 broken" in output, output
-    assert "pipeline.engine -> asyncio" in output
-    assert "pipeline.engine -> streaming.session" in output
-    assert "streaming.session -> fastapi" in output
-    assert "streaming.session -> server.app" in output
+    assert "headcast.pipeline.engine -> asyncio" in output
+    assert "headcast.pipeline.engine -> headcast.streaming.session" in output
+    assert "headcast.streaming.session -> fastapi" in output
+    assert "headcast.streaming.session -> headcast.server.app" in output
 
 
 PACKAGE_FOLDERS = {

@@ -518,7 +518,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_omni_arguments(parser)
 
 
-def execute(args: argparse.Namespace, prog: str = "python -m headcast.pipeline.omniavatar.bench") -> int:
+def execute(
+    args: argparse.Namespace, prog: str = "python -m headcast.pipeline.omniavatar.bench"
+) -> int:
     """Run the benchmark for parsed ``args``; print the table, write the JSON lines."""
     args.command_line = flashtalk_bench.command_line(prog, args, add_arguments)
     reports = run(args)

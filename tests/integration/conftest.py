@@ -24,9 +24,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from headcast_client import over_groups, parse_metrics
 
 from headcast.streaming.ice import HostCandidatePolicy
+from headcast_client import over_groups, parse_metrics
 from tests.conftest import REPO_ROOT
 
 LOOPBACK = "127.0.0.1"

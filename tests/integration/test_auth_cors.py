@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from headcast_client import HeadcastClient, HeadcastError, SessionInfo
 
+from headcast_client import HeadcastClient, HeadcastError, SessionInfo
 from loadtests.driver import LoadPlan, run_load
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, run_server
 

@@ -36,9 +36,9 @@ import httpx
 import numpy as np
 import PIL.Image
 import pytest
-from headcast_client import AvatarInfo, HeadcastClient, HeadcastError, WebRTCConnection
 from skimage import data
 
+from headcast_client import AvatarInfo, HeadcastClient, HeadcastError, WebRTCConnection
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, run_server
 
 pytestmark = pytest.mark.slow

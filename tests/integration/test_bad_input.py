@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from headcast_client import HeadcastClient, HeadcastError
 
 from headcast.pipeline.media import CHUNK_SECONDS
+from headcast_client import HeadcastClient, HeadcastError
 from tests.conftest import REPO_ROOT, client_offer
 from tests.integration.conftest import LOOPBACK_ONLY, SHARED_SERVER_SETTINGS, RunningServer
 

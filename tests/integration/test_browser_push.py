@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from headcast_client import to_pcm16
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from loadtests.speech import speech_like
 from headcast.pipeline.puppet import FaceLayout, _mouth_metric_box
+from headcast_client import to_pcm16
+from loadtests.speech import speech_like
 from tests.integration.conftest import RunningServer
 from tests.integration.test_browser import chrome  # noqa: F401  (the Chromium fixture)
 from tests.integration.test_interrupt import loud_voice

@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 import pytest
-from headcast_client import HeadcastClient, SessionInfo, WebRTCConnection, to_pcm16
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from headcast_client import HeadcastClient, SessionInfo, WebRTCConnection, to_pcm16
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 
 pytestmark = pytest.mark.slow

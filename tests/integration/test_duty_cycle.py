@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import pytest
-from headcast_client import HeadcastClient, HeadcastError
 
-from loadtests.driver import LoadPlan, LoadReport, run_load
 from headcast.pipeline.media import CHUNK_SECONDS
 from headcast.streaming.generation_gate import LOOP_CHUNKS
+from headcast_client import HeadcastClient, HeadcastError
+from loadtests.driver import LoadPlan, LoadReport, run_load
 from tests.integration.conftest import LOOPBACK_ONLY, run_server
 
 pytestmark = pytest.mark.slow

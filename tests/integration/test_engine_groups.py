@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
-from headcast_client import HeadcastClient, HeadcastError, WebRTCConnection
 
+from headcast_client import HeadcastClient, HeadcastError, WebRTCConnection
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, run_server
 
 pytestmark = [

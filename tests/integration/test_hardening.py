@@ -32,11 +32,11 @@ import httpx
 import pytest
 import websockets
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from headcast_client import ArrayAudioTrack, HeadcastClient, PushSocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from headcast_client import ArrayAudioTrack, HeadcastClient, PushSocket
 from loadtests.speech import speech_like
 from tests.conftest import client_offer
 from tests.integration.conftest import LOOPBACK, LOOPBACK_ONLY, RunningServer, run_server

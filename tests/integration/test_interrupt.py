@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from headcast_client import HeadcastClient, PushSocket, SessionInfo, WebRTCConnection
 
 from headcast.pipeline.puppet import mouth_open_metric
+from headcast_client import HeadcastClient, PushSocket, SessionInfo, WebRTCConnection
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from headcast_client import HeadcastClient, SessionInfo, WebRTCConnection
 
+from headcast_client import HeadcastClient, SessionInfo, WebRTCConnection
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, run_server
 
 logger = logging.getLogger(__name__)

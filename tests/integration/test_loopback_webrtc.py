@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from headcast_client import ArrayAudioTrack, HeadcastClient
 
 from headcast.pipeline.puppet import mouth_open_metric
+from headcast_client import ArrayAudioTrack, HeadcastClient
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 
 logger = logging.getLogger(__name__)

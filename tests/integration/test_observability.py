@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
-from headcast_client import ArrayAudioTrack, HeadcastClient
 
+from headcast_client import ArrayAudioTrack, HeadcastClient
 from loadtests.speech import speech_like
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer

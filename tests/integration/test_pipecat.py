@@ -35,8 +35,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from headcast_client import to_pcm16
-from headcast_pipecat import HeadcastVideoService
 from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
@@ -52,8 +50,10 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from loadtests.speech import speech_like
 from headcast.pipeline.puppet import mouth_open_metric
+from headcast_client import to_pcm16
+from headcast_pipecat import HeadcastVideoService
+from loadtests.speech import speech_like
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer, free_loopback_port
 from tests.integration.test_interrupt import loud_voice
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from headcast_client import HeadcastClient, HeadcastError, PushSocket, SessionInfo, to_pcm16
 
+from headcast_client import HeadcastClient, HeadcastError, PushSocket, SessionInfo, to_pcm16
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 from tests.integration.test_loopback_webrtc import speech_like_signal
 

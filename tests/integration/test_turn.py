@@ -24,13 +24,13 @@ from dataclasses import replace
 import pytest
 from aiortc import RTCIceServer, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
-from headcast_client import ArrayAudioTrack, HeadcastClient, RelayUnavailable, SessionInfo
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from loadtests.speech import speech_like
 from headcast.server.turn import mint_credential
 from headcast.streaming.ice import host_candidates
 from headcast.streaming.peer import NoRelayCandidates, PeerConfig, PeerLink
+from headcast_client import ArrayAudioTrack, HeadcastClient, RelayUnavailable, SessionInfo
+from loadtests.speech import speech_like
 from tests.integration.conftest import (
     LOOPBACK_ONLY,
     SHARED_SERVER_SETTINGS,

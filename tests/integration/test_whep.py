@@ -24,11 +24,11 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from headcast_client import HeadcastClient, PushSocket, SessionInfo
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from loadtests.speech import speech_like
 from headcast.streaming.ice import host_candidates
+from headcast_client import HeadcastClient, PushSocket, SessionInfo
+from loadtests.speech import speech_like
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import LOOPBACK_ONLY, RunningServer
 from tests.integration.test_browser import chrome  # noqa: F401  (the Chromium fixture)

@@ -34,9 +34,9 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 
-from headcast_client.push import EventQueue, PushSocket
 from headcast.streaming.ice import HostCandidatePolicy, host_candidates
 from headcast.streaming.turn_check import explain_turn_failure, relay_candidates
+from headcast_client.push import EventQueue, PushSocket
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,6 @@ import av
 import httpx
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from headcast_client import HeadcastClient, HeadcastError, PushSocket, SessionInfo
-from headcast_client.client import WebRTCConnection
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
     CancelFrame,
@@ -46,8 +44,10 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSet
 from pipecat.services.ai_service import AIService
 from websockets.exceptions import WebSocketException
 
-from headcast_pipecat.timeline import Kind, MediaTimeline
 from headcast.streaming.ice import HostCandidatePolicy
+from headcast_client import HeadcastClient, HeadcastError, PushSocket, SessionInfo
+from headcast_client.client import WebRTCConnection
+from headcast_pipecat.timeline import Kind, MediaTimeline
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,21 @@ from headcast.pipeline.config import TINY_HEIGHT, TINY_WIDTH
 from headcast.pipeline.diffusion_engine import tiny_engine
 from headcast.pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig, FlashTalkDiT
 from headcast.pipeline.engine_options import TinyOptions
-from headcast.pipeline.launch import RankReport, child_environment, collect_reports, free_port, init_rank
-from headcast.pipeline.media import CHUNK_SAMPLES, RESEED_FRAMES, SAMPLE_RATE_HZ, Avatar, ChunkJob, Reseed
+from headcast.pipeline.launch import (
+    RankReport,
+    child_environment,
+    collect_reports,
+    free_port,
+    init_rank,
+)
+from headcast.pipeline.media import (
+    CHUNK_SAMPLES,
+    RESEED_FRAMES,
+    SAMPLE_RATE_HZ,
+    Avatar,
+    ChunkJob,
+    Reseed,
+)
 from headcast.pipeline.parallel import ParallelGroup
 from headcast.pipeline.tiny import random_init
 from headcast.pipeline.vae import VAEConfig, WanVAE

@@ -245,7 +245,9 @@ def test_any_avatar_image_is_fitted_and_gets_a_moving_mouth(engine: PuppetEngine
 
 
 def test_the_avatar_is_fitted_exactly_as_the_models_fit_it() -> None:
-    from headcast.pipeline.imaging import resize_and_centercrop  # imports torch; the puppet does not
+    from headcast.pipeline.imaging import (
+        resize_and_centercrop,
+    )  # imports torch; the puppet does not
     from headcast.pipeline.puppet import _cover_and_crop
 
     rng = np.random.default_rng(3)

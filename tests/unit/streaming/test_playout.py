@@ -8,7 +8,11 @@ import asyncio
 import numpy as np
 
 from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, SAMPLES_PER_FRAME
-from headcast.streaming.clock import AUDIO_PACKET_SAMPLES, CHUNK_AUDIO_PACKETS, VIDEO_TICKS_PER_FRAME
+from headcast.streaming.clock import (
+    AUDIO_PACKET_SAMPLES,
+    CHUNK_AUDIO_PACKETS,
+    VIDEO_TICKS_PER_FRAME,
+)
 from headcast.streaming.interrupt_state import InterruptState
 from headcast.streaming.observer import NullObserver
 from headcast.streaming.playout import INTERRUPT_HEAD_FRAMES, INTERRUPT_HEAD_PACKETS, ChunkPlayout

@@ -16,7 +16,11 @@ import pytest
 
 from headcast.pipeline.engine import EngineWorker
 from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, Avatar
-from headcast.streaming.clock import AUDIO_PACKET_SAMPLES, CHUNK_AUDIO_PACKETS, VIDEO_TICKS_PER_FRAME
+from headcast.streaming.clock import (
+    AUDIO_PACKET_SAMPLES,
+    CHUNK_AUDIO_PACKETS,
+    VIDEO_TICKS_PER_FRAME,
+)
 from headcast.streaming.events import ErrorCode, Event, ProtocolError
 from headcast.streaming.idle import EASE_IN_FRAMES
 from headcast.streaming.observer import NullObserver

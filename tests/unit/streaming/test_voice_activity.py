@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from headcast.pipeline.media import CHUNK_SAMPLES, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, frame_levels_dbfs
+from headcast.pipeline.media import (
+    CHUNK_SAMPLES,
+    SAMPLE_RATE_HZ,
+    SAMPLES_PER_FRAME,
+    frame_levels_dbfs,
+)
 from headcast.streaming.push import SpeechMark
 from headcast.streaming.voice_activity import HANGOVER_FRAMES, START_FRAMES, VoiceActivity
 
