@@ -1,4 +1,4 @@
-"""Shared test fixtures: a scripted stand-in engine and the artifacts folder.
+"""Shared test fixtures: a scripted stand-in engine, the artifacts folder, the CI soak.
 
 ``FakeEngine`` implements ``pipeline.engine.Engine`` with flat grey frames whose level
 encodes the chunk index, and can be told to fail, block or refuse to load -- the engine
@@ -8,6 +8,7 @@ real ``EngineWorker`` thread; only the model is replaced.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -106,6 +107,10 @@ class FakeEngine:
         yield PreparationStep(1.0, {"mean": avatar.image.mean(axis=(0, 1))})
 
 
+SUITE_NICENESS = 5
+"""Niceness the test process takes while the CI soak runs beside it (see ``ci_soak``)."""
+
+
 @pytest.fixture
 def make_fake_engine() -> Callable[..., FakeEngine]:
     """``make_fake_engine(**options) -> FakeEngine`` (see ``FakeEngine``)."""
@@ -133,3 +138,26 @@ async def client_offer(*, video: bool = True) -> str:
         return str(pc.localDescription.sdp)
     finally:
         await pc.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ci_soak(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    artifacts_dir: Path,
+) -> Iterator[object]:
+    """The CI soak in the background from the first test on, when ``test_soak.py`` is
+    selected (``tests/integration/soak_background.py``); ``None`` otherwise.
+
+    Once the soak runs, the test process lowers its own priority (``SUITE_NICENESS``): what it
+    starts from then on (servers, browsers) inherits it, so the soak's servers and clients
+    keep the CPU they need for its timing checks while the unit tests run beside it.
+    """
+    from tests.integration.soak_background import SOAK_TEST, start_soak
+
+    if not any(item.nodeid.startswith(SOAK_TEST) for item in request.session.items):
+        yield None
+        return
+    with start_soak(tmp_path_factory.mktemp("soak-server"), artifacts_dir / "soak-ci") as soak:
+        os.nice(SUITE_NICENESS)
+        yield soak

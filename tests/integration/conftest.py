@@ -172,21 +172,3 @@ def headcast_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
 def server_url(headcast_server: RunningServer) -> str:
     """Base URL of the shared test server, e.g. ``http://127.0.0.1:41234``."""
     return headcast_server.url
-
-
-@pytest.fixture(scope="session", autouse=True)
-def ci_soak(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    artifacts_dir: Path,
-) -> Iterator[object]:
-    """The CI soak in the background from the first integration test on, when
-    ``test_soak.py`` is selected (``soak_background.py``); ``None`` otherwise."""
-    from tests.integration.soak_background import SOAK_TEST, start_soak
-
-    if not any(item.nodeid.startswith(SOAK_TEST) for item in request.session.items):
-        yield None
-        return
-    out = artifacts_dir / "soak-ci"
-    with start_soak(tmp_path_factory.mktemp("soak-server"), out) as soak:
-        yield soak

@@ -2,10 +2,11 @@
 
 Two minutes of soak are two minutes of wall time, most of them waiting on a media clock; run
 alone they made a fifth of the suite. ``start_soak`` (called by the session fixture
-``ci_soak`` in ``conftest.py`` when ``test_soak.py`` is selected) starts a dedicated puppet
-server -- 2 session slots, frames of 256x144 so the soak's encoding and decoding cost the
-other tests' CPU little -- and ``python -m loadtests --soak 2m`` against it; the soak's own
-test waits for it and judges the verdict. Its artefacts go to ``artifacts/soak-ci/``.
+``ci_soak`` in ``tests/conftest.py`` when ``test_soak.py`` is selected, so beside the unit
+tests, which run first) starts a dedicated puppet server -- 2 session slots, frames of
+256x144 so the soak's encoding and decoding cost the other tests' CPU little -- and
+``python -m loadtests --soak 2m`` against it; the soak's own test waits for it and judges
+the verdict. Its artefacts go to ``artifacts/soak-ci/``.
 """
 
 from __future__ import annotations
