@@ -36,8 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from headcast.pipeline.engine import EngineWorker
 from headcast.pipeline.engine_api import Engine
 from headcast.pipeline.engine_options import FlashTalkOptions, TinyOptions
