@@ -292,8 +292,10 @@ class PeerLink:
             # aiortc has no error type for an offer it cannot answer: a parsed but
             # inconsistent offer fails deep inside it (ValueError, AttributeError,
             # StopIteration, ...). The offer is the client's input, so this is the client's
-            # 400; the log keeps the details, the answer never does.
-            logger.warning("the WebRTC stack could not answer an offer", exc_info=exc)
+            # 400; the log keeps one line of details (the traceback only at DEBUG: a client
+            # must not be able to fill the log with tracebacks), the answer none.
+            logger.info("the WebRTC stack could not answer an offer: %r", exc)
+            logger.debug("the unanswerable offer's traceback", exc_info=exc)
             raise OfferError(
                 "the offer was rejected: send the unchanged localDescription.sdp of an "
                 "RTCPeerConnection offer with a sendrecv audio and a recvonly video transceiver"
@@ -347,8 +349,9 @@ class PeerLink:
                 await self._watch_task
         try:
             await self._pc.close()
-        except Exception:  # aiortc cannot close a half-negotiated connection cleanly
-            logger.warning("closing a peer connection failed part-way", exc_info=True)
+        except Exception as exc:  # aiortc cannot close a half-negotiated connection cleanly
+            logger.info("closing a peer connection failed part-way: %r", exc)
+            logger.debug("the failed close's traceback", exc_info=exc)
 
     # -- liveness -------------------------------------------------------------------------
 

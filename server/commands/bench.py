@@ -11,6 +11,7 @@ import argparse
 
 from headcast.pipeline import bench
 from headcast.pipeline.omniavatar import bench as omni_bench
+from headcast.server.commands import SUMMARIES
 
 NAME = "bench"
 ENGINES = ("flashtalk", "omniavatar")
@@ -21,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add ``bench`` and its options to the CLI's subcommands."""
     parser = subparsers.add_parser(
         NAME,
-        help="time every stage of a chunk (audio, DiT steps, VAE, colour, uint8) and memory",
+        help=SUMMARIES[NAME],
         description=(
             "Time every stage of a streaming chunk with CUDA events (host clock on CPU): "
             "medians over the timed chunks after warm-up, load and compile time, peak GPU "

@@ -16,6 +16,7 @@ from pathlib import Path
 from headcast.pipeline.doctor import check_model_dir
 from headcast.pipeline.omniavatar.config import SIZES, omni_size
 from headcast.pipeline.omniavatar.doctor import check_omniavatar_dir
+from headcast.server.commands import SUMMARIES
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ CHECKED_SIZES = tuple(name for name in SIZES if name != "tiny")
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         NAME,
-        help="check a model directory against the official checkpoint manifests",
+        help=SUMMARIES[NAME],
         description="Read the headers of every checkpoint an engine needs and compare tensor "
         "names, shapes and dtypes with the official manifests. Nothing is loaded.",
     )

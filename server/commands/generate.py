@@ -40,7 +40,7 @@ from headcast.pipeline.media import (
     ChunkJob,
 )
 from headcast.pipeline.omniavatar.recipe import OFFICIAL_SEED as OMNI_OFFICIAL_SEED
-from headcast.server.commands import generate_omni
+from headcast.server.commands import SUMMARIES, generate_omni
 from headcast.streaming.audio_file import AudioClip, AudioFileError, read_audio_file
 from headcast.streaming.mp4 import Mp4Writer
 
@@ -75,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add ``generate`` and its options to the CLI's subcommands."""
     parser = subparsers.add_parser(
         NAME,
-        help="render a talking-head MP4 offline from an image and an audio file",
+        help=SUMMARIES[NAME],
         description=(
             "Render a talking-head video offline: the audio is fed to the engine chunk by "
             "chunk (1.12 s each) exactly as the server streams it, and the frames are written "

@@ -18,6 +18,7 @@ import uvicorn
 
 from headcast.server.allocator import tune_allocator
 from headcast.server.app import create_app
+from headcast.server.commands import SUMMARIES
 from headcast.server.engines import STAND_IN_ENGINES
 from headcast.server.http_protocol import header_timeout_protocol
 from headcast.server.settings import Settings, load_settings
@@ -35,7 +36,7 @@ a larger one closes the socket (1009) before it is buffered."""
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         NAME,
-        help="run the streaming server",
+        help=SUMMARIES[NAME],
         description="Run the headcast server: the demo page, the session API and WebRTC. "
         "Settings come from --config (YAML), then HEADCAST_* environment variables, then flags.",
     )

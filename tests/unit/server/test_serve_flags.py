@@ -1,7 +1,10 @@
-"""``headcast serve`` flags: each reaches its setting, and an unset flag leaves the profile's."""
+"""``headcast serve`` flags: each reaches its setting, and an unset flag leaves the profile's;
+``serve`` imports no other subcommand."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +38,17 @@ def test_without_flags_the_profile_decides(tmp_path: Path, monkeypatch: pytest.M
     settings = settings_from_args(build_parser().parse_args(["serve", "--config", str(profile)]))
 
     assert settings.ice_loopback and not settings.random_weights and settings.engine == "puppet"
+
+
+def test_serve_loads_no_other_subcommand() -> None:
+    """``headcast serve`` must not pay for the benchmark's imports (about 3 s of start-up)."""
+    probe = (
+        "import sys; from headcast.server.cli import build_parser; "
+        "build_parser('serve').parse_args(['serve']); "
+        "print(sorted(m for m in sys.modules if m.startswith('headcast.server.commands.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert loaded.stdout.strip() == "['headcast.server.commands.serve']", loaded.stderr
+    assert build_parser().parse_args(["bench", "--chunks", "1"]).command == "bench"
