@@ -153,6 +153,7 @@ def ci_soak(
     starts from then on (servers, browsers) inherits it, so the soak's servers and clients
     keep the CPU they need for its timing checks while the unit tests run beside it.
     """
+    # Imported here: soak_background imports the integration conftest, which imports this.
     from tests.integration.soak_background import SOAK_TEST, start_soak
 
     if not any(item.nodeid.startswith(SOAK_TEST) for item in request.session.items):
