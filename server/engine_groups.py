@@ -46,7 +46,8 @@ class CapacityReached(RuntimeError):
 
 
 class GroupState(enum.StrEnum):
-    """Where an engine group is, as ``/readyz`` shows it."""
+    """Where an engine group is, as ``/readyz`` shows it; the server as a whole is in one of
+    the same states (``Runtime.readiness``)."""
 
     LOADING = "loading"
     """Starting, loading or warming up (also while restarting after a failure)."""

@@ -16,7 +16,6 @@ Knows nothing about routes or HTTP.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,17 +46,12 @@ from headcast.streaming.session_config import SessionConfig
 logger = logging.getLogger(__name__)
 
 
-class ReadyState(enum.StrEnum):
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True)
 class Readiness:
     """Whether the engine can take sessions, and why not."""
 
-    state: ReadyState
+    state: GroupState
+    """The server's: ready once a group is, failed once every group is, else loading."""
     engine: str
     description: str
     detail: str
@@ -230,7 +224,7 @@ class Runtime:
         of_groups = f": {ready} of {len(states)} engine groups ready" if len(states) > 1 else ""
         if ready and self._registry is not None:
             return Readiness(
-                ReadyState.READY,
+                GroupState.READY,
                 engine.name,
                 engine.description,
                 f"engine {engine.name!r} is ready{of_groups}",
@@ -239,14 +233,14 @@ class Runtime:
             )
         if states and all(state is GroupState.FAILED for state in states):
             return Readiness(
-                ReadyState.FAILED,
+                GroupState.FAILED,
                 engine.name,
                 engine.description,
                 f"engine {engine.name!r}: {self.groups.not_ready_reason()}",
                 groups=statuses,
             )
         return Readiness(
-            ReadyState.LOADING,
+            GroupState.LOADING,
             engine.name,
             engine.description,
             f"engine {engine.name!r} is loading and warming up{of_groups}",

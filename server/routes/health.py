@@ -10,10 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from headcast.server.deps import MetricsDep, RuntimeDep
-from headcast.server.engine_groups import GroupStatus
+from headcast.server.engine_groups import GroupState, GroupStatus
 from headcast.server.errors import ENGINE_LOADING_RETRY_AFTER_S, Problem
 from headcast.server.metrics import CONTENT_TYPE
-from headcast.server.runtime import ReadyState
 
 router = APIRouter(tags=["health"])
 
@@ -35,11 +34,11 @@ async def readyz(runtime: RuntimeDep) -> dict[str, Any]:
         "description": readiness.description,
         "groups": [_group(status) for status in readiness.groups],
     }
-    if readiness.state is ReadyState.READY:
+    if readiness.state is GroupState.READY:
         return {**body, "detail": readiness.detail, "load_seconds": readiness.load_seconds}
     headers = (
         {"Retry-After": str(ENGINE_LOADING_RETRY_AFTER_S)}
-        if readiness.state is ReadyState.LOADING
+        if readiness.state is GroupState.LOADING
         else {}
     )
     raise Problem(
