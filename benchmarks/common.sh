@@ -2,21 +2,29 @@
 # benchmarks/setup.sh installs the carried wheels (.whl/: pyloudnorm, optimum-quanto,
 # bitsandbytes) and records the GPU and versions; this defines `bench LABEL ARGS...`, which
 # runs `python3 -m headcast.pipeline.bench` with a time limit and appends its one-line JSON report to
-# $OUT/reports.jsonl and its table to $OUT/summary.md.
+# $OUT/reports.jsonl and its table to $OUT/summary.md, and `budget LABEL` (the time left
+# before DEADLINE, for the scripts' own steps).
 source benchmarks/setup.sh
 
 # Seconds after the script's start by which every step must have ended.
 DEADLINE=${DEADLINE:-570}
 python3 benchmarks/table.py | tee -a "$OUT/summary.md"
 
+# budget LABEL: the seconds left before DEADLINE in $LEFT; with less than a minute, says that
+# LABEL is skipped and returns 1.
+budget() {
+    LEFT=$((DEADLINE - SECONDS))
+    if ((LEFT < 60)); then
+        echo "skip $1: only ${LEFT}s left" | tee -a "$LOG"
+        return 1
+    fi
+}
+
 bench() {
     local label=$1
     shift
-    local left=$((DEADLINE - SECONDS))
-    if ((left < 60)); then
-        echo "skip $label: only ${left}s left" | tee -a "$LOG"
-        return 0
-    fi
+    budget "$label" || return 0
+    local left=$LEFT
     echo "=== bench $label: $* (limit ${left}s)" | tee -a "$LOG"
     # SM clock and power every 0.5 s while it runs (sustained vs burst rates)
     nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 500 \

@@ -10,13 +10,9 @@ source benchmarks/common.sh
 prepare() {
     local label=$1
     shift
-    local left=$((DEADLINE - SECONDS))
-    if ((left < 60)); then
-        echo "skip $label: only ${left}s left" | tee -a "$LOG"
-        return 0
-    fi
-    echo "=== avatars $label: $* (limit ${left}s)" | tee -a "$LOG"
-    timeout "$left" python3 benchmarks/avatar_prepare.py --label "$label" \
+    budget "$label" || return 0
+    echo "=== avatars $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
+    timeout "$LEFT" python3 benchmarks/avatar_prepare.py --label "$label" \
         --json "$OUT/$label.json" "$@" >>"$LOG" 2>&1 || echo "$label failed: see log.txt" | tee -a "$LOG"
 }
 prepare full-size-bf16 --steps 4 --avatars 5 --no-live

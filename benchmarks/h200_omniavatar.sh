@@ -17,11 +17,11 @@ SUMMARY=$OUT/omniavatar.md
 echo "## OmniAvatar, $(date -u +%Y-%m-%d), $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" >"$SUMMARY"
 
 omni() {  # omni LABEL FLAGS...: one python -m headcast.pipeline.omniavatar.bench run under the deadline
-    local label=$1 left=$((DEADLINE - SECONDS))
+    local label=$1
     shift
-    ((left < 60)) && { echo "skip $label: only ${left}s left" | tee -a "$LOG" "$SUMMARY"; return 0; }
-    echo "=== omniavatar $label: $* (limit ${left}s)" | tee -a "$LOG"
-    timeout "$left" python3 -m headcast.pipeline.omniavatar.bench --label "$label" --json "/tmp/$label.jsonl" \
+    budget "$label" || { echo "skip $label: out of time" >>"$SUMMARY"; return 0; }
+    echo "=== omniavatar $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
+    timeout "$LEFT" python3 -m headcast.pipeline.omniavatar.bench --label "$label" --json "/tmp/$label.jsonl" \
         --video-seconds 60 --timed-steps 2 --self-check "$@" >"/tmp/$label.md" 2>>"$LOG" \
         || echo "| $label | failed (exit $?): see log.txt |" >>"$SUMMARY"
     [[ -f /tmp/$label.jsonl ]] && cat "/tmp/$label.jsonl" >>"$OUT/reports.jsonl"
