@@ -343,7 +343,6 @@ class AvatarCatalog:
             record = self._records.get(avatar_id)
             if record is None:
                 continue  # deleted while it waited
-            started = time.perf_counter()
             try:
                 await self._prepare(record)
             except asyncio.CancelledError:
@@ -366,8 +365,8 @@ class AvatarCatalog:
                     "the photo again",
                 )
             else:
-                if record.status is AvatarStatus.READY:
-                    self._metrics.avatar_prepare_seconds.observe(time.perf_counter() - started)
+                if record.status is AvatarStatus.READY and record.prepare_seconds is not None:
+                    self._metrics.avatar_prepare_seconds.observe(record.prepare_seconds)
 
     async def _prepare(self, record: AvatarRecord) -> None:
         started = time.perf_counter()

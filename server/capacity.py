@@ -61,6 +61,17 @@ class GroupCapacity:
     """Where the figures came from, for the log."""
 
 
+def check_sessions_within_slots(sessions: int | None, slots: int | None, *, loop: bool) -> None:
+    """In ``idle_mode: generate`` every connected session holds a generation slot all its
+    life, so configured sessions may not outnumber configured slots (ValueError)."""
+    if not loop and slots is not None and sessions is not None and sessions > slots:
+        raise ValueError(
+            f"max_sessions ({sessions}) exceeds generation_slots ({slots}) in idle_mode "
+            "generate, where every connected session generates all the time; lower "
+            "max_sessions, or set idle_mode: loop so silent sessions take no slot"
+        )
+
+
 @dataclass(frozen=True)
 class CapacityPolicy:
     """Where a group's generation slots and session limit come from."""
@@ -78,12 +89,7 @@ class CapacityPolicy:
     """``idle_mode: loop``: sessions may outnumber the slots (a silent session holds none)."""
 
     def __post_init__(self) -> None:
-        slots, sessions = self.generation_slots, self.max_sessions
-        if not self.loop and slots is not None and sessions is not None and sessions > slots:
-            raise ValueError(
-                f"max_sessions ({sessions}) exceeds generation_slots ({slots}) in idle_mode "
-                "generate, where every session generates all the time"
-            )
+        check_sessions_within_slots(self.max_sessions, self.generation_slots, loop=self.loop)
 
     def resolve(self, engine: Engine) -> GroupCapacity:
         """The capacity of a group whose loaded engine is ``engine``."""

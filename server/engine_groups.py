@@ -220,7 +220,7 @@ class EngineGroups:
     @property
     def capacity(self) -> int | None:
         """Sessions the ready groups admit, or ``None`` while none is ready."""
-        ready = [g for g in self._groups if self._state(g) is GroupState.READY]
+        ready = self._ready()
         if not ready:
             return None
         return sum(self._capacity(g).sessions for g in ready)
@@ -231,7 +231,7 @@ class EngineGroups:
         Raises ``EngineNotReady`` when no group is ready and ``CapacityReached`` when every
         group is full.
         """
-        ready = [g for g in self._groups if self._state(g) is GroupState.READY]
+        ready = self._ready()
         if not ready:
             raise EngineNotReady(self.not_ready_reason())
         free = [g for g in ready if len(g.leases) < self._capacity(g).sessions]
@@ -242,7 +242,7 @@ class EngineGroups:
                 "max_sessions (HEADCAST_MAX_SESSIONS) higher if the engine keeps up with more "
                 "(with idle_mode: loop, silent sessions take no engine time)"
             )
-        group = min(free, key=lambda g: (len(g.leases) / self._capacity(g).sessions, g.plan.index))
+        group = min(free, key=self._load)
         lease = Lease(group, on_lost)
         group.leases.add(lease)
         return lease
@@ -250,12 +250,8 @@ class EngineGroups:
     def worker_for_preparation(self) -> EngineWorker | None:
         """The worker of the least-loaded ready group, for background work that takes no
         session slot (an avatar's preparation); ``None`` while no group is ready."""
-        ready = [g for g in self._groups if self._state(g) is GroupState.READY]
-        if not ready:
-            return None
-        return min(
-            ready, key=lambda g: (len(g.leases) / self._capacity(g).sessions, g.plan.index)
-        ).worker
+        ready = self._ready()
+        return min(ready, key=self._load).worker if ready else None
 
     def avatar_cache_evictions(self) -> dict[str, int]:
         """Per group label: avatars its engine dropped from its device cache (since the
@@ -273,28 +269,36 @@ class EngineGroups:
 
     def statuses(self) -> list[GroupStatus]:
         """Every group's state, in index order."""
-        result = []
-        for group in self._groups:
-            state = self._state(group)
-            ready = state is GroupState.READY
-            result.append(
-                GroupStatus(
-                    index=group.plan.index,
-                    devices=group.plan.devices,
-                    state=state,
-                    sessions=len(group.leases),
-                    capacity=self._capacity(group).sessions if ready else 0,
-                    generation_slots=self._capacity(group).slots if ready else 0,
-                    generation_busy=group.pool.busy,
-                    speech_waiting=group.pool.waiting,
-                    warmup_rtf=group.engine.warmup_rtf if state is GroupState.READY else None,
-                    failures=group.failures,
-                    last_failure=group.last_failure,
-                    detail=self._detail(group),
-                    load_seconds=group.worker.load_seconds,
-                )
-            )
-        return result
+        return [self.status(index) for index in range(len(self._groups))]
+
+    def status(self, index: int) -> GroupStatus:
+        """Group ``index``'s state (one gauge of ``/metrics`` reads one group's)."""
+        group = self._groups[index]
+        state = self._state(group)
+        ready = state is GroupState.READY
+        return GroupStatus(
+            index=group.plan.index,
+            devices=group.plan.devices,
+            state=state,
+            sessions=len(group.leases),
+            capacity=self._capacity(group).sessions if ready else 0,
+            generation_slots=self._capacity(group).slots if ready else 0,
+            generation_busy=group.pool.busy,
+            speech_waiting=group.pool.waiting,
+            warmup_rtf=group.engine.warmup_rtf if ready else None,
+            failures=group.failures,
+            last_failure=group.last_failure,
+            detail=self._detail(group),
+            load_seconds=group.worker.load_seconds,
+        )
+
+    def _ready(self) -> list[_Group]:
+        return [g for g in self._groups if self._state(g) is GroupState.READY]
+
+    def _load(self, group: _Group) -> tuple[float, int]:
+        """Sessions per admitted session, then the index: how placement picks a group
+        (sessions and avatar preparations alike)."""
+        return len(group.leases) / self._capacity(group).sessions, group.plan.index
 
     def _state(self, group: _Group) -> GroupState:
         if group.failed_for_good or group.worker.load_error is not None:

@@ -264,7 +264,7 @@ class Runtime:
         metrics.add_group(label)
 
         def status() -> GroupStatus:
-            return self._status(index)
+            return self.groups.status(index)
 
         metrics.group_ready.labels(group=label).set_function(
             lambda: float(status().state is GroupState.READY)
@@ -277,9 +277,6 @@ class Runtime:
         metrics.generation_slots_busy.labels(group=label).set_function(
             lambda: float(status().generation_busy)
         )
-
-    def _status(self, index: int) -> GroupStatus:
-        return self.groups.statuses()[index]
 
     def _count_failure(self, index: int) -> None:
         self.metrics.group_failures.labels(group=str(index)).inc()

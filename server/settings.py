@@ -28,12 +28,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from headcast.pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, MS_PER_S
+from headcast.server.capacity import check_sessions_within_slots
 from headcast.streaming.push import (
     DEFAULT_PUSH_MAX_FRAME_BYTES,
     DEFAULT_PUSH_MAX_QUEUED_S,
     PCM16_BYTES,
 )
 from headcast.streaming.session_config import DEFAULT_SPEECH_WAIT_MAX_S
+from headcast.streaming.turn_check import TURN_URL_SCHEMES
 
 EngineName = Literal["puppet", "tiny", "flashtalk"]
 IdleModeName = Literal["generate", "loop"]
@@ -86,7 +88,6 @@ LIST_SEPARATOR = ","
 
 CORS_ANY_ORIGIN = "*"
 
-TURN_URL_SCHEMES = ("turn:", "turns:")
 MIN_TURN_SECRET_CHARS = 16
 """Shortest TURN shared secret accepted: shorter ones are guessable."""
 
@@ -360,13 +361,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _sessions_within_slots(self) -> Settings:
-        slots, sessions = self.generation_slots, self.max_sessions
-        if self.idle_mode == "generate" and slots and sessions and sessions > slots:
-            raise ValueError(
-                f"max_sessions ({sessions}) exceeds generation_slots ({slots}) in idle_mode "
-                "generate, where every connected session generates all the time; lower "
-                "max_sessions, or set idle_mode: loop so silent sessions take no slot"
-            )
+        check_sessions_within_slots(
+            self.max_sessions, self.generation_slots, loop=self.idle_mode == "loop"
+        )
         return self
 
     @model_validator(mode="after")

@@ -72,18 +72,9 @@ class AudioIntake:
 
         Returns ``(samples [count] float32, how many of them were received audio)``.
         """
-        out = np.zeros(count, dtype=np.float32)
-        filled = 0
-        while filled < count and self._blocks:
-            block = self._blocks[0]
-            n = min(count - filled, block.size)
-            out[filled : filled + n] = block[:n]
-            filled += n
-            if n == block.size:
-                self._blocks.popleft()
-            else:
-                self._blocks[0] = block[n:]
-        self._buffered -= filled
+        out = self.peek(count)
+        filled = min(count, self._buffered)
+        self._discard(filled)
         return out, filled
 
     def peek(self, count: int) -> np.ndarray:

@@ -21,6 +21,9 @@ from aioice.turn import create_turn_endpoint
 from aiortc import RTCIceServer
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
+TURN_URL_SCHEMES = ("turn:", "turns:")
+"""How a TURN server's URL starts (RFC 7065); anything else in ``ice_servers`` is STUN."""
+
 TURN_CHECK_TIMEOUT_S = 5.0
 """Longest wait for the TURN server to answer one allocation, in seconds."""
 
@@ -43,7 +46,7 @@ def turn_urls(servers: list[RTCIceServer]) -> list[tuple[str, RTCIceServer]]:
     found: list[tuple[str, RTCIceServer]] = []
     for server in servers:
         urls = [server.urls] if isinstance(server.urls, str) else server.urls
-        found.extend((url, server) for url in urls if url.startswith("turn"))
+        found.extend((url, server) for url in urls if url.startswith(TURN_URL_SCHEMES))
     return found
 
 
