@@ -151,8 +151,9 @@ class ChunkScheduler:
             await self._clock.sleep_until(self._take_time(index))
             now = self._clock.now()
             speech = self._speech
+            pending = speech.pending_speech()  # one look at the queued audio per chunk
             decision = self.gate.decide(
-                index, now, speech=speech.pending_speech(), open_utterance=speech.more_speech()
+                index, now, speech=pending, open_utterance=pending or speech.utterance_open()
             )
             match decision.step:
                 case TakeStep.GENERATE:

@@ -158,14 +158,16 @@ class SpeechInput:
         audio[:count] = self.intake.peek(count)
         return not is_rest_audio(audio)
 
+    def utterance_open(self) -> bool:
+        """True while an utterance is under way: being pushed (no ``audio.end`` yet) or, for
+        a microphone, still voiced."""
+        if self._ledger is not None:
+            return self._ledger.in_utterance
+        return self._voice.speaking
+
     def more_speech(self) -> bool:
-        """True while more speech is expected: queued speech, an utterance being pushed
-        (no ``audio.end`` yet), or a microphone utterance still open."""
-        if self._ledger is not None and self._ledger.in_utterance:
-            return True
-        if self._ledger is None and self._voice.speaking:
-            return True
-        return self.pending_speech()
+        """True while more speech is expected: an open utterance, or queued speech."""
+        return self.utterance_open() or self.pending_speech()
 
     def take(self, index: int, *, wait_ms: int = 0) -> tuple[np.ndarray, int]:
         """Chunk ``index``'s 17,920 samples and how many of them are received audio; places
