@@ -113,6 +113,10 @@ class ChunkPlayout:
         self._loop = asyncio.get_running_loop()
         self.video_track = AvatarVideoTrack(clock, on_sent=self._video_sent)
         self.audio_track = AvatarAudioTrack(clock, on_sent=self._audio_sent)
+        # One media clock, two senders: each holds a due frame until the other is ready with
+        # its own of the same time, so picture and sound leave together after a CPU stall.
+        self.video_track.sync_with(self.audio_track)
+        self.audio_track.sync_with(self.video_track)
         self.idle_loop = IdleLoop(avatar_image, config.height, config.width)
         self.send_timing = SendTiming(observer, label)
         """Per-chunk A/V skew and interrupt latency, from what the tracks report sending."""
@@ -306,7 +310,7 @@ class ChunkPlayout:
         if sent_at - due > LATE_FRAME_S:
             self.frames_late += 1
             self._observer.on_frames_late(1)
-        self.send_timing.video_sent(frame_index, sent_at)
+        self.send_timing.video_sent(frame_index, due, sent_at)
 
     def _audio_sent(self, pts: int, due: float, sent_at: float) -> None:
-        self.send_timing.audio_sent(pts // AUDIO_PACKET_SAMPLES, sent_at)
+        self.send_timing.audio_sent(pts // AUDIO_PACKET_SAMPLES, due, sent_at)

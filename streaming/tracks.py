@@ -3,7 +3,8 @@
 Owns ``AvatarVideoTrack`` (25 fps ``av.VideoFrame``s, yuv420p, pts at 90 kHz) and
 ``AvatarAudioTrack`` (20 ms ``av.AudioFrame``s of 960 s16 mono samples at 48 kHz), both
 paced to wall time by the due time their feeder attached to each frame (unsent frames can be
-dropped for an interrupt, and each sent frame reported through ``on_sent``), and
+dropped for an interrupt, and each sent frame reported through ``on_sent``) and paired
+(``sync_with``) so that a track whose sender fell behind is waited for, and
 ``chunk_to_media`` which turns one chunk's 28 RGB frames and 53,760 outgoing samples into
 exactly those frames (the heavy part; run it in an executor).
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import av
 import numpy as np
@@ -110,6 +112,19 @@ def chunk_to_media(
     return ChunkMedia(index=index, video=video, audio=audio)
 
 
+PARTNER_TOLERANCE_S = 0.010
+"""A due frame waits for the partner's frames due up to this much later than itself."""
+
+PARTNER_LAG_S = 0.010
+"""The partner is waited for only when its oldest unsent frame is overdue by more than this
+(on time, both leave at their due time anyway)."""
+
+PARTNER_WAIT_MAX_S = 0.200
+"""Longest a due frame waits for a lagging partner track, in seconds."""
+
+PARTNER_IDLE_S = 0.500
+"""A partner track that sent nothing for this long is not waited for (not pulled)."""
+
 SentCallback = Callable[[int, float, float], None]
 """``on_sent(pts, due, sent_at)``: a frame left the track (wall times in ``WallClock`` units)."""
 
@@ -117,30 +132,73 @@ SentCallback = Callable[[int, float, float], None]
 class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
     """A track that returns queued frames no earlier than their due time.
 
-    ``on_sent`` (optional) hears of every frame as it is handed to the encoder.
+    ``on_sent`` (optional) hears of every frame as it is handed to the encoder. Paired with
+    the session's other track (``sync_with``), a due frame also waits until that track is
+    ready to send its own frames of the same time, so the two leave together even when one
+    sender fell behind (its encoder thread starved of CPU for a moment).
     """
 
     def __init__(self, clock: WallClock, *, on_sent: SentCallback | None = None) -> None:
         super().__init__()
         self._clock = clock
         self._on_sent = on_sent
-        self._queue: asyncio.Queue[TimedFrame[FrameT] | None] = asyncio.Queue()
+        self._pending: deque[TimedFrame[FrameT]] = deque()
+        self._fed = asyncio.Event()
+        """Set when frames are fed or the track stops (wakes ``recv``)."""
         self._pacing: TimedFrame[FrameT] | None = None
         """The frame ``recv`` took and waits to send (until its due time)."""
         self._pacing_dropped = False
+        self._partner: _PacedTrack[Any] | None = None
+        self.parked = False
+        """``recv`` holds a due frame for the partner (which then need not wait for it)."""
+        self.progress = asyncio.Event()
+        """Set whenever this track sends or drops frames, or stops (wakes its partner)."""
+        self.last_sent_at: float | None = None
+        """When the last frame was handed to the encoder (``WallClock`` units)."""
         self.frames_sent = 0
+        self.partner_waits_cut_short = 0
+        """Frames sent without the partner after ``PARTNER_WAIT_MAX_S`` (it stayed behind)."""
+
+    def sync_with(self, partner: _PacedTrack[Any]) -> None:
+        """Hold each due frame while ``partner`` is behind: it has a frame due no later than
+        ``PARTNER_TOLERANCE_S`` after this one, overdue by more than ``PARTNER_LAG_S``, that
+        its sender has not come for yet (it is busy encoding an earlier one). When the
+        partner's sender comes, it sees this track waiting and goes at once, and this frame
+        with it. A partner nobody pulls frames from is not waited for. Pull each track from
+        its own task, as aiortc's senders do."""
+        self._partner = partner
 
     def feed(self, frames: list[TimedFrame[FrameT]]) -> None:
         """Queue frames in pts order (the session feeds whole chunks)."""
         if self.readyState != "live":
             return
-        for item in frames:
-            self._queue.put_nowait(item)
+        self._pending.extend(frames)
+        self._fed.set()
 
     @property
     def queued(self) -> int:
         """Frames waiting to be sent."""
-        return self._queue.qsize()
+        return len(self._pending)
+
+    @property
+    def next_due(self) -> float | None:
+        """Due time of the oldest frame not sent yet (held by ``recv`` or queued)."""
+        if self._pacing is not None and not self._pacing_dropped:
+            return self._pacing.due
+        return self._pending[0].due if self._pending else None
+
+    def lags_behind(self, due: float, now: float) -> bool:
+        """True while this track's sender, which does pull frames, is behind: it has not
+        come for a frame due by ``due + PARTNER_TOLERANCE_S`` and overdue by more than
+        ``PARTNER_LAG_S``."""
+        if self.readyState != "live" or self.last_sent_at is None or self.parked:
+            return False  # ended, no sender pulls it (an audio-only peer), or ready to go
+        if now - self.last_sent_at > PARTNER_IDLE_S:
+            return False  # its sender stopped pulling: waiting would only add delay
+        next_due = self.next_due
+        if next_due is None or next_due >= now - PARTNER_LAG_S:
+            return False  # on time: the two leave together without waiting
+        return next_due <= due + PARTNER_TOLERANCE_S
 
     def drop_queued(self) -> list[TimedFrame[FrameT]]:
         """Drop every frame not yet sent (interrupt); returns them in order.
@@ -152,43 +210,73 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         if self._pacing is not None and not self._pacing_dropped:
             dropped.append(self._pacing)
             self._pacing_dropped = True
-        stopped = False
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is None:
-                stopped = True
-            else:
-                dropped.append(item)
-        if stopped:  # keep the wake-up of a stopped track
-            self._queue.put_nowait(None)
+        dropped.extend(self._pending)
+        self._pending.clear()
+        self.progress.set()
         return dropped
 
     async def recv(self) -> FrameT:
-        if self.readyState != "live":
-            raise MediaStreamError
         while True:
-            item = await self._queue.get()
-            if item is None:  # stop() woke us up
-                raise MediaStreamError
+            item = await self._next_fed()
             self._pacing, self._pacing_dropped = item, False
             try:
                 await self._clock.sleep_until(item.due)
+                await self._wait_for_partner(item.due)
             finally:
                 self._pacing = None
             if not self._pacing_dropped:
                 break
         if self.readyState != "live":
             raise MediaStreamError
+        sent_at = self._clock.now()
         self.frames_sent += 1
+        self.last_sent_at = sent_at
+        self.progress.set()
         if self._on_sent is not None:
-            self._on_sent(frame_pts(item.frame), item.due, self._clock.now())
+            self._on_sent(frame_pts(item.frame), item.due, sent_at)
         return item.frame
+
+    async def _next_fed(self) -> TimedFrame[FrameT]:
+        """The oldest queued frame, once there is one; ``MediaStreamError`` once stopped."""
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self._pending:
+                return self._pending.popleft()
+            self._fed.clear()
+            await self._fed.wait()
+
+    async def _wait_for_partner(self, due: float) -> None:
+        """Wait (at most ``PARTNER_WAIT_MAX_S``) while the partner lags behind ``due``, or
+        until this frame is dropped."""
+        partner = self._partner
+        if partner is None:
+            return
+        deadline = self._clock.now() + PARTNER_WAIT_MAX_S
+        self.parked = True
+        try:
+            while not self._pacing_dropped and partner.lags_behind(due, self._clock.now()):
+                if self._clock.now() >= deadline:
+                    self.partner_waits_cut_short += 1
+                    return
+                partner.progress.clear()
+                progress = asyncio.ensure_future(partner.progress.wait())
+                timer = asyncio.ensure_future(self._clock.sleep_until(deadline))
+                try:
+                    await asyncio.wait({progress, timer}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in (progress, timer):
+                        waiter.cancel()
+                    await asyncio.gather(progress, timer, return_exceptions=True)
+        finally:
+            self.parked = False
 
     def stop(self) -> None:
         if self.readyState == "live":
             self.drop_queued()  # unsent frames (up to a chunk: 14 MB of video) go now
-            self._queue.put_nowait(None)
         super().stop()
+        self._fed.set()  # wake recv: it raises MediaStreamError
+        self.progress.set()
 
 
 class AvatarVideoTrack(_PacedTrack[av.VideoFrame]):

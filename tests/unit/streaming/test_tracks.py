@@ -10,7 +10,13 @@ from aiortc.mediastreams import MediaStreamError
 
 from headcast.pipeline.media import CHUNK_FRAMES
 from headcast.streaming.clock import CHUNK_OUT_SAMPLES, LoopClock
-from headcast.streaming.tracks import AvatarAudioTrack, AvatarVideoTrack, TimedFrame, chunk_to_media
+from headcast.streaming.tracks import (
+    PARTNER_WAIT_MAX_S,
+    AvatarAudioTrack,
+    AvatarVideoTrack,
+    TimedFrame,
+    chunk_to_media,
+)
 
 
 def test_chunk_to_media_makes_28_frames_and_56_packets_on_the_clock() -> None:
@@ -69,3 +75,87 @@ async def test_tracks_release_frames_at_their_due_time_and_end_on_stop() -> None
     video.stop()
     with pytest.raises(MediaStreamError):
         await asyncio.wait_for(waiter, 1.0)
+
+
+def _paired_tracks(clock: LoopClock) -> tuple[AvatarVideoTrack, AvatarAudioTrack]:
+    video = AvatarVideoTrack(clock)
+    audio = AvatarAudioTrack(clock)
+    video.sync_with(audio)
+    audio.sync_with(video)
+    return video, audio
+
+
+def _feed_media(video: AvatarVideoTrack, audio: AvatarAudioTrack, start: float) -> None:
+    media = chunk_to_media(
+        0,
+        np.zeros((CHUNK_FRAMES, 16, 16, 3), np.uint8),
+        np.zeros(CHUNK_OUT_SAMPLES, np.float32),
+        16,
+        16,
+    )
+    video.feed([TimedFrame(f, start + f.pts / 90_000) for f in media.video])
+    audio.feed([TimedFrame(f, start + f.pts / 48_000) for f in media.audio])
+
+
+async def test_a_track_waits_for_its_lagging_partner_so_both_leave_together() -> None:
+    clock = LoopClock()
+    video, audio = _paired_tracks(clock)
+    start = clock.now() + 0.05
+    _feed_media(video, audio, start)
+    await video.recv()  # frame 0 (due at start): its sender pulls the video
+    for _ in range(3):  # packets 0-2 (0, 20, 40 ms) leave on time: frame 1 (40 ms) is due,
+        await audio.recv()  # not late yet
+    assert clock.now() - (start + 0.04) < 0.01
+    # The video sender stalls (its encoder starved of CPU) until 150 ms.
+    stalled_until = start + 0.15
+    packet_at_60_ms = asyncio.ensure_future(audio.recv())
+    await clock.sleep_until(stalled_until)
+    assert not packet_at_60_ms.done(), "frame 1 is 20 ms overdue: the packet waits for it"
+    await video.recv()  # frame 1: the audio is waiting, so it goes at once ...
+    await asyncio.wait_for(packet_at_60_ms, 0.05)  # ... and the packet with it
+    assert clock.now() - stalled_until < 0.02
+
+    # Both are behind now: frame 2 (80 ms) waits until the audio sender comes for packet 4
+    # (80 ms), then both go at once.
+    frame_at_80_ms = asyncio.ensure_future(video.recv())
+    await asyncio.sleep(0.01)
+    assert not frame_at_80_ms.done(), "packet 4 (80 ms) is overdue and not sent"
+    await audio.recv()
+    await asyncio.wait_for(frame_at_80_ms, 0.05)
+    assert video.partner_waits_cut_short == 0 and audio.partner_waits_cut_short == 0
+
+
+async def test_an_unpulled_or_stalled_partner_holds_a_track_back_only_so_long() -> None:
+    clock = LoopClock()
+    video, audio = _paired_tracks(clock)
+    start = clock.now() + 0.02
+    _feed_media(video, audio, start)
+    # Nobody pulls the video (an audio-only peer): the audio is never held.
+    for _ in range(4):
+        await audio.recv()
+    assert clock.now() - (start + 0.06) < 0.02
+    assert audio.partner_waits_cut_short == 0
+
+    # Pulled once, then stalled for good: the audio waits at most PARTNER_WAIT_MAX_S.
+    await video.recv()  # frame 0, overdue ... and then nothing
+    await audio.recv()  # packet 4 (80 ms): frames 1 and 2 (40, 80 ms) are not sent
+    waited = clock.now() - (start + 0.08)
+    assert PARTNER_WAIT_MAX_S - 0.01 <= waited < PARTNER_WAIT_MAX_S + 0.05
+    assert audio.partner_waits_cut_short == 1
+
+
+async def test_dropping_the_partners_frames_releases_a_waiting_track() -> None:
+    clock = LoopClock()
+    video, audio = _paired_tracks(clock)
+    start = clock.now() + 0.02
+    _feed_media(video, audio, start)
+    await video.recv()
+    await audio.recv()
+    await audio.recv()
+    await clock.sleep_until(start + 0.06)  # frame 1 (40 ms) is overdue, not pulled
+    waiting = asyncio.ensure_future(audio.recv())  # packet 2 (40 ms) waits for frame 1
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    video.drop_queued()  # an interrupt cut the video
+    await asyncio.wait_for(waiting, 0.05)
+    assert audio.partner_waits_cut_short == 0
