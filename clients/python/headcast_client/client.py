@@ -381,6 +381,9 @@ class HeadcastClient:
             "audio": loop.create_future(),
         }
         connected: asyncio.Future[None] = loop.create_future()
+        # A connection that fails after the offer did (nobody awaits it then) is not an error
+        # to report when the future is collected.
+        connected.add_done_callback(lambda done: done.cancelled() or done.exception())
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
