@@ -64,11 +64,18 @@ class LoopSession:
         self._reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
-        while True:
-            frame = await self.session.video_track.recv()
-            self.greys.append(int(np.median(frame.to_ndarray(format="rgb24"))))
-            await self.session.audio_track.recv()  # keep the audio flowing too
-            await self.session.audio_track.recv()
+        # Each track from its own task, as aiortc's senders pull them: the tracks wait for
+        # each other when one falls behind, so one task pulling both in turn would stall.
+        async def video() -> None:
+            while True:
+                frame = await self.session.video_track.recv()
+                self.greys.append(int(np.median(frame.to_ndarray(format="rgb24"))))
+
+        async def audio() -> None:
+            while True:
+                await self.session.audio_track.recv()
+
+        await asyncio.gather(video(), audio())
 
     @property
     def state(self) -> FakeState:
