@@ -110,6 +110,21 @@ class LoopClock:
             await asyncio.sleep(delay)
 
 
+async def wait_for_event(event: asyncio.Event, clock: WallClock, deadline: float | None) -> None:
+    """Return once ``event`` is set or ``clock`` reaches ``deadline`` (``None``: no deadline)."""
+    if deadline is None:
+        await event.wait()
+        return
+    wake = asyncio.ensure_future(event.wait())
+    timer = asyncio.ensure_future(clock.sleep_until(deadline))
+    try:
+        await asyncio.wait({wake, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (wake, timer):
+            waiter.cancel()
+        await asyncio.gather(wake, timer, return_exceptions=True)
+
+
 @dataclass(frozen=True)
 class Playout:
     """Maps media time to wall time: media time 0 is played out at ``origin``.

@@ -47,7 +47,7 @@ from headcast.pipeline.media import (
     Reseed,
 )
 from headcast.streaming.chunk_policy import ChunkBook, Filler, Generated, Held, Wait
-from headcast.streaming.clock import WallClock
+from headcast.streaming.clock import WallClock, wait_for_event
 from headcast.streaming.engine_link import EngineLink
 from headcast.streaming.events import ChunkStats, ErrorCode, ErrorEvent, EventBus
 from headcast.streaming.generation_gate import GenerationGate, TakeDecision, TakeStep
@@ -302,17 +302,7 @@ class ChunkScheduler:
         )
 
     async def _wait_for_wake(self, deadline: float | None) -> None:
-        if deadline is None:
-            await self._wake.wait()
-            return
-        wake = asyncio.ensure_future(self._wake.wait())
-        timer = asyncio.ensure_future(self._clock.sleep_until(deadline))
-        try:
-            await asyncio.wait({wake, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in (wake, timer):
-                waiter.cancel()
-            await asyncio.gather(wake, timer, return_exceptions=True)
+        await wait_for_event(self._wake, self._clock, deadline)
 
     def _drop_frames(self, count: int) -> None:
         if count:

@@ -39,6 +39,7 @@ from headcast.streaming.clock import (
     chunk_frame_range,
     chunk_packet_range,
     video_pts,
+    wait_for_event,
 )
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,6 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         """Set whenever this track sends or drops frames, or stops (wakes its partner)."""
         self.last_sent_at: float | None = None
         """When the last frame was handed to the encoder (``WallClock`` units)."""
-        self.frames_sent = 0
         self.partner_waits_cut_short = 0
         """Frames sent without the partner after ``PARTNER_WAIT_MAX_S`` (it stayed behind)."""
 
@@ -229,7 +229,6 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         if self.readyState != "live":
             raise MediaStreamError
         sent_at = self._clock.now()
-        self.frames_sent += 1
         self.last_sent_at = sent_at
         self.progress.set()
         if self._on_sent is not None:
@@ -260,14 +259,7 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
                     self.partner_waits_cut_short += 1
                     return
                 partner.progress.clear()
-                progress = asyncio.ensure_future(partner.progress.wait())
-                timer = asyncio.ensure_future(self._clock.sleep_until(deadline))
-                try:
-                    await asyncio.wait({progress, timer}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiter in (progress, timer):
-                        waiter.cancel()
-                    await asyncio.gather(progress, timer, return_exceptions=True)
+                await wait_for_event(partner.progress, self._clock, deadline)
         finally:
             self.parked = False
 
