@@ -2,14 +2,13 @@
 
 Owns: ``RenderPlan`` (bucket, frames per segment, overlap, audio frames and padding,
 segment count, output frames = audio frames + 1: frame 0 is the reconstructed reference)
-and ``OmniAvatarRenderer.render``, the official segment loop: the reference picture ->
-its bucket -> VAE latent -> ``y`` (latent repeated over T + mask, 0 on latent frame 0 and,
-from segment 1 on, on the overlap's latent frames; the image channels stay the original
-reference); per segment: the audio window, ``lat`` (the reference latent, or the VAE
-re-encoding of the previous segment's last ``overlap`` frames, padded with zeros), one
-noise draw, the denoising loop, the tiled decode; segment 0 yields all its frames, later
-ones drop their first ``overlap``; the last is cut at the output length. The leading
-silence of the recipe is put before the audio here.
+and ``OmniAvatarRenderer.render``, the official segment loop over a whole clip: the
+reference picture -> its bucket -> ``SegmentChain.start``; the whole clip's audio features
+once (``ClipFeatures``: the official whole-clip wav2vec2, or the stream's per-segment
+windows); per segment its audio window and ``SegmentChain.next`` (the overlap re-encode,
+the mask, one noise draw, the denoising loop, the tiled decode); segment 0 yields all its
+frames, later ones drop their first ``overlap``; the last is cut at the output length. The
+leading silence of the recipe is put before the audio here.
 
 A ``Probe`` sees the intermediate tensors under the goldens' names (``encode0.latent``,
 ``seg1.lat``...). Knows nothing about files, codecs or progress bars.
@@ -21,30 +20,29 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from headcast.pipeline.attention import sdpa_backends
 from headcast.pipeline.imaging import PIXEL_MAX
 from headcast.pipeline.media import SAMPLE_RATE_HZ
 from headcast.pipeline.omniavatar.audio import (
-    FIRST_FIXED_FRAMES,
-    OmniAudioEncoder,
     clip_frames,
     padded_frames,
     segment_audio,
     segment_count,
 )
-from headcast.pipeline.omniavatar.denoise import (
-    SegmentInputs,
-    SegmentRun,
-    StepObserver,
-    StepResult,
-)
 from headcast.pipeline.omniavatar.dit import OmniAvatarDiT
 from headcast.pipeline.omniavatar.recipe import Recipe
 from headcast.pipeline.omniavatar.reference_image import Bucket, choose_bucket, reference_video
+from headcast.pipeline.omniavatar.segments import (
+    NoiseSource,
+    Probe,
+    SegmentChain,
+    no_probe,
+    seeded_noise,
+)
 from headcast.pipeline.omniavatar.tiled_vae import TiledVAE
 
 logger = logging.getLogger(__name__)
@@ -53,11 +51,26 @@ PromptSource = Callable[[Sequence[str]], list[torch.Tensor]]
 """Prompts -> their embeddings, each ``[1, <= text_len, text_dim]`` (rows after the prompt
 zero or absent); one call per render, so a text encoder need be resident only meanwhile."""
 
-NoiseSource = Callable[[int, tuple[int, ...]], torch.Tensor]
-"""(segment index, latent shape) -> that segment's starting noise."""
+__all__ = [
+    "ClipFeatures",
+    "NoiseSource",
+    "OmniAvatarRenderer",
+    "Probe",
+    "RenderPlan",
+    "SegmentOutput",
+    "frames_to_uint8",
+    "seeded_noise",
+    "silence_prefixed",
+]
 
-Probe = Callable[[str, torch.Tensor], None]
-"""Sees intermediate tensors by name (the goldens' names)."""
+
+class ClipFeatures(Protocol):
+    """A whole clip's audio features, one row per video frame (``OmniAudioEncoder``: the
+    official whole-clip wav2vec2; ``StreamAudio``: the stream's per-segment windows)."""
+
+    def encode(self, samples: np.ndarray, frames: int) -> torch.Tensor:
+        """16 kHz mono samples -> ``[frames, features]`` float32 on the model's device."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -131,31 +144,6 @@ def silence_prefixed(speech: np.ndarray, silence_s: float) -> np.ndarray:
     return np.concatenate([silence, np.asarray(speech, dtype=np.float32)])
 
 
-def seeded_noise(seed: int, device: torch.device, dtype: torch.dtype) -> NoiseSource:
-    """One generator for the whole render, one draw per segment in ``dtype`` (the official
-    ``randn_like`` of the bf16 latents on the GPU), returned as float32."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-
-    def draw(_segment: int, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype).float()
-
-    return draw
-
-
-def _step_probe(see: Probe, segment: int) -> StepObserver:
-    """A step observer that shows each step's tensors to ``see`` under the goldens' names."""
-
-    def observe(step: int, latents: torch.Tensor, result: StepResult) -> None:
-        prefix = f"seg{segment}.step{step}"
-        see(f"{prefix}.x_in", latents)
-        for kind, velocity in result.velocities.items():
-            see(f"{prefix}.v_{kind.value}", velocity)
-        see(f"{prefix}.v_guided", result.guided)
-        see(f"{prefix}.x_out", result.latents)
-
-    return observe
-
-
 class OmniAvatarRenderer:
     """Loaded models + a recipe: renders pictures and clips into frames (no state kept)."""
 
@@ -163,7 +151,7 @@ class OmniAvatarRenderer:
         self,
         dit: OmniAvatarDiT,
         vae: TiledVAE,
-        audio: OmniAudioEncoder,
+        audio: ClipFeatures,
         prompts: PromptSource,
         recipe: Recipe,
         *,
@@ -205,57 +193,36 @@ class OmniAvatarRenderer:
             probe: sees the intermediate tensors.
         """
         recipe, device = self.recipe, self.device
-        see = probe or (lambda _name, _value: None)
+        see = probe or no_probe
         samples = silence_prefixed(speech, recipe.silence_s)
         plan = RenderPlan.make(recipe, image.shape[:2], samples.size)
         noise = noise or seeded_noise(recipe.seed, device, self.dit.dtype)
         logger.info("OmniAvatar render: %s", plan)
+        chain = SegmentChain(
+            self.dit,
+            self.vae,
+            self.options,
+            overlap=plan.overlap,
+            overlap_latents=plan.overlap_latents,
+            attention=self.attention,
+        )
         # 1. the reference picture: bucket, latent, and y = latent over T + mask
         reference = reference_video(image, recipe.buckets).to(device)  # [1, 3, 1, H, W]
-        see("encode0.video", reference)
-        lead = self.vae.encode(reference)  # [1, 16, 1, h, w]
-        see("encode0.latent", lead)
-        frames_t = plan.latent_frames
-        mask = torch.ones_like(lead[:, :1]).repeat(1, 1, frames_t, 1, 1)  # [1, 1, T, h, w]
-        mask[:, :, :FIRST_FIXED_FRAMES] = 0
-        y = torch.cat([lead.repeat(1, 1, frames_t, 1, 1), mask], dim=1)  # [1, 17, T, h, w]
+        carry = chain.start(reference, plan.latent_frames, see)
         # 2. prompts and the whole clip's audio features, once
         context, negative = (c.to(device) for c in self.prompts([prompt, recipe.negative_prompt]))
         embeddings = self.audio.encode(samples, plan.padded_audio_frames)  # [F, C] float32
         see("audio.embeddings", embeddings)
-        window: torch.Tensor | None = None
-        tail: torch.Tensor | None = None
         for index in range(plan.segments):
             started = time.perf_counter()
-            # 3. this segment's fixed lead latents, mask and audio
-            if index > 0:
-                assert tail is not None
-                see(f"encode{index}.video", tail)
-                lead = self.vae.encode(tail)  # [1, 16, overlap_latents, h, w]
-                see(f"encode{index}.latent", lead)
-                y[:, -1:, : plan.overlap_latents] = 0
-            fixed = lead.shape[2]
-            lat = torch.cat(
-                [lead, lead.new_zeros(*lead.shape[:2], frames_t - fixed, *lead.shape[3:])], dim=2
-            )
-            window = segment_audio(embeddings, index, plan.segment_frames, plan.overlap, window)
-            audio = window[None]  # [1, L, C]
-            for name, value in (("lat", lat), ("y", y), ("audio_emb", audio)):
-                see(f"seg{index}.{name}", value)
-            # 4. denoise, decode
-            inputs = SegmentInputs(
-                lat, fixed, y, audio, context, negative, noise(index, tuple(lat.shape))
-            )
-            with sdpa_backends(self.attention):
-                run = SegmentRun(self.dit, self.options, inputs)
-                latents = run.run(
-                    None if probe is None else _step_probe(see, index)
-                )  # [1, 16, T, h, w]
-            see(f"seg{index}.latents", latents)
-            frames = (self.vae.decode(latents) + 1) / 2  # [1, 3, L, H, W] in [0, 1]
-            see(f"seg{index}.frames", frames.transpose(1, 2))
-            tail = (frames[:, :, -plan.overlap :].clamp(0, 1) * 2 - 1).contiguous()  # next lead
-            # 5. the frames this segment adds, cut at the output length
+            # 3. this segment's audio, then the segment (lead, mask, denoise, decode)
+            window = segment_audio(
+                embeddings, index, plan.segment_frames, plan.overlap, carry.window
+            )  # [L, C]
+            frames = chain.next(
+                carry, window, context, negative, noise, see, observe_steps=probe is not None
+            )  # [1, 3, L, H, W] in [0, 1]
+            # 4. the frames this segment adds, cut at the output length
             first = plan.first_output_frame(index)
             skip = 0 if index == 0 else plan.overlap
             count = min(plan.segment_frames - skip, plan.output_frames - first)
