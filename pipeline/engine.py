@@ -39,7 +39,12 @@ from headcast.pipeline.engine_api import (
     UnknownEngine,
     WrongEngineOptions,
 )
-from headcast.pipeline.engine_options import FlashTalkOptions, PuppetOptions, TinyOptions
+from headcast.pipeline.engine_options import (
+    FlashTalkOptions,
+    OmniAvatarOptions,
+    PuppetOptions,
+    TinyOptions,
+)
 from headcast.pipeline.media import Avatar, AvatarAssets, Chunk, ChunkJob, PreparationStep
 
 if TYPE_CHECKING:
@@ -140,6 +145,7 @@ def default_registry() -> EngineRegistry:
     registry.register("puppet", _puppet, PuppetOptions)
     registry.register("tiny", _tiny, TinyOptions)
     registry.register("flashtalk", _flashtalk, FlashTalkOptions)
+    registry.register("omniavatar", _omniavatar, OmniAvatarOptions)
     return registry
 
 
@@ -163,6 +169,12 @@ def _flashtalk(options: FlashTalkOptions, parallel: ParallelGroup | None = None)
     from headcast.pipeline.diffusion_engine import flashtalk_engine
 
     return flashtalk_engine(options, parallel)
+
+
+def _omniavatar(options: OmniAvatarOptions, parallel: ParallelGroup | None = None) -> Engine:
+    from headcast.pipeline.omniavatar.stream_engine import omniavatar_engine
+
+    return omniavatar_engine(options, parallel)
 
 
 @dataclass(frozen=True)

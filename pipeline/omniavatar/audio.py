@@ -5,8 +5,8 @@ segment brings ``L - 1`` new frames, every later one ``L - overlap``), ``OmniAud
 (zero-mean/unit-variance over the whole clip, zero padding to whole frames, wav2vec2 with
 its conv features resampled to 25 fps before the transformer, and per frame
 ``cat(last_hidden_state, every hidden state)``: 14 x 768 = 10,752 features for wav2vec2
-base) and ``segment_audio`` (each segment's window: a zero frame first, then later segments
-start with the previous window's last ``overlap`` rows).
+base) and ``segment_audio`` / ``next_window`` (each segment's window: a zero frame first,
+then later segments start with the previous window's last ``overlap`` rows).
 
 Must not know about the DiT, the VAE, files or sessions. wav2vec2 runs in float32 as the
 official code runs it; the caller casts the features for the DiT.
@@ -89,8 +89,14 @@ class OmniAudioEncoder:
     @torch.no_grad()
     def encode(self, samples: np.ndarray, frames: int) -> torch.Tensor:
         """16 kHz mono samples -> ``[frames, features_per_frame]`` float32 on the model's device."""
+        return self.features(self.input_values(samples, frames), frames)
+
+    @torch.no_grad()
+    def features(self, values: torch.Tensor, frames: int) -> torch.Tensor:
+        """Normalised samples ``[1, frames * 640]`` -> ``[frames, features_per_frame]``:
+        per frame ``cat(last_hidden_state, every hidden state)``."""
         weight = next(self.model.parameters())
-        values = self.input_values(samples, frames).to(weight.device, weight.dtype)
+        values = values.to(weight.device, weight.dtype)
         states = wav2vec_hidden_states(self.model, values, frames)  # layers + 1 x [1, F, C]
         return torch.cat([states[-1], *states], dim=-1)[0]  # [F, (layers + 2) * C]
 
@@ -111,18 +117,26 @@ def segment_audio(
     first = segment_frames - FIRST_FIXED_FRAMES
     later = segment_frames - overlap
     if segment == 0:
-        prefix = embeddings.new_zeros(FIRST_FIXED_FRAMES, embeddings.shape[1])
-        rows = embeddings[:first]
+        window = next_window(None, embeddings[:first], overlap)
     else:
         if previous is None:
             raise ValueError(f"segment {segment} needs the previous segment's window")
         start = first + (segment - 1) * later
-        prefix = previous[-overlap:]
-        rows = embeddings[start : start + later]
-    window = torch.cat([prefix, rows], dim=0)  # [L, C]
+        window = next_window(previous, embeddings[start : start + later], overlap)
     if window.shape[0] != segment_frames:
         raise ValueError(
             f"segment {segment} has {window.shape[0]} audio frames, expected {segment_frames}: "
             "pad the embeddings with padded_frames()"
         )
     return window
+
+
+def next_window(previous: torch.Tensor | None, rows: torch.Tensor, overlap: int) -> torch.Tensor:
+    """A segment's audio window from its new feature ``rows`` ``[n, C]``: after a zero row in
+    the first segment (``previous`` None), after the previous window's last ``overlap`` rows
+    in every later one. Returns ``[FIRST_FIXED_FRAMES + n, C]`` or ``[overlap + n, C]``."""
+    if previous is None:
+        prefix = rows.new_zeros(FIRST_FIXED_FRAMES, rows.shape[1])
+    else:
+        prefix = previous[-overlap:]
+    return torch.cat([prefix, rows], dim=0)

@@ -42,12 +42,15 @@ from headcast.pipeline.omniavatar.denoise import SamplerOptions, SegmentInputs, 
 from headcast.pipeline.omniavatar.dit import OmniAvatarDiT
 from headcast.pipeline.omniavatar.models import OmniModels, build_models
 from headcast.pipeline.omniavatar.recipe import (
-    FRAMES_PER_LATENT,
+    DEFAULT_STREAM_STEPS,
     RECIPES,
+    STREAM_OVERLAP,
+    STREAM_SEGMENT_FRAMES,
     TINY_BUCKETS,
     TINY_MAX_TOKENS,
     TOKEN_SIDE_PX,
     Recipe,
+    max_tokens_for,
 )
 from headcast.pipeline.omniavatar.reference_image import Bucket
 from headcast.pipeline.omniavatar.teacache import TeaCacheSchedule
@@ -69,15 +72,6 @@ DEFAULT_TIMED_STEPS = 3
 DEFAULT_WARMUP_STEPS = 1
 """Untimed steps first (the first compiles and autotunes)."""
 
-STREAM_SEGMENT_FRAMES = 41
-"""Streaming segment: 41 frames, 13 carried over, 28 new (the 1.12 s FlashTalk chunk)."""
-
-STREAM_OVERLAP = 13
-"""Frames a streaming segment carries over (the official overlap)."""
-
-DEFAULT_STREAM_STEPS = 4
-"""Sampling steps of the streaming candidates."""
-
 CASE_CHOICES = ("official", "fast", "stream")
 """The official recipe, the size's fast preset, the two streaming candidates."""
 
@@ -88,18 +82,6 @@ RANDOM_CONTEXT_TOKENS = 32
 
 
 # -- cases ---------------------------------------------------------------------------------
-
-
-def max_tokens_for(frames: int, bucket: Bucket) -> int:
-    """The smallest ``max_tokens`` whose segment has ``frames`` frames at ``bucket``."""
-    tokens = math.ceil(
-        frames * bucket[0] * bucket[1] / (TOKEN_SIDE_PX * TOKEN_SIDE_PX * FRAMES_PER_LATENT)
-    )
-    probe = Recipe(max_tokens=tokens, overlap=1, buckets=(bucket,))
-    while probe.segment_frames(bucket) < frames:
-        tokens += 1
-        probe = replace(probe, max_tokens=tokens)
-    return tokens
 
 
 def size_recipe(base: Recipe, size: OmniSize) -> Recipe:

@@ -4,11 +4,15 @@ Owns: ``Recipe`` (steps, guidance, audio guidance, TeaCache, max tokens, overlap
 seed, resolution buckets, negative prompt, leading silence, tiled VAE),
 the frames-per-segment formula (``L = int(max_tokens * 16 * 16 * 4 / h / w)`` rounded to
 ``4n + 1``), ``RECIPES`` (``official``; ``fast-14b`` and ``fast-1.3b``, each with the trade
-it makes) and ``validate()``. Knows nothing about models or devices.
+it makes), ``validate()`` and the streaming recipe (``stream_recipe``: 41-frame segments
+with the official 13-frame overlap, 28 new frames = the 1.12 s FlashTalk chunk, few steps,
+the lead silence that makes a stream's chunk k the offline render's segment k). Knows
+nothing about models or devices.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -225,3 +229,63 @@ def recipe(name: str, **overrides: Any) -> Recipe:
             f"unknown OmniAvatar recipe {name!r}; choose one of {', '.join(RECIPES)}"
         ) from None
     return base.with_overrides(**overrides)
+
+
+STREAM_SEGMENT_FRAMES = 41
+"""Streaming segment: 41 frames, 13 carried over, 28 new (the 1.12 s FlashTalk chunk)."""
+
+STREAM_OVERLAP = 13
+"""Frames a streaming segment carries over (the official overlap)."""
+
+STREAM_LEAD_FRAMES = STREAM_OVERLAP - 1
+"""Silent frames before a stream's first audio: the first segment is the reference frame,
+these 12 frames and the first chunk's 28, so every chunk is a segment's last 28 frames."""
+
+STREAM_LEAD_S = STREAM_LEAD_FRAMES / 25
+"""``STREAM_LEAD_FRAMES`` in seconds at 25 fps (0.48 s: the recipe's ``silence_s``)."""
+
+DEFAULT_STREAM_STEPS = 4
+"""Sampling steps per streaming segment."""
+
+TINY_STREAM_BUCKETS: tuple[Bucket, ...] = ((16, 32), (32, 32), (32, 16))
+"""The tiny size's streaming buckets (height, width): landscape, square, portrait."""
+
+
+def max_tokens_for(frames: int, bucket: Bucket) -> int:
+    """The smallest ``max_tokens`` whose segment has ``frames`` frames at ``bucket``."""
+    tokens = math.ceil(
+        frames * bucket[0] * bucket[1] / (TOKEN_SIDE_PX * TOKEN_SIDE_PX * FRAMES_PER_LATENT)
+    )
+    probe = Recipe(max_tokens=tokens, overlap=1, buckets=(bucket,))
+    while probe.segment_frames(bucket) < frames:
+        tokens += 1
+        probe = replace(probe, max_tokens=tokens)
+    return tokens
+
+
+def stream_recipe(
+    bucket: Bucket,
+    *,
+    steps: int = DEFAULT_STREAM_STEPS,
+    guidance: float = 1.0,
+    seed: int = OFFICIAL_SEED,
+) -> Recipe:
+    """The streaming recipe at one generation size: 41-frame segments, 13 carried over,
+    ``steps`` steps, ``guidance`` 1 (one pass) or > 1 (two passes), no TeaCache, the 0.48 s
+    lead silence. Rendered offline with stream-mode audio it gives the stream's frames."""
+    passes = "one pass, no guidance" if guidance == 1.0 else f"guidance {guidance}, two passes"
+    return Recipe(
+        steps=steps,
+        guidance=guidance,
+        teacache=0.0,
+        max_tokens=max_tokens_for(STREAM_SEGMENT_FRAMES, bucket),
+        overlap=STREAM_OVERLAP,
+        seed=seed,
+        buckets=(bucket,),
+        silence_s=STREAM_LEAD_S,
+        name="stream",
+        trade=(
+            f"streaming: {STREAM_SEGMENT_FRAMES}-frame segments with {STREAM_OVERLAP} carried "
+            f"over (28 new = 1.12 s), {steps} steps instead of 50, {passes}"
+        ),
+    )

@@ -89,6 +89,16 @@ class SegmentCarry:
     next window); None before the first segment."""
 
 
+def carry_from_reference(lead: torch.Tensor, latent_frames: int) -> SegmentCarry:
+    """The carry before the first segment from the reference picture's latent ``lead``
+    ``[1, 16, 1, h, w]``: ``y`` is it repeated over T = ``latent_frames`` plus the mask (0 on
+    latent frame 0: the picture itself is the first segment's fixed frame)."""
+    mask = torch.ones_like(lead[:, :1]).repeat(1, 1, latent_frames, 1, 1)  # [1, 1, T, h, w]
+    mask[:, :, :FIRST_FIXED_FRAMES] = 0
+    y = torch.cat([lead.repeat(1, 1, latent_frames, 1, 1), mask], dim=1)  # [1, 17, T, h, w]
+    return SegmentCarry(y=y, lead=lead)
+
+
 class SegmentChain:
     """Loaded DiT and VAE + sampling options + the overlap: samples segment after segment.
 
@@ -125,10 +135,7 @@ class SegmentChain:
         see("encode0.video", reference)
         lead = self.vae.encode(reference)  # [1, 16, 1, h, w]
         see("encode0.latent", lead)
-        mask = torch.ones_like(lead[:, :1]).repeat(1, 1, latent_frames, 1, 1)  # [1, 1, T, h, w]
-        mask[:, :, :FIRST_FIXED_FRAMES] = 0
-        y = torch.cat([lead.repeat(1, 1, latent_frames, 1, 1), mask], dim=1)  # [1, 17, T, h, w]
-        return SegmentCarry(y=y, lead=lead)
+        return carry_from_reference(lead, latent_frames)
 
     @torch.no_grad()
     def next(

@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from headcast.pipeline.media import CHUNK_FRAMES, VIDEO_FPS
-from headcast.pipeline.omniavatar.bench import (
+from headcast.pipeline.omniavatar.bench import cases, count_flops
+from headcast.pipeline.omniavatar.config import omni_size
+from headcast.pipeline.omniavatar.recipe import (
+    FAST_1_3B,
     STREAM_OVERLAP,
     STREAM_SEGMENT_FRAMES,
-    cases,
-    count_flops,
     max_tokens_for,
 )
-from headcast.pipeline.omniavatar.config import omni_size
-from headcast.pipeline.omniavatar.recipe import FAST_1_3B
 from headcast.server.cli import main
 
 CLOSED_FORM_TOL = 0.02
