@@ -22,6 +22,7 @@ from headcast.pipeline.engine import Engine, default_registry
 from headcast.pipeline.engine_options import (
     EngineOptions,
     FlashTalkOptions,
+    OmniAvatarOptions,
     PuppetOptions,
     TinyOptions,
 )
@@ -35,7 +36,17 @@ STAND_IN_ENGINES = {
     "puppet": "a CPU stand-in that moves a drawn mouth with the audio energy",
     "tiny": "the model's code with tiny random weights: its pictures are noise",
 }
-"""Engines that are not the FlashTalk model, and what they are instead."""
+"""Engines that are not a real model, and what they are instead (``omniavatar`` with
+``omni_size: tiny`` is one too: ``stand_in`` says so)."""
+
+OMNI_TINY_STAND_IN = "OmniAvatar's code with tiny random weights: its pictures are noise"
+
+
+def stand_in(settings: Settings) -> str | None:
+    """What the configured engine is instead of a real model, or ``None`` if it is one."""
+    if settings.engine == "omniavatar" and settings.omni_size == "tiny":
+        return OMNI_TINY_STAND_IN
+    return STAND_IN_ENGINES.get(settings.engine)
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -46,6 +57,22 @@ def engine_options(settings: Settings) -> EngineOptions:
     if settings.engine == "tiny":
         return TinyOptions(
             height=height, width=width, steps=settings.steps, cache_dir=settings.avatar_cache_dir
+        )
+    if settings.engine == "omniavatar":
+        return OmniAvatarOptions(
+            height=height,
+            width=width,
+            size=settings.omni_size,
+            steps=settings.omni_steps,
+            guidance=settings.omni_guidance,
+            gen_height=settings.gen_height,
+            gen_width=settings.gen_width,
+            model_dir=settings.model_dir,
+            wav2vec_dir=settings.wav2vec_dir,
+            quantize=settings.quantize,
+            compile=settings.compile,
+            speedups=settings.speedups,
+            random_weights=settings.random_weights,
         )
     return FlashTalkOptions(
         height=height,

@@ -27,7 +27,7 @@ from headcast.server.settings import Settings, SettingsError
 logger = logging.getLogger(__name__)
 
 CPU_DEVICE = "cpu"
-GPU_ENGINES = frozenset({"tiny", "flashtalk"})
+GPU_ENGINES = frozenset({"tiny", "flashtalk", "omniavatar"})
 """Engines that compute on a CUDA device when there is one (the puppet never does)."""
 
 

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from headcast.pipeline.engine_options import NO_GUIDANCE, OmniSizeName
 from headcast.pipeline.media import CHUNK_SECONDS, DEFAULT_HEIGHT, DEFAULT_WIDTH, MS_PER_S
 from headcast.server.capacity import check_sessions_within_slots
 from headcast.streaming.push import (
@@ -37,7 +38,7 @@ from headcast.streaming.push import (
 from headcast.streaming.session_config import DEFAULT_SPEECH_WAIT_MAX_S
 from headcast.streaming.turn_check import TURN_URL_SCHEMES
 
-EngineName = Literal["puppet", "tiny", "flashtalk"]
+EngineName = Literal["puppet", "tiny", "flashtalk", "omniavatar"]
 IdleModeName = Literal["generate", "loop"]
 VideoCodecName = Literal["vp8", "h264"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -46,6 +47,8 @@ ENV_PREFIX = "HEADCAST_"
 """Prefix of the environment variables that set fields (``HEADCAST_PORT`` sets ``port``)."""
 
 DEFAULT_PORT = 8000
+DEFAULT_OMNI_STEPS = 4
+"""Sampling steps per segment of the ``omniavatar`` engine (the official recipe has 50)."""
 DEFAULT_MAX_SESSIONS_FALLBACK = 4
 """Concurrent sessions when the engine measures no RTF: what the puppet sustains on 2 cores."""
 
@@ -138,37 +141,55 @@ class Settings(BaseSettings):
 
     engine: EngineName = "puppet"
     """Which engine makes the frames: ``puppet`` (CPU stand-in, no weights), ``tiny`` (the
-    model's code with tiny random weights) or ``flashtalk`` (the real model, GPU)."""
+    model's code with tiny random weights), ``flashtalk`` (the real model, GPU) or
+    ``omniavatar`` (OmniAvatar streaming one 41-frame segment per chunk: higher quality,
+    slower; see the ``omni_*`` settings)."""
 
     model_dir: Path | None = None
-    """FlashTalk checkpoint directory (``flashtalk`` only)."""
+    """Model directory: the FlashTalk checkpoint (``flashtalk``), or for ``omniavatar`` the
+    folder holding its Wan2.1-T2V, OmniAvatar and wav2vec2-base-960h folders."""
 
     wav2vec_dir: Path | None = None
-    """wav2vec 2.0 audio-encoder directory (``flashtalk`` only)."""
+    """wav2vec 2.0 audio-encoder directory (``flashtalk``; ``omniavatar`` when it is not in
+    ``model_dir``)."""
+
+    omni_size: OmniSizeName = "1.3b"
+    """Model size of the ``omniavatar`` engine: ``tiny`` (tiny random weights on the CPU, no
+    ``model_dir``: the pictures are noise), ``1.3b`` or ``14b``."""
+
+    omni_steps: int = Field(DEFAULT_OMNI_STEPS, ge=1)
+    """Sampling steps per segment (per 1.12 s chunk) of the ``omniavatar`` engine."""
+
+    omni_guidance: float = Field(NO_GUIDANCE, ge=NO_GUIDANCE)
+    """Guidance scale of the ``omniavatar`` engine: 1 runs one DiT pass per step (no
+    guidance); above 1, two passes (prompt and audio guidance) batched into one forward,
+    about twice the DiT work."""
 
     steps: Literal[4, 2] | None = None
     """Sampling steps per chunk of the diffusion engines (``tiny``, ``flashtalk``); unset: the
     preset's 4. 2 halves the DiT time (the official 2-step schedule)."""
 
     gen_height: int | None = Field(None, gt=0, multiple_of=16)
-    """Height the ``flashtalk`` engine generates at, when it differs from ``height`` (frames are
-    resized to the output size); unset: the output height."""
+    """Height the ``flashtalk`` and ``omniavatar`` engines generate at, when it differs from
+    ``height`` (frames are resized to the output size); unset: the output height
+    (``omniavatar``: its bucket closest to the output's aspect ratio, 720x400 portrait)."""
 
     gen_width: int | None = Field(None, gt=0, multiple_of=16)
-    """Width the ``flashtalk`` engine generates at; unset: the output width."""
+    """Width the ``flashtalk`` and ``omniavatar`` engines generate at; unset: the output width
+    (``omniavatar``: see ``gen_height``)."""
 
     quantize: Literal["none", "fp8", "int8", "int4", "nf4"] = "none"
     """DiT linear layers of the ``flashtalk`` engine: ``none`` (bf16), ``fp8`` (Hopper, row-wise
     scales), ``int8``/``int4`` (optimum-quanto, weight only) or ``nf4`` (bitsandbytes). See
-    BENCHMARKS.md for speed, memory and error of each."""
+    BENCHMARKS.md for speed, memory and error of each. ``omniavatar``: ``none`` or ``fp8``."""
 
     compile: bool = False
-    """``torch.compile`` the DiT blocks of the ``flashtalk`` engine (the first chunk pays the
-    compile time at warm-up; not with int8/int4/nf4)."""
+    """``torch.compile`` the DiT blocks of the ``flashtalk`` and ``omniavatar`` engines (the
+    first chunk pays the compile time at warm-up; not with int8/int4/nf4)."""
 
     random_weights: bool = False
-    """Build the ``flashtalk`` engine's full-size model with random weights on the GPU instead of
-    loading ``model_dir``: the real model's speed, memory and capacity before the checkpoint
+    """Build the ``flashtalk`` (or ``omniavatar``) engine's full-size model with random weights
+    on the GPU instead of loading ``model_dir``: the real model's speed, memory and capacity before the checkpoint
     is there; the pictures are noise. The log, ``/readyz`` and the demo page say so."""
 
     speedups: Literal["fast", "official"] = "fast"
@@ -376,6 +397,22 @@ class Settings(BaseSettings):
                 f"{count % size} device(s) would sit idle; list a multiple of {size} devices "
                 f"or set gpus_per_session to a divisor of {count}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _omniavatar_fits(self) -> Settings:
+        if self.engine != "omniavatar":
+            return self
+        if self.gpus_per_session > 1:
+            raise ValueError(
+                f"the omniavatar engine has no sequence-parallel path (gpus_per_session is "
+                f"{self.gpus_per_session}): set gpus_per_session: 1, each GPU then serves its own "
+                "sessions"
+            )
+        # The settings -> options mapping lives in server.engines, which imports this module.
+        from headcast.server.engines import engine_options
+
+        engine_options(self)  # OmniAvatarOptions raises ValueError naming every bad option
         return self
 
     @field_validator("api_keys")

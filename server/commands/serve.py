@@ -19,7 +19,7 @@ import uvicorn
 from headcast.server.allocator import tune_allocator
 from headcast.server.app import create_app
 from headcast.server.commands import SUMMARIES
-from headcast.server.engines import STAND_IN_ENGINES
+from headcast.server.engines import stand_in as stand_in_for
 from headcast.server.http_protocol import header_timeout_protocol
 from headcast.server.settings import Settings, load_settings
 
@@ -83,11 +83,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level.upper())
     tune_allocator()  # before the media threads start: they allocate video buffers all day
-    stand_in = STAND_IN_ENGINES.get(settings.engine)
+    stand_in = stand_in_for(settings)
     if stand_in is not None:
-        logger.warning(
-            "engine %r is %s -- it is NOT the FlashTalk model", settings.engine, stand_in
-        )
+        logger.warning("engine %r is %s -- it is NOT a real model", settings.engine, stand_in)
     elif settings.random_weights:
         logger.warning(
             "engine %r with RANDOM weights (random_weights): the full-size model's speed and "

@@ -78,3 +78,33 @@ def test_random_weights_on_a_cpu_say_to_use_the_tiny_engine() -> None:
     engine.device = "cpu"  # this machine may not have a GPU; make sure of it
     with pytest.raises(ValueError, match=r"CUDA GPU.*--engine tiny"):
         engine.load()
+
+
+def test_the_omniavatar_profile_reaches_the_streaming_engine() -> None:
+    from headcast.pipeline.omniavatar.stream_engine import OmniAvatarStreamEngine
+
+    profile = next(p for p in CONFIGS if p.name == "omniavatar-1.3b-stream.yaml")
+    settings = load_settings(profile, random_weights=True)
+    engine = create_engine(settings)  # created, not loaded: no weights are made
+    assert isinstance(engine, OmniAvatarStreamEngine)
+    assert engine.bucket == (720, 400) and engine.recipe.segment_frames(engine.bucket) == 41
+    assert engine.recipe.overlap == 13 and engine.recipe.steps == 4
+    assert len(engine.recipe.sampler_options().guidance.passes) == 1
+    assert engine.speed.compile_mode == "default" and "RANDOM" in engine.description
+    assert (engine.height, engine.width) == (768, 448)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"omni_size": "2b"}, "omni_size: Input should be 'tiny', '1.3b' or '14b'"),
+        ({"omni_steps": 0}, "omni_steps: Input should be greater than or equal to 1"),
+        ({"omni_guidance": 0.5}, "omni_guidance: Input should be greater than or equal to 1"),
+        ({"omni_size": "1.3b"}, "size=1.3b needs model_dir .* or random_weights: true"),
+        ({"quantize": "int4"}, "quantize='int4' is not offered by the omniavatar engine"),
+        ({"gpus_per_session": 2}, "no sequence-parallel path .* set gpus_per_session: 1"),
+    ],
+)
+def test_bad_omniavatar_settings_are_named(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(None, engine="omniavatar", **{"omni_size": "tiny", **settings})
