@@ -247,7 +247,7 @@ STREAM_LEAD_S = STREAM_LEAD_FRAMES / 25
 DEFAULT_STREAM_STEPS = 4
 """Sampling steps per streaming segment."""
 
-TINY_STREAM_BUCKETS: tuple[Bucket, ...] = ((16, 32), (32, 32), (32, 16))
+TINY_STREAM_BUCKETS: tuple[Bucket, ...] = ((16, 32), (16, 16), (32, 16))
 """The tiny size's streaming buckets (height, width): landscape, square, portrait."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import get_args
 
 import uvicorn
 
@@ -21,7 +22,7 @@ from headcast.server.app import create_app
 from headcast.server.commands import SUMMARIES
 from headcast.server.engines import stand_in as stand_in_for
 from headcast.server.http_protocol import header_timeout_protocol
-from headcast.server.settings import Settings, load_settings
+from headcast.server.settings import EngineName, Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "Settings come from --config (YAML), then HEADCAST_* environment variables, then flags.",
     )
     parser.add_argument("--config", type=Path, help="YAML profile, e.g. configs/cpu-demo.yaml")
-    parser.add_argument("--engine", choices=["puppet", "tiny", "flashtalk"], help="engine to run")
+    parser.add_argument("--engine", choices=get_args(EngineName), help="engine to run")
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default 8000)")
     parser.add_argument(

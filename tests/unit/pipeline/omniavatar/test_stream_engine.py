@@ -51,14 +51,14 @@ def _speech(chunks: int) -> np.ndarray:
 
 
 def _picture() -> np.ndarray:
-    """A seeded 48 x 40 RGB picture (cropped to the 32 x 16 bucket by the engine)."""
+    """A seeded 48 x 40 RGB picture (resized and cropped to the 16 x 16 bucket)."""
     return np.random.default_rng(5).integers(0, 256, (48, 40, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
 def engine() -> OmniAvatarStreamEngine:
     options = OmniAvatarOptions(
-        size="tiny", height=32, width=16, steps=2, guidance=3.0, device="cpu"
+        size="tiny", height=16, width=16, steps=2, guidance=3.0, device="cpu"
     )
     made = default_registry().create("omniavatar", options)
     assert isinstance(made, OmniAvatarStreamEngine) and isinstance(made, Engine)
@@ -90,8 +90,8 @@ def test_stream_chunks_equal_the_offline_segment_loop(engine: OmniAvatarStreamEn
     assert len(segments) == CHUNKS
     assert segments[0].frames.shape[0] == STREAM_SEGMENT_FRAMES  # reference + 12 + 28
     for chunk, segment in zip(chunks, segments, strict=True):
-        offline = frames_to_uint8(segment.frames[-CHUNK_FRAMES:])  # [28, 32, 16, 3]
-        assert chunk.frames.shape == offline.shape == (CHUNK_FRAMES, 32, 16, 3)
+        offline = frames_to_uint8(segment.frames[-CHUNK_FRAMES:])  # [28, 16, 16, 3]
+        assert chunk.frames.shape == offline.shape == (CHUNK_FRAMES, 16, 16, 3)
         difference = np.abs(chunk.frames.astype(np.int16) - offline.astype(np.int16))
         assert difference.max() <= UINT8_TOL, f"chunk {chunk.index}: {difference.max()}"
         assert np.array_equal(chunk.audio, speech[chunk.index * CHUNK_SAMPLES :][:CHUNK_SAMPLES])
@@ -119,13 +119,13 @@ def test_stream_mode_audio_of_a_clip_is_what_the_ring_gives(
 def test_a_reseed_continues_from_the_frames_shown(engine: OmniAvatarStreamEngine) -> None:
     state = engine.open_session(Avatar("face", _picture()), seed=SEED)
     engine.step(state, ChunkJob(0, _speech(1)))
-    grey = np.full((RESEED_FRAMES, 32, 16, 3), 128, dtype=np.uint8)
+    grey = np.full((RESEED_FRAMES, 16, 16, 3), 128, dtype=np.uint8)
     engine.reseed(state, Reseed(grey, silent_samples=3 * CHUNK_SAMPLES))
     assert state.carry.window is not None and state.carry.window.shape[0] == 41
-    assert state.carry.tail is not None and state.carry.tail.shape == (1, 3, 13, 32, 16)
+    assert state.carry.tail is not None and state.carry.tail.shape == (1, 3, 13, 16, 16)
     assert float(state.carry.tail.abs().max()) < 0.01  # grey 128 is ~0 in [-1, 1]
     chunk = engine.step(state, ChunkJob(4, _speech(1)))
-    assert chunk.frames.shape == (CHUNK_FRAMES, 32, 16, 3)
+    assert chunk.frames.shape == (CHUNK_FRAMES, 16, 16, 3)
 
 
 def test_a_parallel_group_is_refused_with_what_to_do() -> None:
