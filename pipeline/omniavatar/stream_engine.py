@@ -124,6 +124,35 @@ class OmniConditioning:
 
 
 @dataclass
+class ChunkTimes:
+    """One session's chunk compute times, summed up for its closing log line (the server's
+    metrics see only the chunks that were in time; these count every chunk computed)."""
+
+    count: int = 0
+    total_s: float = 0.0
+    longest_s: float = 0.0
+    first_s: float | None = None
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total_s += seconds
+        self.longest_s = max(self.longest_s, seconds)
+        if self.first_s is None:
+            self.first_s = seconds
+
+    def summary(self) -> str:
+        """``N chunks, compute mean ... (RTF ...), longest ..., first ...``."""
+        if not self.count:
+            return "no chunks"
+        mean = self.total_s / self.count
+        return (
+            f"{self.count} chunks, compute mean {mean:.3f} s (RTF {mean / CHUNK_SECONDS:.2f}), "
+            f"longest {self.longest_s:.3f} s (RTF {self.longest_s / CHUNK_SECONDS:.2f}), "
+            f"first {self.first_s or 0.0:.3f} s"
+        )
+
+
+@dataclass
 class OmniStreamState:
     """Everything one session's stream carries from chunk to chunk."""
 
@@ -133,6 +162,8 @@ class OmniStreamState:
     """The last ``StreamAudio.window_samples`` samples heard (silence at the start)."""
     noise: NoiseSource
     """The session's seeded noise, one draw per segment."""
+    times: ChunkTimes
+    """Compute time of every chunk of the session."""
 
 
 def default_bucket(options: OmniAvatarOptions) -> Bucket:
@@ -297,6 +328,7 @@ class OmniAvatarStreamEngine:
             carry=carry_from_reference(conditioning.reference_latent, latent_frames),
             ring=AudioRing(audio.window_samples),
             noise=seeded_noise(seed, self.device, models.dit.dtype),
+            times=ChunkTimes(),
         )
 
     def step(self, state: OmniStreamState, job: ChunkJob) -> Chunk:
@@ -316,12 +348,11 @@ class OmniAvatarStreamEngine:
             new = F.interpolate(
                 new, size=(self.height, self.width), mode="bilinear", align_corners=False
             )
-        return Chunk(
-            index=job.index,
-            frames=frames_to_uint8(new),  # [28, height, width, 3]
-            audio=job.audio,
-            compute_seconds=time.perf_counter() - started,
-        )
+        pixels = frames_to_uint8(new)  # [28, height, width, 3]; the copy waits for the device
+        seconds = time.perf_counter() - started
+        state.times.add(seconds)
+        logger.debug("omniavatar chunk %d: %.3f s", job.index, seconds)
+        return Chunk(index=job.index, frames=pixels, audio=job.audio, compute_seconds=seconds)
 
     def reseed(self, state: OmniStreamState, reseed: Reseed) -> None:
         """The frames shown become the next segment's lead (the oldest repeated to fill the
@@ -337,7 +368,8 @@ class OmniAvatarStreamEngine:
         state.carry.window = audio.rows(state.ring.window(), STREAM_SEGMENT_FRAMES)  # [41, C]
 
     def close_session(self, state: OmniStreamState) -> None:
-        """Nothing to free: the state's tensors go with the state."""
+        """Log the session's chunk times; its tensors go with the state."""
+        logger.info("omniavatar session closed: %s", state.times.summary())
 
 
 def omniavatar_engine(

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -116,7 +118,9 @@ def test_stream_mode_audio_of_a_clip_is_what_the_ring_gives(
         audio.encode(speech, 50)
 
 
-def test_a_reseed_continues_from_the_frames_shown(engine: OmniAvatarStreamEngine) -> None:
+def test_a_reseed_continues_from_the_frames_shown(
+    engine: OmniAvatarStreamEngine, caplog: pytest.LogCaptureFixture
+) -> None:
     state = engine.open_session(Avatar("face", _picture()), seed=SEED)
     engine.step(state, ChunkJob(0, _speech(1)))
     grey = np.full((RESEED_FRAMES, 16, 16, 3), 128, dtype=np.uint8)
@@ -126,6 +130,9 @@ def test_a_reseed_continues_from_the_frames_shown(engine: OmniAvatarStreamEngine
     assert float(state.carry.tail.abs().max()) < 0.01  # grey 128 is ~0 in [-1, 1]
     chunk = engine.step(state, ChunkJob(4, _speech(1)))
     assert chunk.frames.shape == (CHUNK_FRAMES, 16, 16, 3)
+    with caplog.at_level(logging.INFO):
+        engine.close_session(state)
+    assert "omniavatar session closed: 2 chunks, compute mean" in caplog.text
 
 
 def test_a_parallel_group_is_refused_with_what_to_do() -> None:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Device call (nvidia-h200, or nvidia-h200-x2 for the 2-GPU form; <= 9 min): OmniAvatar 1.3B
+# as a STREAMING engine through the whole server (issue 15, item 4), random full-size weights
+# (--random-weights: the real model's speed, noise pictures), the load driver on the same host.
+# configs/omniavatar-1.3b-stream.yaml: one 41-frame segment per 1.12 s chunk (13 frames carried
+# over, 28 new), 4 steps, one pass (no guidance), 720x400 generated, compiled bf16 blocks.
+#   1. one GPU: one session of ${DURATION:-60} s: received fps, stalls, first frame after
+#      connect, the server's RTF histogram (chunks in time), and the engine's own per-session
+#      line ("omniavatar session closed: N chunks, compute mean ... (RTF ...), longest ...,
+#      first ..."), which counts every chunk computed, in time or late (a chunk later than its
+#      deadline is sent idle and is not in /metrics);
+#   2. with a second GPU: pool mode, the same profile on GPUs 0 and 1 with gpus_per_session 1
+#      (two engine groups of one GPU: OmniAvatar has no sequence-parallel path), two sessions
+#      of ${POOL_DURATION:-45} s at once, one per GPU. Skipped on one GPU.
+# Not measured by anyone yet: the figures this prints are the first for this profile.
+#   carry .whl/ holding the serving stack as cp312 wheels (benchmarks/README.md), then
+#   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_omniavatar_served.sh")
+#   run(kind="nvidia-h200-x2", carry=[".whl"], command="bash benchmarks/h200_omniavatar_served.sh")
+# Env: DURATION, POOL_DURATION (seconds of load), HEADCAST_OMNI_STEPS / HEADCAST_OMNI_GUIDANCE /
+# HEADCAST_COMPILE (override the profile), READY_LIMIT_S (build + compile + warm-up limit).
+PROFILE=configs/omniavatar-1.3b-stream.yaml
+READY_LIMIT_S=${READY_LIMIT_S:-240}
+source benchmarks/serve_common.sh
+
+engine_lines() {  # the engine's warm-up RTF and per-session chunk times from a run's server log
+    grep -E "omniavatar (warm-up chunk|session closed)|generation slot" "$OUT/${1}server.log" | tee -a "$LOG"
+    grep -E '^headcast_rtf_bucket|^headcast_first_frame_seconds_(sum|count)' "$OUT/${1}metrics.txt" | tee -a "$LOG"
+}
+
+HEADCAST_GPUS=0 served omniavatar-1gpu 1 "${DURATION:-60}" "$PROFILE" --random-weights
+engine_lines omniavatar-1gpu-
+
+gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
+if ((gpus >= 2)); then
+    HEADCAST_GPUS=0,1 HEADCAST_GPUS_PER_SESSION=1 \
+        served omniavatar-pool 2 "${POOL_DURATION:-45}" "$PROFILE" --random-weights
+    engine_lines omniavatar-pool-
+else
+    echo "one GPU: the 2-GPU pool run is skipped (use kind nvidia-h200-x2)" | tee -a "$LOG"
+fi
