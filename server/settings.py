@@ -189,8 +189,9 @@ class Settings(BaseSettings):
 
     random_weights: bool = False
     """Build the ``flashtalk`` (or ``omniavatar``) engine's full-size model with random weights
-    on the GPU instead of loading ``model_dir``: the real model's speed, memory and capacity before the checkpoint
-    is there; the pictures are noise. The log, ``/readyz`` and the demo page say so."""
+    on the GPU instead of loading ``model_dir``: the real model's speed, memory and capacity
+    before the checkpoint is there; the pictures are noise. The log, ``/readyz`` and the demo
+    page say so."""
 
     speedups: Literal["fast", "official"] = "fast"
     """``fast``: every speed-up that keeps bf16 results (cuDNN attention, channels-last VAE with

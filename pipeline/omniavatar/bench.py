@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import logging
-import math
 import platform
 import statistics
 import sys

@@ -172,10 +172,13 @@ class SegmentChain:
         for name, value in (("lat", lat), ("y", y), ("audio_emb", audio)):
             see(f"seg{index}.{name}", value)
         # 2. denoise, decode
-        inputs = SegmentInputs(lat, fixed, y, audio, context, negative, noise(index, tuple(lat.shape)))
+        inputs = SegmentInputs(
+            lat, fixed, y, audio, context, negative, noise(index, tuple(lat.shape))
+        )
         with sdpa_backends(self.attention):
             run = SegmentRun(self.dit, self.options, inputs)
-            latents = run.run(step_probe(see, index) if observe_steps else None)  # [1, 16, T, h, w]
+            observer = step_probe(see, index) if observe_steps else None
+            latents = run.run(observer)  # [1, 16, T, h, w]
         see(f"seg{index}.latents", latents)
         frames = (self.vae.decode(latents) + 1) / 2  # [1, 3, L, H, W] in [0, 1]
         see(f"seg{index}.frames", frames.transpose(1, 2))

@@ -33,7 +33,6 @@ from headcast.pipeline.media import (
 from headcast.pipeline.omniavatar.recipe import DEFAULT_PROMPT, STREAM_SEGMENT_FRAMES
 from headcast.pipeline.omniavatar.render import OmniAvatarRenderer, frames_to_uint8
 from headcast.pipeline.omniavatar.segments import seeded_noise
-from headcast.pipeline.omniavatar.stream_audio import StreamAudio
 from headcast.pipeline.omniavatar.stream_engine import OmniAvatarStreamEngine
 from headcast.pipeline.parallel import ParallelGroup
 
