@@ -671,11 +671,14 @@ class WanSizes(Protocol):
     def freq_dim(self) -> int: ...
     @property
     def head_dim(self) -> int: ...
+    @property
+    def num_heads(self) -> int: ...
 
 
 class WanBackbone(nn.Module):
     """What every Wan 2.1 DiT here shares: the patch embedding, the text and timestep
-    embeddings, the AdaLN projection (official names), RoPE tables and block compilation.
+    embeddings, the AdaLN projection (official names), RoPE tables, block compilation and
+    the sequence-parallel group with each grid's token shard (``set_parallel``).
 
     Subclasses add ``blocks`` (an ``nn.ModuleList``), their head and their conditioning.
     """
@@ -696,6 +699,34 @@ class WanBackbone(nn.Module):
             nn.SiLU(), nn.Linear(dim, BLOCK_MODULATION_TERMS * dim)
         )
         self._rope_cache = RopeTableCache(config.head_dim)
+        self._num_heads = config.num_heads
+        self.parallel: ParallelGroup | None = None
+        """The sequence-parallel group (None: this process computes every token)."""
+        self._shards: dict[tuple[int, int, int], tuple[TokenShard, torch.Tensor, torch.Tensor]] = {}
+
+    def set_parallel(self, parallel: ParallelGroup | None) -> None:
+        """Split every later forward's tokens among ``parallel``'s ranks (None or a group of
+        one: compute them all here). Every rank must then call the forward in lockstep."""
+        self.parallel = parallel if parallel is not None and parallel.is_parallel else None
+        self._shards.clear()
+
+    def token_shard(
+        self, grid: tuple[int, int, int], device: torch.device
+    ) -> tuple[TokenShard, torch.Tensor, torch.Tensor]:
+        """This rank's shard of a grid's tokens and its rows of the RoPE tables, cached."""
+        if self.parallel is None:
+            raise RuntimeError("token_shard needs a parallel group (set_parallel)")
+        cached = self._shards.get(grid)
+        if cached is None:
+            parallel = self.parallel
+            shard = token_shard(
+                math.prod(grid), grid[0], self._num_heads,
+                rank=parallel.rank, world=parallel.world_size, group=parallel.group_name,
+            )  # fmt: skip
+            cos, sin = self.rope_tables(grid, device)  # [L, 1, head_dim/2] each
+            cached = (shard, local_rows(cos, shard, 0), local_rows(sin, shard, 0))
+            self._shards[grid] = cached
+        return cached
 
     def compile_blocks(self, mode: str | None = None) -> None:
         """``torch.compile`` every transformer block in place (regional compilation).
@@ -733,33 +764,6 @@ class FlashTalkDiT(WanBackbone):
         self.head = Head(dim, config.patch_volume * config.out_dim, config.eps)
         self.img_emb = ImageProjection(CLIP_EMBED_DIM, dim)
         self.audio_proj = AudioProjection(config)
-        self.parallel: ParallelGroup | None = None
-        """The sequence-parallel group (None: this process computes every token)."""
-        self._shards: dict[tuple[int, int, int], tuple[TokenShard, torch.Tensor, torch.Tensor]] = {}
-
-    def set_parallel(self, parallel: ParallelGroup | None) -> None:
-        """Split every later forward's tokens among ``parallel``'s ranks (None or a group of
-        one: compute them all here). Every rank must then call the forward in lockstep."""
-        self.parallel = parallel if parallel is not None and parallel.is_parallel else None
-        self._shards.clear()
-
-    def token_shard(
-        self, grid: tuple[int, int, int], device: torch.device
-    ) -> tuple[TokenShard, torch.Tensor, torch.Tensor]:
-        """This rank's shard of a grid's tokens and its rows of the RoPE tables, cached."""
-        if self.parallel is None:
-            raise RuntimeError("token_shard needs a parallel group (set_parallel)")
-        cached = self._shards.get(grid)
-        if cached is None:
-            parallel = self.parallel
-            shard = token_shard(
-                math.prod(grid), grid[0], self.config.num_heads,
-                rank=parallel.rank, world=parallel.world_size, group=parallel.group_name,
-            )  # fmt: skip
-            cos, sin = self.rope_tables(grid, device)  # [L, 1, head_dim/2] each
-            cached = (shard, local_rows(cos, shard, 0), local_rows(sin, shard, 0))
-            self._shards[grid] = cached
-        return cached
 
     def fuse_projections(self) -> None:
         """Fuse the attention projections that share an input (q/k/v of the self-attention,

@@ -404,12 +404,6 @@ class Settings(BaseSettings):
     def _omniavatar_fits(self) -> Settings:
         if self.engine != "omniavatar":
             return self
-        if self.gpus_per_session > 1:
-            raise ValueError(
-                f"the omniavatar engine has no sequence-parallel path (gpus_per_session is "
-                f"{self.gpus_per_session}): set gpus_per_session: 1, each GPU then serves its own "
-                "sessions"
-            )
         # The settings -> options mapping lives in server.engines, which imports this module.
         from headcast.server.engines import engine_options
 

@@ -18,6 +18,10 @@ timestep is rounded to the weights' dtype before its embedding, as the official 
 does (937.5 -> 936). Unlike the official forward, a batch of several samples is exact (the
 official audio reshape is correct only for batch 1), so guidance passes can be batched.
 
+Sequence parallel (``WanBackbone.set_parallel``): the block stack runs on each rank's share
+of the tokens with FlashTalk's Ulysses self-attention; the per-frame audio additions index
+each token's latent frame; the hidden states are gathered before the head.
+
 Must not know about sampling, guidance, the VAE or files.
 """
 
@@ -45,6 +49,7 @@ from headcast.pipeline.omniavatar.config import (
     FIRST_AUDIO_BLOCK,
     OmniDiTConfig,
 )
+from headcast.pipeline.sequence_parallel import TokenShard, gather_tokens, local_rows
 
 FLOAT32_SUBMODULES = ("time_embedding", "time_projection", "head")
 """Submodules kept in float32 whatever the weights' dtype (computed in float32)."""
@@ -97,14 +102,16 @@ class T2VBlock(nn.Module):
         context: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
+        shard: TokenShard | None = None,
     ) -> torch.Tensor:
-        """``x`` ``[B, L, dim]``; ``t_mod`` ``[B, 6, dim]`` f32; ``context`` ``[B, T_txt, dim]``."""
+        """``x`` ``[B, L, dim]`` (sequence-parallel: this rank's tokens of ``shard``);
+        ``t_mod`` ``[B, 6, dim]`` f32; ``context`` ``[B, T_txt, dim]``."""
         dtype = x.dtype
         terms = (self.modulation.float() + t_mod).chunk(BLOCK_MODULATION_TERMS, dim=1)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = terms  # each [B, 1, dim]
         # 1. self-attention on the modulated stream, gated residual in float32
         modulated = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).to(dtype)  # [B, L, dim]
-        x = (x + self.self_attn(modulated, cos, sin) * gate_sa).to(dtype)
+        x = (x + self.self_attn(modulated, cos, sin, shard) * gate_sa).to(dtype)
         # 2. prompt cross-attention (no gate)
         x = x + self.cross_attn(self.norm3(x), context)
         # 3. feed-forward on the modulated stream, gated residual in float32
@@ -289,12 +296,18 @@ class OmniAvatarDiT(WanBackbone):
 
     def run_blocks(self, embedded: Embedded, conditions: Conditions) -> torch.Tensor:
         """The block stack on ``embedded.tokens`` -> hidden states ``[B, L, dim]``; the audio
-        projection ``j`` is added to every token of its latent frame before block ``j + 2``."""
+        projection ``j`` is added to every token of its latent frame before block ``j + 2``.
+
+        After ``set_parallel`` with a group of N > 1 ranks every rank runs the blocks on its
+        share of the tokens (Ulysses self-attention, ``pipeline.sequence_parallel``) and gets
+        every rank's hidden states back."""
         frames = embedded.grid[0]
         if conditions.audio.shape[2] != frames:
             raise ValueError(
                 f"audio covers {conditions.audio.shape[2]} latent frames, the latents {frames}"
             )
+        if self.parallel is not None:
+            return self._run_blocks_sharded(embedded, conditions)
         cos, sin = self.rope_tables(embedded.grid, embedded.tokens.device)
         x = embedded.tokens
         for index, block in enumerate(self.blocks):
@@ -304,6 +317,21 @@ class OmniAvatarDiT(WanBackbone):
                 x = (torch.unflatten(x, 1, (frames, -1)) + add).flatten(1, 2)  # [B, L, dim]
             x = block(x, embedded.t_mod, conditions.context, cos, sin)
         return x
+
+    def _run_blocks_sharded(self, embedded: Embedded, conditions: Conditions) -> torch.Tensor:
+        """``run_blocks`` on this rank's tokens; every rank's hidden states ``[B, L, dim]``."""
+        grid, device = embedded.grid, embedded.tokens.device
+        shard, cos, sin = self.token_shard(grid, device)  # cos/sin [per_rank, 1, head_dim/2]
+        per_frame = grid[1] * grid[2]
+        positions = torch.arange(shard.start, shard.start + shard.per_rank, device=device)
+        frame_of = (positions // per_frame).clamp_(max=grid[0] - 1)  # [per_rank]; padding: last
+        x = local_rows(embedded.tokens, shard, 1)  # [B, per_rank, dim]
+        for index, block in enumerate(self.blocks):
+            projection = index - FIRST_AUDIO_BLOCK
+            if 0 <= projection < self.config.audio_projections:
+                x = x + conditions.audio[:, projection, frame_of]  # [B, per_rank, dim]
+            x = block(x, embedded.t_mod, conditions.context, cos, sin, shard)
+        return gather_tokens(x, shard)  # [B, L, dim]
 
     def project(self, hidden: torch.Tensor, embedded: Embedded) -> torch.Tensor:
         """Hidden states ``[B, L, dim]`` -> velocity ``[B, 16, T, h, w]`` float32."""

@@ -20,9 +20,11 @@ audio (``stream_audio.StreamAudio`` on the session's ring) and the output resize
 shown, the oldest repeated to fill the 13-frame overlap) and its audio window the silence
 that played.
 
-OmniAvatar has no sequence-parallel path: a group of more than one rank is refused (serve
-it with ``gpus_per_session: 1``, one engine group per GPU). Knows nothing about asyncio or
-WebRTC.
+Created with a ``parallel`` group of N > 1 ranks, the engine is one rank of a
+sequence-parallel group: every rank is called in lockstep with the same arguments, the DiT
+splits its tokens among the ranks (``OmniAvatarDiT.run_blocks``), everything else (audio,
+VAE, noise from the same seed) runs whole on every rank; rank 0's chunks carry the frames,
+the other ranks' chunks carry none. Knows nothing about asyncio or WebRTC.
 """
 
 from __future__ import annotations
@@ -181,12 +183,9 @@ class OmniAvatarStreamEngine:
     name = "omniavatar"
 
     def __init__(self, options: OmniAvatarOptions, parallel: ParallelGroup | None = None) -> None:
-        if parallel is not None and parallel.is_parallel:
-            raise ValueError(
-                f"the omniavatar engine has no sequence-parallel path ({parallel.world_size} "
-                "ranks asked); serve it with gpus_per_session: 1 (one engine group per GPU)"
-            )
         self.options = options
+        self.parallel = parallel if parallel is not None and parallel.is_parallel else None
+        """This process's rank of a sequence-parallel group (None: computes alone)."""
         self.height = options.height
         self.width = options.width
         self.bucket = default_bucket(options)
@@ -244,6 +243,7 @@ class OmniAvatarStreamEngine:
             wav2vec_dir=options.wav2vec_dir,
             seed=options.seed or 0,
         )
+        self.models.dit.set_parallel(self.parallel)
         self.chain = SegmentChain(
             self.models.dit,
             self.models.vae,
@@ -344,7 +344,9 @@ class OmniAvatarStreamEngine:
             carry, window, conditioning.context, conditioning.negative_context, state.noise
         )  # [1, 3, 41, H, W] in [0, 1]
         new = frames[0, :, -CHUNK_FRAMES:].transpose(0, 1)  # [28, 3, H, W]
-        if new.shape[-2:] != (self.height, self.width):
+        if self.parallel is not None and not self.parallel.is_primary:
+            new = new[:0]  # rank 0 hands back the group's frames
+        elif new.shape[-2:] != (self.height, self.width):
             new = F.interpolate(
                 new, size=(self.height, self.width), mode="bilinear", align_corners=False
             )

@@ -23,7 +23,7 @@ from headcast.pipeline.avatar_art import DEFAULT_AVATAR_NAME, draw_default_avata
 from headcast.pipeline.config import TINY_HEIGHT, TINY_WIDTH
 from headcast.pipeline.diffusion_engine import tiny_engine
 from headcast.pipeline.dit import CLIP_EMBED_DIM, CLIP_IMAGE_TOKENS, DiTConfig, FlashTalkDiT
-from headcast.pipeline.engine_options import TinyOptions
+from headcast.pipeline.engine_options import OmniAvatarOptions, TinyOptions
 from headcast.pipeline.launch import (
     RankReport,
     child_environment,
@@ -39,6 +39,7 @@ from headcast.pipeline.media import (
     ChunkJob,
     Reseed,
 )
+from headcast.pipeline.omniavatar.stream_engine import omniavatar_engine
 from headcast.pipeline.parallel import ParallelGroup
 from headcast.pipeline.tiny import random_init
 from headcast.pipeline.vae import VAEConfig, WanVAE
@@ -173,11 +174,41 @@ def stream(parallel: ParallelGroup | None, chunks: int, cache_dir: Path) -> dict
     return {"video": corrected, "motion": motions, "frames": frames}
 
 
+OMNI_HEIGHT, OMNI_WIDTH = 16, 16
+"""The tiny OmniAvatar's generated size here: 1 token per latent frame, 11 per segment
+(2 ranks: 6 and 5, 3 ranks: 4, 4 and 3, each with padding)."""
+
+
+@torch.no_grad()
+def omni_stream(parallel: ParallelGroup | None, chunks: int) -> dict[str, list[Any]]:
+    """The tiny omniavatar engine as the server drives it (load with warm-up, open a session
+    on the drawn avatar, step): per chunk its frames and the 13 frames carried to the next
+    segment (float, the lead the next segment re-encodes)."""
+    options = OmniAvatarOptions(
+        size="tiny", steps=1, guidance=3.0, height=OMNI_HEIGHT, width=OMNI_WIDTH, device="cpu"
+    )
+    engine = omniavatar_engine(options, parallel)
+    engine.load()
+    avatar = Avatar(DEFAULT_AVATAR_NAME, draw_default_avatar(OMNI_HEIGHT, OMNI_WIDTH))
+    state = engine.open_session(avatar, SEED)
+    frames, tails = [], []
+    for index in range(chunks):
+        chunk = engine.step(state, ChunkJob(index, speech(index)))
+        frames.append(chunk.frames)
+        assert state.carry.tail is not None
+        tails.append(state.carry.tail.clone())
+        if parallel is not None and not parallel.is_primary and len(chunk.frames):
+            raise AssertionError(f"rank {parallel.rank} handed back {len(chunk.frames)} frames")
+    engine.close_session(state)
+    return {"frames": frames, "tail": tails}
+
+
 SCENARIOS = {
     "velocity": velocity,
     "compiled_velocity": compiled_velocity,
     "vae_round_trip": vae_round_trip,
     "stream": stream,
+    "omni_stream": omni_stream,
 }
 """What a ``RankGroup`` can run, by name."""
 

@@ -4,8 +4,10 @@ Each world size starts its processes once (``RankGroup``) and runs every scenari
 the tiny DiT's velocity at token counts that need padding and uneven head splits, the VAE's
 row-banded decode and re-encode, and the tiny engine's stream (warm-up, then two chunks:
 DiT steps, VAE decode, colour correction, motion carry-over, and before the second a
-re-seed from frames shown, as ``idle_mode: loop`` does). Float32 results must be within
-1e-5 relative error of the same call in this process.
+re-seed from frames shown, as ``idle_mode: loop`` does), and the tiny omniavatar engine's
+stream (two segments: the DiT's token shards with the per-frame audio additions, the
+13-frame carry-over). Float32 results must be within 1e-5 relative error of the same call
+in this process.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import pytest
 
 from headcast.pipeline.sequence_parallel import token_shard
 from tests.reference import rel_err
-from tests.unit.pipeline.parallel_ranks import RankGroup, stream, vae_round_trip, velocity
+from tests.unit.pipeline.parallel_ranks import (
+    RankGroup,
+    omni_stream,
+    stream,
+    vae_round_trip,
+    velocity,
+)
 
 PARITY_TOLERANCE = 1e-5
 """Relative error allowed between a parallel and the single-process float32 result."""
@@ -106,5 +114,23 @@ def test_two_streamed_chunks_equal_the_single_process_stream(
         assert video < PARITY_TOLERANCE, (index, video)
         frames, expected = parallel["frames"][index], reference_stream["frames"][index]
         assert frames.shape == expected.shape and frames.dtype == np.uint8
+        differing = np.abs(frames.astype(np.int16) - expected.astype(np.int16))
+        assert differing.max() <= 1 and (differing > 0).mean() <= MAX_DIFFERING_PIXELS
+
+
+@pytest.fixture(scope="module")
+def reference_omni_stream() -> dict[str, list[Any]]:
+    return omni_stream(None, STREAM_CHUNKS)
+
+
+def test_omniavatar_streamed_chunks_equal_the_single_process_stream(
+    group: RankGroup, reference_omni_stream: dict[str, list[Any]]
+) -> None:
+    parallel = group.run("omni_stream", STREAM_CHUNKS)
+    for index in range(STREAM_CHUNKS):
+        tail = rel_err(parallel["tail"][index], reference_omni_stream["tail"][index])
+        assert tail < PARITY_TOLERANCE, (index, tail)
+        frames, expected = parallel["frames"][index], reference_omni_stream["frames"][index]
+        assert frames.shape == expected.shape == (28, 16, 16, 3) and frames.dtype == np.uint8
         differing = np.abs(frames.astype(np.int16) - expected.astype(np.int16))
         assert differing.max() <= 1 and (differing > 0).mean() <= MAX_DIFFERING_PIXELS

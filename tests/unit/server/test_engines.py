@@ -102,7 +102,6 @@ def test_the_omniavatar_profile_reaches_the_streaming_engine() -> None:
         ({"omni_guidance": 0.5}, "omni_guidance: Input should be greater than or equal to 1"),
         ({"omni_size": "1.3b"}, "size=1.3b needs model_dir .* or random_weights: true"),
         ({"quantize": "int4"}, "quantize='int4' is not offered by the omniavatar engine"),
-        ({"gpus_per_session": 2}, "no sequence-parallel path .* set gpus_per_session: 1"),
     ],
 )
 def test_bad_omniavatar_settings_are_named(settings: dict[str, object], message: str) -> None:

@@ -5,7 +5,8 @@
   the 12-frame lead-in) for the same picture, audio, seed and settings, when the offline
   render is given the stream-mode audio features and the streaming recipe;
 - stream-mode audio of a whole clip is the rows a stream computes chunk by chunk;
-- a re-seed continues from the frames shown; a group of several ranks is refused;
+- a re-seed continues from the frames shown (the sequence-parallel engine is tested on
+  real gloo ranks in ``tests/unit/pipeline/test_sequence_parallel.py``);
 - bad options are named in one clear error.
 """
 
@@ -34,7 +35,6 @@ from headcast.pipeline.omniavatar.recipe import DEFAULT_PROMPT, STREAM_SEGMENT_F
 from headcast.pipeline.omniavatar.render import OmniAvatarRenderer, frames_to_uint8
 from headcast.pipeline.omniavatar.segments import seeded_noise
 from headcast.pipeline.omniavatar.stream_engine import OmniAvatarStreamEngine
-from headcast.pipeline.parallel import ParallelGroup
 
 CHUNKS = 2
 SEED = 7
@@ -132,12 +132,6 @@ def test_a_reseed_continues_from_the_frames_shown(
     with caplog.at_level(logging.INFO):
         engine.close_session(state)
     assert "omniavatar session closed: 2 chunks, compute mean" in caplog.text
-
-
-def test_a_parallel_group_is_refused_with_what_to_do() -> None:
-    group = ParallelGroup(rank=0, world_size=2, device=torch.device("cpu"))
-    with pytest.raises(ValueError, match="gpus_per_session: 1"):
-        OmniAvatarStreamEngine(OmniAvatarOptions(size="tiny"), group)
 
 
 @pytest.mark.parametrize(
