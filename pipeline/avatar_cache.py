@@ -3,14 +3,34 @@
 Owns ``AvatarCache``: a least-recently-used map from an avatar's key to what an engine
 prepared for it (the diffusion engines' conditioning tensors on the GPU, the puppet's
 prepared art), holding at most ``capacity`` entries and counting the entries it dropped
-(``evictions``, exported in ``/metrics`` as ``headcast_avatar_cache_evictions_total``).
+(``evictions``, exported in ``/metrics`` as ``headcast_avatar_cache_evictions_total``),
+and ``avatar_key``, the key of an avatar's picture and prompt under one engine set-up.
 Used on the device thread only: not thread-safe. Knows nothing about what it holds.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from typing import Generic, TypeVar
+
+import numpy as np
+
+KEY_HEX_CHARS = 32
+"""Hex digits of an avatar key."""
+
+
+def avatar_key(image: np.ndarray, prompt: str, setup: str) -> str:
+    """A digest of the picture (pixels and shape), the prompt and the engine ``setup`` (what
+    changes the conditioning: preset, generated size): the same avatar under the same set-up
+    has the same key, whatever its name."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(image).tobytes())
+    digest.update(str(image.shape).encode())
+    digest.update(prompt.encode())
+    digest.update(setup.encode())
+    return digest.hexdigest()[:KEY_HEX_CHARS]
+
 
 ValueT = TypeVar("ValueT")
 

@@ -24,7 +24,6 @@ them to the host.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Generator
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from headcast.pipeline import sampler
 from headcast.pipeline.attention import sdpa_backends
 from headcast.pipeline.audio import AudioRing, Wav2VecStreamEncoder
-from headcast.pipeline.avatar_cache import AvatarCache
+from headcast.pipeline.avatar_cache import AvatarCache, avatar_key
 from headcast.pipeline.color import match_and_blend_colors
 from headcast.pipeline.config import PipelineConfig
 from headcast.pipeline.dit import FlashTalkDiT
@@ -254,12 +253,8 @@ class FlashTalkGenerator:
     # -- per avatar -----------------------------------------------------------------------
 
     def _avatar_key(self, image: np.ndarray, prompt: str) -> str:
-        digest = hashlib.sha256()
-        digest.update(np.ascontiguousarray(image).tobytes())
-        digest.update(str(image.shape).encode())
-        digest.update(prompt.encode())
-        digest.update(f"{self.config.preset}:{self.config.height}x{self.config.width}".encode())
-        return digest.hexdigest()[:32]
+        setup = f"{self.config.preset}:{self.config.height}x{self.config.width}"
+        return avatar_key(image, prompt, setup)
 
     def condition(
         self,

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from headcast.pipeline.audio import AudioRing
 from headcast.pipeline.avatar_art import draw_default_avatar
-from headcast.pipeline.avatar_cache import AvatarCache
+from headcast.pipeline.avatar_cache import AvatarCache, avatar_key
 from headcast.pipeline.diffusion_engine import resize_frames
 from headcast.pipeline.engine_options import OmniAvatarOptions
 from headcast.pipeline.imaging import PIXEL_MAX
@@ -290,6 +290,7 @@ class OmniAvatarStreamEngine:
         step carries their host copies as the assets."""
         models, chain, _ = self._parts()
         prompt = avatar.prompt or DEFAULT_PROMPT
+        key = self._avatar_key(avatar)
         context, negative = (
             c.to(self.device) for c in models.prompts([prompt, self.recipe.negative_prompt])
         )
@@ -298,23 +299,41 @@ class OmniAvatarStreamEngine:
         with torch.no_grad():
             latent = chain.vae.encode(reference)  # [1, 16, 1, h, w]
         conditioning = OmniConditioning(latent, context, negative)
-        self.avatars.put(avatar.name, conditioning)
+        self.avatars.put(key, conditioning)
         yield PreparationStep(1.0, conditioning.assets())
 
+    def _avatar_key(self, avatar: Avatar) -> str:
+        """The device cache's key: the picture, the prompt and the generated size."""
+        prompt = avatar.prompt or DEFAULT_PROMPT
+        return avatar_key(avatar.image, prompt, f"omniavatar-{self.size.name}:{self.bucket}")
+
     def _conditioning(self, avatar: Avatar) -> OmniConditioning:
-        cached = self.avatars.get(avatar.name)
+        key = self._avatar_key(avatar)
+        cached = self.avatars.get(key)
         if cached is not None:
             return cached
         if avatar.assets is not None:
             conditioning = OmniConditioning.from_assets(avatar.assets, self.device)
-            self.avatars.put(avatar.name, conditioning)
+            self._check_latent(conditioning.reference_latent)
+            self.avatars.put(key, conditioning)
             return conditioning
         for _ in self.prepare_avatar(avatar):  # computed now, cached by the last step
             pass
-        cached = self.avatars.get(avatar.name)
+        cached = self.avatars.get(key)
         if cached is None:  # pragma: no cover - prepare_avatar always caches
             raise RuntimeError(f"avatar {avatar.name!r} was not prepared")
         return cached
+
+    def _check_latent(self, latent: torch.Tensor) -> None:
+        """Stored assets must be of this engine's generated size."""
+        stride = self.size.vae.spatial_stride
+        expected = (self.bucket[0] // stride, self.bucket[1] // stride)
+        if tuple(latent.shape[-2:]) != expected:
+            raise ValueError(
+                f"the avatar's stored conditioning is for latents {tuple(latent.shape[-2:])}, "
+                f"this engine generates {self.bucket[0]}x{self.bucket[1]} (latents {expected}): "
+                "it was prepared for another size; prepare the avatar again"
+            )
 
     # -- sessions --------------------------------------------------------------------------
 

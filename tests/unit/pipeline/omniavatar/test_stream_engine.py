@@ -34,7 +34,7 @@ from headcast.pipeline.media import (
 from headcast.pipeline.omniavatar.recipe import DEFAULT_PROMPT, STREAM_SEGMENT_FRAMES
 from headcast.pipeline.omniavatar.render import OmniAvatarRenderer, frames_to_uint8
 from headcast.pipeline.omniavatar.segments import seeded_noise
-from headcast.pipeline.omniavatar.stream_engine import OmniAvatarStreamEngine
+from headcast.pipeline.omniavatar.stream_engine import ASSET_NAMES, OmniAvatarStreamEngine
 
 CHUNKS = 2
 SEED = 7
@@ -132,6 +132,21 @@ def test_a_reseed_continues_from_the_frames_shown(
     with caplog.at_level(logging.INFO):
         engine.close_session(state)
     assert "omniavatar session closed: 2 chunks, compute mean" in caplog.text
+
+
+def test_prepared_assets_open_a_session_and_another_size_is_refused(
+    engine: OmniAvatarStreamEngine,
+) -> None:
+    image = _picture()
+    steps = list(engine.prepare_avatar(Avatar("face", image, prompt="a")))
+    assets = steps[-1].assets
+    assert assets is not None and set(assets) == set(ASSET_NAMES)
+    assert assets["reference_latent"].shape == (1, 16, 1, 2, 2)  # the 16 x 16 bucket
+    state = engine.open_session(Avatar("face", image, prompt="b", assets=assets), seed=SEED)
+    assert state.conditioning.reference_latent.shape == (1, 16, 1, 2, 2)
+    wrong = {**assets, "reference_latent": np.zeros((1, 16, 1, 4, 2), np.float32)}
+    with pytest.raises(ValueError, match="prepared for another size; prepare the avatar again"):
+        engine.open_session(Avatar("face", image, prompt="c", assets=wrong), seed=SEED)
 
 
 @pytest.mark.parametrize(
