@@ -125,6 +125,44 @@ async def wait_for_event(event: asyncio.Event, clock: WallClock, deadline: float
         await asyncio.gather(wake, timer, return_exceptions=True)
 
 
+class Signal:
+    """A wake-up call for tasks waiting on a ``WallClock`` deadline, resumed in one loop step.
+
+    ``notify`` resolves each waiter's own future, so a waiter runs on the loop's next
+    iteration (``wait_for_event`` on an ``asyncio.Event`` takes several: a task per waiter,
+    ``asyncio.wait`` and the clean-up each add one). Edge-triggered: only waiters already
+    waiting are woken, so check the condition and call ``wait`` with no ``await`` between.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def notify(self) -> None:
+        """Wake every task now in ``wait``."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, clock: WallClock, deadline: float) -> None:
+        """Return at the next ``notify`` or once ``clock`` reaches ``deadline``."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        timer = asyncio.ensure_future(clock.sleep_until(deadline))
+
+        def wake_at_deadline(_: asyncio.Future[None]) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        timer.add_done_callback(wake_at_deadline)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 @dataclass(frozen=True)
 class Playout:
     """Maps media time to wall time: media time 0 is played out at ``origin``.

@@ -34,12 +34,12 @@ from headcast.streaming.clock import (
     CHUNK_AUDIO_PACKETS,
     CHUNK_OUT_SAMPLES,
     VIDEO_TIME_BASE,
+    Signal,
     WallClock,
     audio_pts,
     chunk_frame_range,
     chunk_packet_range,
     video_pts,
-    wait_for_event,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,9 +151,10 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         self._pacing_dropped = False
         self._partner: _PacedTrack[Any] | None = None
         self.parked = False
-        """``recv`` holds a due frame for the partner (which then need not wait for it)."""
-        self.progress = asyncio.Event()
-        """Set whenever this track sends or drops frames, or stops (wakes its partner)."""
+        """``recv`` holds a due frame (``next_due``) while it waits for the partner."""
+        self.progress = Signal()
+        """Notified whenever this track sends, drops or parks frames, or stops (wakes the
+        partner's wait)."""
         self.last_sent_at: float | None = None
         """When the last frame was handed to the encoder (``WallClock`` units)."""
         self.partner_waits_cut_short = 0
@@ -162,10 +163,11 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
     def sync_with(self, partner: _PacedTrack[Any]) -> None:
         """Hold each due frame while ``partner`` is behind: it has a frame due no later than
         ``PARTNER_TOLERANCE_S`` after this one, overdue by more than ``PARTNER_LAG_S``, that
-        its sender has not come for yet (it is busy encoding an earlier one). When the
-        partner's sender comes, it sees this track waiting and goes at once, and this frame
-        with it. A partner nobody pulls frames from is not waited for. Pull each track from
-        its own task, as aiortc's senders do."""
+        its sender has not come for yet (it is busy encoding an earlier one), or that it
+        holds while it waits for an earlier frame of this track. When the partner's sender
+        comes, it sees this track waiting and goes at once, and this frame with it. A
+        partner nobody pulls frames from is not waited for. Pull each track from its own
+        task, as aiortc's senders do."""
         self._partner = partner
 
     def feed(self, frames: list[TimedFrame[FrameT]]) -> None:
@@ -191,13 +193,17 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         """True while this track's sender, which does pull frames, is behind: it has not
         come for a frame due by ``due + PARTNER_TOLERANCE_S`` and overdue by more than
         ``PARTNER_LAG_S``."""
-        if self.readyState != "live" or self.last_sent_at is None or self.parked:
-            return False  # ended, no sender pulls it (an audio-only peer), or ready to go
+        if self.readyState != "live" or self.last_sent_at is None:
+            return False  # ended, or no sender pulls it (an audio-only peer)
         if now - self.last_sent_at > PARTNER_IDLE_S:
             return False  # its sender stopped pulling: waiting would only add delay
         next_due = self.next_due
         if next_due is None or next_due >= now - PARTNER_LAG_S:
             return False  # on time: the two leave together without waiting
+        if self.parked and next_due >= due - PARTNER_TOLERANCE_S:
+            return False  # it holds its frame of the same time: both go now
+        # Parked on an earlier frame, it still has that one (and the rest up to ``due``) to
+        # send: it goes as soon as it sees this track waiting.
         return next_due <= due + PARTNER_TOLERANCE_S
 
     def drop_queued(self) -> list[TimedFrame[FrameT]]:
@@ -212,7 +218,7 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
             self._pacing_dropped = True
         dropped.extend(self._pending)
         self._pending.clear()
-        self.progress.set()
+        self.progress.notify()
         return dropped
 
     async def recv(self) -> FrameT:
@@ -230,7 +236,7 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
             raise MediaStreamError
         sent_at = self._clock.now()
         self.last_sent_at = sent_at
-        self.progress.set()
+        self.progress.notify()
         if self._on_sent is not None:
             self._on_sent(frame_pts(item.frame), item.due, sent_at)
         return item.frame
@@ -253,13 +259,13 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
             return
         deadline = self._clock.now() + PARTNER_WAIT_MAX_S
         self.parked = True
+        self.progress.notify()  # a partner waiting for this frame re-checks: it may go now
         try:
             while not self._pacing_dropped and partner.lags_behind(due, self._clock.now()):
                 if self._clock.now() >= deadline:
                     self.partner_waits_cut_short += 1
                     return
-                partner.progress.clear()
-                await wait_for_event(partner.progress, self._clock, deadline)
+                await partner.progress.wait(self._clock, deadline)
         finally:
             self.parked = False
 
@@ -268,7 +274,7 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
             self.drop_queued()  # unsent frames (up to a chunk: 14 MB of video) go now
         super().stop()
         self._fed.set()  # wake recv: it raises MediaStreamError
-        self.progress.set()
+        self.progress.notify()
 
 
 class AvatarVideoTrack(_PacedTrack[av.VideoFrame]):

@@ -1,6 +1,9 @@
-"""The media clock: chunk k <-> samples, frames, packets and pts; Playout pairs the tracks."""
+"""The media clock: chunk k <-> samples, frames, packets and pts; Playout pairs the tracks;
+Signal wakes a waiter in one loop step or at its deadline."""
 
 from __future__ import annotations
+
+import asyncio
 
 from headcast.pipeline.media import CHUNK_FRAMES, CHUNK_SAMPLES, CHUNK_SECONDS
 from headcast.streaming.clock import (
@@ -10,7 +13,9 @@ from headcast.streaming.clock import (
     CHUNK_OUT_SAMPLES,
     VIDEO_CLOCK_RATE,
     VIDEO_TICKS_PER_FRAME,
+    LoopClock,
     Playout,
+    Signal,
     audio_pts,
     chunk_frame_range,
     chunk_packet_range,
@@ -58,3 +63,27 @@ def test_playout_gives_paired_media_the_same_wall_time() -> None:
         assert abs(playout.audio_due(audio_pts(chunk_packet_range(k).start)) - due) < 1e-9
     # frame n and packet 2n start together (40 ms = 2 x 20 ms)
     assert abs(playout.video_due(video_pts(5)) - playout.audio_due(audio_pts(10))) < 1e-9
+
+
+async def test_signal_wakes_its_waiters_in_one_loop_step_or_at_the_deadline() -> None:
+    clock = LoopClock()
+    signal = Signal()
+    waiters = [asyncio.ensure_future(signal.wait(clock, clock.now() + 5.0)) for _ in range(2)]
+    await asyncio.sleep(0)  # both are waiting
+    signal.notify()
+    await asyncio.sleep(0)  # one loop step
+    assert all(waiter.done() for waiter in waiters)
+
+    signal.notify()  # nobody waits: nothing is remembered for a later wait
+    started = clock.now()
+    await asyncio.wait_for(signal.wait(clock, started + 0.05), 1.0)
+    assert 0.045 <= clock.now() - started < 0.5
+
+    cancelled = asyncio.ensure_future(signal.wait(clock, clock.now() + 5.0))
+    waiting = asyncio.ensure_future(signal.wait(clock, clock.now() + 5.0))
+    await asyncio.sleep(0)
+    cancelled.cancel()  # a session ending mid-wait
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert cancelled.cancelled() and not waiting.done()
+    signal.notify()
+    await asyncio.wait_for(waiting, 0.05)

@@ -9,11 +9,12 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from headcast.pipeline.media import CHUNK_FRAMES
-from headcast.streaming.clock import CHUNK_OUT_SAMPLES, LoopClock
+from headcast.streaming.clock import CHUNK_OUT_SAMPLES, LoopClock, audio_pts, video_pts
 from headcast.streaming.tracks import (
     PARTNER_WAIT_MAX_S,
     AvatarAudioTrack,
     AvatarVideoTrack,
+    SentCallback,
     TimedFrame,
     chunk_to_media,
 )
@@ -159,3 +160,46 @@ async def test_dropping_the_partners_frames_releases_a_waiting_track() -> None:
     video.drop_queued()  # an interrupt cut the video
     await asyncio.wait_for(waiting, 0.05)
     assert audio.partner_waits_cut_short == 0
+
+
+async def test_a_partner_parked_on_an_earlier_frame_is_still_waited_for() -> None:
+    """After a stall both senders are behind. The video sender parks frame 1 (40 ms) for the
+    audio; the audio sender then pulls packets 2-4 (40-80 ms) without a pause. Packet 4 must
+    still wait for frame 2 (80 ms), which the video sender comes for only after encoding
+    frame 1, instead of taking the parked frame 1 for "ready"."""
+    clock = LoopClock()
+    sent: dict[str, dict[int, float]] = {"video": {}, "audio": {}}
+
+    def recorder(kind: str) -> SentCallback:
+        return lambda pts, due, sent_at: sent[kind].__setitem__(pts, sent_at)
+
+    video = AvatarVideoTrack(clock, on_sent=recorder("video"))
+    audio = AvatarAudioTrack(clock, on_sent=recorder("audio"))
+    video.sync_with(audio)
+    audio.sync_with(video)
+    start = clock.now() + 0.02
+    _feed_media(video, audio, start)
+    await video.recv()  # frame 0
+    await audio.recv()  # packets 0-1 (0, 20 ms)
+    await audio.recv()
+    await clock.sleep_until(start + 0.15)  # both senders stalled
+
+    async def video_sender() -> None:
+        await video.recv()  # frame 1 (40 ms) parks until the audio reaches 40 ms
+        await asyncio.sleep(0.03)  # encoding frame 1
+        await video.recv()  # frame 2 (80 ms)
+
+    async def audio_sender() -> None:
+        for _ in range(3):  # packets 2-4 (40, 60, 80 ms), pulled back to back
+            await audio.recv()
+
+    video_task = asyncio.ensure_future(video_sender())
+    await asyncio.sleep(0)  # the video sender parks frame 1
+    assert video.parked
+    await asyncio.wait_for(asyncio.gather(video_task, audio_sender()), 0.5)
+    frame_2 = sent["video"][video_pts(2)]
+    packet_4 = sent["audio"][audio_pts(4)]
+    skew = packet_4 - frame_2
+    assert abs(skew) < 0.005, f"frame 2 and packet 4 left {skew:+.3f} s apart"
+    assert sent["video"][video_pts(1)] <= sent["audio"][audio_pts(3)]
+    assert video.partner_waits_cut_short == 0 and audio.partner_waits_cut_short == 0
