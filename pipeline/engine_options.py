@@ -169,6 +169,11 @@ class OmniAvatarOptions:
     random_weights: bool = False
     """Full-size random weights made on the GPU instead of the model folder (speed only)."""
 
+    tiled_vae: bool = False
+    """Run the VAE in the official blended tiles; ``False``: on whole frames, about half the
+    VAE time (measured on an H200 at 720x400: decode 0.32 vs 0.93 s per segment, BENCHMARKS.md
+    section 7), pixels differ from the tiled result near the tile seams."""
+
     def __post_init__(self) -> None:
         problems = []
         if self.size not in OMNI_SIZES:

@@ -73,6 +73,7 @@ def engine_options(settings: Settings) -> EngineOptions:
             compile=settings.compile,
             speedups=settings.speedups,
             random_weights=settings.random_weights,
+            tiled_vae=settings.omni_tiled_vae,
         )
     return FlashTalkOptions(
         height=height,

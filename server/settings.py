@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     guidance); above 1, two passes (prompt and audio guidance) batched into one forward,
     about twice the DiT work."""
 
+    omni_tiled_vae: bool = False
+    """``omniavatar``: run the VAE in the official blended tiles (true) or on whole frames
+    (false: about half the VAE time per chunk; pixels differ near the tile seams)."""
+
     steps: Literal[4, 2] | None = None
     """Sampling steps per chunk of the diffusion engines (``tiny``, ``flashtalk``); unset: the
     preset's 4. 2 halves the DiT time (the official 2-step schedule)."""

@@ -269,11 +269,15 @@ def stream_recipe(
     steps: int = DEFAULT_STREAM_STEPS,
     guidance: float = 1.0,
     seed: int = OFFICIAL_SEED,
+    tiled_vae: bool = False,
 ) -> Recipe:
     """The streaming recipe at one generation size: 41-frame segments, 13 carried over,
     ``steps`` steps, ``guidance`` 1 (one pass) or > 1 (two passes), no TeaCache, the 0.48 s
-    lead silence. Rendered offline with stream-mode audio it gives the stream's frames."""
+    lead silence, the VAE on whole frames unless ``tiled_vae`` (the official blended tiles:
+    about twice the VAE time per segment at 720x400). Rendered offline with stream-mode audio
+    it gives the stream's frames."""
     passes = "one pass, no guidance" if guidance == 1.0 else f"guidance {guidance}, two passes"
+    vae = "the official tiled VAE" if tiled_vae else "whole-frame VAE calls instead of tiles"
     return Recipe(
         steps=steps,
         guidance=guidance,
@@ -283,9 +287,10 @@ def stream_recipe(
         seed=seed,
         buckets=(bucket,),
         silence_s=STREAM_LEAD_S,
+        tiled_vae=tiled_vae,
         name="stream",
         trade=(
             f"streaming: {STREAM_SEGMENT_FRAMES}-frame segments with {STREAM_OVERLAP} carried "
-            f"over (28 new = 1.12 s), {steps} steps instead of 50, {passes}"
+            f"over (28 new = 1.12 s), {steps} steps instead of 50, {passes}, {vae}"
         ),
     )

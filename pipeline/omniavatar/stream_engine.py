@@ -190,7 +190,10 @@ class OmniAvatarStreamEngine:
         self.width = options.width
         self.bucket = default_bucket(options)
         self.recipe: Recipe = stream_recipe(
-            self.bucket, steps=options.steps, guidance=options.guidance
+            self.bucket,
+            steps=options.steps,
+            guidance=options.guidance,
+            tiled_vae=options.tiled_vae,
         )
         self.size = omni_size(options.size)
         self.device = torch.device(
@@ -303,9 +306,13 @@ class OmniAvatarStreamEngine:
         yield PreparationStep(1.0, conditioning.assets())
 
     def _avatar_key(self, avatar: Avatar) -> str:
-        """The device cache's key: the picture, the prompt and the generated size."""
+        """The device cache's key: the picture, the prompt, the generated size and the VAE
+        tiling (the reference latent differs near the seams)."""
         prompt = avatar.prompt or DEFAULT_PROMPT
-        return avatar_key(avatar.image, prompt, f"omniavatar-{self.size.name}:{self.bucket}")
+        tiling = "tiled" if self.recipe.tiled_vae else "whole"
+        return avatar_key(
+            avatar.image, prompt, f"omniavatar-{self.size.name}:{self.bucket}:{tiling}"
+        )
 
     def _conditioning(self, avatar: Avatar) -> OmniConditioning:
         key = self._avatar_key(avatar)

@@ -92,6 +92,9 @@ def test_the_omniavatar_profile_reaches_the_streaming_engine() -> None:
     assert len(engine.recipe.sampler_options().guidance.passes) == 1
     assert engine.speed.compile_mode == "default" and "RANDOM" in engine.description
     assert (engine.height, engine.width) == (768, 448)
+    assert not engine.recipe.tiled_vae and "whole-frame VAE" in engine.recipe.trade
+    tiled = create_engine(load_settings(profile, random_weights=True, omni_tiled_vae=True))
+    assert isinstance(tiled, OmniAvatarStreamEngine) and tiled.recipe.tiled_vae
 
 
 @pytest.mark.parametrize(
