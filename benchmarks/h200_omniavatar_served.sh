@@ -18,6 +18,9 @@
 #   carry .whl/ holding the serving stack as cp312 wheels (benchmarks/README.md), then
 #   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_omniavatar_served.sh")
 #   run(kind="nvidia-h200-x2", carry=[".whl"], command="bash benchmarks/h200_omniavatar_served.sh")
+#   3. if at least GENERATE_MIN_S (150) seconds are left of 9 minutes: offline `headcast generate
+#      --engine omniavatar --size 1.3b --random-weights --preset fast` on GPU 0, 10 s of audio
+#      into an mp4 (timing and a check that the GPU path writes a valid file).
 # Env: DURATION, SP_DURATION (seconds of load), HEADCAST_OMNI_STEPS / HEADCAST_OMNI_GUIDANCE /
 # HEADCAST_COMPILE (override the profile), READY_LIMIT_S (build + compile + warm-up limit),
 # SP_START_LIMIT_S (the 2-GPU run starts only before this many seconds: 9 minutes in all).
@@ -42,4 +45,30 @@ elif ((gpus >= 2)); then
     engine_lines omniavatar-2gpu-
 else
     echo "one GPU: the 2-GPU run is skipped (use kind nvidia-h200-x2)" | tee -a "$LOG"
+fi
+
+if ((540 - SECONDS >= ${GENERATE_MIN_S:-150})); then
+    echo "=== generate: omniavatar 1.3b fast preset, random weights, 10 s of audio" | tee -a "$LOG"
+    python3 - "$OUT" <<'PY' 2>&1 | tee -a "$LOG"
+import sys, wave
+import numpy as np
+from PIL import Image
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+Image.fromarray(rng.integers(0, 256, (720, 400, 3), dtype=np.uint8)).save(f"{out}/face.png")
+t = np.arange(10 * 16000) / 16000
+voice = 0.3 * np.sign(np.sin(2 * np.pi * 150 * t)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+with wave.open(f"{out}/speech.wav", "wb") as f:
+    f.setnchannels(1); f.setsampwidth(2); f.setframerate(16000)
+    f.writeframes((voice * 32767).astype(np.int16).tobytes())
+PY
+    started=$SECONDS
+    CUDA_VISIBLE_DEVICES=0 timeout $((540 - SECONDS)) python3 -m headcast.server.cli generate \
+        --engine omniavatar --size 1.3b --random-weights --preset fast \
+        --image "$OUT/face.png" --audio "$OUT/speech.wav" --out /tmp/omni-generate.mp4 \
+        >>"$LOG" 2>&1
+    echo "generate exit $? after $((SECONDS - started)) s" | tee -a "$LOG"
+    python3 -c "import av, sys; c = av.open(sys.argv[1]); v = c.streams.video[0]; a = c.streams.audio[0]; print('mp4:', v.frames, 'frames', v.codec_context.width, 'x', v.codec_context.height, '| audio', a.codec_context.name, a.codec_context.sample_rate, 'Hz')" /tmp/omni-generate.mp4 2>&1 | tee -a "$LOG"
+else
+    echo "generate skipped: $((540 - SECONDS)) s left" | tee -a "$LOG"
 fi
