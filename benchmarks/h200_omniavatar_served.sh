@@ -14,7 +14,7 @@
 #      each), one session of ${SP_DURATION:-45} s: the same figures. Skipped on one GPU.
 #      (Pool mode, two groups of one GPU each serving its own session, has the 1-GPU figures
 #      per session: HEADCAST_GPUS=0,1 HEADCAST_GPUS_PER_SESSION=1 served ... 2 sessions.)
-# Not measured by anyone yet: the figures this prints are the first for this profile.
+# Its figures of 2026-11-30 are in BENCHMARKS.md section 7.
 #   carry .whl/ holding the serving stack as cp312 wheels (benchmarks/README.md), then
 #   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_omniavatar_served.sh")
 #   run(kind="nvidia-h200-x2", carry=[".whl"], command="bash benchmarks/h200_omniavatar_served.sh")
