@@ -12,8 +12,12 @@ Owns how a request reaches the app's ``Runtime``, ``Metrics``, ``SessionRegistry
 - ``AuthorizedSessionDep``: the same, for controlling it (delete, interrupt, keep-alive).
 
 The audio WebSocket checks its ``?token=`` in ``server.routes.audio_ws`` (a refused socket is
-closed with a code, not answered with an HTTP error) through ``get_registry`` and
+closed with a code, not answered with an HTTP error) through ``registry_of`` and
 ``session_for_token`` here.
+
+Every dependency is ``async``: they only look things up in memory, and FastAPI runs a plain
+``def`` dependency in AnyIO's worker threads, a thread hop per dependency per request (four
+for an interrupt) and idle worker threads left behind after each burst of requests.
 
 Unknown session: 404 before any token check. Knows nothing about what the routes do.
 """
@@ -36,7 +40,7 @@ STARTING_RETRY_AFTER_S = 2
 """Retry-After while the server's runtime starts, in seconds."""
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -44,7 +48,7 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -52,7 +56,7 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
@@ -60,7 +64,7 @@ def get_metrics(request: Request) -> Metrics:
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def get_api_keys(request: Request) -> ApiKeys:
+async def get_api_keys(request: Request) -> ApiKeys:
     api_keys: ApiKeys = request.app.state.api_keys
     return api_keys
 
@@ -78,17 +82,22 @@ def server_starting(runtime: Runtime) -> Problem:
     )
 
 
-def get_registry(runtime: RuntimeDep) -> SessionRegistry:
+def registry_of(runtime: Runtime) -> SessionRegistry:
+    """The runtime's session registry, or the 503 of a server still starting."""
     try:
         return runtime.registry
     except RuntimeError:
         raise server_starting(runtime) from None
 
 
+async def get_registry(runtime: RuntimeDep) -> SessionRegistry:
+    return registry_of(runtime)
+
+
 RegistryDep = Annotated[SessionRegistry, Depends(get_registry)]
 
 
-def get_avatars(runtime: RuntimeDep) -> AvatarCatalog:
+async def get_avatars(runtime: RuntimeDep) -> AvatarCatalog:
     try:
         return runtime.avatars
     except RuntimeError:
@@ -98,7 +107,7 @@ def get_avatars(runtime: RuntimeDep) -> AvatarCatalog:
 AvatarsDep = Annotated[AvatarCatalog, Depends(get_avatars)]
 
 
-def require_api_key(
+async def require_api_key(
     api_keys: ApiKeysDep,
     metrics: MetricsDep,
     authorization: Annotated[str | None, Header()] = None,
@@ -114,7 +123,7 @@ def require_api_key(
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
 
 
-def require_avatar_key(
+async def require_avatar_key(
     api_keys: ApiKeysDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
     """Let the request manage avatars: a configured API key, or open mode (no keys)."""
@@ -166,7 +175,7 @@ def _session_from_header(
     return session_for_token(registry, metrics, session_id, token, use)
 
 
-def starting_session(
+async def starting_session(
     session_id: str,
     registry: RegistryDep,
     metrics: MetricsDep,
@@ -183,7 +192,7 @@ def starting_session(
 StartingSessionDep = Annotated[ManagedSession, Depends(starting_session)]
 
 
-def authorized_session(
+async def authorized_session(
     session_id: str,
     registry: RegistryDep,
     metrics: MetricsDep,

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from headcast.pipeline.media import MS_PER_S
 from headcast.server.auth import AuthError, TokenUse
-from headcast.server.deps import get_registry, session_for_token
+from headcast.server.deps import registry_of, session_for_token
 from headcast.server.errors import Problem, problem_for
 from headcast.server.registry import ManagedSession, UnknownSession
 from headcast.server.runtime import Runtime
@@ -63,7 +63,7 @@ class TooManySockets(RuntimeError):
     """The push session already has as many audio WebSockets open as it may have."""
 
 
-def push_format(request: Request) -> PushFormat:
+async def push_format(request: Request) -> PushFormat:
     """The push bounds from the settings, at the default sample rate."""
     settings: Settings = request.app.state.settings
     return PushFormat(
@@ -82,7 +82,7 @@ def authorize_socket(websocket: WebSocket, session_id: str, token: str | None) -
     (unexpired) unless the session is already connected (a pusher reconnecting).
     """
     runtime: Runtime = websocket.app.state.runtime
-    registry = get_registry(runtime)
+    registry = registry_of(runtime)
     use = TokenUse.CONTROL if registry.get(session_id).connected else TokenUse.START
     managed = session_for_token(registry, runtime.metrics, session_id, token, use)
     if managed.media.audio_source is not AudioSource.PUSH:

@@ -6,11 +6,13 @@ model is ``FakeEngine``. WebRTC itself is exercised by tests/integration.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -251,3 +253,37 @@ def test_json_routes_take_json_only_and_bounded_bodies() -> None:
         assert _metric(client, "headcast_sessions_active") == 0
         created = client.post("/v1/sessions", headers=json_type, content=b"")
         assert created.status_code == 201, created.text  # an empty JSON body: the defaults
+
+
+def _calls(dependant: Any) -> Iterator[tuple[str, Any]]:
+    """Every callable FastAPI calls for a route: its dependencies', depth first."""
+    for sub in dependant.dependencies:
+        yield from _calls(sub)
+        yield sub.name or getattr(sub.call, "__name__", repr(sub.call)), sub.call
+
+
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route with a ``dependant``, through included routers (FastAPI resolves those
+    lazily: ``effective_candidates``)."""
+    for route in routes:
+        if hasattr(route, "effective_candidates"):
+            yield from _routes(route.effective_candidates())
+        elif getattr(route, "dependant", None) is not None:
+            yield route
+
+
+def test_no_route_or_dependency_runs_in_the_thread_pool() -> None:
+    """FastAPI runs a plain ``def`` endpoint or dependency in AnyIO's worker threads: a thread
+    hop per call on every request (four on an interrupt) and idle worker threads left after
+    each burst, which the soak counts as threads not back to baseline. Everything here only
+    looks things up, so all of it is ``async``."""
+    app = create_app(_settings())
+    checked = 0
+    for route in _routes(app.routes):
+        dependant = route.dependant
+        for name, call in [(route.name, dependant.call), *_calls(dependant)]:
+            if call is None:
+                continue  # a plain parameter
+            checked += 1
+            assert inspect.iscoroutinefunction(call), f"{route.path}: {name} is not async"
+    assert checked > 20
