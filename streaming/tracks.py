@@ -261,6 +261,11 @@ class _PacedTrack(MediaStreamTrack, Generic[FrameT]):
         self.parked = True
         self.progress.notify()  # a partner waiting for this frame re-checks: it may go now
         try:
+            if partner.parked:
+                # It holds its frame for this one: let it go first, in this same loop step.
+                # Going at once would leave it to run after whatever this task does next
+                # (the sender's own work, a backlog after a stall): 40 ms apart once an hour.
+                await asyncio.sleep(0)
             while not self._pacing_dropped and partner.lags_behind(due, self._clock.now()):
                 if self._clock.now() >= deadline:
                     self.partner_waits_cut_short += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -203,3 +204,39 @@ async def test_a_partner_parked_on_an_earlier_frame_is_still_waited_for() -> Non
     assert abs(skew) < 0.005, f"frame 2 and packet 4 left {skew:+.3f} s apart"
     assert sent["video"][video_pts(1)] <= sent["audio"][audio_pts(3)]
     assert video.partner_waits_cut_short == 0 and audio.partner_waits_cut_short == 0
+
+
+async def test_a_parked_partner_leaves_in_the_same_loop_step() -> None:
+    """The video holds frame 1 for the audio. When the audio sender comes for packet 2, both
+    must leave in one loop step: the video's turn must not wait behind what the audio
+    sender's task does right after ``recv`` (here 30 ms of work in that same step)."""
+    clock = LoopClock()
+    sent: dict[str, dict[int, float]] = {"video": {}, "audio": {}}
+
+    def on_video(pts: int, due: float, sent_at: float) -> None:
+        sent["video"][pts] = sent_at
+
+    def on_audio(pts: int, due: float, sent_at: float) -> None:
+        sent["audio"][pts] = sent_at
+
+    video = AvatarVideoTrack(clock, on_sent=on_video)
+    audio = AvatarAudioTrack(clock, on_sent=on_audio)
+    video.sync_with(audio)
+    audio.sync_with(video)
+    start = clock.now() + 0.02
+    _feed_media(video, audio, start)
+    await video.recv()  # frame 0
+    await audio.recv()  # packets 0-1
+    await audio.recv()
+    await clock.sleep_until(start + 0.1)  # both behind: frame 1 and packet 2 (40 ms) overdue
+    frame_1 = asyncio.ensure_future(video.recv())
+    await asyncio.sleep(0)
+    assert video.parked  # it waits for packet 2
+
+    async def audio_sender() -> None:
+        await audio.recv()  # packet 2
+        time.sleep(0.03)  # noqa: ASYNC251 - the sender's own work right after recv, blocking
+
+    await asyncio.wait_for(asyncio.gather(frame_1, audio_sender()), 0.5)
+    skew = sent["audio"][audio_pts(2)] - sent["video"][video_pts(1)]
+    assert abs(skew) < 0.005, f"packet 2 and frame 1 left {skew:+.3f} s apart"
