@@ -5,6 +5,7 @@
 # official code's 98.6 min for 60 s of video (BENCHMARKS.md section 7; the official run is
 # benchmarks/h200_omniavatar.sh, which needs the official checkout carried).
 #   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_omniavatar_recipe.sh")
+# FP8_ONLY=1: the fp8 run alone.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 DEADLINE=${DEADLINE:-420}
 source benchmarks/common.sh
@@ -24,6 +25,6 @@ recipe() {  # recipe LABEL FLAGS...: the official case of the 14B under the dead
     grep "^| " "/tmp/$label.md" | grep -v "^| run |" >>"$SUMMARY"
 }
 
-recipe 14b-fp8
-recipe 14b-bf16
+recipe 14b-fp8 --quantize fp8
+[[ -n $FP8_ONLY ]] || recipe 14b-bf16
 cat "$SUMMARY"
