@@ -64,7 +64,8 @@ SAMPLE_TIMEOUT_S = 15.0
 """Longest one resource sample may take (a scrape of /metrics), in seconds."""
 
 IDLE_SAMPLES = 5
-"""Samples in each idle window, ``IDLE_SAMPLE_GAP_S`` apart; the verdict reads the last."""
+"""Samples in each idle window, ``IDLE_SAMPLE_GAP_S`` apart; the verdict reads the lowest
+(a leak holds at every one)."""
 
 IDLE_SAMPLE_GAP_S = 1.0
 DURATION_UNITS_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
