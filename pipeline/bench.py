@@ -234,8 +234,6 @@ def resolve_options(args: argparse.Namespace, device: torch.device) -> SpeedOpti
     changes: dict[str, Any] = {"quantize": args.quantize}
     if args.attention is not None:
         changes["attention"] = args.attention
-    if args.attention_8bit:
-        changes["attention_8bit"] = True
     if args.fuse is not None:
         changes["fuse_projections"] = args.fuse
     if args.vae_channels_last is not None:
@@ -451,8 +449,6 @@ def _read_scaling_reference(path: Path | None) -> dict[str, Any] | None:
 def _default_label(options: SpeedOptions, config: PipelineConfig, gpus: int) -> str:
     parts = [f"{gpus}gpu"] if gpus > 1 else []
     parts.append(options.quantize if options.quantize != "none" else "bf16")
-    if options.attention_8bit:
-        parts.append("attn8bit")
     parts.append("compiled" if options.compile_mode else "eager")
     parts.append(f"{config.steps}steps")
     return "-".join(parts)
@@ -519,11 +515,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ATTENTION_BACKENDS,
         default=None,
         help="SDPA kernel preference (default: cudnn on CUDA, auto with --baseline)",
-    )
-    parser.add_argument(
-        "--attention-8bit",
-        action="store_true",
-        help="DiT self-attention in 8 bits (int8 Q/K, fp8 P/V; Triton kernel, Hopper)",
     )
     parser.add_argument(
         "--fuse",

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from headcast.pipeline.attention import attention
-from headcast.pipeline.attention_8bit import attention_8bit
 from headcast.pipeline.checkpoint import (
     CheckpointError,
     materialize,
@@ -363,8 +362,6 @@ class SelfAttention(nn.Module):
         self.norm_q = _qk_norm(dim, eps, qk_norm)
         self.norm_k = _qk_norm(dim, eps, qk_norm)
         self.qkv: nn.Linear | None = None  # set by fuse_projections(), replacing q, k, v
-        self.use_8bit = False
-        """Attend with ``pipeline.attention_8bit`` (int8 Q/K, fp8 P/V) instead of bf16."""
 
     def fuse_projections(self) -> None:
         """Replace ``q``, ``k``, ``v`` by one linear (one GEMM); call after loading weights."""
@@ -384,8 +381,7 @@ class SelfAttention(nn.Module):
         k = self.norm_k(k).unflatten(-1, heads)  # [B, L, H, D]
         v = v.unflatten(-1, heads)  # [B, L, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attend = attention_8bit if self.use_8bit else attention
-        out = attend(q, k, v) if shard is None else ulysses_attention(q, k, v, shard, attend)
+        out = attention(q, k, v) if shard is None else ulysses_attention(q, k, v, shard)
         projected: torch.Tensor = self.o(out.flatten(2))  # [B, L, dim]
         return projected
 
