@@ -234,6 +234,8 @@ def resolve_options(args: argparse.Namespace, device: torch.device) -> SpeedOpti
     changes: dict[str, Any] = {"quantize": args.quantize}
     if args.attention is not None:
         changes["attention"] = args.attention
+    if args.attention_fp8:
+        changes["attention_fp8"] = True
     if args.fuse is not None:
         changes["fuse_projections"] = args.fuse
     if args.vae_channels_last is not None:
@@ -449,6 +451,8 @@ def _read_scaling_reference(path: Path | None) -> dict[str, Any] | None:
 def _default_label(options: SpeedOptions, config: PipelineConfig, gpus: int) -> str:
     parts = [f"{gpus}gpu"] if gpus > 1 else []
     parts.append(options.quantize if options.quantize != "none" else "bf16")
+    if options.attention_fp8:
+        parts.append("attnfp8")
     parts.append("compiled" if options.compile_mode else "eager")
     parts.append(f"{config.steps}steps")
     return "-".join(parts)
@@ -515,6 +519,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ATTENTION_BACKENDS,
         default=None,
         help="SDPA kernel preference (default: cudnn on CUDA, auto with --baseline)",
+    )
+    parser.add_argument(
+        "--attention-fp8",
+        action="store_true",
+        help="DiT self-attention in fp8 (cuDNN's kernel; Hopper, pip nvidia-cudnn-frontend)",
     )
     parser.add_argument(
         "--fuse",

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headcast.pipeline.attention import attention
+from headcast.pipeline.attention_fp8 import attention_fp8
 from headcast.pipeline.checkpoint import (
     CheckpointError,
     materialize,
@@ -362,6 +363,8 @@ class SelfAttention(nn.Module):
         self.norm_q = _qk_norm(dim, eps, qk_norm)
         self.norm_k = _qk_norm(dim, eps, qk_norm)
         self.qkv: nn.Linear | None = None  # set by fuse_projections(), replacing q, k, v
+        self.use_fp8 = False
+        """Attend with ``pipeline.attention_fp8`` (Q, K, V and P in e4m3) instead of bf16."""
 
     def fuse_projections(self) -> None:
         """Replace ``q``, ``k``, ``v`` by one linear (one GEMM); call after loading weights."""
@@ -381,7 +384,8 @@ class SelfAttention(nn.Module):
         k = self.norm_k(k).unflatten(-1, heads)  # [B, L, H, D]
         v = v.unflatten(-1, heads)  # [B, L, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attention(q, k, v) if shard is None else ulysses_attention(q, k, v, shard)
+        attend = attention_fp8 if self.use_fp8 else attention
+        out = attend(q, k, v) if shard is None else ulysses_attention(q, k, v, shard, attend)
         projected: torch.Tensor = self.o(out.flatten(2))  # [B, L, dim]
         return projected
 

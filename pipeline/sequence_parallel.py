@@ -31,6 +31,7 @@ Knows nothing about the model's weights or sampling; every collective goes throu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -148,13 +149,17 @@ def gather_tokens(x: torch.Tensor, shard: TokenShard) -> torch.Tensor:
 
 
 def ulysses_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shard: TokenShard
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    shard: TokenShard,
+    attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = attention,
 ) -> torch.Tensor:
     """Self-attention over the whole sequence from this rank's tokens.
 
     ``q``, ``k``, ``v``: ``[B, per_rank, H, D]`` (this rank's tokens, every head, RoPE
     applied). Returns ``[B, per_rank, H, D]`` in ``v``'s dtype: for every real token the
-    attention over all real tokens of all ranks.
+    attention over all real tokens of all ranks, computed by ``attend`` on this rank's heads.
     """
     batch, tokens, _, head_dim = v.shape
     world, mine = shard.world, shard.heads[shard.rank]
@@ -167,7 +172,7 @@ def ulysses_attention(
     # 2. attention of every token (padding too: discarded later) over the real keys only
     if shard.length < shard.padded_length:
         k, v = k[:, : shard.length], v[:, : shard.length]  # [B, L, mine, D]
-    out = attention(q, k, v)  # [B, N*Lr, mine, D]
+    out = attend(q, k, v)  # [B, N*Lr, mine, D]
     # 3. (all tokens, my heads) -> (my tokens, all heads)
     send = out.reshape(batch, world, tokens, mine, head_dim).permute(1, 3, 0, 2, 4)
     send = send.reshape(world * mine, batch, tokens, head_dim)  # [N*mine, B, Lr, D]

@@ -1,26 +1,31 @@
 """Run-time speed options of a loaded FlashTalk generator, applied in one place.
 
-Owns: ``SpeedOptions`` (SDPA kernel preference, projection fusion, DiT quantisation,
-``torch.compile`` of the transformer blocks and of the colour correction, channels-last VAE
-with fused norm + SiLU kernels, cuDNN autotuning) with the ``official`` (all off, as the official
-code runs) and ``fast`` presets, ``prepare_dit_block`` (fusion then quantisation of one block, so a
-loader can do it block by block and never hold the whole bf16 model) and ``apply_speedups``.
+Owns: ``SpeedOptions`` (SDPA kernel preference, fp8 self-attention, projection fusion,
+DiT quantisation, ``torch.compile`` of the transformer blocks and of the colour correction,
+channels-last VAE with fused norm + SiLU kernels, cuDNN autotuning) with the ``official``
+(all off, as the official code runs) and ``fast`` presets, ``prepare_dit_block`` (fusion,
+quantisation and the attention kernel of one block, so a loader can do it block by block and
+never hold the whole bf16 model), ``bf16_attention`` and ``apply_speedups``.
 
-None of these changes a result beyond bf16 rounding except ``quantize`` (fp8/int8/int4/nf4),
-whose error the benchmark reports. Knows nothing about sessions, timing or files.
+None of these changes a result beyond bf16 rounding except ``quantize`` (fp8/int8/int4/nf4)
+and ``attention_fp8``, whose errors the benchmark reports. Knows nothing about sessions,
+timing or files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from headcast.pipeline.attention import ATTENTION_BACKENDS
+from headcast.pipeline.attention_fp8 import fp8_attention_problem
 from headcast.pipeline.color import match_and_blend_colors
-from headcast.pipeline.dit import DiTBlock, FlashTalkDiT
+from headcast.pipeline.dit import DiTBlock, FlashTalkDiT, SelfAttention
 from headcast.pipeline.generator import FlashTalkGenerator
 from headcast.pipeline.quantize import QUANTIZE_MODES, quantize_block
 from headcast.pipeline.vae_kernels import norm_silu
@@ -40,6 +45,11 @@ class SpeedOptions:
 
     attention: str = "auto"
     """SDPA kernel preference (``auto``, ``cudnn``, ``flash``, ``efficient``, ``math``)."""
+
+    attention_fp8: bool = False
+    """The DiT's self-attention in fp8 (``pipeline.attention_fp8``: cuDNN's fused kernel,
+    Hopper and the ``nvidia-cudnn-frontend`` package). Changes results beyond bf16 rounding,
+    like ``quantize``."""
 
     fuse_projections: bool = False
     """One GEMM for q/k/v of the self-attention and for k/v of each context."""
@@ -97,10 +107,37 @@ class SpeedOptions:
 
 
 def prepare_dit_block(block: nn.Module, options: SpeedOptions) -> None:
-    """Fuse (if asked) and then quantise one loaded DiT block, in place."""
+    """Fuse (if asked), quantise and pick the self-attention kernel of one loaded DiT block,
+    in place."""
     if options.fuse_projections and isinstance(block, DiTBlock):
         block.fuse_projections()
     quantize_block(block, options.quantize)
+    self_attn = getattr(block, "self_attn", None)
+    if isinstance(self_attn, SelfAttention):
+        self_attn.use_fp8 = options.attention_fp8
+
+
+@contextlib.contextmanager
+def bf16_attention(blocks: Iterable[nn.Module]) -> Iterator[None]:
+    """Run the enclosed forwards with every block's self-attention in bf16 (a reference for
+    the error of ``attention_fp8``), then restore each block's choice."""
+    layers = [getattr(block, "self_attn", None) for block in blocks]
+    chosen = [(layer, layer.use_fp8) for layer in layers if isinstance(layer, SelfAttention)]
+    for self_attn, _ in chosen:
+        self_attn.use_fp8 = False
+    try:
+        yield
+    finally:
+        for self_attn, use_fp8 in chosen:
+            self_attn.use_fp8 = use_fp8
+
+
+def check_attention_fp8(options: SpeedOptions, device: torch.device | str) -> None:
+    """Raise a ``ValueError`` that says what to do if ``options`` asks for fp8 attention
+    where cuDNN's kernel cannot run (on CPU its PyTorch twin runs: slow, for tests)."""
+    problem = fp8_attention_problem(torch.device(device)) if options.attention_fp8 else None
+    if problem is not None:
+        raise ValueError(f"fp8 attention cannot run: {problem}; or drop --attention-fp8")
 
 
 def _compile_mode_arg(mode: str) -> str | None:
@@ -116,6 +153,7 @@ def apply_speedups(
     ``prepare_dit_block`` while they were built. Compilation itself happens on the first
     chunk (report that chunk's time apart).
     """
+    check_attention_fp8(options, generator.device)
     if options.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     dit: FlashTalkDiT = generator.dit

@@ -54,7 +54,7 @@ from headcast.pipeline.omniavatar.recipe import (
 )
 from headcast.pipeline.omniavatar.reference_image import Bucket
 from headcast.pipeline.omniavatar.teacache import TeaCacheSchedule
-from headcast.pipeline.speedups import SpeedOptions
+from headcast.pipeline.speedups import SpeedOptions, bf16_attention
 from headcast.pipeline.timing import stage_timer
 from headcast.pipeline.vae import WanVAE
 
@@ -283,10 +283,15 @@ def self_check(
     models: OmniModels, options: SamplerOptions, inputs: SegmentInputs
 ) -> dict[str, float]:
     """Step 0's guided velocity on this path (compiled, batched, quantised as set up) against
-    the same weights run eagerly, one forward per guidance pass."""
+    the same weights run eagerly, one forward per guidance pass, with bf16 self-attention
+    (so fp8 attention's error is in the figure; quantised linears are in both runs)."""
     plain = replace(options, teacache=0.0)
     fast = SegmentRun(models.dit, plain, inputs).step(0, inputs.noise).guided
-    with torch.compiler.set_stance("force_eager"), sdpa_backends(EAGER_ATTENTION):
+    with (
+        torch.compiler.set_stance("force_eager"),
+        sdpa_backends(EAGER_ATTENTION),
+        bf16_attention(models.dit.blocks),
+    ):
         eager = (
             SegmentRun(models.dit, replace(plain, batch_passes=False), inputs)
             .step(0, inputs.noise)

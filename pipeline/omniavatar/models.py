@@ -34,7 +34,7 @@ from headcast.pipeline.random_weights import (
     fill_random_blockwise,
     init_random_,
 )
-from headcast.pipeline.speedups import SpeedOptions, prepare_dit_block
+from headcast.pipeline.speedups import SpeedOptions, check_attention_fp8, prepare_dit_block
 from headcast.pipeline.text import (
     OFFICIAL_T5_DTYPE,
     T5_CHECKPOINT_FILE,
@@ -214,6 +214,7 @@ def random_models(
 def apply_speedups(models: OmniModels, options: SpeedOptions, *, blocks_prepared: bool) -> None:
     """Apply ``options`` in place (the attention preference is the renderer's); compilation
     happens on the first segment."""
+    check_attention_fp8(options, next(models.dit.parameters()).device)
     if options.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if not blocks_prepared:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Device call (nvidia-h200, about 9 min): fp8 self-attention through cuDNN
+# (pipeline/attention_fp8.py; carries the nvidia-cudnn-frontend wheel in .whl/) -- its GPU
+# checks, its speed and error against cuDNN's bf16 attention at the 14B's shapes
+# (benchmarks/attention_fp8.py), then the 14B OmniAvatar at the official recipe with it (fp8
+# linears + fp8 attention, then bf16 linears + fp8 attention; STEPS_ONLY=1 stops after the
+# kernel).
+#   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_attention_fp8.sh")
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+DEADLINE=${DEADLINE:-570}
+source benchmarks/common.sh
+HEADCAST_GPU_TESTS=1 timeout 240 python3 -m pytest tests/gpu/test_attention_fp8.py -q \
+    -p no:cacheprovider >"$OUT/gpu_tests.log" 2>&1
+tail -5 "$OUT/gpu_tests.log" | tee -a "$LOG"
+timeout 240 python3 benchmarks/attention_fp8.py --json "$OUT/attention_fp8.json" \
+    >"$OUT/attention_fp8.md" 2>>"$LOG" || echo "attention_fp8.py failed (exit $?)" | tee -a "$LOG"
+cat "$OUT/attention_fp8.md"
+[[ -n ${STEPS_ONLY:-} ]] && exit 0
+
+SUMMARY=$OUT/omniavatar_recipe.md
+python3 -c "from headcast.pipeline.omniavatar.bench import TABLE_HEADER; print(TABLE_HEADER, end='')" >"$SUMMARY"
+recipe() {  # recipe LABEL FLAGS...: the official case of the 14B under the deadline
+    local label=$1
+    shift
+    budget "$label" || { echo "skip $label: out of time" >>"$SUMMARY"; return 0; }
+    echo "=== $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
+    timeout "$LEFT" python3 -m headcast.pipeline.omniavatar.bench --label "$label" \
+        --json "/tmp/$label.jsonl" --video-seconds 60 --timed-steps 2 --size 14b --compile \
+        --case official --self-check "$@" >"/tmp/$label.md" 2>>"$LOG" \
+        || echo "| $label | failed (exit $?): see log.txt |" >>"$SUMMARY"
+    [[ -f /tmp/$label.jsonl ]] && cat "/tmp/$label.jsonl" >>"$OUT/reports.jsonl"
+    grep "^| " "/tmp/$label.md" | grep -v "^| run |" >>"$SUMMARY"
+}
+recipe 14b-fp8-attnfp8 --quantize fp8 --attention-fp8
+recipe 14b-bf16-attnfp8 --attention-fp8
+cat "$SUMMARY"
