@@ -16,6 +16,7 @@ timeout 240 python3 benchmarks/attention_fp8.py --json "$OUT/attention_fp8.json"
     >"$OUT/attention_fp8.md" 2>>"$LOG" || echo "attention_fp8.py failed (exit $?)" | tee -a "$LOG"
 cat "$OUT/attention_fp8.md"
 [[ -n ${STEPS_ONLY:-} ]] && exit 0
+grep -q "^| omniavatar" "$OUT/attention_fp8.md" || { echo "no kernel timings: recipe skipped" | tee -a "$LOG"; exit 0; }
 
 SUMMARY=$OUT/omniavatar_recipe.md
 python3 -c "from headcast.pipeline.omniavatar.bench import TABLE_HEADER; print(TABLE_HEADER, end='')" >"$SUMMARY"
