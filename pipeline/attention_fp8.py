@@ -10,10 +10,12 @@ Owns ``attention_fp8(q, k, v)`` for ``[B, L, heads, head_dim]`` tensors:
   per-tensor descales), each tensor's absolute maximum mapped to 448.
 - **The kernel**: cuDNN's fp8 SDPA forward through the ``cudnn`` Python frontend (the
   optional package ``nvidia-cudnn-frontend``; cuDNN 9.14 or later, CUDA capability 9.0 or
-  later). One graph per shape and device, built on first use and cached; the output is
-  bf16. The probabilities are rounded to e4m3 after scaling by ``P_SCALE``, as the
-  frontend's own tests do. Registered as the custom op ``headcast::cudnn_fp8_attention`` so
-  ``torch.compile`` keeps it as one opaque call.
+  later). One graph per shape and device, built on first use and cached. The probabilities
+  are rounded to e4m3 after scaling by ``P_SCALE``, as the frontend's own tests do. On
+  Hopper cuDNN writes the output in e4m3 too (bf16 output is Blackwell-only): it is scaled
+  by V's scale, which bounds it (each output row is a convex combination of V's rows), and
+  dequantised in the compiled block. Registered as the custom op
+  ``headcast::cudnn_fp8_attention`` so ``torch.compile`` keeps it as one opaque call.
 - **The twin** (``reference_attention_fp8``): the same quantised maths in float32 PyTorch;
   ``attention_fp8`` uses it for tensors not on CUDA (CPU tests), and the GPU checks compare
   the kernel with it.
@@ -91,7 +93,8 @@ def reference_attention_fp8(
     """The kernel's maths in float32 on ``quantize_fp8``'s tensors: ``[B, Lq, H, D]``.
 
     Scores from the dequantised Q and K, softmax with the probabilities rounded to e4m3 at
-    ``P_SCALE`` for the product with V, normalised by the unrounded row sums.
+    ``P_SCALE`` for the product with V, normalised by the unrounded row sums, and the
+    output rounded to e4m3 at V's scale.
     """
     q = (q8.float() * descale_q).transpose(1, 2)  # [B, H, Lq, D]
     k = (k8.float() * descale_k).transpose(1, 2)  # [B, H, Lk, D]
@@ -100,7 +103,8 @@ def reference_attention_fp8(
     p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
     p8 = (p * P_SCALE).to(FP8_DTYPE).float() / P_SCALE
     out = (p8 @ v) / p.sum(dim=-1, keepdim=True)  # [B, H, Lq, D]
-    return out.transpose(1, 2)  # [B, Lq, H, D]
+    out8 = (out / descale_v).to(FP8_DTYPE)  # the kernel's e4m3 output at V's scale
+    return (out8.float() * descale_v).transpose(1, 2)  # [B, Lq, H, D]
 
 
 def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -112,8 +116,8 @@ def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     quantized = quantize_fp8(q, k, v)
     if not q.is_cuda:
         return reference_attention_fp8(*quantized).to(v.dtype)
-    out: torch.Tensor = torch.ops.headcast.cudnn_fp8_attention(*quantized)  # [B, Lq, H, D]
-    return out.to(v.dtype)
+    out8: torch.Tensor = torch.ops.headcast.cudnn_fp8_attention(*quantized)  # [B, Lq, H, D]
+    return (out8.float() * quantized[5]).to(v.dtype)  # dequantised at V's scale
 
 
 def fp8_attention_problem(device: torch.device) -> str | None:
@@ -141,7 +145,7 @@ class _Graph:
     handle: Any
     workspace: torch.Tensor
     scales: torch.Tensor
-    """``[3]`` float32 on the device: descale_s, scale_s, scale_o."""
+    """``[2]`` float32 on the device: descale_s, scale_s."""
     amax: torch.Tensor
     """``[2]`` float32 on the device: the amax outputs (unused)."""
 
@@ -197,7 +201,7 @@ def _graph(
     )
     out.set_uid(Uid.OUT).set_output(True).set_dim((batch, heads, rows, head_dim)).set_stride(
         (rows * heads * head_dim, head_dim, heads * head_dim, 1)
-    ).set_data_type(cudnn.data_type.BFLOAT16)
+    ).set_data_type(cudnn.data_type.FP8_E4M3)
     for uid, amax in ((Uid.AMAX_S, amax_s), (Uid.AMAX_O, amax_o)):
         amax.set_uid(uid).set_output(True).set_dim((1, 1, 1, 1)).set_stride(
             (1, 1, 1, 1)
@@ -209,7 +213,7 @@ def _graph(
     graph.build_plans()
     device = torch.device("cuda", device_index)
     workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=device)
-    scales = torch.tensor([1.0 / P_SCALE, P_SCALE, 1.0], dtype=torch.float32, device=device)
+    scales = torch.tensor([1.0 / P_SCALE, P_SCALE], dtype=torch.float32, device=device)
     amax = torch.zeros(2, dtype=torch.float32, device=device)
     return _Graph(graph, handle, workspace, scales, amax)
 
@@ -223,14 +227,16 @@ def _cudnn_fp8_attention(
     descale_k: torch.Tensor,
     descale_v: torch.Tensor,
 ) -> torch.Tensor:
-    """cuDNN's fp8 attention on ``quantize_fp8``'s tensors: ``[B, Lq, H, D]`` bf16."""
+    """cuDNN's fp8 attention on ``quantize_fp8``'s tensors: ``[B, Lq, H, D]`` e4m3 at V's
+    scale (multiply by ``descale_v``)."""
     import cudnn
 
     batch, rows, heads, head_dim = q8.shape
     q8, k8, v8 = q8.contiguous(), k8.contiguous(), v8.contiguous()
     built = _graph(batch, heads, rows, k8.shape[1], head_dim, q8.device.index or 0)
     cudnn.set_stream(handle=built.handle, stream=torch.cuda.current_stream(q8.device).cuda_stream)
-    out = torch.empty(q8.shape, dtype=torch.bfloat16, device=q8.device)
+    out = torch.empty(q8.shape, dtype=FP8_DTYPE, device=q8.device)
+    scale_o = (1.0 / descale_v).contiguous()  # the output's scale: V's bounds it
     pack = {
         Uid.Q: q8,
         Uid.K: k8,
@@ -241,7 +247,7 @@ def _cudnn_fp8_attention(
         Uid.DESCALE_V: descale_v.contiguous(),
         Uid.DESCALE_S: built.scales[0:1],
         Uid.SCALE_S: built.scales[1:2],
-        Uid.SCALE_O: built.scales[2:3],
+        Uid.SCALE_O: scale_o,
         Uid.AMAX_S: built.amax[0:1],
         Uid.AMAX_O: built.amax[1:2],
     }
@@ -258,4 +264,4 @@ def _(
     descale_k: torch.Tensor,
     descale_v: torch.Tensor,
 ) -> torch.Tensor:
-    return q8.new_empty(q8.shape, dtype=torch.bfloat16)
+    return q8.new_empty(q8.shape, dtype=FP8_DTYPE)
