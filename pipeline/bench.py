@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -33,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -80,6 +79,8 @@ AUDIO_LEVEL = 0.1
 
 GIB = 1024**3
 TERA = 1e12
+
+T = TypeVar("T")
 
 
 # -- FLOPs ---------------------------------------------------------------------------------
@@ -277,17 +278,25 @@ def build_generator(
     return generator, "random (full size, bf16)"
 
 
+def run_ranks(args: argparse.Namespace, measure: Callable[[ParallelGroup | None, Any], T]) -> T:
+    """``measure(None, args)`` here, or with ``--gpus N`` (N > 1) ``measure(parallel, args)``
+    in N new processes of one group, one per device (``cuda:0`` .. ``cuda:N-1``; with a CPU
+    device, gloo processes); rank 0's result."""
+    if args.gpus == 1:
+        return measure(None, args)
+    device_type = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).type
+    try:
+        devices = group_devices(args.gpus, device_type)
+    except ValueError as exc:  # more GPUs asked for than there are
+        raise SystemExit(f"--gpus {args.gpus}: {exc}") from None
+    result: T = run_group(args.gpus, measure, (args,), devices=devices)
+    return result
+
+
 def run(args: argparse.Namespace) -> BenchReport:
     """Build, warm up, time ``args.chunks`` chunks and return the report (``--gpus N``:
     in N new processes, one per device; rank 0's report)."""
-    if args.gpus == 1:
-        report = measure(None, args)
-    else:
-        device_type = torch.device(
-            args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        ).type
-        devices = group_devices(args.gpus, device_type)
-        report = run_group(args.gpus, measure, (args,), devices=devices)
+    report = run_ranks(args, measure)
     assert report is not None, "rank 0 always reports"
     return report
 
@@ -303,8 +312,6 @@ def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> BenchRe
     """One process's run: alone (``parallel`` None) or as one rank of a group, in lockstep
     with the others. Rank 0 (or the lone process) returns the report, the others None."""
     device = _single_device(args) if parallel is None else parallel.device
-    if parallel is not None and device.type == "cpu":  # the ranks share the cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel.world_size))
     name = args.preset or ("flashtalk-14b" if device.type == "cuda" else "tiny")
     if args.steps not in (None, *STEP_CHOICES):
         raise SystemExit(f"--steps {args.steps}: FlashTalk is distilled for 4 or 2 steps")

@@ -5,7 +5,7 @@ Owns putting the environment every process it starts gets (``CHILD_ENV``, from
 (``torch.distributed``'s TCP store on 127.0.0.1 at a free port), ``init_rank`` (join the group: NCCL
 on CUDA, gloo on CPU) and ``run_group`` (spawn N processes that each run a function with their
 ``ParallelGroup``; rank 0's return value comes back, any rank's exception is raised here with its
-traceback).
+traceback). Ranks on the CPU share the host's cores: each gets ``cores // N`` threads.
 
 Knows nothing about what the ranks compute.
 """
@@ -87,9 +87,8 @@ def group_devices(world_size: int, device_type: str) -> list[torch.device]:
         return [torch.device("cpu")] * world_size
     visible = torch.cuda.device_count()
     if world_size > visible:
-        raise ValueError(
-            f"{world_size} GPUs asked for, {visible} visible: use --gpus {visible} or fewer"
-        )
+        advice = f"use --gpus {visible} or fewer" if visible else "use --gpus 1 or a CPU device"
+        raise ValueError(f"{world_size} GPUs asked for, {visible} visible: {advice}")
     return [torch.device("cuda", index) for index in range(world_size)]
 
 
@@ -147,6 +146,8 @@ def _rank_main(
     )
     try:
         parallel = init_rank(rank, world_size, port, device)
+        if device.type == "cpu":  # the ranks share the host's cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         result = target(parallel, *args)
         reports.put(RankReport.of(rank, result))
     except BaseException:  # noqa: BLE001 -- every failure goes back to the parent, with its traceback

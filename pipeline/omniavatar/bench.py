@@ -13,6 +13,13 @@ peak memory, and the JSON/markdown report. Shares ``pipeline.bench``'s speed fla
 forward per pass, PyTorch's SDPA choice): the official code itself is not part of this
 repository. Timing random weights is valid (values do not change speed), except that the
 TeaCache schedule of random weights is not a trained model's: the report gives it.
+
+``--gpus N`` (N > 1) times the same cases sequence-parallel on N GPUs: N processes, one per
+GPU (``pipeline.launch``: NCCL, NVLink multicast off), each building the same models from
+the same seed; the DiT splits its tokens among them, the VAE and the audio encoder run
+whole on every rank. The ranks meet at a barrier before each timed stretch, so rank 0's
+CUDA-event times are the group's in lockstep; rank 0 reports. On a CPU device the same runs
+on gloo processes (the tiny size).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from headcast.pipeline import bench as flashtalk_bench
@@ -54,6 +62,7 @@ from headcast.pipeline.omniavatar.recipe import (
 )
 from headcast.pipeline.omniavatar.reference_image import Bucket
 from headcast.pipeline.omniavatar.teacache import TeaCacheSchedule
+from headcast.pipeline.parallel import ParallelGroup
 from headcast.pipeline.speedups import SpeedOptions, bf16_attention
 from headcast.pipeline.timing import stage_timer
 from headcast.pipeline.vae import WanVAE
@@ -158,6 +167,15 @@ def count_flops(size: OmniSize, recipe: Recipe, bucket: Bucket, passes: int) -> 
     }
 
 
+def floor_segment_s(flops: dict[str, float], computed_steps: int, gpus: int) -> float:
+    """A later segment's FLOP floor at the bf16 peak, in seconds: its computed DiT steps
+    split over ``gpus`` (the tokens are), its decode and overlap encode whole (every rank
+    runs the VAE on the whole segment)."""
+    dit = computed_steps * flops["dit_step_flops"] / gpus
+    vae = flops["vae_decode_flops"] + flops["vae_encode_flops"]
+    return (dit + vae) / (BF16_PEAK_TFLOPS * TERA)
+
+
 # -- the timed run -------------------------------------------------------------------------
 
 
@@ -210,19 +228,24 @@ class OmniBenchReport:
     """Projected compute for a ``video_s`` video (segments x segment time + audio)."""
     flops: dict[str, float]
     floor_per_video_s: float
-    """FLOP floor at the bf16 dense peak, seconds per second of video (TeaCache counted)."""
+    """FLOP floor at the bf16 dense peak, seconds per second of video (TeaCache counted);
+    with ``gpus`` > 1 the DiT's FLOPs are split over the GPUs, the VAE's are not (every rank
+    decodes and encodes the whole segment)."""
     achieved_tflops: float
-    """DiT step FLOPs / step time."""
+    """DiT step FLOPs / step time, per GPU (the step's FLOPs / ``gpus``)."""
     peak_memory_gib: float | None
+    """Peak allocated device memory (rank 0's, in a group)."""
     check: dict[str, float]
     """``--self-check``: the guided velocity of this path against eager, one pass at a time."""
+    gpus: int = 1
+    """GPUs the case ran on (sequence-parallel when more than one)."""
 
     def row(self) -> str:
         """One markdown table row."""
         memory = "-" if self.peak_memory_gib is None else f"{self.peak_memory_gib:.1f}"
         batched = " batched" if self.batch_passes and self.passes > 1 else ""
         return (
-            f"| {self.label} | {self.size} {self.bucket[0]}x{self.bucket[1]}, "
+            f"| {self.label} | {self.gpus} | {self.size} {self.bucket[0]}x{self.bucket[1]}, "
             f"{self.segment_frames} frames ({self.new_frames} new), {self.steps} steps "
             f"({self.teacache_computed_steps} computed), {self.passes} pass(es){batched} | "
             f"{self.step_s:.3f} | {self.decode_s:.2f} / {self.encode_s:.2f} | "
@@ -236,9 +259,10 @@ class OmniBenchReport:
 
 
 TABLE_HEADER = (
-    "| run | case | DiT step s | decode / encode s | segment s | s compute per s video | "
-    "per step | floor (bf16 peak) | video min | first segment s | TFLOP/s | peak GiB | check |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "| run | GPUs | case | DiT step s | decode / encode s | segment s | s compute per s video | "
+    "per step | floor (bf16 peak) | video min | first segment s | TFLOP/s per GPU | peak GiB | "
+    "check |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
@@ -265,8 +289,15 @@ def _segment_inputs(
     )
 
 
-def _timed(device: torch.device, work: list[Any], name: str) -> list[float]:
-    """Run each callable in ``work`` and return each one's device time."""
+def _timed(
+    device: torch.device, work: list[Any], name: str, parallel: ParallelGroup | None = None
+) -> list[float]:
+    """Run each callable in ``work`` and return each one's device time (in a group, from a
+    barrier: every rank starts together)."""
+    if parallel is not None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dist.barrier(group=parallel.group)
     timer = stage_timer(device)
     timer.start()
     for index, job in enumerate(work):
@@ -308,8 +339,11 @@ def bench_case(
     args: argparse.Namespace,
     device: torch.device,
     load_s: float,
+    parallel: ParallelGroup | None = None,
 ) -> OmniBenchReport:
-    """Time one segment of ``recipe`` and project it to a ``--video-seconds`` video."""
+    """Time one segment of ``recipe`` and project it to a ``--video-seconds`` video (as one
+    rank of ``parallel``: in lockstep with the others)."""
+    gpus = 1 if parallel is None else parallel.world_size
     bucket = (args.height, args.width) if args.height and args.width else recipe.buckets[0]
     sampler = recipe.sampler_options(batch_passes=args.batch_passes)
     inputs = _segment_inputs(models, recipe, bucket, device, args.seed)
@@ -333,7 +367,10 @@ def bench_case(
         state["latents"] = run.step(index, state["latents"]).latents
 
     step_times = _timed(
-        device, [lambda i=i: full_step(i) for i in range(args.warmup_steps, steps_needed)], "step"
+        device,
+        [lambda i=i: full_step(i) for i in range(args.warmup_steps, steps_needed)],
+        "step",
+        parallel,
     )
     # 2. a TeaCache-skipped step (the residuals exist now)
     cached_run = SegmentRun(models.dit, replace(timing, teacache=recipe.teacache or 1.0), inputs)
@@ -342,7 +379,7 @@ def bench_case(
         (False,) + (True,) * (timing.steps - 1), (0.0,) * timing.steps
     )
     cached_run.step(1, latents)  # warm the skip path
-    skipped = _timed(device, [lambda: cached_run.step(2, latents)], "skip")[0]
+    skipped = _timed(device, [lambda: cached_run.step(2, latents)], "skip", parallel)[0]
     # 3. VAE: the segment's decode and the overlap re-encode, once untimed first (a compiled
     # VAE compiles for these shapes on its first call: seconds that no later segment pays)
     frames_t = recipe.latent_frames(bucket)
@@ -352,14 +389,15 @@ def bench_case(
         lambda: models.vae.encode(state["video"][:, :, -recipe.overlap :].contiguous()),
     ]
     _timed(device, vae_work, "vae-warm-up")
-    decode_s, encode_s = _timed(device, vae_work, "vae")
+    decode_s, encode_s = _timed(device, vae_work, "vae", parallel)
     # 4. the whole clip's audio
     video_samples = round(args.video_seconds * SAMPLE_RATE_HZ)
     audio_frames = clip_frames(video_samples + round(recipe.silence_s * SAMPLE_RATE_HZ))
     clip = (
         torch.randn(video_samples, generator=torch.Generator().manual_seed(args.seed)).numpy() * 0.1
     )
-    audio_s = _timed(device, [lambda: models.audio.encode(clip, audio_frames)], "audio")[0]
+    encode_clip = [lambda: models.audio.encode(clip, audio_frames)]
+    audio_s = _timed(device, encode_clip, "audio", parallel)[0]
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
     check = self_check(models, timing, inputs) if args.self_check else {}
     # 5. projections
@@ -374,11 +412,10 @@ def bench_case(
     per_video_s = segment_s * VIDEO_FPS / new_frames
     segments = segment_count(audio_frames, frames, recipe.overlap)
     flops = count_flops(models.size, recipe, bucket, passes)
-    floor_segment = (
-        computed * flops["dit_step_flops"] + flops["vae_decode_flops"] + flops["vae_encode_flops"]
-    ) / (BF16_PEAK_TFLOPS * TERA)
+    floor_segment = floor_segment_s(flops, computed, gpus)
+    label = args.label or ("omniavatar" if gpus == 1 else f"omniavatar-{gpus}gpu")
     return OmniBenchReport(
-        label=f"{args.label or 'omniavatar'}-{recipe.name}",
+        label=f"{label}-{recipe.name}",
         command=args.command_line,
         date=datetime.date.today().isoformat(),
         device=torch.cuda.get_device_name(device)
@@ -416,15 +453,25 @@ def bench_case(
         video_compute_s=first_segment_s + (segments - 1) * segment_s + audio_s,
         flops=flops,
         floor_per_video_s=floor_segment * VIDEO_FPS / new_frames,
-        achieved_tflops=flops["dit_step_flops"] / step_s / TERA,
+        achieved_tflops=flops["dit_step_flops"] / gpus / step_s / TERA,
         peak_memory_gib=peak,
         check=check,
+        gpus=gpus,
     )
 
 
 def run(args: argparse.Namespace) -> list[OmniBenchReport]:
-    """Build the models once, then time every case."""
+    """Build the models once, then time every case (``--gpus N``: in N new processes, one
+    per device; rank 0's reports)."""
+    return flashtalk_bench.run_ranks(args, measure)
+
+
+def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> list[OmniBenchReport]:
+    """One process's run: alone (``parallel`` None) or as one rank of a group, in lockstep
+    with the others. Rank 0 (or the lone process) returns the reports, the others none."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if parallel is not None:
+        device = parallel.device
     size = omni_size(args.size or ("14b" if device.type == "cuda" else "tiny"))
     options = flashtalk_bench.resolve_options(args, device)
     if args.baseline:
@@ -439,6 +486,7 @@ def run(args: argparse.Namespace) -> list[OmniBenchReport]:
         tiled_vae=args.tiled_vae,
         seed=args.seed,
     )
+    models.dit.set_parallel(parallel)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     load_s = time.perf_counter() - started
@@ -446,10 +494,10 @@ def run(args: argparse.Namespace) -> list[OmniBenchReport]:
     reports = []
     for recipe in cases(size, args.case, steps=args.steps, stream_steps=args.stream_steps):
         with sdpa_backends(options.attention):
-            report = bench_case(models, recipe, options, args, device, load_s)
+            report = bench_case(models, recipe, options, args, device, load_s, parallel)
         logger.info("%s", report.row())
         reports.append(report)
-    return reports
+    return reports if parallel is None or parallel.is_primary else []
 
 
 # -- command line --------------------------------------------------------------------------
@@ -508,6 +556,15 @@ def execute(
     args: argparse.Namespace, prog: str = "python -m headcast.pipeline.omniavatar.bench"
 ) -> int:
     """Run the benchmark for parsed ``args``; print the table, write the JSON lines."""
+    for flag, given in (
+        ("--check-parallel", args.check_parallel),
+        ("--scaling-reference", args.scaling_reference is not None),
+    ):
+        if given:
+            raise SystemExit(
+                f"{flag} belongs to the FlashTalk benchmark; the OmniAvatar one reports the "
+                "group's times alone (compare with a --gpus 1 run). Leave it out."
+            )
     args.command_line = flashtalk_bench.command_line(prog, args, add_arguments)
     reports = run(args)
     if args.json is not None:

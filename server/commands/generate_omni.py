@@ -8,6 +8,14 @@ input delayed by the recipe's leading silence plus one frame (frame 0 is the ref
 picture), as the official script shifts it; the video has ``ceil(25 * seconds) + 1``
 frames of the silence-prefixed audio. A progress bar (tqdm, frames) runs on a terminal.
 
+``--gpus N`` (N > 1) renders on N sequence-parallel ranks (``pipeline.launch``: one process
+per GPU, ``cuda:0`` .. ``cuda:N-1``, NCCL with NVLink multicast off): every rank builds the
+same models (the same seed, or the same folder), runs the same segment loop on the same
+inputs and noise, and its DiT computes its share of the tokens (``set_parallel``); the VAE
+and the audio encoder run whole on every rank. Rank 0 logs, shows the progress bar and
+writes the file; the other ranks log warnings only. Without CUDA, ``--device cpu`` runs the
+ranks as gloo CPU processes (tests; not faster).
+
 Knows nothing about the web server or sessions. Bad input raises ``OmniUsageError`` with a
 message that says what to pass instead; ``generate`` turns it into exit status 2.
 """
@@ -16,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +37,7 @@ from tqdm import tqdm
 
 from headcast.pipeline.attention import ATTENTION_BACKENDS
 from headcast.pipeline.checkpoint import CheckpointError
+from headcast.pipeline.launch import group_devices, run_group
 from headcast.pipeline.media import VIDEO_FPS
 from headcast.pipeline.omniavatar.config import SIZES, OmniConfigError, omni_size
 from headcast.pipeline.omniavatar.models import build_models
@@ -43,6 +54,7 @@ from headcast.pipeline.omniavatar.render import (
     SegmentOutput,
     frames_to_uint8,
 )
+from headcast.pipeline.parallel import ParallelGroup
 from headcast.pipeline.quantize import QUANTIZE_MODES
 from headcast.pipeline.speedups import COMPILE_MODES, SpeedOptions
 from headcast.streaming.audio_file import AudioClip
@@ -85,11 +97,16 @@ ONLY_FLAGS = {
     "--no-batch-passes": "batch_passes",
     "--no-tiled-vae": "tiled_vae",
     "--device": "device",
+    "--gpus": "gpus",
 }
 """Flags only ``--engine omniavatar`` takes -> their argparse dest."""
 
 PARTIAL_SUFFIX = ".partial"
 """Suffix of the file being written; renamed to ``--out`` once complete."""
+
+RENDER_TIMEOUT_S = math.inf
+"""No deadline for a group's whole render (a long recording takes hours): a rank that dies
+is noticed at once, a hung collective fails after ``pipeline.launch``'s collective timeout."""
 
 
 class OmniUsageError(Exception):
@@ -160,7 +177,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="VAE on whole frames (faster on a large GPU; differs near the official tile seams)",
     )
     group.add_argument(
-        "--device", default=None, help="torch device (default: cuda if available, CPU for tiny)"
+        "--device",
+        default=None,
+        help="torch device (default: cuda if available, CPU for tiny; with --gpus N: cuda or cpu)",
+    )
+    group.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="sequence-parallel ranks, one process per GPU (cuda:0..N-1): the DiT's tokens are "
+        "split among them, rank 0 writes the MP4. Without CUDA, N > 1 needs --device cpu "
+        "(N gloo CPU processes: for testing, not faster)",
     )
 
 
@@ -192,6 +219,40 @@ def _device(args: argparse.Namespace, tiny: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
 
 
+def rank_devices(args: argparse.Namespace, tiny: bool) -> list[torch.device]:
+    """One device per rank: ``--gpus 1`` this process's device, ``--gpus N`` ``cuda:0`` ..
+    ``cuda:N-1`` (or N CPU processes with ``--device cpu``); OmniUsageError says what to pass."""
+    gpus: int = args.gpus
+    if gpus < 1:
+        raise OmniUsageError(
+            f"--gpus {gpus}: pass 1 (one process renders) or the number of GPUs to split "
+            "the DiT's tokens over."
+        )
+    if gpus == 1:
+        return [_device(args, tiny)]
+    asked = None if args.device is None else torch.device(args.device)
+    if asked is not None and asked.type == "cpu":
+        return group_devices(gpus, "cpu")
+    if asked is not None and (asked.type != "cuda" or asked.index is not None):
+        raise OmniUsageError(
+            f"--device {args.device} with --gpus {gpus}: the ranks take cuda:0 .. "
+            f"cuda:{gpus - 1} (CUDA_VISIBLE_DEVICES chooses which GPUs those are). Pass "
+            "--device cuda, --device cpu (gloo CPU processes), or leave --device out."
+        )
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        raise OmniUsageError(
+            f"--gpus {gpus}: torch sees no CUDA GPU on this machine. Pass --gpus 1, or add "
+            f"--device cpu to run {gpus} CPU processes over gloo (for testing; not faster)."
+        )
+    if gpus > visible:
+        raise OmniUsageError(
+            f"--gpus {gpus}: this machine has {visible} CUDA GPU(s) visible. Pass --gpus "
+            f"{visible} or fewer."
+        )
+    return group_devices(gpus, "cuda")
+
+
 def _check_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None:
@@ -201,45 +262,126 @@ def _check_flags(args: argparse.Namespace) -> None:
             )
 
 
+@dataclass(frozen=True)
+class RenderJob:
+    """What every rank renders, resolved from the flags once (it travels to the ranks)."""
+
+    size: str
+    """``SIZES`` name (an ``OmniSize`` holds read-only mappings, which do not pickle)."""
+    recipe: Recipe
+    model_dir: Path | None
+    wav2vec_dir: Path | None
+    random_weights: bool
+    quantize: str
+    compile_mode: str | None
+    """``torch.compile`` mode of the DiT blocks (None: eager)."""
+    attention: str | None
+    """SDPA kernel preference (None: the speed options' choice for the device)."""
+    batch_passes: bool
+    prompt: str
+    quiet: bool
+
+
 def render_mp4(args: argparse.Namespace, image: np.ndarray, audio: AudioClip, out: Path) -> None:
-    """Render ``audio`` spoken by the face in ``image`` into ``out`` (atomically)."""
+    """Render ``audio`` spoken by the face in ``image`` into ``out`` (atomically): in this
+    process, or with ``--gpus N`` on N sequence-parallel ranks, rank 0 writing the file."""
     _check_flags(args)
     try:
         size = omni_size(args.size or "14b")
     except OmniConfigError as exc:
         raise OmniUsageError(str(exc)) from exc
-    plan_recipe = resolve_recipe(args, size.name)
-    device = _device(args, size.is_random)
-    speed = SpeedOptions.fast(
-        device, quantize=args.quantize, compile_mode=args.compile_mode if args.compile else None
+    job = RenderJob(
+        size=size.name,
+        recipe=resolve_recipe(args, size.name),
+        model_dir=args.model_dir,
+        wav2vec_dir=args.wav2vec_dir,
+        random_weights=args.random_weights,
+        quantize=args.quantize,
+        compile_mode=args.compile_mode if args.compile else None,
+        attention=args.attention,
+        batch_passes=args.batch_passes,
+        prompt=args.prompt or DEFAULT_PROMPT,
+        quiet=args.quiet,
     )
+    devices = rank_devices(args, size.is_random)
+    logger.info("OmniAvatar %s, recipe %s: %s", size.description, job.recipe.name, job.recipe.trade)
+    if len(devices) == 1:
+        _render(job, devices[0], None, image, audio, out)
+        return
     logger.info(
-        "OmniAvatar %s, recipe %s: %s", size.description, plan_recipe.name, plan_recipe.trade
+        "%d sequence-parallel ranks on %s; rank 0 writes %s",
+        len(devices),
+        ", ".join(map(str, devices)),
+        out,
     )
+    try:
+        error = run_group(
+            len(devices),
+            _render_rank,
+            (job, image, audio, out),
+            devices=devices,
+            timeout_s=RENDER_TIMEOUT_S,
+        )
+    finally:  # a rank that was stopped leaves its file half written
+        out.with_name(out.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
+    if error is not None:
+        raise OmniUsageError(error)
+
+
+def _render_rank(
+    parallel: ParallelGroup, job: RenderJob, image: np.ndarray, audio: AudioClip, out: Path
+) -> str | None:
+    """One rank of a ``--gpus N`` render; the message of a usage error (raised by the parent)."""
+    if not parallel.is_primary:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the progress
+    try:
+        _render(job, parallel.device, parallel, image, audio, out)
+    except OmniUsageError as exc:
+        return str(exc)
+    return None
+
+
+def _render(
+    job: RenderJob,
+    device: torch.device,
+    parallel: ParallelGroup | None,
+    image: np.ndarray,
+    audio: AudioClip,
+    out: Path,
+) -> None:
+    """Build the models on ``device`` and render; alone (``parallel`` None) or as one rank,
+    rank 0 writing ``out``."""
+    size = omni_size(job.size)
+    speed = SpeedOptions.fast(device, quantize=job.quantize, compile_mode=job.compile_mode)
     started = time.perf_counter()
     try:
         models = build_models(
             size,
-            model_dir=args.model_dir,
+            model_dir=job.model_dir,
             device=device,
             speed=speed,
-            random_weights=args.random_weights,
-            tiled_vae=plan_recipe.tiled_vae,
-            wav2vec_dir=args.wav2vec_dir,
+            random_weights=job.random_weights,
+            tiled_vae=job.recipe.tiled_vae,
+            wav2vec_dir=job.wav2vec_dir,
         )
     except (ValueError, CheckpointError, OSError) as exc:
         raise OmniUsageError(f"cannot load OmniAvatar {size.name}: {exc}") from exc
+    models.dit.set_parallel(parallel)
     logger.info("models ready in %.1f s (%s)", time.perf_counter() - started, models.weights)
     renderer = OmniAvatarRenderer(
         models.dit,
         models.vae,
         models.audio,
         models.prompts,
-        plan_recipe,
-        batch_passes=args.batch_passes,
-        attention=args.attention or speed.attention,
+        job.recipe,
+        batch_passes=job.batch_passes,
+        attention=job.attention or speed.attention,
     )
-    _write(renderer, image, audio, out, prompt=args.prompt or DEFAULT_PROMPT, quiet=args.quiet)
+    if parallel is None or parallel.is_primary:
+        _write(renderer, image, audio, out, prompt=job.prompt, quiet=job.quiet)
+        return
+    for _ in renderer.render(image, audio.samples, job.prompt):
+        pass  # the same segments as rank 0, whose frames go to the file
 
 
 def _write(

@@ -22,11 +22,13 @@ from headcast.pipeline.dit import SelfAttention
 from headcast.pipeline.rope import rope_cos_sin
 
 DEVICE = torch.device("cuda")
-TWIN_TOL = 2e-2
-"""Kernel vs twin: the same e4m3 operands; cuDNN's tiled softmax rounds P against running
-maxima where the twin uses the row maximum."""
-BF16_TOL = 0.1
-"""fp8 vs bf16 attention on random data: ~5 % (e4m3 Q, K, V and P)."""
+TWIN_TOL = 5e-2
+"""Kernel vs twin: the same e4m3 operands, but each rounds its own output to e4m3, and an
+output a hair apart can land one e4m3 step (6 %) apart: measured 3.5-3.9 % on an H200."""
+BF16_TOL = 0.08
+"""fp8 vs bf16 attention on random data: 6.0 % (e4m3 Q, K, V, P and output)."""
+SAME_ERROR_TOL = 0.015
+"""The kernel's and the twin's errors against bf16 agree within this (both 6.0 % there)."""
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -62,8 +64,10 @@ def test_kernel_matches_its_twin_and_bf16(
     out = attention_fp8(q, k, v)
     assert out.shape == shape and out.dtype == torch.bfloat16
     twin = reference_attention_fp8(*(t.cpu() for t in quantize_fp8(q, k, v))).to(DEVICE)
+    reference = bf16_attention(q, k, v)
     assert rel_err(out, twin) < TWIN_TOL
-    assert rel_err(out, bf16_attention(q, k, v)) < BF16_TOL
+    assert rel_err(out, reference) < BF16_TOL
+    assert abs(rel_err(out, reference) - rel_err(twin, reference)) < SAME_ERROR_TOL
 
 
 def test_compiled_self_attention_uses_the_kernel() -> None:

@@ -144,6 +144,10 @@ BAD_FLAGS: dict[str, tuple[list[str], str]] = {
         ["--engine", "puppet", "--guidance", "3"],
         "--guidance apply to --engine omniavatar only",
     ),
+    "gpus elsewhere": (
+        ["--engine", "puppet", "--gpus", "2"],
+        "--gpus apply to --engine omniavatar only",
+    ),
     "streaming steps": (["--engine", "tiny", "--steps", "7"], "--steps 7: the streaming engines"),
 }
 

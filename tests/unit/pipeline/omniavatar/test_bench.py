@@ -3,6 +3,10 @@
 Timings are only checked to be measured and consistent with each other (segment = steps +
 decode + encode; per second of video = segment x 25 / new frames); the FLOP count of a
 full-size step is checked against its closed form (video-token GEMMs + attention).
+``--gpus N`` is checked in its arguments and its FLOP floor only: a run on 2 gloo ranks
+works (``python -m headcast.pipeline.omniavatar.bench --size tiny --case fast --gpus 2``)
+but takes about 10 s on 2 cores, most of it two processes importing torch and
+transformers.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from headcast.pipeline.media import CHUNK_FRAMES, VIDEO_FPS
-from headcast.pipeline.omniavatar.bench import cases, count_flops
+from headcast.pipeline.omniavatar.bench import cases, count_flops, floor_segment_s
 from headcast.pipeline.omniavatar.config import omni_size
 from headcast.pipeline.omniavatar.recipe import (
     FAST_1_3B,
@@ -77,6 +82,7 @@ def test_bench_on_tiny_reports_consistent_timings(tmp_path: Path) -> None:
     assert status == 0
     (report,) = [json.loads(line) for line in report_path.read_text().splitlines()]
     assert report["label"] == "omniavatar-fast-1.3b" and report["size"] == "tiny"
+    assert report["gpus"] == 1
     assert report["step_s"] > 0 and report["decode_s"] > 0 and report["encode_s"] > 0
     steps_s = (
         report["teacache_computed_steps"] * report["step_s"]
@@ -94,3 +100,25 @@ def test_bench_on_tiny_reports_consistent_timings(tmp_path: Path) -> None:
     assert (
         report["check"]["guided_velocity_rel_err_vs_eager"] < 1e-5
     )  # float32: batching changes nothing
+
+
+def test_the_floor_splits_the_dit_over_the_gpus_and_not_the_vae() -> None:
+    flops = {"dit_step_flops": 8e14, "vae_decode_flops": 3e14, "vae_encode_flops": 1e14}
+    one, two = floor_segment_s(flops, 2, 1), floor_segment_s(flops, 2, 2)
+    assert one == pytest.approx(two * (16 + 4) / (8 + 4))  # DiT 16 -> 8, VAE 4 on each
+
+
+BAD_GROUPS = {
+    "no CUDA": (0, ["--gpus", "2", "--device", "cuda"], "0 visible: use --gpus 1 or a CPU"),
+    "too few GPUs": (1, ["--gpus", "2", "--device", "cuda"], "1 visible: use --gpus 1 or fewer"),
+    "FlashTalk's check": (2, ["--check-parallel"], "--check-parallel belongs to the FlashTalk"),
+}
+"""case -> (CUDA devices faked, flags, what the error says)."""
+
+
+@pytest.mark.parametrize("case", list(BAD_GROUPS))
+def test_bad_group_flags_stop_with_what_to_pass(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    devices, flags, expected = BAD_GROUPS[case]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: devices)
+    with pytest.raises(SystemExit, match=expected):
+        main(["bench", "--engine", "omniavatar", "--size", "tiny", "--case", "fast", *flags])
