@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Device call (nvidia-h200-x2, about 8 min): OmniAvatar 14B sequence-parallel on 2 GPUs, random
+# Device call (nvidia-h200-x2, about 9 min): OmniAvatar 14B sequence-parallel on 2 GPUs, random
 # full-size weights (the real model's speed, noise pictures). Most important first:
+#   0. the fp8-attention GPU checks (tests/gpu/test_attention_fp8.py);
 #   1. the bench of the 14B fast preset (fast-14b: 69-frame segments, 60 new, 20 steps,
 #      TeaCache 0.14, two guidance passes batched), compiled, projected to a 60 s video, on
 #      2 GPUs (--gpus 2: one process per GPU, the DiT's tokens split between them, the VAE and
-#      wav2vec2 whole on each; rank 0 times with CUDA events, the ranks in lockstep): bf16,
-#      then fp8 linears. --self-check compares the group's compiled, batched guided velocity
-#      with its own eager one-pass-at-a-time run;
+#      wav2vec2 whole on each; rank 0 times with CUDA events, the ranks in lockstep): fp8
+#      linears with fp8 attention, then fp8 linears alone. --self-check compares the group's
+#      compiled, batched guided velocity with its own eager one-pass-at-a-time run (bf16
+#      attention);
 #   2. `headcast generate --engine omniavatar --size 14b --random-weights --preset fast
-#      --gpus 2` on 5 s of generated speech; PyAV checks the MP4: H.264 with
-#      ceil(25 x (5 s + 0.3 s silence)) + 1 frames, an AAC stream as long as the delayed speech;
-#   3. if time is left: the two benches on 1 GPU. The 1-GPU figures of 2026-11-30
-#      (benchmarks/results/2026-11-30-h200-omniavatar) are 2.784 s/step bf16 and 2.247 s/step
-#      fp8; the summary compares the 2-GPU steps with those and with this call's own.
+#      --gpus 2 --quantize fp8 --attention-fp8` on 5 s of generated speech; PyAV checks the
+#      MP4: H.264 with ceil(25 x (5 s + 0.3 s silence)) + 1 frames, an AAC stream as long as
+#      the delayed speech;
+#   3. if time is left: the fp8 + fp8-attention bench on 1 GPU. The 1-GPU figures of
+#      2026-11-30 (benchmarks/results/2026-11-30-h200-omniavatar) are 2.784 s/step bf16 and
+#      2.247 s/step fp8; the summary compares the 2-GPU steps with those and with this call's.
 # Each run has its own time cap; a run is skipped, not cut short, once less than a minute is
-# left before DEADLINE (470 s). pipeline.launch starts every rank with NVLink multicast off
+# left before DEADLINE (550 s). pipeline.launch starts every rank with NVLink multicast off
 # (exported here too); TORCH_LOGS puts graph breaks and recompiles in the runs' logs (the
 # parallel blocks should compile once per rank). Results under $OUT: log.txt, one
 # LABEL.log/.md per run, reports.jsonl (the bench's JSON lines), generate.json, and the
@@ -26,7 +29,7 @@
 set -euo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TORCH_LOGS=graph_breaks,recompiles
-DEADLINE=${DEADLINE:-470}
+DEADLINE=${DEADLINE:-550}
 source benchmarks/common.sh
 SUMMARY=$OUT/omniavatar-2gpu.md
 SPEECH_S=5
@@ -75,8 +78,11 @@ omni() {  # omni LABEL CAP_S FLAGS...: the bench of the 14B fast preset
     fi
 }
 
-omni 2gpu-bf16 170 --gpus 2
-omni 2gpu-fp8 150 --gpus 2 --quantize fp8
+HEADCAST_GPU_TESTS=1 timeout 60 python3 -m pytest tests/gpu/test_attention_fp8.py -q \
+    -p no:cacheprovider >"$OUT/gpu_tests.log" 2>&1 || true
+tail -1 "$OUT/gpu_tests.log" | sed 's/^/fp8 attention GPU checks: /' | tee -a "$LOG" "$SUMMARY"
+omni 2gpu-fp8-attnfp8 160 --gpus 2 --quantize fp8 --attention-fp8
+omni 2gpu-fp8 140 --gpus 2 --quantize fp8
 
 python3 - "$OUT" "$SPEECH_S" <<'PY' 2>&1 | tee -a "$LOG"
 import sys, wave
@@ -93,7 +99,7 @@ with wave.open(f"{out}/speech.wav", "wb") as f:
 print(f"generate inputs: {out}/face.png (720x400), {out}/speech.wav ({seconds:.0f} s)")
 PY
 if step generate-2gpu 200 python3 -m headcast.server.cli generate --engine omniavatar \
-    --size 14b --random-weights --preset fast --gpus 2 --quiet \
+    --size 14b --random-weights --preset fast --gpus 2 --quantize fp8 --attention-fp8 --quiet \
     --image "$OUT/face.png" --audio "$OUT/speech.wav" --out "$OUT/generate-2gpu.mp4"; then
     grep -E "sequence-parallel ranks|models ready|wrote " "$OUT/generate-2gpu.log" | tee -a "$LOG" || true
     check=0
@@ -138,27 +144,28 @@ PY
     echo "generate check exit $check" >>"$LOG"
 fi
 
-omni 1gpu-bf16 110 --gpus 1
-omni 1gpu-fp8 100 --gpus 1 --quantize fp8
+omni 1gpu-fp8-attnfp8 110 --gpus 1 --quantize fp8 --attention-fp8
 
 {
     echo
     python3 - "$OUT/reports.jsonl" <<'PY' || true
 import json, sys
-EARLIER = {"none": 2.784, "fp8": 2.247}
+EARLIER = {("none", False): 2.784, ("fp8", False): 2.247}
 """1-GPU s per DiT step of fast-14b, 2026-11-30 (benchmarks/results/2026-11-30-h200-omniavatar)."""
 try:
     reports = [json.loads(line) for line in open(sys.argv[1])]
 except OSError:
     reports = []
-here = {r["options"]["quantize"]: r["step_s"] for r in reports if r.get("gpus", 1) == 1}
+def kind(r):
+    return r["options"]["quantize"], bool(r["options"].get("attention_fp8"))
+here = {kind(r): r["step_s"] for r in reports if r.get("gpus", 1) == 1}
 print("| run | GPUs | DiT step s | speed-up vs 1 GPU here | vs 1 GPU 2026-11-30 | s compute per s video | peak GiB |")
 print("|---|---|---|---|---|---|---|")
 for r in reports:
-    quantize, step = r["options"]["quantize"], r["step_s"]
-    ours = f"{here[quantize] / step:.2f}" if quantize in here else "-"
+    key, step = kind(r), r["step_s"]
+    ours = f"{here[key] / step:.2f}" if key in here else "-"
     fast_14b = r["size"] == "14b" and r["label"].endswith("-fast-14b")
-    earlier = f"{EARLIER[quantize] / step:.2f}" if fast_14b and quantize in EARLIER else "-"
+    earlier = f"{EARLIER[key] / step:.2f}" if fast_14b and key in EARLIER else "-"
     memory = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
     print(f"| {r['label']} | {r.get('gpus', 1)} | {step:.3f} | {ours} | {earlier} | "
           f"{r['compute_per_video_s']:.2f} | {memory} |")
