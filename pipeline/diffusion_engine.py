@@ -250,7 +250,8 @@ def flashtalk_engine(
 
     ``gen_height``/``gen_width`` set the generated size (frames are resized to ``height`` x
     ``width``); ``speedups`` is ``fast`` (bf16-exact speed-ups, the default) or ``official``;
-    ``quantize`` and ``compile`` choose the DiT's precision and compilation;
+    ``quantize``, ``attention_fp8`` and ``compile`` choose the DiT's precision and
+    compilation;
     ``random_weights`` builds the full-size model with random weights on the GPU instead of
     loading the checkpoint (speed and capacity without the weights; the pictures are noise);
     ``parallel`` makes the engine one rank of a sequence-parallel group (on its device).
@@ -265,7 +266,12 @@ def flashtalk_engine(
     device = _device(options.device, parallel)
     base = SpeedOptions.official() if options.speedups == "official" else SpeedOptions.fast(device)
     compile_mode = "default" if options.compile else None
-    speed = replace(base, quantize=options.quantize, compile_mode=compile_mode)
+    speed = replace(
+        base,
+        quantize=options.quantize,
+        compile_mode=compile_mode,
+        attention_fp8=options.attention_fp8,
+    )
     return DiffusionEngine(
         name="flashtalk",
         config=config,

@@ -103,6 +103,9 @@ class FlashTalkOptions:
     quantize: Quantize = "none"
     """Precision of the DiT's linear layers."""
 
+    attention_fp8: bool = False
+    """Self-attention through cuDNN's fp8 kernel (``pipeline.attention_fp8``)."""
+
     compile: bool = False
     """``torch.compile`` the DiT blocks."""
 
@@ -159,6 +162,9 @@ class OmniAvatarOptions:
 
     quantize: Quantize = "none"
     """Precision of the DiT's linear layers: ``none`` (bf16) or ``fp8`` (Hopper)."""
+
+    attention_fp8: bool = False
+    """Self-attention through cuDNN's fp8 kernel (``pipeline.attention_fp8``)."""
 
     compile: bool = False
     """``torch.compile`` the DiT blocks (the warm-up pays the compile time)."""

@@ -191,6 +191,13 @@ class Settings(BaseSettings):
     """``torch.compile`` the DiT blocks of the ``flashtalk`` and ``omniavatar`` engines (the
     first chunk pays the compile time at warm-up; not with int8/int4/nf4)."""
 
+    attention_fp8: bool = False
+    """Self-attention of the ``flashtalk`` and ``omniavatar`` engines' DiT in fp8 through
+    cuDNN's fused kernel (Hopper, the ``nvidia-cudnn-frontend`` package of the ``gpu``
+    extra): about 1.3-1.4x faster attention, and about 6 % error in each attention output
+    against bf16 (BENCHMARKS.md section 7). A server whose GPU cannot run it stops at start-up
+    and says why."""
+
     random_weights: bool = False
     """Build the ``flashtalk`` (or ``omniavatar``) engine's full-size model with random weights
     on the GPU instead of loading ``model_dir``: the real model's speed, memory and capacity

@@ -225,7 +225,10 @@ class OmniAvatarStreamEngine:
             else SpeedOptions.fast(self.device)
         )
         return replace(
-            base, quantize=options.quantize, compile_mode="default" if options.compile else None
+            base,
+            quantize=options.quantize,
+            compile_mode="default" if options.compile else None,
+            attention_fp8=options.attention_fp8,
         )
 
     # -- loading ---------------------------------------------------------------------------

@@ -32,6 +32,10 @@ def test_the_realtime_profile_reaches_the_flashtalk_engine() -> None:
     assert engine.speed.quantize == "fp8" and engine.speed.compile_mode == "default"
     assert (engine.height, engine.width) == (settings.height, settings.width)
     assert "fp8" in engine.description
+    assert not engine.speed.attention_fp8
+    fp8_attention = create_engine(load_settings(profile, attention_fp8=True))
+    assert isinstance(fp8_attention, DiffusionEngine) and fp8_attention.speed is not None
+    assert fp8_attention.speed.attention_fp8
 
 
 def test_puppet_gets_only_the_size() -> None:
@@ -93,8 +97,11 @@ def test_the_omniavatar_profile_reaches_the_streaming_engine() -> None:
     assert engine.speed.compile_mode == "default" and "RANDOM" in engine.description
     assert (engine.height, engine.width) == (768, 448)
     assert not engine.recipe.tiled_vae and "whole-frame VAE" in engine.recipe.trade
-    tiled = create_engine(load_settings(profile, random_weights=True, omni_tiled_vae=True))
+    tiled = create_engine(
+        load_settings(profile, random_weights=True, omni_tiled_vae=True, attention_fp8=True)
+    )
     assert isinstance(tiled, OmniAvatarStreamEngine) and tiled.recipe.tiled_vae
+    assert tiled.speed.attention_fp8 and not engine.speed.attention_fp8
 
 
 @pytest.mark.parametrize(
