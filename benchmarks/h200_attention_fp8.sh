@@ -18,20 +18,7 @@ cat "$OUT/attention_fp8.md"
 [[ -n ${STEPS_ONLY:-} ]] && exit 0
 grep -q "^| omniavatar" "$OUT/attention_fp8.md" || { echo "no kernel timings: recipe skipped" | tee -a "$LOG"; exit 0; }
 
-SUMMARY=$OUT/omniavatar_recipe.md
-python3 -c "from headcast.pipeline.omniavatar.bench import TABLE_HEADER; print(TABLE_HEADER, end='')" >"$SUMMARY"
-recipe() {  # recipe LABEL FLAGS...: the official case of the 14B under the deadline
-    local label=$1
-    shift
-    budget "$label" || { echo "skip $label: out of time" >>"$SUMMARY"; return 0; }
-    echo "=== $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
-    timeout "$LEFT" python3 -m headcast.pipeline.omniavatar.bench --label "$label" \
-        --json "/tmp/$label.jsonl" --video-seconds 60 --timed-steps 2 --size 14b --compile \
-        --case official --self-check "$@" >"/tmp/$label.md" 2>>"$LOG" \
-        || echo "| $label | failed (exit $?): see log.txt |" >>"$SUMMARY"
-    [[ -f /tmp/$label.jsonl ]] && cat "/tmp/$label.jsonl" >>"$OUT/reports.jsonl"
-    grep "^| " "/tmp/$label.md" | grep -v "^| run |" >>"$SUMMARY"
-}
+source benchmarks/omni_recipe.sh
 recipe 14b-fp8-attnfp8 --quantize fp8 --attention-fp8
 recipe 14b-bf16-attnfp8 --attention-fp8
 cat "$SUMMARY"

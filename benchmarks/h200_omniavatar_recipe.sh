@@ -9,21 +9,7 @@
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 DEADLINE=${DEADLINE:-420}
 source benchmarks/common.sh
-SUMMARY=$OUT/omniavatar_recipe.md
-python3 -c "from headcast.pipeline.omniavatar.bench import TABLE_HEADER; print(TABLE_HEADER, end='')" >"$SUMMARY"
-
-recipe() {  # recipe LABEL FLAGS...: the official case of the 14B under the deadline
-    local label=$1
-    shift
-    budget "$label" || { echo "skip $label: out of time" >>"$SUMMARY"; return 0; }
-    echo "=== $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
-    timeout "$LEFT" python3 -m headcast.pipeline.omniavatar.bench --label "$label" \
-        --json "/tmp/$label.jsonl" --video-seconds 60 --timed-steps 2 --size 14b --compile \
-        --case official --self-check "$@" >"/tmp/$label.md" 2>>"$LOG" \
-        || echo "| $label | failed (exit $?): see log.txt |" >>"$SUMMARY"
-    [[ -f /tmp/$label.jsonl ]] && cat "/tmp/$label.jsonl" >>"$OUT/reports.jsonl"
-    grep "^| " "/tmp/$label.md" | grep -v "^| run |" >>"$SUMMARY"
-}
+source benchmarks/omni_recipe.sh
 
 recipe 14b-fp8 --quantize fp8
 [[ -n $FP8_ONLY ]] || recipe 14b-bf16

@@ -137,7 +137,10 @@ def check_attention_fp8(options: SpeedOptions, device: torch.device | str) -> No
     where cuDNN's kernel cannot run (on CPU its PyTorch twin runs: slow, for tests)."""
     problem = fp8_attention_problem(torch.device(device)) if options.attention_fp8 else None
     if problem is not None:
-        raise ValueError(f"fp8 attention cannot run: {problem}; or drop --attention-fp8")
+        raise ValueError(
+            f"fp8 attention cannot run: {problem}. Fix that, or turn fp8 attention off "
+            "(the --attention-fp8 flag, the attention_fp8 setting)"
+        )
 
 
 def _compile_mode_arg(mode: str) -> str | None:
