@@ -36,7 +36,6 @@ import importlib.util
 import json
 import logging
 import math
-import platform
 import statistics
 import sys
 import time
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from headcast.pipeline.bench import device_name
 from headcast.pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
 from headcast.pipeline.omniavatar.audio import clip_frames, segment_count
 from headcast.pipeline.omniavatar.bench import (
@@ -59,6 +59,7 @@ from headcast.pipeline.omniavatar.bench import (
     TERA,
     OmniBenchReport,
     count_flops,
+    recipe_facts,
 )
 from headcast.pipeline.omniavatar.config import SIZES, OmniSize, omni_size
 from headcast.pipeline.omniavatar.recipe import TINY_BUCKETS, TINY_MAX_TOKENS, Recipe
@@ -581,13 +582,11 @@ def run(args: argparse.Namespace) -> OmniBenchReport:
         label=args.label,
         command=args.command_line,
         date=datetime.date.today().isoformat(),
-        device=torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.machine()})",
+        device=device_name(device),
         torch=torch.__version__,
         size=size.name,
         weights=f"random (official classes, Omni-Avatar/OmniAvatar@{commit[:7]})",
-        recipe={k: v for k, v in asdict(recipe).items() if k not in ("negative_prompt", "trade")},
+        recipe=recipe_facts(recipe),
         trade=recipe.trade,
         options={
             "code": f"Omni-Avatar/OmniAvatar@{commit}",

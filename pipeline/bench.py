@@ -224,6 +224,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def device_name(device: torch.device) -> str:
+    """What a report calls ``device``: the GPU's name, or the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
 def _memory_gib(value: int) -> float:
     return value / GIB
 
@@ -401,9 +408,7 @@ def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> BenchRe
         command=getattr(args, "command_line", None)
         or command_line("python -m headcast.pipeline.bench", args),
         date=datetime.date.today().isoformat(),
-        device=torch.cuda.get_device_name(device)
-        if on_cuda
-        else f"CPU ({platform.processor() or platform.machine()})",
+        device=device_name(device),
         torch=torch.__version__,
         cuda=torch.version.cuda,
         host=platform.node(),

@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -331,6 +330,11 @@ def self_check(
     return {"guided_velocity_rel_err_vs_eager": relative_error(fast, eager)}
 
 
+def recipe_facts(recipe: Recipe) -> dict[str, Any]:
+    """A report's ``recipe``: the recipe's settings without its prompt and its prose."""
+    return {k: v for k, v in asdict(recipe).items() if k not in ("negative_prompt", "trade")}
+
+
 @torch.no_grad()
 def bench_case(
     models: OmniModels,
@@ -418,13 +422,11 @@ def bench_case(
         label=f"{label}-{recipe.name}",
         command=args.command_line,
         date=datetime.date.today().isoformat(),
-        device=torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.machine()})",
+        device=flashtalk_bench.device_name(device),
         torch=torch.__version__,
         size=models.size.name,
         weights=models.weights,
-        recipe={k: v for k, v in asdict(recipe).items() if k not in ("negative_prompt", "trade")},
+        recipe=recipe_facts(recipe),
         trade=recipe.trade,
         options=asdict(options),
         batch_passes=args.batch_passes,
