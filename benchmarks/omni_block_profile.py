@@ -1,15 +1,15 @@
 """Where one compiled OmniAvatar DiT block spends its time, kernel by kernel.
 
 Run on the GPU machine (benchmarks/README.md): ``python3 benchmarks/omni_block_profile.py
---json OUT.json [--size 14b] [--quantize fp8] [--attention-fp8] [--grid 21 25 45]
+--json OUT.json [--size 14b] [--quantize fp8] [--attention-fp8] [--grid 27 25 45]
 [--batch 2]``. Builds one T2V block of the chosen size with random weights (bf16 on the GPU),
 prepares it as the bench does (fp8 linears, fp8 self-attention), compiles it, times it with
 CUDA events (median of ``--repeat`` after warm-up) and records ``--profiled`` forwards with
-``torch.profiler``. Prints a table of the kernels by GPU time per forward, grouped into
-GEMMs, self-attention, other attention (the prompt cross-attention) and the rest (Inductor's
-fused elementwise and reduction kernels, copies), with each group's share. The default
-shape is the 14B official segment at 400x720 with both guidance passes batched (2 x 30,375
-tokens), where section 7 of BENCHMARKS.md left 17 ms per block unaccounted for.
+``torch.profiler``. Prints the kernels by GPU time per forward, grouped into GEMMs,
+attention kernels (self- and cross-attention), Inductor's fused kernels (elementwise work,
+norms, quantisation) and the rest, and how much of each forward the GPU was busy. The
+default shape is the 14B official segment at 400x720 with both guidance passes batched
+(2 x 30,375 tokens), where section 7 of BENCHMARKS.md left 17 ms per block unaccounted for.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections import defaultdict
@@ -38,19 +39,28 @@ from micro import time_cuda  # the benchmarks' shared CUDA-event timer
 
 logger = logging.getLogger("omni_block_profile")
 
-GROUPS = ("gemm", "self-attention", "other attention", "rest")
+GROUPS = ("gemm", "attention", "fused (Inductor)", "rest")
 
 
 def kernel_group(name: str) -> str:
     """The group of a CUDA kernel, from its name."""
     lowered = name.lower()
-    if "sdpa_fp8" in lowered or "fp8_attention" in lowered or "cudnn_generated_fort_native_sdpa" in lowered:
-        return "self-attention"
+    if lowered.startswith("triton_"):  # named after every op it fuses, GEMMs' included
+        return "fused (Inductor)"
     if any(word in lowered for word in ("fmha", "flash", "sdpa", "attention", "attn")):
-        return "other attention"
+        return "attention"
     if any(word in lowered for word in ("gemm", "nvjet", "cutlass", "sm90_xmma", "scaled_mm")):
         return "gemm"
     return "rest"
+
+
+class GeluTanhAsSigmoid(torch.nn.Module):
+    """``0.5 x (1 + tanh(u)) = x sigmoid(2u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        inner = 2.0 * math.sqrt(2.0 / math.pi) * (x32 + 0.044715 * x32 * x32 * x32)
+        return (x32 * torch.sigmoid(inner)).to(x.dtype)
 
 
 def build_block(args: argparse.Namespace, device: torch.device) -> T2VBlock:
@@ -64,6 +74,8 @@ def build_block(args: argparse.Namespace, device: torch.device) -> T2VBlock:
         block.modulation.normal_(0.0, 0.05)  # zero modulation would hide the AdaLN terms
     options = SpeedOptions(quantize=args.quantize, attention_fp8=args.attention_fp8)
     prepare_dit_block(block, options)
+    if args.gelu_sigmoid:
+        block.ffn[1] = GeluTanhAsSigmoid()
     if args.compile:
         block.compile(dynamic=False)
     return block
@@ -76,12 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", default="fp8")
     parser.add_argument("--attention-fp8", action="store_true")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--grid", type=int, nargs=3, default=(21, 25, 45))
+    parser.add_argument("--grid", type=int, nargs=3, default=(27, 25, 45))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--profiled", type=int, default=3)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--gelu-sigmoid",
+        action="store_true",
+        help="an experiment: the FFN's tanh GELU computed as x * sigmoid(2u) (the same function)",
+    )
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -121,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         per_kernel[event.key][0] += spent / args.profiled
         per_kernel[event.key][1] += event.count / args.profiled
+    spans = sorted(
+        (event.time_range.start, event.time_range.end)
+        for event in prof.events()
+        if event.device_type.name == activity.name and event.time_range.end > event.time_range.start
+    )
+    busy_us, reach = 0.0, float("-inf")
+    for start, end in spans:  # the union of the kernels' time ranges
+        busy_us += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    window_ms = (spans[-1][1] - spans[0][0]) / 1e3 / args.profiled if spans else 0.0
     groups = dict.fromkeys(GROUPS, 0.0)
     for name, (us, _) in per_kernel.items():
         groups[kernel_group(name)] += us
@@ -129,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         f"block {args.size}, grid {tuple(args.grid)} x batch {args.batch} ({args.batch * tokens} "
         f"tokens), quantize {args.quantize}, fp8 attention {args.attention_fp8}, "
         f"compiled {args.compile}: {seconds * 1e3:.2f} ms per forward (CUDA events), "
-        f"{kernel_ms:.2f} ms of kernels (profiler)",
+        f"{kernel_ms:.2f} ms of kernels (profiler); GPU busy {busy_us / 1e3 / args.profiled:.2f} "
+        f"of {window_ms:.2f} ms per forward between the first and last kernel",
         "",
         "| group | ms per forward | share |",
         "|---|---|---|",
@@ -144,11 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "device": torch.cuda.get_device_name(DEVICE),
+                    "args": {
+                        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                    },
+                    "device": torch.cuda.get_device_name(device)
+                    if device.type == "cuda"
+                    else "cpu",
                     "torch": torch.__version__,
                     "forward_ms": seconds * 1e3,
                     "groups_ms": {g: us / 1e3 for g, us in groups.items()},
+                    "busy_ms": busy_us / 1e3 / args.profiled,
+                    "window_ms": window_ms,
                     "kernels": [
                         {"name": n, "group": kernel_group(n), "ms": us / 1e3, "calls": c}
                         for n, (us, c) in ranked
