@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections import defaultdict
@@ -54,15 +53,6 @@ def kernel_group(name: str) -> str:
     return "rest"
 
 
-class GeluTanhAsSigmoid(torch.nn.Module):
-    """``0.5 x (1 + tanh(u)) = x sigmoid(2u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        inner = 2.0 * math.sqrt(2.0 / math.pi) * (x32 + 0.044715 * x32 * x32 * x32)
-        return (x32 * torch.sigmoid(inner)).to(x.dtype)
-
-
 def build_block(args: argparse.Namespace, device: torch.device) -> T2VBlock:
     """One randomly initialised block of ``args.size``, prepared and compiled as the bench does."""
     config = omni_size(args.size).dit
@@ -74,8 +64,8 @@ def build_block(args: argparse.Namespace, device: torch.device) -> T2VBlock:
         block.modulation.normal_(0.0, 0.05)  # zero modulation would hide the AdaLN terms
     options = SpeedOptions(quantize=args.quantize, attention_fp8=args.attention_fp8)
     prepare_dit_block(block, options)
-    if args.gelu_sigmoid:
-        block.ffn[1] = GeluTanhAsSigmoid()
+    if args.unfused_fp8_inputs:
+        block.fp8_inputs = False
     if args.compile:
         block.compile(dynamic=False)
     return block
@@ -95,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--json", type=Path)
     parser.add_argument(
-        "--gelu-sigmoid",
+        "--unfused-fp8-inputs",
         action="store_true",
-        help="an experiment: the FFN's tanh GELU computed as x * sigmoid(2u) (the same function)",
+        help="each fp8 linear quantises its own input (not pipeline.fp8_rows's fused kernels)",
     )
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script")
     args = parser.parse_args(argv)
@@ -155,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"block {args.size}, grid {tuple(args.grid)} x batch {args.batch} ({args.batch * tokens} "
         f"tokens), quantize {args.quantize}, fp8 attention {args.attention_fp8}, "
-        f"compiled {args.compile}: {seconds * 1e3:.2f} ms per forward (CUDA events), "
+        f"fused fp8 inputs {block.fp8_inputs}, compiled {args.compile}: "
+        f"{seconds * 1e3:.2f} ms per forward (CUDA events), "
         f"{kernel_ms:.2f} ms of kernels (profiler); GPU busy {busy_us / 1e3 / args.profiled:.2f} "
         f"of {window_ms:.2f} ms per forward between the first and last kernel",
         "",

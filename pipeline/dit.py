@@ -43,6 +43,7 @@ from headcast.pipeline.checkpoint import (
     sharded_safetensors_files,
 )
 from headcast.pipeline.parallel import ParallelGroup
+from headcast.pipeline.quantize import Fp8Rows
 from headcast.pipeline.rope import RopeTableCache, apply_rope
 from headcast.pipeline.sequence_parallel import (
     TokenShard,
@@ -372,9 +373,14 @@ class SelfAttention(nn.Module):
             self.qkv = _fused_linear(self, ("q", "k", "v"))
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, shard: TokenShard | None = None
+        self,
+        x: torch.Tensor | Fp8Rows,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        shard: TokenShard | None = None,
     ) -> torch.Tensor:
-        """``x`` ``[B, L, dim]``: the whole sequence, or this rank's tokens of ``shard``."""
+        """``x`` ``[B, L, dim]``: the whole sequence, or this rank's tokens of ``shard``; as
+        e4m3 rows (``Fp8Rows``) when the projections are fp8 linears."""
         heads = (self.num_heads, -1)
         if self.qkv is not None:
             q, k, v = self.qkv(x).chunk(3, dim=-1)  # each [B, L, dim]

@@ -62,6 +62,28 @@ class QuantizeUnavailable(RuntimeError):
     """The quantisation mode needs a package or a GPU this machine does not have."""
 
 
+@dataclass
+class Fp8Rows:
+    """Activations ``[*lead, K]`` as e4m3 rows with one float32 scale each,
+    ``x ≈ data.float() * scale`` (what ``Float8Linear`` multiplies; ``pipeline.fp8_rows``
+    produces them fused with the norm or activation before the linear)."""
+
+    data: torch.Tensor
+    """``[M, K]`` e4m3, row-major (``M = prod(lead)``)."""
+    scale: torch.Tensor
+    """``[M, 1]`` float32."""
+    lead: tuple[int, ...]
+    """The activations' leading dimensions (``(B, L)`` for a block's tokens)."""
+    dtype: torch.dtype
+    """The activations' dtype before quantisation: the linear's output dtype."""
+
+    @classmethod
+    def quantize(cls, x: torch.Tensor) -> Fp8Rows:
+        """``x`` ``[*lead, K]`` quantised per row."""
+        data, scale = quantize_rows_fp8(x.reshape(-1, x.shape[-1]))
+        return cls(data, scale, tuple(x.shape[:-1]), x.dtype)
+
+
 def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row e4m3 quantisation of ``x`` ``[M, K]``: (``[M, K]`` fp8, scales ``[M, 1]`` f32).
 
@@ -121,25 +143,25 @@ class Float8Linear(nn.Module):
         """The weight the product uses, ``[N, K]`` float32."""
         return self.weight.float() * self.weight_scale.t()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        rows = x.reshape(-1, self.in_features)  # [M, K]
-        x_fp8, x_scale = quantize_rows_fp8(rows)  # [M, K] fp8, [M, 1] f32
-        if self.use_scaled_mm and x.dtype == torch.bfloat16:
-            bias = None if self.bias is None else self.bias.to(x.dtype)
+    def forward(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
+        """``x`` ``[*lead, K]``, or already quantised (``Fp8Rows``) -> ``[*lead, N]``."""
+        rows = x if isinstance(x, Fp8Rows) else Fp8Rows.quantize(x)  # [M, K] e4m3, [M, 1]
+        if self.use_scaled_mm and rows.dtype == torch.bfloat16:
+            bias = None if self.bias is None else self.bias.to(rows.dtype)
             out = torch._scaled_mm(
-                x_fp8,
+                rows.data,
                 self.weight.t(),  # [K, N], column-major as the kernel wants
-                scale_a=x_scale,
+                scale_a=rows.scale,
                 scale_b=self.weight_scale,
                 bias=bias,
-                out_dtype=x.dtype,
+                out_dtype=rows.dtype,
                 use_fast_accum=FP8_USE_FAST_ACCUM,
             )  # [M, N]
         else:
             bias = None if self.bias is None else self.bias.float()
-            out = F.linear(x_fp8.float() * x_scale, self.dequantized_weight(), bias).to(x.dtype)
-        return out.reshape(*lead, self.out_features)
+            dequantized = rows.data.float() * rows.scale  # [M, K]
+            out = F.linear(dequantized, self.dequantized_weight(), bias).to(rows.dtype)
+        return out.reshape(*rows.lead, self.out_features)
 
 
 @dataclass(frozen=True)

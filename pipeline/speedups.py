@@ -112,6 +112,8 @@ def prepare_dit_block(block: nn.Module, options: SpeedOptions) -> None:
     if options.fuse_projections and isinstance(block, DiTBlock):
         block.fuse_projections()
     quantize_block(block, options.quantize)
+    if hasattr(block, "fp8_inputs"):  # a block that can feed its fp8 linears e4m3 rows
+        setattr(block, "fp8_inputs", options.quantize == "fp8")  # noqa: B010  # nn.Module typing
     self_attn = getattr(block, "self_attn", None)
     if isinstance(self_attn, SelfAttention):
         self_attn.use_fp8 = options.attention_fp8

@@ -44,11 +44,13 @@ from headcast.pipeline.dit import (
     WanBackbone,
     sinusoidal_embedding,
 )
+from headcast.pipeline.fp8_rows import adaln_quantize_rows, gelu_quantize_rows
 from headcast.pipeline.omniavatar.config import (
     AUDIO_PACK_FRAMES,
     FIRST_AUDIO_BLOCK,
     OmniDiTConfig,
 )
+from headcast.pipeline.quantize import Fp8Rows
 from headcast.pipeline.sequence_parallel import TokenShard, gather_tokens, local_rows
 
 FLOAT32_SUBMODULES = ("time_embedding", "time_projection", "head")
@@ -66,9 +68,10 @@ class TextCrossAttention(SelfAttention):
         """Nothing to fuse: q reads the video tokens, k and v the prompt."""
 
     def forward(  # type: ignore[override]
-        self, x: torch.Tensor, context: torch.Tensor
+        self, x: torch.Tensor | Fp8Rows, context: torch.Tensor
     ) -> torch.Tensor:
-        """``x`` ``[B, L, dim]``, ``context`` ``[B, text_len, dim]`` -> ``[B, L, dim]``."""
+        """``x`` ``[B, L, dim]`` (or its e4m3 rows, for fp8 linears), ``context``
+        ``[B, text_len, dim]`` -> ``[B, L, dim]``."""
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # [B, L, H, D]
         k = self.norm_k(self.k(context)).unflatten(-1, heads)  # [B, text_len, H, D]
@@ -94,6 +97,34 @@ class T2VBlock(nn.Module):
             nn.Linear(config.ffn_dim, dim),
         )
         self.modulation = nn.Parameter(torch.zeros(1, BLOCK_MODULATION_TERMS, dim))
+        self.fp8_inputs = False
+        """Give the fp8 linears their inputs as e4m3 rows made in one pass with the norm or
+        the GELU before them (``pipeline.fp8_rows``); set with fp8 linears by
+        ``prepare_dit_block``. Off: each linear quantises its input itself."""
+
+    def _norm(
+        self,
+        norm: LayerNormF32,
+        x: torch.Tensor,
+        shift: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> torch.Tensor | Fp8Rows:
+        """``norm(x)`` ``[B, L, dim]``, modulated ``* (1 + scale) + shift`` in float32 when
+        given (``[B, 1, dim]``), in ``x``'s dtype or as e4m3 rows (``fp8_inputs``)."""
+        if self.fp8_inputs:
+            return adaln_quantize_rows(x, shift, scale, norm.weight, norm.bias, norm.eps)
+        normed: torch.Tensor = norm(x)
+        if shift is None or scale is None:
+            return normed
+        return (normed.float() * (1 + scale) + shift).to(x.dtype)
+
+    def _ffn(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
+        """The feed-forward network: ``[B, L, dim]`` -> ``[B, L, dim]``."""
+        if not self.fp8_inputs:
+            out: torch.Tensor = self.ffn(x)
+            return out
+        hidden = self.ffn[0](x)  # [B, L, ffn_dim]
+        return cast(torch.Tensor, self.ffn[2](gelu_quantize_rows(hidden)))
 
     def forward(
         self,
@@ -110,13 +141,13 @@ class T2VBlock(nn.Module):
         terms = (self.modulation.float() + t_mod).chunk(BLOCK_MODULATION_TERMS, dim=1)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = terms  # each [B, 1, dim]
         # 1. self-attention on the modulated stream, gated residual in float32
-        modulated = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).to(dtype)  # [B, L, dim]
+        modulated = self._norm(self.norm1, x, shift_sa, scale_sa)  # [B, L, dim]
         x = (x + self.self_attn(modulated, cos, sin, shard) * gate_sa).to(dtype)
         # 2. prompt cross-attention (no gate)
-        x = x + self.cross_attn(self.norm3(x), context)
+        x = x + self.cross_attn(self._norm(self.norm3, x), context)
         # 3. feed-forward on the modulated stream, gated residual in float32
-        modulated = (self.norm2(x).float() * (1 + scale_ff) + shift_ff).to(dtype)  # [B, L, dim]
-        x = (x + self.ffn(modulated) * gate_ff).to(dtype)
+        modulated = self._norm(self.norm2, x, shift_ff, scale_ff)  # [B, L, dim]
+        x = (x + self._ffn(modulated) * gate_ff).to(dtype)
         return x
 
 

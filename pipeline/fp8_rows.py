@@ -1,0 +1,228 @@
+"""The inputs of a DiT block's fp8 linears, normalised and quantised in one pass (Triton).
+
+Owns the two producers of ``Fp8Rows`` (``pipeline.quantize``: activations in e4m3 with one
+scale per row, what ``Float8Linear`` multiplies) that a block's fp8 linears read from:
+
+- ``adaln_quantize_rows(x, ...)``: LayerNorm (float32 statistics, optional affine), the
+  AdaLN modulation ``* (1 + scale) + shift`` (optional), then per-row e4m3. The input of the
+  self-attention's and the FFN's first linears (and, without modulation, of the prompt
+  cross-attention's query).
+- ``gelu_quantize_rows(h)``: the FFN's tanh GELU, then per-row e4m3 (the input of its second
+  linear).
+
+On CUDA each is one Triton program per row that reads the activations once, keeps the row
+in registers and writes e4m3 and the scale. Compiled as separate ops, the norm's
+statistics, the row maximum and the quantisation each read the row again (three passes),
+and the GELU's tanh is evaluated twice. Anywhere else (CPU, the tests) the reference maths
+run in PyTorch. Both round where the unfused block rounds (the norm, the modulation and the
+GELU to the stream's dtype), so the e4m3 values are the unfused path's up to float32
+rounding (the kernel writes the GELU's tanh through one exp). The CUDA paths are custom
+ops (``headcast::adaln_quantize_rows``, ``headcast::gelu_quantize_rows``) so
+``torch.compile`` keeps each one call. Triton is imported on first use.
+
+Knows nothing about blocks, checkpoints or models.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from headcast.pipeline.quantize import FP8_DTYPE, FP8_MAX, FP8_MIN_AMAX, Fp8Rows
+
+GELU_TANH_COEFFICIENT = 0.044715
+"""The cubic term of the tanh GELU: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+
+NUM_WARPS = 16
+"""Warps per row program (rows of 5,120 or 13,824 values: 16 to 32 registers a thread)."""
+
+
+# -- the reference maths (any device) -----------------------------------------------------
+
+
+def adaln_reference(
+    x: torch.Tensor,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """The unfused block's maths: ``x`` ``[B, L, D]``; ``shift``/``scale`` ``[B, 1, D]`` float32
+    or None; ``weight``/``bias`` ``[D]`` or None -> ``[B, L, D]`` in ``x``'s dtype."""
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    normed = F.layer_norm(x.float(), x.shape[-1:], w, b, eps).to(x.dtype)  # [B, L, D]
+    if shift is None or scale is None:
+        return normed
+    return (normed.float() * (1 + scale) + shift).to(x.dtype)
+
+
+def gelu_reference(h: torch.Tensor) -> torch.Tensor:
+    """The FFN's tanh GELU, computed in float32 and returned in ``h``'s dtype (``nn.GELU``)."""
+    return F.gelu(h.float(), approximate="tanh").to(h.dtype)
+
+
+# -- the Triton kernels ----------------------------------------------------------------------
+
+
+@functools.cache
+def _kernels() -> Any:
+    """The two Triton kernels, compiled on first use (cached once per process)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit  # type: ignore[untyped-decorator]  # triton ships no types
+    def adaln_quantize_kernel(  # type: ignore[no-untyped-def]  # triton reads these annotations
+        x_ptr, shift_ptr, scale_ptr, weight_ptr, bias_ptr, out_ptr, out_scale_ptr,
+        tokens, dim, eps,
+        fp8_max: tl.constexpr, min_amax: tl.constexpr,
+        modulate: tl.constexpr, affine: tl.constexpr, block: tl.constexpr,
+    ):  # fmt: skip
+        # x: [B * tokens, dim] row-major; shift, scale: [B, dim] f32; weight, bias: [dim]
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, block)
+        mask = cols < dim
+        x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0)
+        x32 = x.to(tl.float32)
+        mean = tl.sum(x32, axis=0) / dim
+        centred = tl.where(mask, x32 - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / dim + eps)
+        y = centred * rstd
+        if affine:
+            y = y * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            y = y + tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        y = y.to(x.dtype).to(tl.float32)  # the norm's output in the stream's dtype
+        if modulate:
+            sample = row // tokens
+            shift = tl.load(shift_ptr + sample * dim + cols, mask=mask, other=0.0)
+            scale = tl.load(scale_ptr + sample * dim + cols, mask=mask, other=0.0)
+            y = (y * (1.0 + scale) + shift).to(x.dtype).to(tl.float32)
+        row_scale = tl.maximum(tl.max(tl.abs(y), axis=0), min_amax) / fp8_max
+        q = tl.clamp(y / row_scale, -fp8_max, fp8_max)
+        tl.store(out_ptr + row * dim + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_scale_ptr + row, row_scale)
+
+    @triton.jit  # type: ignore[untyped-decorator]
+    def gelu_quantize_kernel(  # type: ignore[no-untyped-def]
+        h_ptr, out_ptr, out_scale_ptr, width,
+        coefficient: tl.constexpr, fp8_max: tl.constexpr, min_amax: tl.constexpr,
+        block: tl.constexpr,
+    ):  # fmt: skip
+        # h: [M, width] row-major; out: [M, width] e4m3; out_scale: [M]
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, block)
+        mask = cols < width
+        raw = tl.load(h_ptr + row * width + cols, mask=mask, other=0.0)
+        h = raw.to(tl.float32)
+        # 0.5 h (1 + tanh(u)) = h sigmoid(2u) with u = sqrt(2/pi) (h + c h^3): one exp, no tanh
+        y = h / (1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h)))
+        y = y.to(raw.dtype).to(tl.float32)  # the GELU's output in the stream's dtype
+        row_scale = tl.maximum(tl.max(tl.abs(y), axis=0), min_amax) / fp8_max
+        q = tl.clamp(y / row_scale, -fp8_max, fp8_max)
+        tl.store(out_ptr + row * width + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_scale_ptr + row, row_scale)
+
+    return adaln_quantize_kernel, gelu_quantize_kernel, triton.next_power_of_2
+
+
+@torch.library.custom_op("headcast::adaln_quantize_rows", mutates_args=())
+def _adaln_quantize_cuda(
+    x: torch.Tensor,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton kernel on ``x`` ``[B, L, D]``: (``[B*L, D]`` e4m3, ``[B*L, 1]`` float32)."""
+    kernel, _, next_power_of_2 = _kernels()
+    batch, tokens, dim = x.shape
+    x = x.contiguous()
+    out = torch.empty((batch * tokens, dim), dtype=FP8_DTYPE, device=x.device)
+    out_scale = torch.empty((batch * tokens, 1), dtype=torch.float32, device=x.device)
+    shift_arg = scale_arg = weight_arg = bias_arg = x  # placeholders the kernel does not read
+    if shift is not None and scale is not None:
+        shift_arg = shift.reshape(batch, dim).float().contiguous()
+        scale_arg = scale.reshape(batch, dim).float().contiguous()
+    if weight is not None and bias is not None:
+        weight_arg, bias_arg = weight.contiguous(), bias.contiguous()
+    kernel[(batch * tokens,)](
+        x, shift_arg, scale_arg, weight_arg, bias_arg, out, out_scale,
+        tokens, dim, eps, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
+        modulate=shift_arg is not x, affine=weight_arg is not x,
+        block=next_power_of_2(dim), num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return out, out_scale
+
+
+@_adaln_quantize_cuda.register_fake
+def _(
+    x: torch.Tensor,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = math.prod(x.shape[:-1])
+    return (
+        x.new_empty((rows, x.shape[-1]), dtype=FP8_DTYPE),
+        x.new_empty((rows, 1), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("headcast::gelu_quantize_rows", mutates_args=())
+def _gelu_quantize_cuda(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton kernel on ``h`` ``[M, N]``: (``[M, N]`` e4m3, ``[M, 1]`` float32)."""
+    _, kernel, next_power_of_2 = _kernels()
+    rows, width = h.shape
+    h = h.contiguous()
+    out = torch.empty((rows, width), dtype=FP8_DTYPE, device=h.device)
+    out_scale = torch.empty((rows, 1), dtype=torch.float32, device=h.device)
+    kernel[(rows,)](
+        h, out, out_scale, width,
+        coefficient=GELU_TANH_COEFFICIENT, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
+        block=next_power_of_2(width), num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return out, out_scale
+
+
+@_gelu_quantize_cuda.register_fake
+def _(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return h.new_empty(h.shape, dtype=FP8_DTYPE), h.new_empty((h.shape[0], 1), dtype=torch.float32)
+
+
+# -- the entry points ------------------------------------------------------------------------
+
+
+def adaln_quantize_rows(
+    x: torch.Tensor,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> Fp8Rows:
+    """``adaln_reference(x, ...)`` as e4m3 rows; ``x`` ``[B, L, D]`` (bf16 on CUDA: the kernel).
+
+    ``shift`` and ``scale`` come together or not at all, as do ``weight`` and ``bias``.
+    """
+    if (shift is None) != (scale is None) or (weight is None) != (bias is None):
+        raise ValueError("give shift with scale and weight with bias (or neither of a pair)")
+    if not (x.is_cuda and x.dtype == torch.bfloat16):
+        return Fp8Rows.quantize(adaln_reference(x, shift, scale, weight, bias, eps))
+    data, row_scale = torch.ops.headcast.adaln_quantize_rows(x, shift, scale, weight, bias, eps)
+    return Fp8Rows(data, row_scale, tuple(x.shape[:-1]), x.dtype)
+
+
+def gelu_quantize_rows(h: torch.Tensor) -> Fp8Rows:
+    """``gelu_reference(h)`` as e4m3 rows; ``h`` ``[*lead, N]`` (bf16 on CUDA: the kernel)."""
+    if not (h.is_cuda and h.dtype == torch.bfloat16):
+        return Fp8Rows.quantize(gelu_reference(h))
+    data, row_scale = torch.ops.headcast.gelu_quantize_rows(h.reshape(-1, h.shape[-1]))
+    return Fp8Rows(data, row_scale, tuple(h.shape[:-1]), h.dtype)
