@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from headcast.pipeline.quantize import Fp8Rows
+
 FP8_DTYPE = torch.float8_e4m3fn
 """The fp8 format of Q, K, V and the probabilities (4 exponent, 3 mantissa bits)."""
 
@@ -116,6 +118,17 @@ def reference_attention_fp8(
     return (out8.float() * descale_v).transpose(1, 2)  # [B, Lq, H, D]
 
 
+def _attend(
+    quantized: tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """``quantize_fp8``'s tensors -> the e4m3 output at V's scale ``[B, Lq, H, D]``: the
+    kernel on CUDA, the twin (re-rounded to e4m3, exactly) elsewhere."""
+    if quantized[0].is_cuda:
+        out8: torch.Tensor = torch.ops.headcast.cudnn_fp8_attention(*quantized)
+        return out8
+    return (reference_attention_fp8(*quantized) / quantized[5]).to(FP8_DTYPE)
+
+
 def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention (scale ``1/sqrt(head_dim)``, no mask) with Q, K, V and P in e4m3.
 
@@ -123,10 +136,18 @@ def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     ``v``'s dtype. cuDNN's kernel on CUDA tensors, ``reference_attention_fp8`` otherwise.
     """
     quantized = quantize_fp8(q, k, v)
-    if not q.is_cuda:
-        return reference_attention_fp8(*quantized).to(v.dtype)
-    out8: torch.Tensor = torch.ops.headcast.cudnn_fp8_attention(*quantized)  # [B, Lq, H, D]
-    return (out8.float() * quantized[5]).to(v.dtype)  # dequantised at V's scale
+    return (_attend(quantized).float() * quantized[5]).to(v.dtype)  # dequantised
+
+
+def attention_fp8_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Fp8Rows:
+    """``attention_fp8``'s output as the e4m3 rows ``[B * Lq, H * D]`` the kernel wrote, every
+    row at V's scale: the input of an fp8 output projection, without dequantising and
+    quantising it again."""
+    quantized = quantize_fp8(q, k, v)
+    out8 = _attend(quantized)  # [B, Lq, H, D] e4m3
+    batch, rows, heads, head_dim = out8.shape
+    scale = quantized[5].reshape(1, 1).expand(batch * rows, 1).contiguous()  # [B*Lq, 1]
+    return Fp8Rows(out8.reshape(batch * rows, heads * head_dim), scale, (batch, rows), v.dtype)
 
 
 def fp8_attention_problem(device: torch.device) -> str | None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headcast.pipeline.attention import attention
-from headcast.pipeline.attention_fp8 import attention_fp8
+from headcast.pipeline.attention_fp8 import attention_fp8, attention_fp8_rows
 from headcast.pipeline.checkpoint import (
     CheckpointError,
     materialize,
@@ -43,7 +43,7 @@ from headcast.pipeline.checkpoint import (
     sharded_safetensors_files,
 )
 from headcast.pipeline.parallel import ParallelGroup
-from headcast.pipeline.quantize import Fp8Rows
+from headcast.pipeline.quantize import Float8Linear, Fp8Rows
 from headcast.pipeline.rope import RopeTableCache, apply_rope
 from headcast.pipeline.sequence_parallel import (
     TokenShard,
@@ -390,6 +390,8 @@ class SelfAttention(nn.Module):
         k = self.norm_k(k).unflatten(-1, heads)  # [B, L, H, D]
         v = v.unflatten(-1, heads)  # [B, L, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.use_fp8 and shard is None and isinstance(self.o, Float8Linear):
+            return self.o(attention_fp8_rows(q, k, v))  # [B, L, dim]: reads the e4m3 output
         attend = attention_fp8 if self.use_fp8 else attention
         out = attend(q, k, v) if shard is None else ulysses_attention(q, k, v, shard, attend)
         projected: torch.Tensor = self.o(out.flatten(2))  # [B, L, dim]

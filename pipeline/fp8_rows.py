@@ -10,13 +10,14 @@ scale per row, what ``Float8Linear`` multiplies) that a block's fp8 linears read
 - ``gelu_quantize_rows(h)``: the FFN's tanh GELU, then per-row e4m3 (the input of its second
   linear).
 
-On CUDA each is one Triton program per row that reads the activations once, keeps the row
-in registers and writes e4m3 and the scale. Compiled as separate ops, the norm's
-statistics, the row maximum and the quantisation each read the row again (three passes),
-and the GELU's tanh is evaluated twice. Anywhere else (CPU, the tests) the reference maths
-run in PyTorch. Both round where the unfused block rounds (the norm, the modulation and the
-GELU to the stream's dtype), so the e4m3 values are the unfused path's up to float32
-rounding (the kernel writes the GELU's tanh through one exp). The CUDA paths are custom
+On CUDA each is a Triton kernel whose programs read whole rows once, keep them in registers
+and write e4m3 and the scales (rows per program and warps autotuned per row width).
+Compiled as separate ops, the norm's statistics, the row maximum and the quantisation each
+read the row again (three passes), and the GELU's tanh is evaluated twice. Anywhere else
+(CPU, the tests) the reference maths run in PyTorch. Both round where the unfused block
+rounds (the norm, the modulation and the GELU to the stream's dtype), so the e4m3 values
+are the unfused path's up to float32 rounding (the kernel writes the GELU's tanh through
+one exp). The CUDA paths are custom
 ops (``headcast::adaln_quantize_rows``, ``headcast::gelu_quantize_rows``) so
 ``torch.compile`` keeps each one call. Triton is imported on first use.
 
@@ -36,10 +37,6 @@ from headcast.pipeline.quantize import FP8_DTYPE, FP8_MAX, FP8_MIN_AMAX, Fp8Rows
 
 GELU_TANH_COEFFICIENT = 0.044715
 """The cubic term of the tanh GELU: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
-
-NUM_WARPS = 16
-"""Warps per row program (rows of 5,120 or 13,824 values: 16 to 32 registers a thread)."""
-
 
 # -- the reference maths (any device) -----------------------------------------------------
 
@@ -70,64 +67,81 @@ def gelu_reference(h: torch.Tensor) -> torch.Tensor:
 # -- the Triton kernels ----------------------------------------------------------------------
 
 
+ADALN_CONFIGS = ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 16))
+"""(rows per program, warps) the norm kernel's autotuner times once per row width."""
+
+GELU_CONFIGS = ((1, 8), (1, 16), (1, 32), (2, 16), (2, 32))
+"""(rows per program, warps) the GELU kernel's autotuner times once per row width."""
+
+
 @functools.cache
 def _kernels() -> Any:
-    """The two Triton kernels, compiled on first use (cached once per process)."""
+    """The two Triton kernels, compiled on first use (cached once per process). Each
+    program handles ``rows`` whole rows in registers; Triton's autotuner picks ``rows`` and
+    the warps per row width on the first call (a fraction of a second)."""
     import triton
     import triton.language as tl
 
+    def configs(choices: tuple[tuple[int, int], ...]) -> list[Any]:
+        return [triton.Config({"rows": rows}, num_warps=warps) for rows, warps in choices]
+
+    @triton.autotune(configs=configs(ADALN_CONFIGS), key=["dim"])  # type: ignore[untyped-decorator]
     @triton.jit  # type: ignore[untyped-decorator]  # triton ships no types
     def adaln_quantize_kernel(  # type: ignore[no-untyped-def]  # triton reads these annotations
         x_ptr, shift_ptr, scale_ptr, weight_ptr, bias_ptr, out_ptr, out_scale_ptr,
-        tokens, dim, eps,
+        total_rows, tokens, dim, eps,
         fp8_max: tl.constexpr, min_amax: tl.constexpr,
-        modulate: tl.constexpr, affine: tl.constexpr, block: tl.constexpr,
+        modulate: tl.constexpr, affine: tl.constexpr, block: tl.constexpr, rows: tl.constexpr,
     ):  # fmt: skip
-        # x: [B * tokens, dim] row-major; shift, scale: [B, dim] f32; weight, bias: [dim]
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, block)
-        mask = cols < dim
-        x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0)
+        # x: [total_rows = B * tokens, dim]; shift, scale: [B, dim] f32; weight, bias: [dim]
+        row = tl.program_id(0).to(tl.int64) * rows + tl.arange(0, rows)  # [rows]
+        cols = tl.arange(0, block)  # [block]
+        mask = (row[:, None] < total_rows) & (cols[None, :] < dim)  # [rows, block]
+        offsets = row[:, None] * dim + cols[None, :]
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
         x32 = x.to(tl.float32)
-        mean = tl.sum(x32, axis=0) / dim
-        centred = tl.where(mask, x32 - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / dim + eps)
-        y = centred * rstd
+        mean = tl.sum(x32, axis=1) / dim  # [rows]
+        centred = tl.where(mask, x32 - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / dim + eps)  # [rows]
+        y = centred * rstd[:, None]
         if affine:
-            y = y * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            y = y + tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            col_mask = cols < dim
+            y = y * tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+            y = y + tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
         y = y.to(x.dtype).to(tl.float32)  # the norm's output in the stream's dtype
         if modulate:
-            sample = row // tokens
-            shift = tl.load(shift_ptr + sample * dim + cols, mask=mask, other=0.0)
-            scale = tl.load(scale_ptr + sample * dim + cols, mask=mask, other=0.0)
+            terms = (row // tokens)[:, None] * dim + cols[None, :]  # each row's sample
+            shift = tl.load(shift_ptr + terms, mask=mask, other=0.0)
+            scale = tl.load(scale_ptr + terms, mask=mask, other=0.0)
             y = (y * (1.0 + scale) + shift).to(x.dtype).to(tl.float32)
-        row_scale = tl.maximum(tl.max(tl.abs(y), axis=0), min_amax) / fp8_max
-        q = tl.clamp(y / row_scale, -fp8_max, fp8_max)
-        tl.store(out_ptr + row * dim + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(out_scale_ptr + row, row_scale)
+        row_scale = tl.maximum(tl.max(tl.abs(y), axis=1), min_amax) / fp8_max  # [rows]
+        q = tl.clamp(y / row_scale[:, None], -fp8_max, fp8_max)
+        tl.store(out_ptr + offsets, q.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_scale_ptr + row, row_scale, mask=row < total_rows)
 
+    @triton.autotune(configs=configs(GELU_CONFIGS), key=["width"])  # type: ignore[untyped-decorator]
     @triton.jit  # type: ignore[untyped-decorator]
     def gelu_quantize_kernel(  # type: ignore[no-untyped-def]
-        h_ptr, out_ptr, out_scale_ptr, width,
+        h_ptr, out_ptr, out_scale_ptr, total_rows, width,
         coefficient: tl.constexpr, fp8_max: tl.constexpr, min_amax: tl.constexpr,
-        block: tl.constexpr,
+        block: tl.constexpr, rows: tl.constexpr,
     ):  # fmt: skip
-        # h: [M, width] row-major; out: [M, width] e4m3; out_scale: [M]
-        row = tl.program_id(0).to(tl.int64)
+        # h: [total_rows, width]; out: [total_rows, width] e4m3; out_scale: [total_rows]
+        row = tl.program_id(0).to(tl.int64) * rows + tl.arange(0, rows)  # [rows]
         cols = tl.arange(0, block)
-        mask = cols < width
-        raw = tl.load(h_ptr + row * width + cols, mask=mask, other=0.0)
+        mask = (row[:, None] < total_rows) & (cols[None, :] < width)  # [rows, block]
+        offsets = row[:, None] * width + cols[None, :]
+        raw = tl.load(h_ptr + offsets, mask=mask, other=0.0)
         h = raw.to(tl.float32)
         # 0.5 h (1 + tanh(u)) = h sigmoid(2u) with u = sqrt(2/pi) (h + c h^3): one exp, no tanh
         y = h / (1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h)))
         y = y.to(raw.dtype).to(tl.float32)  # the GELU's output in the stream's dtype
-        row_scale = tl.maximum(tl.max(tl.abs(y), axis=0), min_amax) / fp8_max
-        q = tl.clamp(y / row_scale, -fp8_max, fp8_max)
-        tl.store(out_ptr + row * width + cols, q.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(out_scale_ptr + row, row_scale)
+        row_scale = tl.maximum(tl.max(tl.abs(y), axis=1), min_amax) / fp8_max  # [rows]
+        q = tl.clamp(y / row_scale[:, None], -fp8_max, fp8_max)
+        tl.store(out_ptr + offsets, q.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_scale_ptr + row, row_scale, mask=row < total_rows)
 
-    return adaln_quantize_kernel, gelu_quantize_kernel, triton.next_power_of_2
+    return adaln_quantize_kernel, gelu_quantize_kernel, triton.next_power_of_2, triton.cdiv
 
 
 @torch.library.custom_op("headcast::adaln_quantize_rows", mutates_args=())
@@ -140,8 +154,9 @@ def _adaln_quantize_cuda(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton kernel on ``x`` ``[B, L, D]``: (``[B*L, D]`` e4m3, ``[B*L, 1]`` float32)."""
-    kernel, _, next_power_of_2 = _kernels()
+    kernel, _, next_power_of_2, cdiv = _kernels()
     batch, tokens, dim = x.shape
+    total_rows = batch * tokens
     x = x.contiguous()
     out = torch.empty((batch * tokens, dim), dtype=FP8_DTYPE, device=x.device)
     out_scale = torch.empty((batch * tokens, 1), dtype=torch.float32, device=x.device)
@@ -151,11 +166,10 @@ def _adaln_quantize_cuda(
         scale_arg = scale.reshape(batch, dim).float().contiguous()
     if weight is not None and bias is not None:
         weight_arg, bias_arg = weight.contiguous(), bias.contiguous()
-    kernel[(batch * tokens,)](
+    kernel[lambda meta: (cdiv(total_rows, meta["rows"]),)](
         x, shift_arg, scale_arg, weight_arg, bias_arg, out, out_scale,
-        tokens, dim, eps, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
-        modulate=shift_arg is not x, affine=weight_arg is not x,
-        block=next_power_of_2(dim), num_warps=NUM_WARPS,
+        total_rows, tokens, dim, eps, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
+        modulate=shift_arg is not x, affine=weight_arg is not x, block=next_power_of_2(dim),
     )  # fmt: skip
     return out, out_scale
 
@@ -179,15 +193,15 @@ def _(
 @torch.library.custom_op("headcast::gelu_quantize_rows", mutates_args=())
 def _gelu_quantize_cuda(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton kernel on ``h`` ``[M, N]``: (``[M, N]`` e4m3, ``[M, 1]`` float32)."""
-    _, kernel, next_power_of_2 = _kernels()
+    _, kernel, next_power_of_2, cdiv = _kernels()
     rows, width = h.shape
     h = h.contiguous()
     out = torch.empty((rows, width), dtype=FP8_DTYPE, device=h.device)
     out_scale = torch.empty((rows, 1), dtype=torch.float32, device=h.device)
-    kernel[(rows,)](
-        h, out, out_scale, width,
+    kernel[lambda meta: (cdiv(rows, meta["rows"]),)](
+        h, out, out_scale, rows, width,
         coefficient=GELU_TANH_COEFFICIENT, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
-        block=next_power_of_2(width), num_warps=NUM_WARPS,
+        block=next_power_of_2(width),
     )  # fmt: skip
     return out, out_scale
 

@@ -3,7 +3,9 @@
 Each kernel against the reference maths quantised the unfused way, on row widths that are
 not powers of two (5,120 and 13,824 as in the 14B, and odd small ones), with and without
 the modulation and the affine norm; and a compiled OmniAvatar block with fused inputs
-against the same block quantising each linear's input itself. Opt-in (tests/gpu).
+against the same block quantising each linear's input itself (with bf16 attention, and with
+fp8 attention, whose e4m3 output the fp8 output projection reads directly). Opt-in
+(tests/gpu).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from headcast.pipeline.attention_fp8 import fp8_attention_problem
 from headcast.pipeline.dit import BLOCK_MODULATION_TERMS
 from headcast.pipeline.fp8_rows import (
     adaln_quantize_rows,
@@ -84,14 +87,17 @@ def test_gelu_kernel_matches_the_unfused_maths(width: int) -> None:
     assert_rows_match(gelu_quantize_rows(h), Fp8Rows.quantize(gelu_reference(h)))
 
 
-def test_compiled_block_with_fused_inputs_tracks_the_unfused_block() -> None:
+@pytest.mark.parametrize("attention_fp8", [False, True])
+def test_compiled_block_with_fused_inputs_tracks_the_unfused_block(attention_fp8: bool) -> None:
+    if attention_fp8 and (problem := fp8_attention_problem(DEVICE)) is not None:
+        pytest.skip(problem)
     config = OmniDiTConfig(dim=512, ffn_dim=1536, num_heads=4, num_layers=4)
     block = T2VBlock(config).to(DEVICE)
     init_random_(block, seed=0)
     with torch.no_grad():
         block.modulation.normal_(0.0, 0.1)
     block = block.to(torch.bfloat16)
-    prepare_dit_block(block, SpeedOptions(quantize="fp8"))
+    prepare_dit_block(block, SpeedOptions(quantize="fp8", attention_fp8=attention_fp8))
     assert block.fp8_inputs
     grid = (3, 6, 10)
     tokens = grid[0] * grid[1] * grid[2]

@@ -16,11 +16,13 @@ from headcast.pipeline import bench
 from headcast.pipeline.attention_fp8 import (
     FP8_MAX,
     attention_fp8,
+    attention_fp8_rows,
     fp8_attention_problem,
     quantize_fp8,
     reference_attention_fp8,
 )
 from headcast.pipeline.dit import DiTConfig, FlashTalkDiT, SelfAttention
+from headcast.pipeline.quantize import Float8Linear
 from headcast.pipeline.rope import rope_cos_sin
 from headcast.pipeline.speedups import (
     SpeedOptions,
@@ -103,6 +105,32 @@ def test_self_attention_in_fp8_tracks_bf16() -> None:
         layer.use_fp8 = True
         low = layer(x, cos, sin)
     assert 1e-4 < rel_err(low, plain) < 0.08
+
+
+def test_rows_are_the_e4m3_output_at_vs_scale() -> None:
+    q, k, v = qkv(3)
+    rows = attention_fp8_rows(q, k, v)
+    batch, tokens, heads, head_dim = SHAPE
+    assert rows.data.dtype == torch.float8_e4m3fn
+    assert rows.data.shape == (batch * tokens, heads * head_dim)
+    assert rows.lead == (batch, tokens) and rows.dtype == v.dtype
+    assert rows.scale.shape == (batch * tokens, 1) and rows.scale.unique().numel() == 1
+    dequantized = (rows.data.float() * rows.scale).reshape(SHAPE)
+    assert torch.equal(dequantized, attention_fp8(q, k, v))
+
+
+def test_an_fp8_output_projection_reads_the_e4m3_output() -> None:
+    torch.manual_seed(0)
+    layer = SelfAttention(128, 2, qk_norm=True, eps=1e-6)
+    layer.use_fp8 = True
+    cos, sin = rope_cos_sin((2, 6, 8), 64)
+    x = torch.randn(1, 96, 128)
+    with torch.no_grad():
+        float_o = layer(x, cos, sin)  # a float32 o on the dequantised output
+        layer.o = Float8Linear.from_linear(layer.o)
+        fp8_o = layer(x, cos, sin)  # the e4m3 output straight into the fp8 GEMM
+    assert fp8_o.shape == float_o.shape
+    assert 1e-4 < rel_err(fp8_o, float_o) < 0.05  # the fp8 weights' rounding alone
 
 
 def test_bench_flag_reaches_the_speed_options() -> None:
