@@ -6,7 +6,8 @@ scale per row, what ``Float8Linear`` multiplies) that a block's fp8 linears read
 - ``adaln_quantize_rows(x, ...)``: LayerNorm (float32 statistics, optional affine), the
   AdaLN modulation ``* (1 + scale) + shift`` (optional), then per-row e4m3. The input of the
   self-attention's and the FFN's first linears (and, without modulation, of the prompt
-  cross-attention's query).
+  cross-attention's query). ``add_adaln_quantize_rows`` first adds a residual to the stream
+  (gated or not) and returns the new stream too, so the sum is not read back.
 - ``gelu_quantize_rows(h)``: the FFN's tanh GELU, then per-row e4m3 (the input of its second
   linear).
 
@@ -67,7 +68,7 @@ def gelu_reference(h: torch.Tensor) -> torch.Tensor:
 # -- the Triton kernels ----------------------------------------------------------------------
 
 
-ADALN_CONFIGS = ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 16))
+ADALN_CONFIGS = ((1, 2), (1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (2, 16), (4, 16))
 """(rows per program, warps) the norm kernel's autotuner times once per row width."""
 
 GELU_CONFIGS = ((1, 8), (1, 16), (1, 32), (2, 16), (2, 32))
@@ -85,20 +86,31 @@ def _kernels() -> Any:
     def configs(choices: tuple[tuple[int, int], ...]) -> list[Any]:
         return [triton.Config({"rows": rows}, num_warps=warps) for rows, warps in choices]
 
-    @triton.autotune(configs=configs(ADALN_CONFIGS), key=["dim"])  # type: ignore[untyped-decorator]
+    adaln_key = ["dim", "residual", "gated", "modulate", "affine"]
+
+    @triton.autotune(configs=configs(ADALN_CONFIGS), key=adaln_key)  # type: ignore[untyped-decorator]
     @triton.jit  # type: ignore[untyped-decorator]  # triton ships no types
     def adaln_quantize_kernel(  # type: ignore[no-untyped-def]  # triton reads these annotations
-        x_ptr, shift_ptr, scale_ptr, weight_ptr, bias_ptr, out_ptr, out_scale_ptr,
-        total_rows, tokens, dim, eps,
-        fp8_max: tl.constexpr, min_amax: tl.constexpr,
-        modulate: tl.constexpr, affine: tl.constexpr, block: tl.constexpr, rows: tl.constexpr,
+        x_ptr, delta_ptr, gate_ptr, x_out_ptr, shift_ptr, scale_ptr, weight_ptr, bias_ptr,
+        out_ptr, out_scale_ptr, total_rows, tokens, dim, eps,
+        fp8_max: tl.constexpr, min_amax: tl.constexpr, residual: tl.constexpr,
+        gated: tl.constexpr, modulate: tl.constexpr, affine: tl.constexpr,
+        block: tl.constexpr, rows: tl.constexpr,
     ):  # fmt: skip
-        # x: [total_rows = B * tokens, dim]; shift, scale: [B, dim] f32; weight, bias: [dim]
+        # x, delta, x_out: [total_rows = B * tokens, dim]; gate, shift, scale: [B, dim] f32;
+        # weight, bias: [dim]
         row = tl.program_id(0).to(tl.int64) * rows + tl.arange(0, rows)  # [rows]
         cols = tl.arange(0, block)  # [block]
         mask = (row[:, None] < total_rows) & (cols[None, :] < dim)  # [rows, block]
         offsets = row[:, None] * dim + cols[None, :]
+        terms = (row // tokens)[:, None] * dim + cols[None, :]  # each row's sample's terms
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
+        if residual:  # the stream first takes the residual: x + delta (* gate) in float32
+            added = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            if gated:
+                added = added * tl.load(gate_ptr + terms, mask=mask, other=0.0)
+            x = (x.to(tl.float32) + added).to(x.dtype)
+            tl.store(x_out_ptr + offsets, x, mask=mask)
         x32 = x.to(tl.float32)
         mean = tl.sum(x32, axis=1) / dim  # [rows]
         centred = tl.where(mask, x32 - mean[:, None], 0.0)
@@ -110,7 +122,6 @@ def _kernels() -> Any:
             y = y + tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
         y = y.to(x.dtype).to(tl.float32)  # the norm's output in the stream's dtype
         if modulate:
-            terms = (row // tokens)[:, None] * dim + cols[None, :]  # each row's sample
             shift = tl.load(shift_ptr + terms, mask=mask, other=0.0)
             scale = tl.load(scale_ptr + terms, mask=mask, other=0.0)
             y = (y * (1.0 + scale) + shift).to(x.dtype).to(tl.float32)
@@ -144,6 +155,50 @@ def _kernels() -> Any:
     return adaln_quantize_kernel, gelu_quantize_kernel, triton.next_power_of_2, triton.cdiv
 
 
+def _launch_adaln(
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The norm kernel on ``x`` ``[B, L, D]``: (the stream after the residual, ``[B, L, D]``
+    (``x`` itself without ``delta``), ``[B*L, D]`` e4m3, ``[B*L, 1]`` float32)."""
+    kernel, _, next_power_of_2, cdiv = _kernels()
+    batch, tokens, dim = x.shape
+    total_rows = batch * tokens
+    x = x.contiguous()
+    out = torch.empty((total_rows, dim), dtype=FP8_DTYPE, device=x.device)
+    out_scale = torch.empty((total_rows, 1), dtype=torch.float32, device=x.device)
+
+    def terms(t: torch.Tensor | None) -> torch.Tensor:  # [B, 1, D] -> [B, D] float32
+        return x if t is None else t.reshape(batch, dim).float().contiguous()  # x: unread
+
+    x_out = torch.empty_like(x) if delta is not None else x
+    kernel[lambda meta: (cdiv(total_rows, meta["rows"]),)](
+        x, x if delta is None else delta.contiguous(), terms(gate), x_out,
+        terms(shift), terms(scale),
+        x if weight is None else weight.contiguous(), x if bias is None else bias.contiguous(),
+        out, out_scale, total_rows, tokens, dim, eps, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
+        residual=delta is not None, gated=gate is not None,
+        modulate=shift is not None and scale is not None,
+        affine=weight is not None and bias is not None, block=next_power_of_2(dim),
+    )  # fmt: skip
+    return x_out, out, out_scale
+
+
+def _rows_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty (e4m3 ``[M, D]``, float32 ``[M, 1]``) for ``x`` ``[*lead, D]``."""
+    rows = math.prod(x.shape[:-1])
+    return (
+        x.new_empty((rows, x.shape[-1]), dtype=FP8_DTYPE),
+        x.new_empty((rows, 1), dtype=torch.float32),
+    )
+
+
 @torch.library.custom_op("headcast::adaln_quantize_rows", mutates_args=())
 def _adaln_quantize_cuda(
     x: torch.Tensor,
@@ -153,24 +208,8 @@ def _adaln_quantize_cuda(
     bias: torch.Tensor | None,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton kernel on ``x`` ``[B, L, D]``: (``[B*L, D]`` e4m3, ``[B*L, 1]`` float32)."""
-    kernel, _, next_power_of_2, cdiv = _kernels()
-    batch, tokens, dim = x.shape
-    total_rows = batch * tokens
-    x = x.contiguous()
-    out = torch.empty((batch * tokens, dim), dtype=FP8_DTYPE, device=x.device)
-    out_scale = torch.empty((batch * tokens, 1), dtype=torch.float32, device=x.device)
-    shift_arg = scale_arg = weight_arg = bias_arg = x  # placeholders the kernel does not read
-    if shift is not None and scale is not None:
-        shift_arg = shift.reshape(batch, dim).float().contiguous()
-        scale_arg = scale.reshape(batch, dim).float().contiguous()
-    if weight is not None and bias is not None:
-        weight_arg, bias_arg = weight.contiguous(), bias.contiguous()
-    kernel[lambda meta: (cdiv(total_rows, meta["rows"]),)](
-        x, shift_arg, scale_arg, weight_arg, bias_arg, out, out_scale,
-        total_rows, tokens, dim, eps, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
-        modulate=shift_arg is not x, affine=weight_arg is not x, block=next_power_of_2(dim),
-    )  # fmt: skip
+    """The norm kernel on ``x`` ``[B, L, D]``: (``[B*L, D]`` e4m3, ``[B*L, 1]`` float32)."""
+    _, out, out_scale = _launch_adaln(x, None, None, shift, scale, weight, bias, eps)
     return out, out_scale
 
 
@@ -183,11 +222,36 @@ def _(
     bias: torch.Tensor | None,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = math.prod(x.shape[:-1])
-    return (
-        x.new_empty((rows, x.shape[-1]), dtype=FP8_DTYPE),
-        x.new_empty((rows, 1), dtype=torch.float32),
-    )
+    return _rows_like(x)
+
+
+@torch.library.custom_op("headcast::add_adaln_quantize_rows", mutates_args=())
+def _add_adaln_quantize_cuda(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The norm kernel with the residual: (``[B, L, D]``, ``[B*L, D]`` e4m3, ``[B*L, 1]``)."""
+    return _launch_adaln(x, delta, gate, shift, scale, weight, bias, eps)
+
+
+@_add_adaln_quantize_cuda.register_fake
+def _(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.empty_like(x), *_rows_like(x))
 
 
 @torch.library.custom_op("headcast::gelu_quantize_rows", mutates_args=())
@@ -226,17 +290,56 @@ def adaln_quantize_rows(
 
     ``shift`` and ``scale`` come together or not at all, as do ``weight`` and ``bias``.
     """
-    if (shift is None) != (scale is None) or (weight is None) != (bias is None):
-        raise ValueError("give shift with scale and weight with bias (or neither of a pair)")
-    if not (x.is_cuda and x.dtype == torch.bfloat16):
+    _check_pairs(shift, scale, weight, bias)
+    if not _on_kernel(x):
         return Fp8Rows.quantize(adaln_reference(x, shift, scale, weight, bias, eps))
     data, row_scale = torch.ops.headcast.adaln_quantize_rows(x, shift, scale, weight, bias, eps)
     return Fp8Rows(data, row_scale, tuple(x.shape[:-1]), x.dtype)
 
 
+def add_adaln_quantize_rows(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, Fp8Rows]:
+    """The residual, then ``adaln_quantize_rows`` on its result, in one pass on CUDA.
+
+    ``x`` and ``delta`` ``[B, L, D]``; ``gate`` ``[B, 1, D]`` float32 or None. Returns the new
+    stream ``(x + delta * gate).to(x.dtype)`` (``x + delta`` without a gate) and its rows.
+    """
+    _check_pairs(shift, scale, weight, bias)
+    if not _on_kernel(x):
+        added = x + delta if gate is None else (x + delta * gate).to(x.dtype)
+        return added, Fp8Rows.quantize(adaln_reference(added, shift, scale, weight, bias, eps))
+    added, data, row_scale = torch.ops.headcast.add_adaln_quantize_rows(
+        x, delta, gate, shift, scale, weight, bias, eps
+    )
+    return added, Fp8Rows(data, row_scale, tuple(x.shape[:-1]), x.dtype)
+
+
+def _check_pairs(
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> None:
+    if (shift is None) != (scale is None) or (weight is None) != (bias is None):
+        raise ValueError("give shift with scale and weight with bias (or neither of a pair)")
+
+
+def _on_kernel(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels take ``x`` (bf16 on CUDA)."""
+    return x.is_cuda and x.dtype == torch.bfloat16
+
+
 def gelu_quantize_rows(h: torch.Tensor) -> Fp8Rows:
     """``gelu_reference(h)`` as e4m3 rows; ``h`` ``[*lead, N]`` (bf16 on CUDA: the kernel)."""
-    if not (h.is_cuda and h.dtype == torch.bfloat16):
+    if not _on_kernel(h):
         return Fp8Rows.quantize(gelu_reference(h))
     data, row_scale = torch.ops.headcast.gelu_quantize_rows(h.reshape(-1, h.shape[-1]))
     return Fp8Rows(data, row_scale, tuple(h.shape[:-1]), h.dtype)

@@ -44,7 +44,11 @@ from headcast.pipeline.dit import (
     WanBackbone,
     sinusoidal_embedding,
 )
-from headcast.pipeline.fp8_rows import adaln_quantize_rows, gelu_quantize_rows
+from headcast.pipeline.fp8_rows import (
+    adaln_quantize_rows,
+    add_adaln_quantize_rows,
+    gelu_quantize_rows,
+)
 from headcast.pipeline.omniavatar.config import (
     AUDIO_PACK_FRAMES,
     FIRST_AUDIO_BLOCK,
@@ -118,6 +122,24 @@ class T2VBlock(nn.Module):
             return normed
         return (normed.float() * (1 + scale) + shift).to(x.dtype)
 
+    def _add_norm(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        gate: torch.Tensor | None,
+        norm: LayerNormF32,
+        shift: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows]:
+        """The residual ``x + delta`` (gated ``* gate`` in float32 when given, ``[B, 1, dim]``)
+        and ``_norm`` of the result: (the new stream, its normalised input of a linear)."""
+        if self.fp8_inputs:
+            return add_adaln_quantize_rows(
+                x, delta, gate, shift, scale, norm.weight, norm.bias, norm.eps
+            )
+        x = x + delta if gate is None else (x + delta * gate).to(x.dtype)
+        return x, self._norm(norm, x, shift, scale)
+
     def _ffn(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
         """The feed-forward network: ``[B, L, dim]`` -> ``[B, L, dim]``."""
         if not self.fp8_inputs:
@@ -142,11 +164,13 @@ class T2VBlock(nn.Module):
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = terms  # each [B, 1, dim]
         # 1. self-attention on the modulated stream, gated residual in float32
         modulated = self._norm(self.norm1, x, shift_sa, scale_sa)  # [B, L, dim]
-        x = (x + self.self_attn(modulated, cos, sin, shard) * gate_sa).to(dtype)
-        # 2. prompt cross-attention (no gate)
-        x = x + self.cross_attn(self._norm(self.norm3, x), context)
+        attended = self.self_attn(modulated, cos, sin, shard)  # [B, L, dim]
+        # 2. prompt cross-attention on norm3 of the stream (its residual has no gate)
+        x, normed = self._add_norm(x, attended, gate_sa, self.norm3)
+        x, modulated = self._add_norm(
+            x, self.cross_attn(normed, context), None, self.norm2, shift_ff, scale_ff
+        )
         # 3. feed-forward on the modulated stream, gated residual in float32
-        modulated = self._norm(self.norm2, x, shift_ff, scale_ff)  # [B, L, dim]
         x = (x + self._ffn(modulated) * gate_ff).to(dtype)
         return x
 

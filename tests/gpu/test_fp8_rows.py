@@ -18,6 +18,7 @@ from headcast.pipeline.dit import BLOCK_MODULATION_TERMS
 from headcast.pipeline.fp8_rows import (
     adaln_quantize_rows,
     adaln_reference,
+    add_adaln_quantize_rows,
     gelu_quantize_rows,
     gelu_reference,
 )
@@ -77,6 +78,29 @@ def test_adaln_kernel_matches_the_unfused_maths(dim: int, modulate: bool, affine
     weight, bias = (1 + 0.2 * randn(dim), 0.2 * randn(dim)) if affine else (None, None)
     fused = adaln_quantize_rows(x, shift, scale, weight, bias, 1e-6)
     unfused = Fp8Rows.quantize(adaln_reference(x, shift, scale, weight, bias, 1e-6))
+    assert_rows_match(fused, unfused)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("modulate", [True, False])
+def test_residual_kernel_adds_then_matches_the_unfused_maths(gated: bool, modulate: bool) -> None:
+    dim = 5120
+    generator = torch.Generator(device=DEVICE).manual_seed(7)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, device=DEVICE, generator=generator)
+
+    x = (3.0 * randn(2, 333, dim)).bfloat16()
+    delta = randn(2, 333, dim).bfloat16()
+    gate = 0.5 * randn(2, 1, dim) if gated else None
+    shift, scale = (0.3 * randn(2, 1, dim), 0.3 * randn(2, 1, dim)) if modulate else (None, None)
+    weight, bias = (None, None) if modulate else (1 + 0.2 * randn(dim), 0.2 * randn(dim))
+    added, fused = add_adaln_quantize_rows(x, delta, gate, shift, scale, weight, bias, 1e-6)
+    expected = x + delta if gate is None else (x + delta * gate).to(x.dtype)
+    same = (added == expected).float().mean()
+    assert float(same) >= SAME_CODE_FRACTION  # a fused multiply-add may round once less
+    torch.testing.assert_close(added, expected, rtol=8e-3, atol=0.0)
+    unfused = Fp8Rows.quantize(adaln_reference(added, shift, scale, weight, bias, 1e-6))
     assert_rows_match(fused, unfused)
 
 

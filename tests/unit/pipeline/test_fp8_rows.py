@@ -16,6 +16,7 @@ from headcast.pipeline.dit import BLOCK_MODULATION_TERMS, LayerNormF32
 from headcast.pipeline.fp8_rows import (
     adaln_quantize_rows,
     adaln_reference,
+    add_adaln_quantize_rows,
     gelu_quantize_rows,
     gelu_reference,
 )
@@ -64,6 +65,16 @@ def test_rows_dequantise_to_the_reference_within_e4m3() -> None:
     gelu = gelu_quantize_rows(x)
     assert gelu.lead == (2, 7)
     assert rel_err((gelu.data.float() * gelu.scale).reshape(2, 7, DIM), gelu_reference(x)) < 0.04
+
+
+def test_the_residual_comes_first_gated_in_float32_or_plain() -> None:
+    x, delta = randn(2, 7, DIM).bfloat16(), randn(2, 7, DIM, seed=1).bfloat16()
+    gate = randn(2, 1, DIM, seed=2)
+    added, rows = add_adaln_quantize_rows(x, delta, gate, None, None, None, None, 1e-6)
+    assert torch.equal(added, (x + delta * gate).to(torch.bfloat16))
+    assert torch.equal(rows.data, adaln_quantize_rows(added, None, None, None, None, 1e-6).data)
+    plain, _ = add_adaln_quantize_rows(x, delta, None, None, None, None, None, 1e-6)
+    assert torch.equal(plain, x + delta)
 
 
 def test_a_half_given_pair_is_refused() -> None:
