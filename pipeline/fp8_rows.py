@@ -155,7 +155,8 @@ def _kernels() -> Any:
     return adaln_quantize_kernel, gelu_quantize_kernel, triton.next_power_of_2, triton.cdiv
 
 
-def _launch_adaln(
+@torch.library.custom_op("headcast::adaln_quantize_rows", mutates_args=())
+def _adaln_quantize_cuda(
     x: torch.Tensor,
     delta: torch.Tensor | None,
     gate: torch.Tensor | None,
@@ -165,8 +166,8 @@ def _launch_adaln(
     bias: torch.Tensor | None,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The norm kernel on ``x`` ``[B, L, D]``: (the stream after the residual, ``[B, L, D]``
-    (``x`` itself without ``delta``), ``[B*L, D]`` e4m3, ``[B*L, 1]`` float32)."""
+    """The norm kernel: (the stream after the residual ``[B, L, D]``, or an empty tensor
+    without ``delta`` (an op's output cannot be its input), ``[B*L, D]`` e4m3, ``[B*L, 1]``)."""
     kernel, _, next_power_of_2, cdiv = _kernels()
     batch, tokens, dim = x.shape
     total_rows = batch * tokens
@@ -187,48 +188,13 @@ def _launch_adaln(
         modulate=shift is not None and scale is not None,
         affine=weight is not None and bias is not None, block=next_power_of_2(dim),
     )  # fmt: skip
-    return x_out, out, out_scale
-
-
-def _rows_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Empty (e4m3 ``[M, D]``, float32 ``[M, 1]``) for ``x`` ``[*lead, D]``."""
-    rows = math.prod(x.shape[:-1])
-    return (
-        x.new_empty((rows, x.shape[-1]), dtype=FP8_DTYPE),
-        x.new_empty((rows, 1), dtype=torch.float32),
-    )
-
-
-@torch.library.custom_op("headcast::adaln_quantize_rows", mutates_args=())
-def _adaln_quantize_cuda(
-    x: torch.Tensor,
-    shift: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The norm kernel on ``x`` ``[B, L, D]``: (``[B*L, D]`` e4m3, ``[B*L, 1]`` float32)."""
-    _, out, out_scale = _launch_adaln(x, None, None, shift, scale, weight, bias, eps)
-    return out, out_scale
+    return x_out if delta is not None else x.new_empty(0), out, out_scale
 
 
 @_adaln_quantize_cuda.register_fake
 def _(
     x: torch.Tensor,
-    shift: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _rows_like(x)
-
-
-@torch.library.custom_op("headcast::add_adaln_quantize_rows", mutates_args=())
-def _add_adaln_quantize_cuda(
-    x: torch.Tensor,
-    delta: torch.Tensor,
+    delta: torch.Tensor | None,
     gate: torch.Tensor | None,
     shift: torch.Tensor | None,
     scale: torch.Tensor | None,
@@ -236,22 +202,12 @@ def _add_adaln_quantize_cuda(
     bias: torch.Tensor | None,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The norm kernel with the residual: (``[B, L, D]``, ``[B*L, D]`` e4m3, ``[B*L, 1]``)."""
-    return _launch_adaln(x, delta, gate, shift, scale, weight, bias, eps)
-
-
-@_add_adaln_quantize_cuda.register_fake
-def _(
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    gate: torch.Tensor | None,
-    shift: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.empty_like(x), *_rows_like(x))
+    rows = math.prod(x.shape[:-1])
+    return (
+        torch.empty_like(x) if delta is not None else x.new_empty(0),
+        x.new_empty((rows, x.shape[-1]), dtype=FP8_DTYPE),
+        x.new_empty((rows, 1), dtype=torch.float32),
+    )
 
 
 @torch.library.custom_op("headcast::gelu_quantize_rows", mutates_args=())
@@ -293,7 +249,9 @@ def adaln_quantize_rows(
     _check_pairs(shift, scale, weight, bias)
     if not _on_kernel(x):
         return Fp8Rows.quantize(adaln_reference(x, shift, scale, weight, bias, eps))
-    data, row_scale = torch.ops.headcast.adaln_quantize_rows(x, shift, scale, weight, bias, eps)
+    _, data, row_scale = torch.ops.headcast.adaln_quantize_rows(
+        x, None, None, shift, scale, weight, bias, eps
+    )
     return Fp8Rows(data, row_scale, tuple(x.shape[:-1]), x.dtype)
 
 
@@ -316,7 +274,7 @@ def add_adaln_quantize_rows(
     if not _on_kernel(x):
         added = x + delta if gate is None else (x + delta * gate).to(x.dtype)
         return added, Fp8Rows.quantize(adaln_reference(added, shift, scale, weight, bias, eps))
-    added, data, row_scale = torch.ops.headcast.add_adaln_quantize_rows(
+    added, data, row_scale = torch.ops.headcast.adaln_quantize_rows(
         x, delta, gate, shift, scale, weight, bias, eps
     )
     return added, Fp8Rows(data, row_scale, tuple(x.shape[:-1]), x.dtype)
