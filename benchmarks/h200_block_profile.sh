@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Device call (nvidia-h200, about 8 min): the fused fp8 inputs (pipeline/fp8_rows.py: norm,
 # AdaLN and the residual before it, GELU; Triton's autotuner choosing rows per program and
-# warps), the fp8 output projection reading the attention's e4m3 output, and the timed choice
-# of cuDNN's fp8 attention plan -- their GPU checks; the 14B at the official recipe with fp8
-# linears and fp8 attention; the official code at its own settings in the same call (carry
-# .official, benchmarks/README.md; OFFICIAL=0 skips it); the recipe once more (REPEAT=0
-# skips it: how much the same run moves within a call); then, if time is left, one compiled
-# 14B block at the official segment's shape (2 x 30,375 tokens) kernel by kernel
-# (benchmarks/omni_block_profile.py), with and without the fused inputs.
+# warps) and the fp8 output projection reading the attention's e4m3 output -- their GPU
+# checks; the 14B at the official recipe with fp8 linears and fp8 attention; the official
+# code at its own settings in the same call (carry .official, benchmarks/README.md;
+# OFFICIAL=0 skips it); the recipe once more (REPEAT=0 skips it: how much the same run moves
+# within a call); then, if time is left, one compiled 14B block at the official segment's
+# shape (2 x 30,375 tokens) kernel by kernel (benchmarks/omni_block_profile.py), with and
+# without the fused inputs.
 #   run(kind="nvidia-h200", carry=[".whl", ".official"], command="bash benchmarks/h200_block_profile.sh")
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TRITON_PRINT_AUTOTUNING=1  # the autotuner's choices go to the log
@@ -29,7 +29,7 @@ if [[ ${OFFICIAL:-1} != 0 ]] && budget official-14b; then
 fi
 [[ ${REPEAT:-1} != 0 ]] && recipe 14b-fp8-attnfp8-again --quantize fp8 --attention-fp8
 cat "$SUMMARY"
-grep -E "fp8 attention \(|Triton autotuning|best config" "$LOG" | cut -c1-200 | sort -u | head -12
+grep -E "Triton autotuning|best config" "$LOG" | cut -c1-200 | sort -u | head -12
 profile_block() {  # profile_block LABEL FLAGS...
     local label=$1
     shift

@@ -10,10 +10,7 @@ Owns ``attention_fp8(q, k, v)`` for ``[B, L, heads, head_dim]`` tensors:
   per-tensor descales), each tensor's absolute maximum mapped to 448.
 - **The kernel**: cuDNN's fp8 SDPA forward through the ``cudnn`` Python frontend (the
   optional package ``nvidia-cudnn-frontend``; cuDNN 9.14 or later, CUDA capability 9.0 or
-  later). One graph per shape and device, built on first use and cached with every
-  execution plan cuDNN offers for it; the first call times each plan on its own operands
-  and keeps the fastest (``PLAN_TIMING_RUNS``; cuDNN's first-ranked plan is not always the
-  fastest fp8 kernel). The probabilities
+  later). One graph per shape and device, built on first use and cached. The probabilities
   are rounded to e4m3 after scaling by ``P_SCALE``, as the frontend's own tests do. On
   Hopper cuDNN writes the output in e4m3 too (bf16 output is Blackwell-only): it is scaled
   by V's scale, which bounds it (each output row is a convex combination of V's rows), and
@@ -30,7 +27,6 @@ Knows nothing about projections, positions or models.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -60,11 +56,6 @@ MIN_CUDNN = 91400
 
 FRONTEND_PACKAGE = "nvidia-cudnn-frontend"
 """The pip package that provides ``import cudnn``."""
-
-PLAN_TIMING_RUNS = 3
-"""Timed runs per execution plan (after one untimed) when a graph's plan is chosen."""
-
-logger = logging.getLogger(__name__)
 
 
 class Uid:
@@ -174,52 +165,10 @@ class _Graph:
     graph: Any
     handle: Any
     workspace: torch.Tensor
-    """Large enough for every plan."""
     scales: torch.Tensor
     """``[2]`` float32 on the device: descale_s, scale_s."""
     amax: torch.Tensor
     """``[2]`` float32 on the device: the amax outputs (unused)."""
-    plans: int
-    """Execution plans built (cuDNN's ranking: plan 0 is its heuristic's first choice)."""
-    plan: int | None = None
-    """The plan that runs; None until the first call has timed them."""
-
-    def execute(self, pack: dict[int, torch.Tensor], index: int) -> None:
-        self.graph.execute_plan_at_index(pack, self.workspace, index=index, handle=self.handle)
-
-    def choose_plan(self, pack: dict[int, torch.Tensor], device: torch.device) -> int:
-        """Time every plan on ``pack`` (CUDA events) and keep the fastest."""
-        if self.plans == 1 or torch.cuda.is_current_stream_capturing():
-            self.plan = 0
-            return 0
-        times: dict[int, float] = {}
-        for index in range(self.plans):
-            try:
-                self.execute(pack, index)  # untimed: first-launch costs
-            except Exception as exc:  # noqa: BLE001  # a plan that cannot run is skipped
-                logger.debug("fp8 attention plan %d failed: %s", index, exc)
-                continue
-            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            start.record()
-            for _ in range(PLAN_TIMING_RUNS):
-                self.execute(pack, index)
-            end.record()
-            torch.cuda.synchronize(device)
-            times[index] = start.elapsed_time(end) / PLAN_TIMING_RUNS
-        if not times:
-            raise RuntimeError("no cuDNN fp8 attention plan ran for this shape")
-        self.plan = min(times, key=times.__getitem__)
-        logger.info(
-            "fp8 attention %s: plan %d of %d (%s) %.2f ms; cuDNN's first %.2f ms",
-            tuple(pack[Uid.Q].shape),
-            self.plan,
-            self.plans,
-            self.graph.get_plan_name_at_index(self.plan),
-            times[self.plan],
-            times.get(0, float("nan")),
-        )
-        return self.plan
 
 
 @functools.cache
@@ -282,14 +231,12 @@ def _graph(
     graph.build_operation_graph()
     graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     graph.check_support()
-    graph.build_plans(cudnn.build_plan_policy.ALL)
-    plans = int(graph.get_execution_plan_count())
-    workspace_bytes = max(int(graph.get_workspace_size_plan_at_index(i)) for i in range(plans))
+    graph.build_plans()
     device = torch.device("cuda", device_index)
-    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
+    workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=device)
     scales = torch.tensor([1.0 / P_SCALE, P_SCALE], dtype=torch.float32, device=device)
     amax = torch.zeros(2, dtype=torch.float32, device=device)
-    return _Graph(graph, handle, workspace, scales, amax, plans)
+    return _Graph(graph, handle, workspace, scales, amax)
 
 
 @torch.library.custom_op("headcast::cudnn_fp8_attention", mutates_args=())
@@ -325,8 +272,7 @@ def _cudnn_fp8_attention(
         Uid.AMAX_S: built.amax[0:1],
         Uid.AMAX_O: built.amax[1:2],
     }
-    plan = built.plan if built.plan is not None else built.choose_plan(pack, q8.device)
-    built.execute(pack, plan)
+    built.graph.execute(pack, built.workspace, handle=built.handle)
     return out
 
 

@@ -18,9 +18,9 @@ read the row again (three passes), and the GELU's tanh is evaluated twice. Anywh
 (CPU, the tests) the reference maths run in PyTorch. Both round where the unfused block
 rounds (the norm, the modulation and the GELU to the stream's dtype), so the e4m3 values
 are the unfused path's up to float32 rounding (the kernel writes the GELU's tanh through
-one exp). The CUDA paths are custom
-ops (``headcast::adaln_quantize_rows``, ``headcast::gelu_quantize_rows``) so
-``torch.compile`` keeps each one call. Triton is imported on first use.
+one exp). The CUDA paths are custom ops (``headcast::adaln_quantize_rows``, with or without
+the residual, and ``headcast::gelu_quantize_rows``) so ``torch.compile`` keeps each one
+call. Triton is imported on first use.
 
 Knows nothing about blocks, checkpoints or models.
 """
