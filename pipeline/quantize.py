@@ -2,7 +2,8 @@
 
 Owns: the quantisation modes (``QUANTIZE_MODES``), ``Float8Linear`` (fp8 e4m3 weights with
 one scale per output channel, activations quantised per token at run time, multiplied by
-``torch._scaled_mm`` with row-wise scales on Hopper and emulated in float32 elsewhere), the
+``torch._scaled_mm`` with row-wise scales on Hopper and emulated in float32 elsewhere),
+``Fp8Rows`` (activations already quantised per token, which ``Float8Linear`` also takes), the
 choice of which linears each mode replaces, and ``quantize_block`` / ``quantize_dit``, which
 replace them in place. int8 and int4 are weight-only through optimum-quanto, nf4 through
 bitsandbytes; both are imported only when asked for.

@@ -16,7 +16,9 @@ sinusoid) and the one attention dispatch. Dtype policy as there: the token strea
 the weights' dtype; norms, AdaLN terms, the timestep MLPs and the head in float32. The
 timestep is rounded to the weights' dtype before its embedding, as the official bf16 run
 does (937.5 -> 936). Unlike the official forward, a batch of several samples is exact (the
-official audio reshape is correct only for batch 1), so guidance passes can be batched.
+official audio reshape is correct only for batch 1), so guidance passes can be batched. With
+fp8 linears the block hands them e4m3 rows made in one pass with the residual and norm, or
+the GELU, before them (``T2VBlock.fp8_inputs``, ``pipeline.fp8_rows``): the same values.
 
 Sequence parallel (``WanBackbone.set_parallel``): the block stack runs on each rank's share
 of the tokens with FlashTalk's Ulysses self-attention; the per-frame audio additions index
