@@ -45,8 +45,14 @@ $(VENV)/.install: pyproject.toml $(VENV)/.torch
 	$(PIP) -e .
 	touch $@
 
+# optimum-quanto compiles its C++ kernels (int4 unpacking) on first use, about 30 s on two
+# cores: the last line builds them with the install instead of inside the first test that
+# quantises to int4.
 $(VENV)/.install-test: pyproject.toml $(VENV)/.torch
 	$(PIP) -e ".[test]"
+	$(BIN)/python -c "import torch; from optimum.quanto import freeze, qint4, quantize; \
+		m = torch.nn.Sequential(torch.nn.Linear(128, 128)); quantize(m, weights=qint4); \
+		freeze(m); m(torch.randn(1, 128))"
 	touch $@
 
 install: $(VENV)/.install
