@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -73,15 +73,28 @@ def _to_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x / descale).to(FP8_DTYPE), descale
 
 
-def quantize_fp8(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+class QuantizedQKV(NamedTuple):
+    """``quantize_fp8``'s result, in the order the kernel and its twin take it."""
+
+    q8: torch.Tensor
+    """``[B, Lq, H, D]`` e4m3."""
+    k8: torch.Tensor
+    """``[B, Lk, H, D]`` e4m3, smoothed."""
+    v8: torch.Tensor
+    """``[B, Lk, H, D]`` e4m3."""
+    descale_q: torch.Tensor
+    """``[1, 1, 1, 1]`` float32 (multiply by it to dequantise), as the two below."""
+    descale_k: torch.Tensor
+    descale_v: torch.Tensor
+
+
+def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> QuantizedQKV:
     """``q``, ``k`` (smoothed), ``v`` ``[B, L, H, D]`` in e4m3, then their three descales."""
     k32 = k.float()
     q8, descale_q = _to_fp8(q.float())
     k8, descale_k = _to_fp8(k32 - k32.mean(dim=1, keepdim=True))  # smoothed over tokens
     v8, descale_v = _to_fp8(v.float())
-    return q8, k8, v8, descale_q, descale_k, descale_v
+    return QuantizedQKV(q8, k8, v8, descale_q, descale_k, descale_v)
 
 
 def reference_attention_fp8(
@@ -109,15 +122,13 @@ def reference_attention_fp8(
     return (out8.float() * descale_v).transpose(1, 2)  # [B, Lq, H, D]
 
 
-def _attend(
-    quantized: tuple[torch.Tensor, ...],
-) -> torch.Tensor:
+def _attend(quantized: QuantizedQKV) -> torch.Tensor:
     """``quantize_fp8``'s tensors -> the e4m3 output at V's scale ``[B, Lq, H, D]``: the
     kernel on CUDA, the twin (re-rounded to e4m3, exactly) elsewhere."""
-    if quantized[0].is_cuda:
+    if quantized.q8.is_cuda:
         out8: torch.Tensor = torch.ops.headcast.cudnn_fp8_attention(*quantized)
         return out8
-    return (reference_attention_fp8(*quantized) / quantized[5]).to(FP8_DTYPE)
+    return (reference_attention_fp8(*quantized) / quantized.descale_v).to(FP8_DTYPE)
 
 
 def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -127,7 +138,7 @@ def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     ``v``'s dtype. cuDNN's kernel on CUDA tensors, ``reference_attention_fp8`` otherwise.
     """
     quantized = quantize_fp8(q, k, v)
-    return (_attend(quantized).float() * quantized[5]).to(v.dtype)  # dequantised
+    return (_attend(quantized).float() * quantized.descale_v).to(v.dtype)  # dequantised
 
 
 def attention_fp8_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Fp8Rows:
@@ -137,7 +148,7 @@ def attention_fp8_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Fp8
     quantized = quantize_fp8(q, k, v)
     out8 = _attend(quantized)  # [B, Lq, H, D] e4m3
     batch, rows, heads, head_dim = out8.shape
-    scale = quantized[5].reshape(1, 1).expand(batch * rows, 1).contiguous()  # [B*Lq, 1]
+    scale = quantized.descale_v.reshape(1, 1).expand(batch * rows, 1).contiguous()  # [B*Lq, 1]
     return Fp8Rows(out8.reshape(batch * rows, heads * head_dim), scale, (batch, rows), v.dtype)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from headcast.pipeline.media import (
     Reseed,
 )
 from headcast.pipeline.parallel import ParallelGroup
-from headcast.pipeline.speedups import SpeedOptions, apply_speedups
+from headcast.pipeline.speedups import SpeedOptions, apply_speedups, engine_speed_options
 from headcast.pipeline.stepwise import relay
 
 logger = logging.getLogger(__name__)
@@ -264,12 +263,11 @@ def flashtalk_engine(
         width=options.gen_width or options.width,
     )
     device = _device(options.device, parallel)
-    base = SpeedOptions.official() if options.speedups == "official" else SpeedOptions.fast(device)
-    compile_mode = "default" if options.compile else None
-    speed = replace(
-        base,
+    speed = engine_speed_options(
+        options.speedups,
+        device,
         quantize=options.quantize,
-        compile_mode=compile_mode,
+        compile=options.compile,
         attention_fp8=options.attention_fp8,
     )
     return DiffusionEngine(

@@ -3,9 +3,10 @@
 Owns: ``SpeedOptions`` (SDPA kernel preference, fp8 self-attention, projection fusion,
 DiT quantisation, ``torch.compile`` of the transformer blocks and of the colour correction,
 channels-last VAE with fused norm + SiLU kernels, cuDNN autotuning) with the ``official``
-(all off, as the official code runs) and ``fast`` presets, ``prepare_dit_block`` (fusion,
-quantisation and the attention kernel of one block, so a loader can do it block by block and
-never hold the whole bf16 model), ``bf16_attention`` and ``apply_speedups``.
+(all off, as the official code runs) and ``fast`` presets, ``engine_speed_options`` (a
+serving engine's), ``prepare_dit_block`` (fusion, quantisation and the attention kernel of
+one block, so a loader can do it block by block and never hold the whole bf16 model),
+``bf16_attention`` and ``apply_speedups``.
 
 None of these changes a result beyond bf16 rounding except ``quantize`` (fp8/int8/int4/nf4)
 and ``attention_fp8``, whose errors the benchmark reports. Knows nothing about sessions,
@@ -104,6 +105,25 @@ class SpeedOptions:
             cudnn_benchmark=on_cuda,
         )
         return replace(options, **changes)  # type: ignore[arg-type]
+
+
+def engine_speed_options(
+    speedups: str,
+    device: torch.device | str,
+    *,
+    quantize: str,
+    compile: bool,
+    attention_fp8: bool,
+) -> SpeedOptions:
+    """A serving engine's options: the ``official`` preset (all off) or the ``fast`` one for
+    ``device``, with the engine's precision, fp8 attention and compilation on top."""
+    base = SpeedOptions.official() if speedups == "official" else SpeedOptions.fast(device)
+    return replace(
+        base,
+        quantize=quantize,
+        compile_mode="default" if compile else None,
+        attention_fp8=attention_fp8,
+    )
 
 
 def prepare_dit_block(block: nn.Module, options: SpeedOptions) -> None:

@@ -471,9 +471,8 @@ def run(args: argparse.Namespace) -> list[OmniBenchReport]:
 def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> list[OmniBenchReport]:
     """One process's run: alone (``parallel`` None) or as one rank of a group, in lockstep
     with the others. Rank 0 (or the lone process) returns the reports, the others none."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if parallel is not None:
-        device = parallel.device
+    default = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default) if parallel is None else parallel.device
     size = omni_size(args.size or ("14b" if device.type == "cuda" else "tiny"))
     options = flashtalk_bench.resolve_options(args, device)
     if args.baseline:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ from headcast.pipeline.omniavatar.segments import (
 )
 from headcast.pipeline.omniavatar.stream_audio import StreamAudio
 from headcast.pipeline.parallel import ParallelGroup
-from headcast.pipeline.speedups import SpeedOptions
+from headcast.pipeline.speedups import SpeedOptions, engine_speed_options
 
 logger = logging.getLogger(__name__)
 
@@ -219,15 +219,11 @@ class OmniAvatarStreamEngine:
 
     def _speed_options(self) -> SpeedOptions:
         options = self.options
-        base = (
-            SpeedOptions.official()
-            if options.speedups == "official"
-            else SpeedOptions.fast(self.device)
-        )
-        return replace(
-            base,
+        return engine_speed_options(
+            options.speedups,
+            self.device,
             quantize=options.quantize,
-            compile_mode="default" if options.compile else None,
+            compile=options.compile,
             attention_fp8=options.attention_fp8,
         )
 

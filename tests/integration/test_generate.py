@@ -99,14 +99,18 @@ class Generated:
     wall_s: float
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    folder = tmp_path_factory.mktemp("generate_inputs")
+def write_inputs(folder: Path, seconds: float, seed: int = 0) -> Inputs:
+    """The drawn default avatar and ``seconds`` of speech-like audio, written in ``folder``."""
     image = folder / "avatar.png"
     PIL.Image.fromarray(draw_default_avatar()).save(image)
     speech = folder / "speech.wav"
-    _write_wav(speech, _speech_like(SPEECH_RATE_HZ, SPEECH_SECONDS), SPEECH_RATE_HZ)
+    _write_wav(speech, _speech_like(SPEECH_RATE_HZ, seconds, seed=seed), SPEECH_RATE_HZ)
     return Inputs(image=image, speech=speech)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    return write_inputs(tmp_path_factory.mktemp("generate_inputs"), SPEECH_SECONDS)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-import PIL.Image
 import pytest
 
-from headcast.pipeline.avatar_art import draw_default_avatar
 from headcast.pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
 from headcast.pipeline.omniavatar.recipe import TINY_BUCKETS
 from headcast.server.cli import main
@@ -34,6 +32,7 @@ from tests.integration.test_generate import (
     Inputs,
     _speech_like,
     _write_wav,
+    write_inputs,
 )
 
 SPEECH_SECONDS = 0.8
@@ -48,12 +47,7 @@ SILENT_BELOW = 1e-3
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     """The drawn default avatar and 3 s of speech (the bad-flag cases never render)."""
-    folder = tmp_path_factory.mktemp("omniavatar_inputs")
-    image = folder / "avatar.png"
-    PIL.Image.fromarray(draw_default_avatar()).save(image)
-    speech = folder / "speech.wav"
-    _write_wav(speech, _speech_like(SPEECH_RATE_HZ, 3.0), SPEECH_RATE_HZ)
-    return Inputs(image=image, speech=speech)
+    return write_inputs(tmp_path_factory.mktemp("omniavatar_inputs"), 3.0)
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,9 @@ from typing import Any
 
 import av
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 
-from headcast.pipeline.avatar_art import draw_default_avatar
 from headcast.pipeline.media import SAMPLE_RATE_HZ, VIDEO_FPS
 from headcast.pipeline.omniavatar.dit import OmniAvatarDiT
 from headcast.pipeline.parallel import ParallelGroup
@@ -36,7 +34,7 @@ from headcast.server.cli import main
 from headcast.server.commands import generate_omni
 from headcast.streaming.audio_file import AudioClip, read_audio_file
 from headcast.streaming.mp4 import Mp4Writer
-from tests.integration.test_generate import SPEECH_RATE_HZ, Inputs, _speech_like, _write_wav
+from tests.integration.test_generate import Inputs, write_inputs
 
 SPEECH_SECONDS = 0.8
 SILENCE_S = 0.3
@@ -85,12 +83,7 @@ def recording_render_rank(
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    folder = tmp_path_factory.mktemp("omniavatar_gpus")
-    image = folder / "avatar.png"
-    PIL.Image.fromarray(draw_default_avatar()).save(image)
-    speech = folder / "speech.wav"
-    _write_wav(speech, _speech_like(SPEECH_RATE_HZ, SPEECH_SECONDS, seed=3), SPEECH_RATE_HZ)
-    return Inputs(image=image, speech=speech)
+    return write_inputs(tmp_path_factory.mktemp("omniavatar_gpus"), SPEECH_SECONDS, seed=3)
 
 
 def _argv(inputs: Inputs, out: Path, *flags: str) -> list[str]:
