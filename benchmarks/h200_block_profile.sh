@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Device call (nvidia-h200, about 8 min): the fused fp8 inputs (pipeline/fp8_rows.py: norm,
-# AdaLN and the residual before it, GELU; Triton's autotuner choosing rows per program and
-# warps) and the fp8 output projection reading the attention's e4m3 output -- their GPU
-# checks; the 14B at the official recipe with fp8 linears and fp8 attention; the official
+# AdaLN and the residual before it, GELU; pipeline/attention_fp8_inputs.py: the queries' and
+# keys' norm and RoPE and the per-tensor e4m3 of Q, K and V; Triton's autotuner choosing
+# rows per program and warps) and the fp8 output projection reading the attention's e4m3
+# output -- their GPU checks (PROFILE_ONLY=1: then only the fused block's profile, about 3
+# min); the 14B at the official recipe with fp8 linears and fp8 attention; the official
 # code at its own settings in the same call (carry .official, benchmarks/README.md;
 # OFFICIAL=0 skips it); the recipe once more (REPEAT=0 skips it: how much the same run moves
 # within a call); then, if time is left, one compiled 14B block at the official segment's
@@ -13,9 +15,24 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export TRITON_PRINT_AUTOTUNING=1  # the autotuner's choices go to the log
 DEADLINE=${DEADLINE:-570}
 source benchmarks/common.sh
-HEADCAST_GPU_TESTS=1 timeout 200 python3 -m pytest tests/gpu/test_fp8_rows.py \
-    tests/gpu/test_attention_fp8.py -q -p no:cacheprovider >"$OUT/gpu_tests.log" 2>&1
+HEADCAST_GPU_TESTS=1 timeout 200 python3 -m pytest tests/gpu/test_attention_fp8_inputs.py \
+    tests/gpu/test_fp8_rows.py tests/gpu/test_attention_fp8.py -q -p no:cacheprovider \
+    >"$OUT/gpu_tests.log" 2>&1
 tail -3 "$OUT/gpu_tests.log"
+profile_block() {  # profile_block LABEL FLAGS...
+    local label=$1
+    shift
+    budget "$label" || return 0
+    echo "=== $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
+    timeout "$LEFT" python3 benchmarks/omni_block_profile.py --json "$OUT/$label.json" "$@" \
+        >"$OUT/$label.md" 2>>"$LOG" || echo "$label failed (exit $?)" | tee -a "$LOG"
+    head -"${HEAD:-9}" "$OUT/$label.md" | cut -c1-160
+}
+if [[ ${PROFILE_ONLY:-0} == 1 ]]; then
+    HEAD=40 profile_block block-fused --attention-fp8 --top 60
+    grep -E "Triton autotuning|best config" "$LOG" | cut -c1-200 | sort -u | head -20
+    exit 0
+fi
 source benchmarks/omni_recipe.sh
 recipe 14b-fp8-attnfp8 --quantize fp8 --attention-fp8
 if [[ ${OFFICIAL:-1} != 0 ]] && budget official-14b; then
@@ -30,14 +47,5 @@ fi
 [[ ${REPEAT:-1} != 0 ]] && recipe 14b-fp8-attnfp8-again --quantize fp8 --attention-fp8
 cat "$SUMMARY"
 grep -E "Triton autotuning|best config" "$LOG" | cut -c1-200 | sort -u | head -12
-profile_block() {  # profile_block LABEL FLAGS...
-    local label=$1
-    shift
-    budget "$label" || return 0
-    echo "=== $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
-    timeout "$LEFT" python3 benchmarks/omni_block_profile.py --json "$OUT/$label.json" "$@" \
-        >"$OUT/$label.md" 2>>"$LOG" || echo "$label failed (exit $?)" | tee -a "$LOG"
-    head -"${HEAD:-9}" "$OUT/$label.md" | cut -c1-160
-}
 HEAD=22 profile_block block-fused --attention-fp8 --top 60
 profile_block block-unfused --attention-fp8 --unfused-fp8-inputs --top 60

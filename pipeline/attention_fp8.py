@@ -1,6 +1,8 @@
 """Self-attention in fp8 through cuDNN's fused fp8 flash attention (Hopper), and its twin.
 
-Owns ``attention_fp8(q, k, v)`` for ``[B, L, heads, head_dim]`` tensors:
+Owns ``attention_fp8(q, k, v)`` for ``[B, L, heads, head_dim]`` tensors (and
+``attend_fp8`` / ``attend_fp8_rows`` for tensors already quantised, e.g. by
+``pipeline.attention_fp8_inputs``):
 
 - **Quantisation** (plain tensor code, fused into a compiled block): K is first *smoothed*,
   its mean over the tokens subtracted per head and channel. That adds the same number to
@@ -137,19 +139,22 @@ def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     ``q`` ``[B, Lq, H, D]``, ``k`` and ``v`` ``[B, Lk, H, D]``; returns ``[B, Lq, H, D]`` in
     ``v``'s dtype. cuDNN's kernel on CUDA tensors, ``reference_attention_fp8`` otherwise.
     """
-    quantized = quantize_fp8(q, k, v)
-    return (_attend(quantized).float() * quantized.descale_v).to(v.dtype)  # dequantised
+    return attend_fp8(quantize_fp8(q, k, v), v.dtype)
 
 
-def attention_fp8_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Fp8Rows:
-    """``attention_fp8``'s output as the e4m3 rows ``[B * Lq, H * D]`` the kernel wrote, every
-    row at V's scale: the input of an fp8 output projection, without dequantising and
-    quantising it again."""
-    quantized = quantize_fp8(q, k, v)
+def attend_fp8(quantized: QuantizedQKV, dtype: torch.dtype) -> torch.Tensor:
+    """``attention_fp8`` from already quantised tensors: ``[B, Lq, H, D]`` in ``dtype``."""
+    return (_attend(quantized).float() * quantized.descale_v).to(dtype)  # dequantised
+
+
+def attend_fp8_rows(quantized: QuantizedQKV, dtype: torch.dtype) -> Fp8Rows:
+    """``attend_fp8``'s output as the e4m3 rows ``[B * Lq, H * D]`` the kernel wrote, every
+    row at V's scale (``dtype`` is the rows' unquantised dtype): the input of an fp8 output
+    projection, without dequantising and quantising it again."""
     out8 = _attend(quantized)  # [B, Lq, H, D] e4m3
     batch, rows, heads, head_dim = out8.shape
     scale = quantized.descale_v.reshape(1, 1).expand(batch * rows, 1).contiguous()  # [B*Lq, 1]
-    return Fp8Rows(out8.reshape(batch * rows, heads * head_dim), scale, (batch, rows), v.dtype)
+    return Fp8Rows(out8.reshape(batch * rows, heads * head_dim), scale, (batch, rows), dtype)
 
 
 def fp8_attention_problem(device: torch.device) -> str | None:

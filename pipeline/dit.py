@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from headcast.pipeline.attention import attention
-from headcast.pipeline.attention_fp8 import attention_fp8, attention_fp8_rows
+from headcast.pipeline.attention_fp8 import attend_fp8, attend_fp8_rows, attention_fp8
+from headcast.pipeline.attention_fp8_inputs import norm_rope_quantize, rms_norm
 from headcast.pipeline.checkpoint import (
     CheckpointError,
     materialize,
@@ -323,9 +324,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 def _qk_norm(dim: int, eps: float, enabled: bool) -> nn.Module:
@@ -386,16 +385,42 @@ class SelfAttention(nn.Module):
             q, k, v = self.qkv(x).chunk(3, dim=-1)  # each [B, L, dim]
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)  # each [B, L, dim]
+        if self.use_fp8 and shard is None and self._rms_normed():
+            return self._attend_fp8(q, k, v, cos, sin)
         q = self.norm_q(q).unflatten(-1, heads)  # [B, L, H, D]
         k = self.norm_k(k).unflatten(-1, heads)  # [B, L, H, D]
         v = v.unflatten(-1, heads)  # [B, L, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.use_fp8 and shard is None and isinstance(self.o, Float8Linear):
-            return self.o(attention_fp8_rows(q, k, v))  # [B, L, dim]: reads the e4m3 output
         attend = attention_fp8 if self.use_fp8 else attention
         out = attend(q, k, v) if shard is None else ulysses_attention(q, k, v, shard, attend)
         projected: torch.Tensor = self.o(out.flatten(2))  # [B, L, dim]
         return projected
+
+    def _attend_fp8(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """fp8 attention of the whole sequence from the projections ``[B, L, dim]``: their
+        norm, rotation and quantisation in one op, and an fp8 output projection reading the
+        kernel's e4m3 output as it is -> ``[B, L, dim]``."""
+        assert isinstance(self.norm_q, RMSNorm) and isinstance(self.norm_k, RMSNorm)
+        quantized = norm_rope_quantize(
+            q, k, v, self.norm_q.weight, self.norm_k.weight, self.norm_q.eps, cos, sin,
+            self.num_heads,
+        )  # fmt: skip
+        if isinstance(self.o, Float8Linear):  # reads the e4m3 output as the kernel wrote it
+            projected: torch.Tensor = self.o(attend_fp8_rows(quantized, v.dtype))
+        else:
+            projected = self.o(attend_fp8(quantized, v.dtype).flatten(2))
+        return projected  # [B, L, dim]
+
+    def _rms_normed(self) -> bool:
+        """Whether queries and keys get the qk RMSNorm (Wan's blocks: ``qk_norm=True``)."""
+        return isinstance(self.norm_q, RMSNorm) and isinstance(self.norm_k, RMSNorm)
 
 
 class TextImageCrossAttention(nn.Module):
