@@ -3,8 +3,9 @@
 # AdaLN and the residual before it, GELU; pipeline/attention_fp8_inputs.py: the queries' and
 # keys' norm and RoPE and the per-tensor e4m3 of Q, K and V; Triton's autotuner choosing
 # rows per program and warps) and the fp8 output projection reading the attention's e4m3
-# output -- their GPU checks (PROFILE_ONLY=1: then only the fused block's profile, about 3
-# min); the 14B at the official recipe with fp8 linears and fp8 attention; the official
+# output -- their GPU checks (GPU_TESTS: which files; PROFILE_ONLY=1: then only the fused
+# block's profile, about 3 min, and with ATTENTION_MICRO=1 benchmarks/attention_fp8.py);
+# the 14B at the official recipe with fp8 linears and fp8 attention; the official
 # code at its own settings in the same call (carry .official, benchmarks/README.md;
 # OFFICIAL=0 skips it); the recipe once more (REPEAT=0 skips it: how much the same run moves
 # within a call); then, if time is left, one compiled 14B block at the official segment's
@@ -15,8 +16,10 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export TRITON_PRINT_AUTOTUNING=1  # the autotuner's choices go to the log
 DEADLINE=${DEADLINE:-570}
 source benchmarks/common.sh
-HEADCAST_GPU_TESTS=1 timeout 200 python3 -m pytest tests/gpu/test_attention_fp8_inputs.py \
-    tests/gpu/test_fp8_rows.py tests/gpu/test_attention_fp8.py -q -p no:cacheprovider \
+GPU_TESTS=${GPU_TESTS:-tests/gpu/test_attention_fp8_inputs.py tests/gpu/test_fp8_rows.py \
+tests/gpu/test_attention_fp8.py}
+# shellcheck disable=SC2086  # a list of test files
+HEADCAST_GPU_TESTS=1 timeout 200 python3 -m pytest $GPU_TESTS -q -p no:cacheprovider \
     >"$OUT/gpu_tests.log" 2>&1
 tail -3 "$OUT/gpu_tests.log"
 profile_block() {  # profile_block LABEL FLAGS...
@@ -31,6 +34,11 @@ profile_block() {  # profile_block LABEL FLAGS...
 if [[ ${PROFILE_ONLY:-0} == 1 ]]; then
     HEAD=40 profile_block block-fused --attention-fp8 --top 60
     grep -E "Triton autotuning|best config" "$LOG" | cut -c1-200 | sort -u | head -20
+    if [[ ${ATTENTION_MICRO:-0} == 1 ]] && budget attention-micro; then
+        timeout "$LEFT" python3 benchmarks/attention_fp8.py --json "$OUT/attention_fp8.json" \
+            >"$OUT/attention_fp8.md" 2>>"$LOG"
+        cat "$OUT/attention_fp8.md"
+    fi
     exit 0
 fi
 source benchmarks/omni_recipe.sh

@@ -42,13 +42,13 @@ from headcast.pipeline.attention_fp8 import (
 )
 from headcast.pipeline.rope import apply_rope
 
-STATS_CHUNK = 512
-"""Tokens per program of the statistics pass (its partials are ``[B, L / 512, dim]``)."""
+STATS_CHUNK = 256
+"""Tokens per program of the statistics pass (its partials are ``[B, L / 256, dim]``)."""
 
 RMS_CONFIGS = ((1, 4), (1, 8), (2, 8), (4, 16))
 """(rows per program, warps) the RMS kernel's autotuner times once per row width."""
 
-TILE_CONFIGS = ((16, 4), (32, 4), (32, 8), (64, 8))
+TILE_CONFIGS = ((8, 4), (16, 4), (16, 8), (32, 8))
 """(token rows per tile, warps) the statistics and quantisation kernels' autotuner times."""
 
 

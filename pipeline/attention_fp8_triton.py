@@ -80,14 +80,15 @@ def build_kernels(
         pairs = tl.arange(0, half)  # [half]
         q_weight = tl.load(q_weight_ptr + cols)
         k_weight = tl.load(k_weight_ptr + cols)
-        k_sum_re = tl.zeros([half], dtype=tl.float32)
-        k_sum_im = tl.zeros([half], dtype=tl.float32)
-        k_max_re = tl.full([half], float("-inf"), dtype=tl.float32)
-        k_max_im = tl.full([half], float("-inf"), dtype=tl.float32)
-        k_min_re = tl.full([half], float("inf"), dtype=tl.float32)
-        k_min_im = tl.full([half], float("inf"), dtype=tl.float32)
-        q_amax = tl.zeros([half], dtype=tl.float32)
-        v_amax = tl.zeros([head_dim], dtype=tl.float32)
+        # element-wise accumulators, reduced over the tile's rows once at the end
+        k_sum_re = tl.zeros([tile, half], dtype=tl.float32)
+        k_sum_im = tl.zeros([tile, half], dtype=tl.float32)
+        k_max_re = tl.full([tile, half], float("-inf"), dtype=tl.float32)
+        k_max_im = tl.full([tile, half], float("-inf"), dtype=tl.float32)
+        k_min_re = tl.full([tile, half], float("inf"), dtype=tl.float32)
+        k_min_im = tl.full([tile, half], float("inf"), dtype=tl.float32)
+        q_amax = tl.zeros([tile, half], dtype=tl.float32)
+        v_amax = tl.zeros([tile, head_dim], dtype=tl.float32)
         for start in range(0, chunk, tile):
             token = first + start + tl.arange(0, tile)  # [tile]
             valid = token < tokens
@@ -100,24 +101,27 @@ def build_kernels(
             q = tl.load(q_ptr + offsets, mask=mask, other=0.0)
             inv_rms_q = tl.load(inv_rms_q_ptr + row, mask=valid, other=0.0)
             q_re, q_im = norm_rope(q, inv_rms_q, q_weight, cos, sin, tile, half)
-            q_amax = tl.maximum(q_amax, tl.max(tl.maximum(tl.abs(q_re), tl.abs(q_im)), axis=0))
+            q_amax = tl.maximum(q_amax, tl.maximum(tl.abs(q_re), tl.abs(q_im)))
             k = tl.load(k_ptr + offsets, mask=mask, other=0.0)
             inv_rms_k = tl.load(inv_rms_k_ptr + row, mask=valid, other=0.0)
             k_re, k_im = norm_rope(k, inv_rms_k, k_weight, cos, sin, tile, half)
-            k_sum_re += tl.sum(k_re, axis=0)  # masked rows are 0
-            k_sum_im += tl.sum(k_im, axis=0)
-            k_max_re = tl.maximum(k_max_re, tl.max(tl.where(mask, k_re, float("-inf")), axis=0))
-            k_max_im = tl.maximum(k_max_im, tl.max(tl.where(mask, k_im, float("-inf")), axis=0))
-            k_min_re = tl.minimum(k_min_re, tl.min(tl.where(mask, k_re, float("inf")), axis=0))
-            k_min_im = tl.minimum(k_min_im, tl.min(tl.where(mask, k_im, float("inf")), axis=0))
+            k_sum_re += k_re  # masked rows are 0
+            k_sum_im += k_im
+            k_max_re = tl.maximum(k_max_re, tl.where(mask, k_re, float("-inf")))
+            k_max_im = tl.maximum(k_max_im, tl.where(mask, k_im, float("-inf")))
+            k_min_re = tl.minimum(k_min_re, tl.where(mask, k_re, float("inf")))
+            k_min_im = tl.minimum(k_min_im, tl.where(mask, k_im, float("inf")))
             v = tl.load(v_ptr + offsets, mask=mask, other=0.0)
-            v_amax = tl.maximum(v_amax, tl.max(tl.abs(v.to(tl.float32)), axis=0))
+            v_amax = tl.maximum(v_amax, tl.abs(v.to(tl.float32)))
         out = part.to(tl.int64) * heads * head_dim + cols  # [head_dim], channels interleaved
-        tl.store(k_sum_ptr + out, tl.join(k_sum_re, k_sum_im).reshape(head_dim))
-        tl.store(k_max_ptr + out, tl.join(k_max_re, k_max_im).reshape(head_dim))
-        tl.store(k_min_ptr + out, tl.join(k_min_re, k_min_im).reshape(head_dim))
-        tl.store(q_amax_ptr + part * heads + head, tl.max(q_amax, axis=0))
-        tl.store(v_amax_ptr + part * heads + head, tl.max(v_amax, axis=0))
+        k_sum = tl.join(tl.sum(k_sum_re, axis=0), tl.sum(k_sum_im, axis=0))  # [half, 2]
+        k_max = tl.join(tl.max(k_max_re, axis=0), tl.max(k_max_im, axis=0))
+        k_min = tl.join(tl.min(k_min_re, axis=0), tl.min(k_min_im, axis=0))
+        tl.store(k_sum_ptr + out, k_sum.reshape(head_dim))
+        tl.store(k_max_ptr + out, k_max.reshape(head_dim))
+        tl.store(k_min_ptr + out, k_min.reshape(head_dim))
+        tl.store(q_amax_ptr + part * heads + head, tl.max(tl.max(q_amax, axis=1), axis=0))
+        tl.store(v_amax_ptr + part * heads + head, tl.max(tl.max(v_amax, axis=1), axis=0))
 
     @triton.autotune(configs=configs(tile_configs, "tile"), key=["head_dim"])  # type: ignore[untyped-decorator]
     @triton.jit  # type: ignore[untyped-decorator]
