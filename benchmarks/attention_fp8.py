@@ -5,8 +5,7 @@ OUT.json``. For each shape (the 14B DiT's self-attention, 40 heads of 128: OmniA
 official segment at 400x720 with both guidance passes batched, its fast preset's segment,
 one of two sequence-parallel ranks, and FlashTalk's chunk at 768x448) it times, with CUDA
 events after warm-up: cuDNN bf16 SDPA; the fp8 kernel alone on quantised operands; and
-quantisation plus kernel compiled as one function (what a compiled DiT block runs); and the
-kernel on heads-major ``[B, H, L, D]`` operands instead of ``[B, L, H, D]``. TFLOP/s
+quantisation plus kernel compiled as one function (what a compiled DiT block runs). TFLOP/s
 are at the bf16 FLOP count (4 B H L^2 D); the error is against bf16 attention on random data.
 """
 
@@ -22,13 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from headcast.pipeline.attention import sdpa_backends
-from headcast.pipeline.attention_fp8 import (
-    QuantizedQKV,
-    _graph,
-    attention_fp8,
-    execute_graph,
-    quantize_fp8,
-)
+from headcast.pipeline.attention_fp8 import attention_fp8, quantize_fp8
 from headcast.pipeline.bench_checks import relative_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,23 +43,6 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2)  # [B, L, H, D]
 
 
-def time_heads_major(quantized: QuantizedQKV) -> float:
-    """Seconds per call of the fp8 kernel on ``[B, H, L, D]`` operands (the op takes
-    ``[B, L, H, D]``), its output checked against the op's."""
-    q8, k8, v8 = (t.transpose(1, 2).contiguous() for t in quantized[:3])
-    batch, heads, rows, head_dim = q8.shape
-    built = _graph(batch, heads, rows, k8.shape[2], head_dim, q8.device.index or 0, True)
-    out = torch.empty((batch, rows, heads, head_dim), dtype=q8.dtype, device=q8.device)
-    scales = quantized[3:]
-    execute_graph(built, q8, k8, v8, *scales, out)
-    expected = torch.ops.headcast.cudnn_fp8_attention(*quantized)
-    logger.info(
-        "heads-major output equal to the op's: %s",
-        torch.equal(out.view(torch.uint8), expected.view(torch.uint8)),
-    )
-    return time_cuda(lambda: execute_graph(built, q8, k8, v8, *scales, out))
-
-
 def measure(name: str, shape: tuple[int, int, int, int]) -> dict[str, object]:
     batch, tokens, heads, head_dim = shape
     flops = 4.0 * batch * heads * tokens * tokens * head_dim
@@ -76,7 +52,6 @@ def measure(name: str, shape: tuple[int, int, int, int]) -> dict[str, object]:
         cudnn_s = time_cuda(lambda: sdpa(q, k, v))
     quantized = quantize_fp8(q, k, v)
     kernel_s = time_cuda(lambda: torch.ops.headcast.cudnn_fp8_attention(*quantized))
-    heads_major_s = time_heads_major(quantized)
     compiled = torch.compile(attention_fp8, dynamic=False)
     whole_s = time_cuda(lambda: compiled(q, k, v))
     row = {
@@ -85,7 +60,6 @@ def measure(name: str, shape: tuple[int, int, int, int]) -> dict[str, object]:
         "cudnn_bf16_ms": cudnn_s * 1e3,
         "fp8_kernel_ms": kernel_s * 1e3,
         "fp8_compiled_ms": whole_s * 1e3,
-        "fp8_kernel_heads_major_ms": heads_major_s * 1e3,
         "cudnn_bf16_tflops": flops / cudnn_s / 1e12,
         "fp8_kernel_tflops": flops / kernel_s / 1e12,
         "fp8_compiled_tflops": flops / whole_s / 1e12,
@@ -104,9 +78,8 @@ def main() -> None:
     rows = [measure(name, shape) for name, shape in SHAPES.items()]
     lines = [
         "| shape (B, L, H, D) | cuDNN bf16 ms (TFLOP/s) | fp8 kernel ms (TFLOP/s) | fp8 with "
-        "its quantisation, compiled ms (TFLOP/s) | speed-up | error vs bf16 | fp8 kernel on "
-        "[B, H, L, D] operands ms |",
-        "|---|---|---|---|---|---|---|",
+        "its quantisation, compiled ms (TFLOP/s) | speed-up | error vs bf16 |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
@@ -114,8 +87,7 @@ def main() -> None:
             f"| {row['cudnn_bf16_ms']:.1f} ({row['cudnn_bf16_tflops']:.0f}) "
             f"| {row['fp8_kernel_ms']:.1f} ({row['fp8_kernel_tflops']:.0f}) "
             f"| {row['fp8_compiled_ms']:.1f} ({row['fp8_compiled_tflops']:.0f}) "
-            f"| {row['speedup_compiled_vs_bf16']:.2f}x | {row['rel_err_vs_bf16']:.1e} "
-            f"| {row['fp8_kernel_heads_major_ms']:.1f} |"
+            f"| {row['speedup_compiled_vs_bf16']:.2f}x | {row['rel_err_vs_bf16']:.1e} |"
         )
     table = "\n".join(lines)
     sys.stdout.write(table + "\n")

@@ -197,16 +197,9 @@ def _handle(device_index: int) -> Any:
 
 @functools.cache
 def _graph(
-    batch: int,
-    heads: int,
-    rows: int,
-    keys: int,
-    head_dim: int,
-    device_index: int,
-    heads_major: bool = False,
+    batch: int, heads: int, rows: int, keys: int, head_dim: int, device_index: int
 ) -> _Graph:
-    """Build (once per shape and device) the fp8 SDPA forward graph for ``[B, L, H, D]``
-    operands (``heads_major``: ``[B, H, L, D]`` operands; the output is ``[B, L, H, D]``)."""
+    """Build (once per shape and device) the fp8 SDPA forward graph for ``[B, L, H, D]``."""
     import cudnn
 
     handle = _handle(device_index)
@@ -217,16 +210,11 @@ def _graph(
         handle=handle,
     )
 
-    def bshd(uid: int, length: int) -> Any:  # an operand seen as (b, h, s, d)
-        stride = (
-            (length * heads * head_dim, length * head_dim, head_dim, 1)  # [B, H, L, D]
-            if heads_major
-            else (length * heads * head_dim, head_dim, heads * head_dim, 1)  # [B, L, H, D]
-        )
+    def bshd(uid: int, length: int) -> Any:  # a [B, L, H, D] tensor seen as (b, h, s, d)
         return graph.tensor(
             uid=uid,
             dim=(batch, heads, length, head_dim),
-            stride=stride,
+            stride=(length * heads * head_dim, head_dim, heads * head_dim, 1),
             data_type=cudnn.data_type.FP8_E4M3,
         )
 
@@ -278,29 +266,13 @@ def _cudnn_fp8_attention(
 ) -> torch.Tensor:
     """cuDNN's fp8 attention on ``quantize_fp8``'s tensors: ``[B, Lq, H, D]`` e4m3 at V's
     scale (multiply by ``descale_v``)."""
+    import cudnn
+
     batch, rows, heads, head_dim = q8.shape
     q8, k8, v8 = q8.contiguous(), k8.contiguous(), v8.contiguous()
     built = _graph(batch, heads, rows, k8.shape[1], head_dim, q8.device.index or 0)
-    out = torch.empty(q8.shape, dtype=FP8_DTYPE, device=q8.device)
-    execute_graph(built, q8, k8, v8, descale_q, descale_k, descale_v, out)
-    return out
-
-
-def execute_graph(
-    built: _Graph,
-    q8: torch.Tensor,
-    k8: torch.Tensor,
-    v8: torch.Tensor,
-    descale_q: torch.Tensor,
-    descale_k: torch.Tensor,
-    descale_v: torch.Tensor,
-    out: torch.Tensor,
-) -> None:
-    """Run a built graph on operands laid out as it was built for, writing ``out``
-    (``[B, Lq, H, D]`` e4m3 at V's scale) on the current stream."""
-    import cudnn
-
     cudnn.set_stream(handle=built.handle, stream=torch.cuda.current_stream(q8.device).cuda_stream)
+    out = torch.empty(q8.shape, dtype=FP8_DTYPE, device=q8.device)
     scale_o = (1.0 / descale_v).contiguous()  # the output's scale: V's bounds it
     pack = {
         Uid.Q: q8,
@@ -317,6 +289,7 @@ def execute_graph(
         Uid.AMAX_O: built.amax[1:2],
     }
     built.graph.execute(pack, built.workspace, handle=built.handle)
+    return out
 
 
 @_cudnn_fp8_attention.register_fake
