@@ -7,9 +7,10 @@ Wan blocks' qk RMSNorm maths (``dit.RMSNorm`` calls it).
 
 Per-tensor scales need each tensor's absolute maximum before the first e4m3 value is
 written, and K's smoothing needs its mean over the tokens first, so compiled as separate
-ops these take six reductions and passes over Q, K and V (about 4 ms of a 14B block's 85 at
-the official segment's shape). On CUDA (bf16) three Triton kernels do it in three passes
-that keep nothing but statistics:
+ops these take six reductions and passes over Q, K and V (about 4.2 ms of a 14B block's 85
+at the official segment's shape). On CUDA (bf16) three Triton kernels
+(``pipeline.attention_fp8_triton``) do it in three passes that keep nothing but statistics
+(2.0 ms there):
 
 1. ``rms_kernel``: one ``1/rms`` per row of Q and of K (whole rows in registers).
 2. ``stats_kernel``: per head and chunk of tokens, the normalised and rotated Q's absolute
@@ -19,11 +20,11 @@ that keep nothing but statistics:
 3. ``quantize_kernel``: the same normalisation and rotation again, K minus its mean, each
    divided by its scale and written in e4m3.
 
-Both kernels round where the unfused code rounds (the norm, the gain and the rotation to
+The passes round where the unfused code rounds (the norm, the gain and the rotation to
 bf16), so the e4m3 codes are the unfused path's up to the float32 order of sums. The CUDA
 path is the custom op ``headcast::norm_rope_quantize`` (one opaque call under
 ``torch.compile``); anywhere else the unfused PyTorch maths run. Triton is imported on
-first use. Knows nothing about projections' weights, blocks or models.
+first use. Knows nothing about projections, blocks or models.
 """
 
 from __future__ import annotations

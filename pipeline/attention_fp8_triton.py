@@ -1,11 +1,12 @@
 """The Triton kernels of ``pipeline.attention_fp8_inputs`` (imports Triton: load on first use).
 
-Owns ``norm_rope`` (qk RMSNorm's gain and the RoPE rotation of a tile, rounding to bf16 where
-the unfused code does) and ``build_kernels``, which makes the three kernels with the
-autotuner's choices: ``rms_kernel`` (``1/rms`` per row), ``stats_kernel`` (per head and chunk
-of tokens: Q's and V's absolute maxima, K's per-channel sum, maximum and minimum) and
-``quantize_kernel`` (Q, smoothed K and V in e4m3 at their per-tensor scales). The shapes each
-kernel takes are in its comments; ``attention_fp8_inputs`` launches them.
+Owns ``norm_rope`` (a tile's qk RMSNorm from its rows' ``1/rms``, the gain and the RoPE
+rotation, rounding to bf16 where the unfused code does) and ``build_kernels``, which makes
+the three kernels with the autotuner's choices: ``rms_kernel`` (``1/rms`` per row),
+``stats_kernel`` (per head and chunk of tokens: Q's and V's absolute maxima, K's
+per-channel sum, maximum and minimum) and ``quantize_kernel`` (Q, smoothed K and V in e4m3
+at their per-tensor scales). The shapes each kernel takes are in its comments;
+``attention_fp8_inputs`` launches them.
 """
 
 from __future__ import annotations
