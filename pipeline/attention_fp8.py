@@ -9,7 +9,9 @@ Owns ``attention_fp8(q, k, v)`` for ``[B, L, heads, head_dim]`` tensors (and
   every score of a query row, which the softmax ignores, and takes away the offset keys
   share (SageAttention's observation), so e4m3's 3 mantissa bits go to what tells keys
   apart. Q, K and V are then e4m3 with one scale per tensor (cuDNN's fp8 attention takes
-  per-tensor descales), each tensor's absolute maximum mapped to 448.
+  per-tensor descales), each tensor's absolute maximum mapped to 448. (The DiT's unsharded
+  self-attention gets the same e4m3 values, with its qk norm and RoPE, from the Triton
+  passes of ``pipeline.attention_fp8_inputs``.)
 - **The kernel**: cuDNN's fp8 SDPA forward through the ``cudnn`` Python frontend (the
   optional package ``nvidia-cudnn-frontend``; cuDNN 9.14 or later, CUDA capability 9.0 or
   later). One graph per shape and device, built on first use and cached. The probabilities
