@@ -385,10 +385,12 @@ class SelfAttention(nn.Module):
             q, k, v = self.qkv(x).chunk(3, dim=-1)  # each [B, L, dim]
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)  # each [B, L, dim]
-        if self.use_fp8 and shard is None and self._rms_normed():
-            return self._attend_fp8(q, k, v, cos, sin)
-        q = self.norm_q(q).unflatten(-1, heads)  # [B, L, H, D]
-        k = self.norm_k(k).unflatten(-1, heads)  # [B, L, H, D]
+        norm_q, norm_k = self.norm_q, self.norm_k
+        fp8_whole = self.use_fp8 and shard is None
+        if fp8_whole and isinstance(norm_q, RMSNorm) and isinstance(norm_k, RMSNorm):  # qk_norm
+            return self._attend_fp8(q, k, v, cos, sin, norm_q, norm_k)
+        q = norm_q(q).unflatten(-1, heads)  # [B, L, H, D]
+        k = norm_k(k).unflatten(-1, heads)  # [B, L, H, D]
         v = v.unflatten(-1, heads)  # [B, L, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         attend = attention_fp8 if self.use_fp8 else attention
@@ -403,24 +405,20 @@ class SelfAttention(nn.Module):
         v: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
+        norm_q: RMSNorm,
+        norm_k: RMSNorm,
     ) -> torch.Tensor:
         """fp8 attention of the whole sequence from the projections ``[B, L, dim]``: their
         norm, rotation and quantisation in one op, and an fp8 output projection reading the
         kernel's e4m3 output as it is -> ``[B, L, dim]``."""
-        assert isinstance(self.norm_q, RMSNorm) and isinstance(self.norm_k, RMSNorm)
         quantized = norm_rope_quantize(
-            q, k, v, self.norm_q.weight, self.norm_k.weight, self.norm_q.eps, cos, sin,
-            self.num_heads,
-        )  # fmt: skip
+            q, k, v, norm_q.weight, norm_k.weight, norm_q.eps, cos, sin, self.num_heads
+        )
         if isinstance(self.o, Float8Linear):  # reads the e4m3 output as the kernel wrote it
             projected: torch.Tensor = self.o(attend_fp8_rows(quantized, v.dtype))
         else:
             projected = self.o(attend_fp8(quantized, v.dtype).flatten(2))
         return projected  # [B, L, dim]
-
-    def _rms_normed(self) -> bool:
-        """Whether queries and keys get the qk RMSNorm (Wan's blocks: ``qk_norm=True``)."""
-        return isinstance(self.norm_q, RMSNorm) and isinstance(self.norm_k, RMSNorm)
 
 
 class TextImageCrossAttention(nn.Module):
