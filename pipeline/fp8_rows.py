@@ -11,8 +11,11 @@ scale per row, what ``Float8Linear`` multiplies) that a block's fp8 linears read
 - ``gelu_quantize_rows(h)``: the FFN's tanh GELU, then per-row e4m3 (the input of its second
   linear).
 
-On CUDA each is a Triton kernel whose programs read whole rows once, keep them in registers
-and write e4m3 and the scales (rows per program and warps autotuned per row width).
+On CUDA each is a Triton kernel. The norm's programs read whole rows once, keep them in
+registers and write e4m3 and the scales; the GELU's walk each FFN row twice in chunks (its
+maximum, then the e4m3 values, the second read from L2), because a whole 8960- or
+13824-wide row takes a 16384-wide register block (rows per program, chunk and warps
+autotuned per row width).
 Compiled as separate ops, the norm's statistics, the row maximum and the quantisation each
 read the row again (three passes), and the GELU's tanh is evaluated twice. Anywhere else
 (CPU, the tests) the reference maths run in PyTorch. Both round where the unfused block
@@ -71,20 +74,27 @@ def gelu_reference(h: torch.Tensor) -> torch.Tensor:
 ADALN_CONFIGS = ((1, 2), (1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (2, 16), (4, 16))
 """(rows per program, warps) the norm kernel's autotuner times once per row width."""
 
-GELU_CONFIGS = ((1, 8), (1, 16), (1, 32), (2, 16), (2, 32))
-"""(rows per program, warps) the GELU kernel's autotuner times once per row width."""
+GELU_CONFIGS = ((1, 1024, 4), (1, 2048, 8), (2, 1024, 8), (2, 2048, 8), (4, 1024, 8))
+"""(rows per program, columns per loop step, warps) the GELU kernel's autotuner times once
+per row width."""
 
 
 @functools.cache
 def _kernels() -> Any:
     """The two Triton kernels, compiled on first use (cached once per process). Each
-    program handles ``rows`` whole rows in registers; Triton's autotuner picks ``rows`` and
-    the warps per row width on the first call (a fraction of a second)."""
+    program handles ``rows`` rows (the norm's whole in registers, the GELU's in chunks);
+    Triton's autotuner picks the configuration per row width on the first call (a fraction
+    of a second)."""
     import triton
     import triton.language as tl
 
     def configs(choices: tuple[tuple[int, int], ...]) -> list[Any]:
         return [triton.Config({"rows": rows}, num_warps=warps) for rows, warps in choices]
+
+    gelu_configs = [
+        triton.Config({"rows": rows, "chunk": chunk}, num_warps=warps)
+        for rows, chunk, warps in GELU_CONFIGS
+    ]
 
     adaln_key = ["dim", "residual", "gated", "modulate", "affine"]
 
@@ -130,26 +140,40 @@ def _kernels() -> Any:
         tl.store(out_ptr + offsets, q.to(out_ptr.dtype.element_ty), mask=mask)
         tl.store(out_scale_ptr + row, row_scale, mask=row < total_rows)
 
-    @triton.autotune(configs=configs(GELU_CONFIGS), key=["width"])  # type: ignore[untyped-decorator]
+    @triton.autotune(configs=gelu_configs, key=["width"])  # type: ignore[untyped-decorator]
     @triton.jit  # type: ignore[untyped-decorator]
     def gelu_quantize_kernel(  # type: ignore[no-untyped-def]
         h_ptr, out_ptr, out_scale_ptr, total_rows, width,
         coefficient: tl.constexpr, fp8_max: tl.constexpr, min_amax: tl.constexpr,
-        block: tl.constexpr, rows: tl.constexpr,
+        rows: tl.constexpr, chunk: tl.constexpr,
     ):  # fmt: skip
-        # h: [total_rows, width]; out: [total_rows, width] e4m3; out_scale: [total_rows]
+        # h: [total_rows, width]; out: [total_rows, width] e4m3; out_scale: [total_rows].
+        # Two loops over the row in chunks of ``chunk`` columns (a whole FFN row in registers
+        # wastes up to half the lanes: 8960 columns take a 16384-wide block): the first
+        # finds the row's absolute maximum, the second reads the row again (from L2) and
+        # writes it in e4m3.
         row = tl.program_id(0).to(tl.int64) * rows + tl.arange(0, rows)  # [rows]
-        cols = tl.arange(0, block)
-        mask = (row[:, None] < total_rows) & (cols[None, :] < width)  # [rows, block]
-        offsets = row[:, None] * width + cols[None, :]
-        raw = tl.load(h_ptr + offsets, mask=mask, other=0.0)
-        h = raw.to(tl.float32)
-        # 0.5 h (1 + tanh(u)) = h sigmoid(2u) with u = sqrt(2/pi) (h + c h^3): one exp, no tanh
-        y = h / (1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h)))
-        y = y.to(raw.dtype).to(tl.float32)  # the GELU's output in the stream's dtype
-        row_scale = tl.maximum(tl.max(tl.abs(y), axis=1), min_amax) / fp8_max  # [rows]
-        q = tl.clamp(y / row_scale[:, None], -fp8_max, fp8_max)
-        tl.store(out_ptr + offsets, q.to(out_ptr.dtype.element_ty), mask=mask)
+        row_ok = row[:, None] < total_rows  # [rows, 1]
+        amax = tl.zeros((rows, chunk), dtype=tl.float32)  # element-wise, reduced once
+        for start in range(0, width, chunk):
+            cols = start + tl.arange(0, chunk)  # [chunk]
+            mask = row_ok & (cols[None, :] < width)  # [rows, chunk]
+            raw = tl.load(h_ptr + row[:, None] * width + cols[None, :], mask=mask, other=0.0)
+            h = raw.to(tl.float32)
+            # 0.5 h (1 + tanh(u)) = h sigmoid(2u), u = sqrt(2/pi) (h + c h^3): one exp, no tanh
+            y = h / (1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h)))
+            amax = tl.maximum(amax, tl.abs(y.to(raw.dtype).to(tl.float32)))
+        row_scale = tl.maximum(tl.max(amax, axis=1), min_amax) / fp8_max  # [rows]
+        for start in range(0, width, chunk):
+            cols = start + tl.arange(0, chunk)
+            mask = row_ok & (cols[None, :] < width)
+            offsets = row[:, None] * width + cols[None, :]
+            raw = tl.load(h_ptr + offsets, mask=mask, other=0.0)
+            h = raw.to(tl.float32)  # the same GELU again
+            y = h / (1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h)))
+            y = y.to(raw.dtype).to(tl.float32)  # the GELU's output in the stream's dtype
+            q = tl.clamp(y / row_scale[:, None], -fp8_max, fp8_max)
+            tl.store(out_ptr + offsets, q.to(out_ptr.dtype.element_ty), mask=mask)
         tl.store(out_scale_ptr + row, row_scale, mask=row < total_rows)
 
     return adaln_quantize_kernel, gelu_quantize_kernel, triton.next_power_of_2, triton.cdiv
@@ -213,7 +237,7 @@ def _(
 @torch.library.custom_op("headcast::gelu_quantize_rows", mutates_args=())
 def _gelu_quantize_cuda(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton kernel on ``h`` ``[M, N]``: (``[M, N]`` e4m3, ``[M, 1]`` float32)."""
-    _, kernel, next_power_of_2, cdiv = _kernels()
+    _, kernel, _, cdiv = _kernels()
     rows, width = h.shape
     h = h.contiguous()
     out = torch.empty((rows, width), dtype=FP8_DTYPE, device=h.device)
@@ -221,7 +245,6 @@ def _gelu_quantize_cuda(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     kernel[lambda meta: (cdiv(rows, meta["rows"]),)](
         h, out, out_scale, rows, width,
         coefficient=GELU_TANH_COEFFICIENT, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
-        block=next_power_of_2(width),
     )  # fmt: skip
     return out, out_scale
 

@@ -104,7 +104,7 @@ def test_residual_kernel_adds_then_matches_the_unfused_maths(gated: bool, modula
     assert_rows_match(fused, unfused)
 
 
-@pytest.mark.parametrize("width", [13824, 333])
+@pytest.mark.parametrize("width", [13824, 8960, 333])
 def test_gelu_kernel_matches_the_unfused_maths(width: int) -> None:
     generator = torch.Generator(device=DEVICE).manual_seed(width)
     h = (2.0 * torch.randn((2, 501, width), device=DEVICE, generator=generator)).bfloat16()
