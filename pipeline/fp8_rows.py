@@ -20,8 +20,9 @@ Compiled as separate ops, the norm's statistics, the row maximum and the quantis
 read the row again (three passes), and the GELU's tanh is evaluated twice. Anywhere else
 (CPU, the tests) the reference maths run in PyTorch. Both round where the unfused block
 rounds (the norm, the modulation and the GELU to the stream's dtype), so the e4m3 values
-are the unfused path's up to float32 rounding (the kernel writes the GELU's tanh through
-one exp). The CUDA paths are custom ops (``headcast::adaln_quantize_rows``, with or without
+are the unfused path's up to float32 rounding (the kernels multiply by each row's
+reciprocal scale rather than divide, and write the GELU's tanh through one exp and a fast
+division). The CUDA paths are custom ops (``headcast::adaln_quantize_rows``, with or without
 the residual, and ``headcast::gelu_quantize_rows``) so ``torch.compile`` keeps each one
 call. Triton is imported on first use.
 
@@ -135,8 +136,10 @@ def _kernels() -> Any:
             shift = tl.load(shift_ptr + terms, mask=mask, other=0.0)
             scale = tl.load(scale_ptr + terms, mask=mask, other=0.0)
             y = (y * (1.0 + scale) + shift).to(x.dtype).to(tl.float32)
-        row_scale = tl.maximum(tl.max(tl.abs(y), axis=1), min_amax) / fp8_max  # [rows]
-        q = tl.clamp(y / row_scale[:, None], -fp8_max, fp8_max)
+        amax = tl.maximum(tl.max(tl.abs(y), axis=1), min_amax)  # [rows]
+        # times the reciprocal: an IEEE division per element costs more than the memory
+        q = tl.clamp(y * (fp8_max / amax)[:, None], -fp8_max, fp8_max)
+        row_scale = amax / fp8_max
         tl.store(out_ptr + offsets, q.to(out_ptr.dtype.element_ty), mask=mask)
         tl.store(out_scale_ptr + row, row_scale, mask=row < total_rows)
 
@@ -161,20 +164,25 @@ def _kernels() -> Any:
             raw = tl.load(h_ptr + row[:, None] * width + cols[None, :], mask=mask, other=0.0)
             h = raw.to(tl.float32)
             # 0.5 h (1 + tanh(u)) = h sigmoid(2u), u = sqrt(2/pi) (h + c h^3): one exp, no tanh
-            y = h / (1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h)))
+            # (the division is the fast one: 2 ulp of float32 before rounding to bf16, and
+            # IEEE divisions made the kernel compute-bound)
+            sigmoid_den = 1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h))
+            y = tl.fdiv(h, sigmoid_den, ieee_rounding=False)
             amax = tl.maximum(amax, tl.abs(y.to(raw.dtype).to(tl.float32)))
-        row_scale = tl.maximum(tl.max(amax, axis=1), min_amax) / fp8_max  # [rows]
+        row_amax = tl.maximum(tl.max(amax, axis=1), min_amax)  # [rows]
+        inv_scale = fp8_max / row_amax  # [rows]: multiplied, not divided, per element
         for start in range(0, width, chunk):
             cols = start + tl.arange(0, chunk)
             mask = row_ok & (cols[None, :] < width)
             offsets = row[:, None] * width + cols[None, :]
             raw = tl.load(h_ptr + offsets, mask=mask, other=0.0)
             h = raw.to(tl.float32)  # the same GELU again
-            y = h / (1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h)))
+            sigmoid_den = 1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h))
+            y = tl.fdiv(h, sigmoid_den, ieee_rounding=False)
             y = y.to(raw.dtype).to(tl.float32)  # the GELU's output in the stream's dtype
-            q = tl.clamp(y / row_scale[:, None], -fp8_max, fp8_max)
+            q = tl.clamp(y * inv_scale[:, None], -fp8_max, fp8_max)
             tl.store(out_ptr + offsets, q.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(out_scale_ptr + row, row_scale, mask=row < total_rows)
+        tl.store(out_scale_ptr + row, row_amax / fp8_max, mask=row < total_rows)
 
     return adaln_quantize_kernel, gelu_quantize_kernel, triton.next_power_of_2, triton.cdiv
 

@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# Device call (nvidia-h200, about 6 min): the 1.3B fast preset (15 steps, two passes
-# batched, 53-frame segments at 400x720) with fp8 linears and fp8 attention and the VAE on
-# whole frames: the GELU kernel's GPU checks (GPU_TESTS), one compiled 1.3B block and one
-# 14B block at the fast presets' shapes kernel by kernel (benchmarks/omni_block_profile.py),
-# then the bench's fast case compiled in the default mode and, if time is left, in
-# "reduce-overhead" (CUDA graphs: the launch gaps between a block's ~65 kernels).
-#   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_fast_1_3b.sh")
+# Device call (nvidia-h200, about 8 min): the fast presets (1.3B: 15 steps, 53-frame
+# segments; 14B: 20 steps, 69-frame segments; two passes batched, 400x720) with fp8 linears
+# and fp8 attention and the VAE on whole frames: the fused kernels' GPU checks (GPU_TESTS),
+# one compiled 1.3B block and one 14B block at the presets' shapes kernel by kernel
+# (benchmarks/omni_block_profile.py), then the bench's fast case of each size, compiled.
+#   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_fast_presets_whole_vae.sh")
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TRITON_PRINT_AUTOTUNING=1  # the autotuner's choices go to the log
-DEADLINE=${DEADLINE:-450}
+DEADLINE=${DEADLINE:-560}
 source benchmarks/common.sh
-GPU_TESTS=${GPU_TESTS:-tests/gpu/test_fp8_rows.py}
+GPU_TESTS=${GPU_TESTS:-tests/gpu/test_fp8_rows.py tests/gpu/test_attention_fp8_inputs.py}
 # shellcheck disable=SC2086  # a list of test files
-HEADCAST_GPU_TESTS=1 timeout 150 python3 -m pytest $GPU_TESTS -q -p no:cacheprovider \
+HEADCAST_GPU_TESTS=1 timeout 200 python3 -m pytest $GPU_TESTS -q -p no:cacheprovider \
     >"$OUT/gpu_tests.log" 2>&1
 tail -3 "$OUT/gpu_tests.log"
 profile_block() {  # profile_block LABEL FLAGS...
@@ -29,6 +28,5 @@ profile_block block-14b-fast --size 14b --grid 18 25 45 --attention-fp8 --top 40
 grep -E "best config" "$LOG" | cut -c1-200 | sort -u | head -12
 source benchmarks/omni_recipe.sh
 recipe 1.3b-fast-wholevae --size 1.3b --quantize fp8 --attention-fp8 --case fast --no-tiled-vae
-recipe 1.3b-fast-wholevae-graphs --size 1.3b --quantize fp8 --attention-fp8 --case fast \
-    --no-tiled-vae --compile-mode reduce-overhead
+recipe 14b-fast-wholevae --quantize fp8 --attention-fp8 --case fast --no-tiled-vae
 cat "$SUMMARY"
