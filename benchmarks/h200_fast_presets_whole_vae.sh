@@ -27,6 +27,6 @@ profile_block block-1.3b-fast --size 1.3b --grid 14 25 45 --attention-fp8 --top 
 profile_block block-14b-fast --size 14b --grid 18 25 45 --attention-fp8 --top 40
 grep -E "best config" "$LOG" | cut -c1-200 | sort -u | head -12
 source benchmarks/omni_recipe.sh
-recipe 1.3b-fast-wholevae --size 1.3b --quantize fp8 --attention-fp8 --case fast --no-tiled-vae
-recipe 14b-fast-wholevae --quantize fp8 --attention-fp8 --case fast --no-tiled-vae
+recipe 1.3b-fast-wholevae --size 1.3b --quantize fp8 --attention-fp8 --case fast
+recipe 14b-fast-wholevae --quantize fp8 --attention-fp8 --case fast
 cat "$SUMMARY"

@@ -4,9 +4,8 @@ Owns the OmniAvatar benchmark: the cases (the official recipe, the size's fast p
 two streaming candidates: 41-frame segments with the 13-frame carry-over, i.e. 28 new
 frames = the 1.12 s FlashTalk chunk, few steps, one guidance pass or two batched), the
 timed run of one segment per case (warm-up steps that compile, then timed DiT steps with
-CUDA events, a TeaCache-skipped step, the tiled VAE decode and the overlap re-encode, each
-run once untimed first), the
-projection to a whole video (``--video-seconds``: its segment count from the official
+CUDA events, a TeaCache-skipped step, the VAE decode (the case's official tiles or whole
+frames) and the overlap re-encode, each run once untimed first), the projection to a whole video (``--video-seconds``: its segment count from the official
 padding rule), the FLOP floor (``FlopCounterMode`` on meta tensors, at the bf16 dense peak),
 peak memory, and the JSON/markdown report. Shares ``pipeline.bench``'s speed flags and
 ``SpeedOptions``; ``--baseline`` runs this code at the official settings (eager, one
@@ -100,9 +99,15 @@ def size_recipe(base: Recipe, size: OmniSize) -> Recipe:
 
 
 def cases(
-    size: OmniSize, which: Sequence[str], *, steps: int | None, stream_steps: int
+    size: OmniSize,
+    which: Sequence[str],
+    *,
+    steps: int | None,
+    stream_steps: int,
+    tiled_vae: bool | None = None,
 ) -> list[Recipe]:
-    """The recipes to time, each named, in the order official, fast, streaming."""
+    """The recipes to time, each named, in the order official, fast, streaming; the VAE
+    tiled or whole as each recipe has it, unless ``tiled_vae`` says for all."""
     fast = RECIPES["fast-14b" if size.name == "14b" else "fast-1.3b"]
     chosen: list[Recipe] = []
     if "official" in which:
@@ -117,6 +122,7 @@ def cases(
             overlap=STREAM_OVERLAP,
             buckets=(bucket,),
             max_tokens=max_tokens_for(STREAM_SEGMENT_FRAMES, bucket),
+            tiled_vae=False,  # the streaming profiles' default (``omni_tiled_vae: false``)
         )
         chosen.append(
             replace(
@@ -135,6 +141,8 @@ def cases(
         )
     if steps is not None:
         chosen = [replace(recipe, steps=steps) for recipe in chosen]
+    if tiled_vae is not None:
+        chosen = [replace(recipe, tiled_vae=tiled_vae) for recipe in chosen]
     return chosen
 
 
@@ -243,10 +251,12 @@ class OmniBenchReport:
         """One markdown table row."""
         memory = "-" if self.peak_memory_gib is None else f"{self.peak_memory_gib:.1f}"
         batched = " batched" if self.batch_passes and self.passes > 1 else ""
+        vae = "tiled VAE" if self.recipe.get("tiled_vae", True) else "whole-frame VAE"
         return (
             f"| {self.label} | {self.gpus} | {self.size} {self.bucket[0]}x{self.bucket[1]}, "
             f"{self.segment_frames} frames ({self.new_frames} new), {self.steps} steps "
-            f"({self.teacache_computed_steps} computed), {self.passes} pass(es){batched} | "
+            f"({self.teacache_computed_steps} computed), {self.passes} pass(es){batched}, "
+            f"{vae} | "
             f"{self.step_s:.3f} | {self.decode_s:.2f} / {self.encode_s:.2f} | "
             f"{self.segment_s:.1f} | **{self.compute_per_video_s:.2f}** | "
             f"{self.step_per_video_s:.3f} | {self.floor_per_video_s:.2f} | "
@@ -484,7 +494,6 @@ def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> list[Om
         device=device,
         speed=options,
         random_weights=args.model_dir is None,
-        tiled_vae=args.tiled_vae,
         seed=args.seed,
     )
     models.dit.set_parallel(parallel)
@@ -493,7 +502,11 @@ def measure(parallel: ParallelGroup | None, args: argparse.Namespace) -> list[Om
     load_s = time.perf_counter() - started
     logger.info("OmniAvatar %s built in %.1f s (%s)", size.name, load_s, models.weights)
     reports = []
-    for recipe in cases(size, args.case, steps=args.steps, stream_steps=args.stream_steps):
+    chosen = cases(
+        size, args.case, steps=args.steps, stream_steps=args.stream_steps, tiled_vae=args.tiled_vae
+    )
+    for recipe in chosen:
+        models.vae.tiled = recipe.tiled_vae
         with sdpa_backends(options.attention):
             report = bench_case(models, recipe, options, args, device, load_s, parallel)
         logger.info("%s", report.row())
@@ -540,10 +553,12 @@ def add_omni_arguments(parser: argparse.ArgumentParser) -> None:
         help="one forward per guidance pass (the official way)",
     )
     group.add_argument(
-        "--no-tiled-vae",
-        dest="tiled_vae",
-        action="store_false",
-        help="VAE on whole frames instead of the official blended tiles",
+        "--tiled-vae",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the official blended VAE tiles, or (--no-tiled-vae) whole frames, in every case "
+        "(default: each case's own: tiles for the official recipe, whole frames for the fast "
+        "presets and the streaming candidates)",
     )
 
 

@@ -57,6 +57,21 @@ def test_streaming_cases_make_the_flashtalk_chunk() -> None:
     assert max_tokens_for(41, (400, 720)) == 11_532
 
 
+def test_each_case_keeps_its_vae_tiling_unless_the_flag_says() -> None:
+    size = omni_size("1.3b")
+    every = ["official", "fast", "stream"]
+    own = cases(size, every, steps=None, stream_steps=4)
+    assert [(r.name, r.tiled_vae) for r in own] == [
+        ("official", True),
+        ("fast-1.3b", False),
+        ("stream-1pass", False),
+        ("stream-batched", False),
+    ]
+    for tiled in (True, False):
+        forced = cases(size, every, steps=None, stream_steps=4, tiled_vae=tiled)
+        assert [r.tiled_vae for r in forced] == [tiled] * 4
+
+
 def test_bench_on_tiny_reports_consistent_timings(tmp_path: Path) -> None:
     report_path = tmp_path / "omni.jsonl"
     status = main(
@@ -93,6 +108,7 @@ def test_bench_on_tiny_reports_consistent_timings(tmp_path: Path) -> None:
         report["segment_s"] * VIDEO_FPS / report["new_frames"]
     )
     assert report["new_frames"] == report["segment_frames"] - 5  # the 1.3B fast overlap
+    assert report["recipe"]["tiled_vae"] is False  # the fast preset's whole-frame VAE
     assert (
         report["flops"]["dit_step_flops"] > 0 and report["passes"] == 2 and report["batch_passes"]
     )
