@@ -5,8 +5,9 @@ two streaming candidates: 41-frame segments with the 13-frame carry-over, i.e. 2
 frames = the 1.12 s FlashTalk chunk, few steps, one guidance pass or two batched), the
 timed run of one segment per case (warm-up steps that compile, then timed DiT steps with
 CUDA events, a TeaCache-skipped step, the VAE decode (the case's official tiles or whole
-frames) and the overlap re-encode, each run once untimed first), the projection to a whole video (``--video-seconds``: its segment count from the official
-padding rule), the FLOP floor (``FlopCounterMode`` on meta tensors, at the bf16 dense peak),
+frames) and the overlap re-encode, each run once untimed first), the projection to a
+whole video (``--video-seconds``: its segment count from the official padding rule), the
+FLOP floor (``FlopCounterMode`` on meta tensors, at the bf16 dense peak),
 peak memory, and the JSON/markdown report. Shares ``pipeline.bench``'s speed flags and
 ``SpeedOptions``; ``--baseline`` runs this code at the official settings (eager, one
 forward per pass, PyTorch's SDPA choice): the official code itself is not part of this
