@@ -146,17 +146,14 @@ def build_kernels(
         angles = token[:, None] * half + tl.arange(0, half)[None, :]  # [tile, half]
         cos = tl.load(cos_ptr + angles, mask=mask, other=0.0)
         sin = tl.load(sin_ptr + angles, mask=mask, other=0.0)
-        # multiplying by the reciprocal, not dividing by the descale: an IEEE division per
-        # element made the pass compute-bound (a code moves only when a value lies within a
-        # float32 rounding of an e4m3 boundary)
-        scale_q = 1.0 / tl.load(descales_ptr)
-        scale_k = 1.0 / tl.load(descales_ptr + 1)
-        scale_v = 1.0 / tl.load(descales_ptr + 2)
+        descale_q = tl.load(descales_ptr)
+        descale_k = tl.load(descales_ptr + 1)
+        descale_v = tl.load(descales_ptr + 2)
 
         q = tl.load(q_ptr + offsets, mask=mask, other=0.0)
         inv_rms_q = tl.load(inv_rms_q_ptr + row, mask=valid, other=0.0)
         q_re, q_im = norm_rope(q, inv_rms_q, tl.load(q_weight_ptr + cols), cos, sin, tile, half)
-        q = tl.join(q_re, q_im).reshape(tile, head_dim) * scale_q
+        q = tl.join(q_re, q_im).reshape(tile, head_dim) / descale_q
         tl.store(
             q8_ptr + out, tl.clamp(q, -fp8_max, fp8_max).to(q8_ptr.dtype.element_ty), mask=mask
         )
@@ -165,12 +162,12 @@ def build_kernels(
         inv_rms_k = tl.load(inv_rms_k_ptr + row, mask=valid, other=0.0)
         k_re, k_im = norm_rope(k, inv_rms_k, tl.load(k_weight_ptr + cols), cos, sin, tile, half)
         mean = tl.load(k_mean_ptr + (row // tokens)[:, None] * dim + cols[None, :], mask=mask)
-        k = (tl.join(k_re, k_im).reshape(tile, head_dim) - mean) * scale_k
+        k = (tl.join(k_re, k_im).reshape(tile, head_dim) - mean) / descale_k
         tl.store(
             k8_ptr + out, tl.clamp(k, -fp8_max, fp8_max).to(k8_ptr.dtype.element_ty), mask=mask
         )
 
-        v = tl.load(v_ptr + offsets, mask=mask, other=0.0).to(tl.float32) * scale_v
+        v = tl.load(v_ptr + offsets, mask=mask, other=0.0).to(tl.float32) / descale_v
         tl.store(
             v8_ptr + out, tl.clamp(v, -fp8_max, fp8_max).to(v8_ptr.dtype.element_ty), mask=mask
         )
