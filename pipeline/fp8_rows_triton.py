@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import triton
 import triton.language as tl
 
-SQRT_8_OVER_PI = 1.5957691216057308
+SQRT_8_OVER_PI = tl.constexpr(1.5957691216057308)
 """``2 sqrt(2 / pi)``: the tanh GELU as ``h sigmoid(2u)``, ``u = sqrt(2/pi) (h + c h^3)``."""
 
 
