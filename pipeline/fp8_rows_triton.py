@@ -28,9 +28,6 @@ from typing import Any, NamedTuple
 import triton
 import triton.language as tl
 
-SQRT_8_OVER_PI = tl.constexpr(1.5957691216057308)
-"""``2 sqrt(2 / pi)``: the tanh GELU as ``h sigmoid(2u)``, ``u = sqrt(2/pi) (h + c h^3)``."""
-
 
 class Kernels(NamedTuple):
     """The two autotuned kernels (launch as ``kernel[grid](...)``)."""
@@ -104,10 +101,11 @@ def normalized_part(  # type: ignore[no-untyped-def]
 @triton.jit  # type: ignore[untyped-decorator]
 def gelu_part(h_ptr, offsets, mask, coefficient: tl.constexpr):  # type: ignore[no-untyped-def]
     """One block of GELU rows ``[rows, block]``, rounded to the input's dtype -> float32.
-    ``0.5 h (1 + tanh(u))`` as ``h sigmoid(2u)``: one exp and one fast reciprocal."""
+    ``0.5 h (1 + tanh(u))`` as ``h sigmoid(2u)`` with ``u = sqrt(2/pi) (h + c h^3)`` (so
+    ``2u`` takes ``2 sqrt(2/pi) = 1.5957...``): one exp and one fast reciprocal."""
     raw = tl.load(h_ptr + offsets, mask=mask, other=0.0)
     h = raw.to(tl.float32)
-    denominator = 1.0 + tl.exp(-SQRT_8_OVER_PI * (h + coefficient * h * h * h))
+    denominator = 1.0 + tl.exp(-1.5957691216057308 * (h + coefficient * h * h * h))
     return tl.fdiv(h, denominator, ieee_rounding=False).to(raw.dtype).to(tl.float32)
 
 
