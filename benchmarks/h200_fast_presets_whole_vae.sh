@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call (nvidia-h200, about 8 min): the fast presets (1.3B: 15 steps, 53-frame
+# Device call (nvidia-h200, about 6 min): the fast presets (1.3B: 15 steps, 53-frame
 # segments; 14B: 20 steps, 69-frame segments; two passes batched, 400x720) with fp8 linears
 # and fp8 attention and the VAE on whole frames: the fused kernels' GPU checks (GPU_TESTS),
 # one compiled 1.3B block and one 14B block at the presets' shapes kernel by kernel

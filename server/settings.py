@@ -167,7 +167,7 @@ class Settings(BaseSettings):
 
     omni_tiled_vae: bool = False
     """``omniavatar``: run the VAE in the official blended tiles (true) or on whole frames
-    (false: about half the VAE time per chunk; pixels differ near the tile seams)."""
+    (false: about a third of the VAE time per chunk; pixels differ near the tile seams)."""
 
     steps: Literal[4, 2] | None = None
     """Sampling steps per chunk of the diffusion engines (``tiny``, ``flashtalk``); unset: the
