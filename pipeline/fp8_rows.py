@@ -10,6 +10,8 @@ scale per row, what ``Float8Linear`` multiplies) that a block's fp8 linears read
   (gated or not) and returns the new stream too, so the sum is not read back.
 - ``gelu_quantize_rows(h)``: the FFN's tanh GELU, then per-row e4m3 (the input of its second
   linear).
+- ``row_split(width)``: how the kernels lay a row out in registers (two power-of-two
+  blocks).
 
 On CUDA each is a Triton kernel (``pipeline.fp8_rows_triton``) whose programs read whole
 rows once, keep them in registers and write e4m3 and the scales (rows per program and warps
@@ -84,10 +86,13 @@ def _kernels() -> Any:
     return build_kernels(ADALN_CONFIGS, GELU_CONFIGS)
 
 
-def _row_split(width: int) -> tuple[int, int]:
-    from headcast.pipeline.fp8_rows_triton import row_split
-
-    return row_split(width)
+def row_split(width: int) -> tuple[int, int]:
+    """(head, tail) register blocks of a ``width``-wide row in the kernels: head the largest
+    power of two within it, tail the smallest power of two covering the rest (0 if none):
+    5120 -> (4096, 1024), 8960 -> (8192, 1024), 13824 -> (8192, 8192)."""
+    head = 1 << (width.bit_length() - 1)
+    rest = width - head
+    return head, (1 << (rest - 1).bit_length()) if rest else 0
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -117,7 +122,7 @@ def _adaln_quantize_cuda(
         return x if t is None else t.reshape(batch, dim).float().contiguous()  # x: unread
 
     x_out = torch.empty_like(x) if delta is not None else x
-    head, tail = _row_split(dim)
+    head, tail = row_split(dim)
     _kernels().adaln[lambda meta: (_cdiv(total_rows, meta["rows"]),)](
         x, x if delta is None else delta.contiguous(), terms(gate), x_out,
         terms(shift), terms(scale),
@@ -156,7 +161,7 @@ def _gelu_quantize_cuda(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     h = h.contiguous()
     out = torch.empty((rows, width), dtype=FP8_DTYPE, device=h.device)
     out_scale = torch.empty((rows, 1), dtype=torch.float32, device=h.device)
-    head, tail = _row_split(width)
+    head, tail = row_split(width)
     _kernels().gelu[lambda meta: (_cdiv(rows, meta["rows"]),)](
         h, out, out_scale, rows, width,
         coefficient=GELU_TANH_COEFFICIENT, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,

@@ -2,12 +2,12 @@
 
 Owns ``build_kernels``, which makes the two row kernels with the autotuner's choices:
 ``adaln_quantize_kernel`` (the residual, LayerNorm and AdaLN modulation of a row, then its
-e4m3 values and scale) and ``gelu_quantize_kernel`` (the FFN's tanh GELU, then the same),
-and ``row_split`` (how a row is laid out in registers). Each program keeps whole rows in
-registers and reads and writes every element once.
+e4m3 values and scale) and ``gelu_quantize_kernel`` (the FFN's tanh GELU, then the same).
+Each program keeps whole rows in registers (laid out as ``fp8_rows.row_split`` says) and
+reads and writes every element once.
 
-Two things keep these kernels at the memory's pace rather than the special-function
-units' (one exp, reciprocal or square root per 16 lanes per clock):
+Two things cut the arithmetic per element, which bounded these kernels more than memory
+did (special functions run at one per 16 lanes per clock):
 
 - **A row is two power-of-two blocks**, ``head`` (the largest power of two within the row)
   and ``tail`` (the next power of two above the rest, masked), not one block of the next
@@ -34,14 +34,6 @@ class Kernels(NamedTuple):
 
     adaln: Any
     gelu: Any
-
-
-def row_split(width: int) -> tuple[int, int]:
-    """(head, tail) register blocks of a ``width``-wide row: head the largest power of two
-    within it, tail the smallest power of two covering the rest (0 if none)."""
-    head = 1 << (width.bit_length() - 1)
-    rest = width - head
-    return head, (1 << (rest - 1).bit_length()) if rest else 0
 
 
 @triton.jit  # triton ships no types (an unannotated function: nothing to lose)

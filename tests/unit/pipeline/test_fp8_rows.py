@@ -19,6 +19,7 @@ from headcast.pipeline.fp8_rows import (
     add_adaln_quantize_rows,
     gelu_quantize_rows,
     gelu_reference,
+    row_split,
 )
 from headcast.pipeline.omniavatar.config import omni_size
 from headcast.pipeline.omniavatar.dit import T2VBlock
@@ -36,6 +37,24 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("width", "head", "tail"),
+    [
+        (5120, 4096, 1024),  # 14B model width: both blocks full
+        (1536, 1024, 512),  # 1.3B model width
+        (8960, 8192, 1024),  # 1.3B FFN: 768 of the tail's 1024 lanes used
+        (13824, 8192, 8192),  # 14B FFN
+        (1000, 512, 512),
+        (64, 64, 0),  # a power of two: no tail
+        (1, 1, 0),
+    ],
+)
+def test_a_row_is_two_power_of_two_blocks_that_cover_it(width: int, head: int, tail: int) -> None:
+    assert row_split(width) == (head, tail)
+    assert head <= width <= head + tail or (tail == 0 and head == width)
+    assert tail == 0 or width - head > tail // 2  # the smallest tail that covers the rest
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
