@@ -2,8 +2,8 @@
 # Device call (nvidia-h200, about 4 min): the 1.3B OmniAvatar streaming candidates (41-frame
 # segments, 28 new frames = the 1.12 s chunk, 4 steps; one pass, or two batched) with the
 # official blended tiles (--tiled-vae) and with whole-frame VAE calls (--no-tiled-vae),
-# compiled bf16, random full-size weights. The VAE is warmed before it is timed. $OUT/omniavatar_stream.md
-# and $OUT/reports.jsonl.
+# compiled bf16, random full-size weights. The VAE is warmed before it is timed.
+# $OUT/omniavatar_stream.md and $OUT/reports.jsonl.
 #   run(kind="nvidia-h200", carry=[".whl"], command="bash benchmarks/h200_omniavatar_stream.sh")
 DEADLINE=${DEADLINE:-400}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

@@ -281,8 +281,8 @@ def stream_recipe(
     """The streaming recipe at one generation size: 41-frame segments, 13 carried over,
     ``steps`` steps, ``guidance`` 1 (one pass) or > 1 (two passes), no TeaCache, the 0.48 s
     lead silence, the VAE on whole frames unless ``tiled_vae`` (the official blended tiles:
-    about three times the VAE time per segment at 720x400). Rendered offline with stream-mode audio
-    it gives the stream's frames."""
+    about three times the VAE time per segment at 720x400). Rendered offline with
+    stream-mode audio it gives the stream's frames."""
     passes = "one pass, no guidance" if guidance == 1.0 else f"guidance {guidance}, two passes"
     vae = "the official tiled VAE" if tiled_vae else "whole-frame VAE calls instead of tiles"
     return Recipe(
