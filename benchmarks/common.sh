@@ -1,9 +1,10 @@
 # Shared set-up of the device scripts: sourced, never run alone.
 # benchmarks/setup.sh installs the carried wheels (.whl/: pyloudnorm, optimum-quanto,
 # bitsandbytes) and records the GPU and versions; this defines `bench LABEL ARGS...`, which
-# runs `python3 -m headcast.pipeline.bench` with a time limit and appends its one-line JSON report to
-# $OUT/reports.jsonl and its table to $OUT/summary.md, and `budget LABEL` (the time left
-# before DEADLINE, for the scripts' own steps).
+# runs `python3 -m headcast.pipeline.bench` with a time limit and appends its one-line JSON
+# report to $OUT/reports.jsonl and its table to $OUT/summary.md, `budget LABEL` (the time
+# left before DEADLINE, for the scripts' own steps), `gpu_tests` (the opt-in GPU checks) and
+# `profile_block` (one OmniAvatar block kernel by kernel).
 source benchmarks/setup.sh
 
 # Seconds after the script's start by which every step must have ended.
@@ -49,4 +50,25 @@ if busy:
     else
         echo "| $label | failed (exit $rc): see log.txt |" | tee -a "$OUT/summary.md"
     fi
+}
+
+# gpu_tests FILES_OR_TESTS...: the opt-in GPU checks (HEADCAST_GPU_TESTS=1) within 200 s, the
+# log in $OUT/gpu_tests.log, its last lines shown.
+gpu_tests() {
+    HEADCAST_GPU_TESTS=1 timeout 200 python3 -m pytest "$@" -q -p no:cacheprovider \
+        >"$OUT/gpu_tests.log" 2>&1
+    tail -3 "$OUT/gpu_tests.log"
+}
+
+# profile_block LABEL FLAGS...: one compiled OmniAvatar block kernel by kernel
+# (benchmarks/omni_block_profile.py) under the deadline; $OUT/LABEL.md and .json, its first
+# ${HEAD:-9} lines shown.
+profile_block() {
+    local label=$1
+    shift
+    budget "$label" || return 0
+    echo "=== $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
+    timeout "$LEFT" python3 benchmarks/omni_block_profile.py --json "$OUT/$label.json" "$@" \
+        >"$OUT/$label.md" 2>>"$LOG" || echo "$label failed (exit $?)" | tee -a "$LOG"
+    head -"${HEAD:-9}" "$OUT/$label.md" | cut -c1-160
 }

@@ -19,18 +19,7 @@ source benchmarks/common.sh
 GPU_TESTS=${GPU_TESTS:-tests/gpu/test_attention_fp8_inputs.py tests/gpu/test_fp8_rows.py \
 tests/gpu/test_attention_fp8.py}
 # shellcheck disable=SC2086  # a list of test files
-HEADCAST_GPU_TESTS=1 timeout 200 python3 -m pytest $GPU_TESTS -q -p no:cacheprovider \
-    >"$OUT/gpu_tests.log" 2>&1
-tail -3 "$OUT/gpu_tests.log"
-profile_block() {  # profile_block LABEL FLAGS...
-    local label=$1
-    shift
-    budget "$label" || return 0
-    echo "=== $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
-    timeout "$LEFT" python3 benchmarks/omni_block_profile.py --json "$OUT/$label.json" "$@" \
-        >"$OUT/$label.md" 2>>"$LOG" || echo "$label failed (exit $?)" | tee -a "$LOG"
-    head -"${HEAD:-9}" "$OUT/$label.md" | cut -c1-160
-}
+gpu_tests $GPU_TESTS
 if [[ ${PROFILE_ONLY:-0} == 1 ]]; then
     HEAD=40 profile_block block-fused --attention-fp8 --top 60
     grep -E "Triton autotuning|best config" "$LOG" | cut -c1-200 | sort -u | head -20

@@ -11,20 +11,9 @@ DEADLINE=${DEADLINE:-560}
 source benchmarks/common.sh
 GPU_TESTS=${GPU_TESTS:-tests/gpu/test_fp8_rows.py tests/gpu/test_attention_fp8_inputs.py}
 # shellcheck disable=SC2086  # a list of test files
-HEADCAST_GPU_TESTS=1 timeout 200 python3 -m pytest $GPU_TESTS -q -p no:cacheprovider \
-    >"$OUT/gpu_tests.log" 2>&1
-tail -3 "$OUT/gpu_tests.log"
-profile_block() {  # profile_block LABEL FLAGS...
-    local label=$1
-    shift
-    budget "$label" || return 0
-    echo "=== $label: $* (limit ${LEFT}s)" | tee -a "$LOG"
-    timeout "$LEFT" python3 benchmarks/omni_block_profile.py --json "$OUT/$label.json" "$@" \
-        >"$OUT/$label.md" 2>>"$LOG" || echo "$label failed (exit $?)" | tee -a "$LOG"
-    head -"${HEAD:-16}" "$OUT/$label.md" | cut -c1-160
-}
-profile_block block-1.3b-fast --size 1.3b --grid 14 25 45 --attention-fp8 --top 40
-profile_block block-14b-fast --size 14b --grid 18 25 45 --attention-fp8 --top 40
+gpu_tests $GPU_TESTS
+HEAD=16 profile_block block-1.3b-fast --size 1.3b --grid 14 25 45 --attention-fp8 --top 40
+HEAD=16 profile_block block-14b-fast --size 14b --grid 18 25 45 --attention-fp8 --top 40
 grep -E "best config" "$LOG" | cut -c1-200 | sort -u | head -12
 source benchmarks/omni_recipe.sh
 recipe 1.3b-fast-wholevae --size 1.3b --quantize fp8 --attention-fp8 --case fast
