@@ -74,8 +74,9 @@ def gelu_reference(h: torch.Tensor) -> torch.Tensor:
 ADALN_CONFIGS = ((1, 2), (1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (2, 16), (4, 16))
 """(rows per program, warps) the norm kernel's autotuner times once per row width."""
 
-GELU_CONFIGS = ((1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 16))
-"""(rows per program, warps) the GELU kernel's autotuner times once per row width."""
+GELU_CONFIGS = ((1, 4), (1, 8), (1, 16), (1, 32), (2, 8), (2, 16), (2, 32), (4, 16))
+"""(rows per program, warps) the GELU kernel's autotuner times once per row width (the
+14B's 13,824-wide rows took 32 warps in one block)."""
 
 
 @functools.cache
