@@ -80,11 +80,12 @@ GELU_CONFIGS = ((1, 4), (1, 8), (1, 16), (1, 32), (2, 8), (2, 16), (2, 32), (4, 
 
 
 @functools.cache
-def _kernels() -> Any:
-    """The two Triton kernels (``pipeline.fp8_rows_triton``), built on first use."""
-    from headcast.pipeline.fp8_rows_triton import build_kernels
+def _triton() -> tuple[Any, Any]:
+    """The two Triton kernels (``pipeline.fp8_rows_triton``), built on first use, and their
+    launch grid."""
+    from headcast.pipeline.fp8_rows_triton import build_kernels, row_grid
 
-    return build_kernels(ADALN_CONFIGS, GELU_CONFIGS)
+    return build_kernels(ADALN_CONFIGS, GELU_CONFIGS), row_grid
 
 
 def row_split(width: int) -> tuple[int, int]:
@@ -94,10 +95,6 @@ def row_split(width: int) -> tuple[int, int]:
     head = 1 << (width.bit_length() - 1)
     rest = width - head
     return head, (1 << (rest - 1).bit_length()) if rest else 0
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @torch.library.custom_op("headcast::adaln_quantize_rows", mutates_args=())
@@ -124,7 +121,8 @@ def _adaln_quantize_cuda(
 
     x_out = torch.empty_like(x) if delta is not None else x
     head, tail = row_split(dim)
-    _kernels().adaln[lambda meta: (_cdiv(total_rows, meta["rows"]),)](
+    kernels, row_grid = _triton()
+    kernels.adaln[row_grid(total_rows)](
         x, x if delta is None else delta.contiguous(), terms(gate), x_out,
         terms(shift), terms(scale),
         x if weight is None else weight.contiguous(), x if bias is None else bias.contiguous(),
@@ -163,7 +161,8 @@ def _gelu_quantize_cuda(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty((rows, width), dtype=FP8_DTYPE, device=h.device)
     out_scale = torch.empty((rows, 1), dtype=torch.float32, device=h.device)
     head, tail = row_split(width)
-    _kernels().gelu[lambda meta: (_cdiv(rows, meta["rows"]),)](
+    kernels, row_grid = _triton()
+    kernels.gelu[row_grid(rows)](
         h, out, out_scale, rows, width,
         coefficient=GELU_TANH_COEFFICIENT, fp8_max=FP8_MAX, min_amax=FP8_MIN_AMAX,
         head=head, tail=tail,

@@ -2,9 +2,9 @@
 
 Owns ``build_kernels``, which makes the two row kernels with the autotuner's choices:
 ``adaln_quantize_kernel`` (the residual, LayerNorm and AdaLN modulation of a row, then its
-e4m3 values and scale) and ``gelu_quantize_kernel`` (the FFN's tanh GELU, then the same).
-Each program keeps whole rows in registers (laid out as ``fp8_rows.row_split`` says) and
-reads and writes every element once.
+e4m3 values and scale) and ``gelu_quantize_kernel`` (the FFN's tanh GELU, then the same),
+and ``row_grid``, their launch grid. Each program keeps whole rows in registers (laid out
+as ``fp8_rows.row_split`` says) and reads and writes every element once.
 
 Two things cut the arithmetic per element, which bounded these kernels more than memory
 did (special functions run at one per 16 lanes per clock):
@@ -23,6 +23,7 @@ Shapes are in each kernel's comments; ``fp8_rows`` launches them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import triton
@@ -34,6 +35,11 @@ class Kernels(NamedTuple):
 
     adaln: Any
     gelu: Any
+
+
+def row_grid(total_rows: int) -> Callable[[dict[str, Any]], tuple[int]]:
+    """The launch grid over ``total_rows`` rows: one program per autotuned ``rows``."""
+    return lambda meta: (triton.cdiv(total_rows, meta["rows"]),)
 
 
 @triton.jit  # triton ships no types (an unannotated function: nothing to lose)

@@ -252,7 +252,7 @@ class OmniBenchReport:
         """One markdown table row."""
         memory = "-" if self.peak_memory_gib is None else f"{self.peak_memory_gib:.1f}"
         batched = " batched" if self.batch_passes and self.passes > 1 else ""
-        vae = "tiled VAE" if self.recipe.get("tiled_vae", True) else "whole-frame VAE"
+        vae = "tiled VAE" if self.recipe["tiled_vae"] else "whole-frame VAE"
         return (
             f"| {self.label} | {self.gpus} | {self.size} {self.bucket[0]}x{self.bucket[1]}, "
             f"{self.segment_frames} frames ({self.new_frames} new), {self.steps} steps "
